@@ -1,0 +1,44 @@
+//! The 180° text-line classifier (PaddleOCR's `ch_ppocr_mobile_v2.0_cls`): input 3×48×192,
+//! output `[N, 2]` probabilities for 0° and 180°.
+
+use fast_image_resize::Resizer;
+use image::RgbImage;
+
+use crate::preprocess::{resize_to_height, write_planes};
+
+/// Classifier input height.
+pub const HEIGHT: u32 = 48;
+/// Classifier input width.
+pub const WIDTH: u32 = 192;
+
+/// Fills one `[3, 48, 192]` slot of a batch tensor (which must be zeroed beforehand).
+pub fn fill(resizer: &mut Resizer, crop: &RgbImage, slot: &mut [f32]) {
+    let img = resize_to_height(resizer, crop, HEIGHT, WIDTH);
+    write_planes(&img, slot, WIDTH as usize, HEIGHT as usize);
+}
+
+/// Whether a crop with classifier output `probs` (`[p0, p180]`) should be turned 180°.
+pub fn should_rotate(probs: &[f32], thresh: f32) -> bool {
+    probs.len() >= 2 && probs[1] > probs[0] && probs[1] > thresh
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_needs_confident_180() {
+        assert!(should_rotate(&[0.05, 0.95], 0.9));
+        assert!(!should_rotate(&[0.15, 0.85], 0.9));
+        assert!(!should_rotate(&[0.95, 0.05], 0.9));
+    }
+
+    #[test]
+    fn fill_keeps_aspect_and_pads() {
+        let crop = RgbImage::from_pixel(96, 48, image::Rgb([255, 255, 255]));
+        let mut slot = vec![0f32; 3 * 48 * 192];
+        fill(&mut Resizer::new(), &crop, &mut slot);
+        assert_eq!(slot[95], 1.0); // inside the 96-wide image: white → 1
+        assert_eq!(slot[96], 0.0); // padding
+    }
+}

@@ -1,0 +1,314 @@
+//! Engine configuration with PaddleOCR/RapidOCR defaults. Every field has a documented default,
+//! so `EngineConfig::default()` is the tested, measured configuration.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Where inference runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// ONNX Runtime's CPU provider.
+    #[default]
+    Cpu,
+    /// ONNX Runtime's CUDA provider on the given device ordinal. Never silently falls back.
+    Cuda(u32),
+}
+
+impl FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            other => match other.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse()
+                    .map(Device::Cuda)
+                    .map_err(|_| format!("bad CUDA device ordinal in {other:?}: expected cuda:N")),
+                None => Err(format!("unknown device {other:?}: expected cpu, cuda or cuda:N")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl Serialize for Device {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Device {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which PP-OCR weights to load (see `models/MANIFEST.tsv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelSet {
+    /// PP-OCRv4 mobile det/rec + v2.0 cls, from rapidocr_onnxruntime 1.4.4 (the default).
+    #[default]
+    V4,
+    /// PP-OCRv6 small det/rec + v2.0 cls, from rapidocr 3.10.0.
+    V6,
+}
+
+impl FromStr for ModelSet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "v4" => Ok(ModelSet::V4),
+            "v6" => Ok(ModelSet::V6),
+            o => Err(format!("unknown model set {o:?}: expected v4 or v6")),
+        }
+    }
+}
+
+impl ModelSet {
+    /// The folder name under the models directory.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            ModelSet::V4 => "v4",
+            ModelSet::V6 => "v6",
+        }
+    }
+
+    /// A version string recorded with every indexed document.
+    pub fn version(self) -> &'static str {
+        match self {
+            ModelSet::V4 => "PP-OCRv4-mobile",
+            ModelSet::V6 => "PP-OCRv6-small",
+        }
+    }
+}
+
+/// Text detection (DB) settings. Defaults are PaddleOCR's with `limit_type=max`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetConfig {
+    /// The long side is resized down to at most this many pixels (never up). Default 960.
+    pub limit_side_len: u32,
+    /// Each side of the detector input is padded up to a multiple of this (≥ 32). Padding depends
+    /// only on the image itself, so results never depend on batch-mates. 32 = no padding beyond
+    /// PaddleOCR's own rounding; larger values give fewer distinct shapes (fewer cuDNN searches on
+    /// GPU) at some extra compute. Default 32.
+    pub pad_multiple: u32,
+    /// Probability above which a pixel is text. Default 0.3.
+    pub thresh: f32,
+    /// Minimum mean probability inside a box. Default 0.6.
+    pub box_thresh: f32,
+    /// Box expansion ratio (distance = area × ratio / perimeter). Default 1.5.
+    pub unclip_ratio: f32,
+    /// Boxes whose short side (in detector pixels) is below this are dropped. Default 3.
+    pub min_size: f32,
+    /// At most this many contours per image are considered. Default 1000.
+    pub max_candidates: usize,
+    /// Images per detector run (same-shape images only). Default 8.
+    pub batch_size: usize,
+}
+
+impl Default for DetConfig {
+    fn default() -> Self {
+        Self {
+            limit_side_len: 960,
+            pad_multiple: 32,
+            thresh: 0.3,
+            box_thresh: 0.6,
+            unclip_ratio: 1.5,
+            min_size: 3.0,
+            max_candidates: 1000,
+            batch_size: 8,
+        }
+    }
+}
+
+/// 180° classifier settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClsConfig {
+    /// Run the classifier at all. Default true.
+    pub enabled: bool,
+    /// A crop is turned 180° only when the classifier says so with at least this confidence.
+    /// Default 0.9.
+    pub thresh: f32,
+    /// Crops per classifier run (all 3×48×192). Default 64.
+    pub batch_size: usize,
+}
+
+impl Default for ClsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            thresh: 0.9,
+            batch_size: 64,
+        }
+    }
+}
+
+/// Recognition settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecConfig {
+    /// Width buckets (pixels at height 48), ascending. A crop is padded to the smallest bucket
+    /// that holds it; crops wider than the last are squeezed into it. Cost on GPU grows with
+    /// width and every new shape pays a one-off cuDNN search, so the set is small.
+    /// Default [320, 480, 640, 960, 1280, 1920, 2560].
+    pub widths: Vec<u32>,
+    /// Crops per recogniser run. Default 32.
+    pub batch_size: usize,
+    /// Lines whose score is below this are dropped. Default 0.5.
+    pub drop_score: f32,
+}
+
+impl Default for RecConfig {
+    fn default() -> Self {
+        Self {
+            widths: vec![320, 480, 640, 960, 1280, 1920, 2560],
+            batch_size: 32,
+            drop_score: 0.5,
+        }
+    }
+}
+
+/// Everything the engine needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Folder holding `v4/` and `v6/` (as installed by `models/fetch.sh`). Default `models`.
+    pub models_dir: PathBuf,
+    /// Model set. Default v4 (chosen by measurement, see README).
+    pub model_set: ModelSet,
+    /// `cpu`, `cuda` or `cuda:N`. Default cpu.
+    pub device: Device,
+    /// ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime pick (all cores).
+    pub intra_threads: usize,
+    /// Load `<name>.fp16.onnx` variants (made by `models/make_fp16.py`) instead of fp32.
+    pub fp16: bool,
+    /// Images with more decoded pixels than this are refused. Default 50 000 000.
+    pub max_pixels: u64,
+    /// Path of libonnxruntime.so; when unset, `ORT_DYLIB_PATH`, then
+    /// `<models_dir>/lib/libonnxruntime.so`.
+    pub ort_library: Option<PathBuf>,
+    pub det: DetConfig,
+    pub cls: ClsConfig,
+    pub rec: RecConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            models_dir: PathBuf::from("models"),
+            model_set: ModelSet::V4,
+            device: Device::Cpu,
+            intra_threads: 0,
+            fp16: false,
+            max_pixels: crate::decode::DEFAULT_MAX_PIXELS,
+            ort_library: None,
+            det: DetConfig::default(),
+            cls: ClsConfig::default(),
+            rec: RecConfig::default(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Path of one model file of the configured set (`det`, `cls` or `rec`).
+    pub fn model_path(&self, name: &str) -> PathBuf {
+        let file = if self.fp16 {
+            format!("{name}.fp16.onnx")
+        } else {
+            format!("{name}.onnx")
+        };
+        self.models_dir.join(self.model_set.dir_name()).join(file)
+    }
+
+    /// The ONNX Runtime library to load.
+    pub fn ort_library_path(&self) -> PathBuf {
+        if let Some(p) = &self.ort_library {
+            return p.clone();
+        }
+        if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+            return PathBuf::from(p);
+        }
+        self.models_dir.join("lib").join("libonnxruntime.so")
+    }
+
+    /// Checks invariants the pipeline relies on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.det.limit_side_len < 32 {
+            return Err("det.limit_side_len must be at least 32".into());
+        }
+        if self.det.pad_multiple < 32 || self.det.pad_multiple % 32 != 0 {
+            return Err("det.pad_multiple must be a positive multiple of 32".into());
+        }
+        if self.rec.widths.is_empty() || self.rec.widths.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("rec.widths must be a non-empty ascending list".into());
+        }
+        if self.rec.widths[0] < 8 {
+            return Err("rec.widths must be at least 8 pixels".into());
+        }
+        for (name, n) in [
+            ("det.batch_size", self.det.batch_size),
+            ("cls.batch_size", self.cls.batch_size),
+            ("rec.batch_size", self.rec.batch_size),
+        ] {
+            if n == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds a config for a models folder, with defaults elsewhere.
+    pub fn with_models_dir(dir: impl AsRef<Path>) -> Self {
+        Self {
+            models_dir: dir.as_ref().to_path_buf(),
+            ..Self::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_parses() {
+        assert_eq!("cpu".parse::<Device>(), Ok(Device::Cpu));
+        assert_eq!("cuda".parse::<Device>(), Ok(Device::Cuda(0)));
+        assert_eq!("cuda:3".parse::<Device>(), Ok(Device::Cuda(3)));
+        assert!("cuda:x".parse::<Device>().is_err());
+        assert!("tpu".parse::<Device>().is_err());
+        assert_eq!(Device::Cuda(2).to_string(), "cuda:2");
+    }
+
+    #[test]
+    fn defaults_validate_and_bad_widths_do_not() {
+        let mut c = EngineConfig::default();
+        assert!(c.validate().is_ok());
+        c.rec.widths = vec![320, 320];
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn model_paths() {
+        let mut c = EngineConfig::with_models_dir("/m");
+        assert_eq!(c.model_path("det"), PathBuf::from("/m/v4/det.onnx"));
+        c.fp16 = true;
+        c.model_set = ModelSet::V6;
+        assert_eq!(c.model_path("rec"), PathBuf::from("/m/v6/rec.fp16.onnx"));
+    }
+}

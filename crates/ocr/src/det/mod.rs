@@ -1,0 +1,82 @@
+//! Text detection: PaddleOCR's DB detector.
+//!
+//! Pre-processing follows PaddleOCR's `DetResizeForTest` with `limit_type=max`: the long side
+//! is scaled down to at most `limit_side_len` (never up), then each side is rounded to a
+//! multiple of 32. Images whose detector input has the same (padded) shape share a batch;
+//! the padded shape is a function of the image alone, so batching never changes a result.
+
+pub mod postprocess;
+
+use crate::config::DetConfig;
+
+/// The detector geometry of one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DetShape {
+    /// Original image size.
+    pub src_w: u32,
+    pub src_h: u32,
+    /// Size the image is resized to (multiples of 32).
+    pub resized_w: u32,
+    pub resized_h: u32,
+    /// Tensor size after padding to `pad_multiple` (the batching key).
+    pub tensor_w: u32,
+    pub tensor_h: u32,
+}
+
+impl DetShape {
+    /// Plans the detector input for an image of `w`×`h`.
+    pub fn plan(w: u32, h: u32, cfg: &DetConfig) -> DetShape {
+        let limit = f64::from(cfg.limit_side_len);
+        let long = f64::from(w.max(h));
+        let ratio = if long > limit { limit / long } else { 1.0 };
+        // Python's int() truncates, then round() is round-half-to-even.
+        let round32 = |v: f64| -> u32 {
+            let v = (v * ratio).trunc();
+            (((v / 32.0).round_ties_even() as u32) * 32).max(32)
+        };
+        let resized_w = round32(f64::from(w));
+        let resized_h = round32(f64::from(h));
+        let m = cfg.pad_multiple.max(32);
+        DetShape {
+            src_w: w,
+            src_h: h,
+            resized_w,
+            resized_h,
+            tensor_w: resized_w.div_ceil(m) * m,
+            tensor_h: resized_h.div_ceil(m) * m,
+        }
+    }
+
+    /// Batching key.
+    pub fn tensor_key(&self) -> (u32, u32) {
+        (self.tensor_h, self.tensor_w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_side_is_limited_and_rounded_to_32() {
+        let cfg = DetConfig::default();
+        let s = DetShape::plan(1920, 1080, &cfg);
+        assert_eq!((s.resized_w, s.resized_h), (960, 544)); // 540 → 544
+        let s = DetShape::plan(400, 300, &cfg); // never upscaled
+        assert_eq!((s.resized_w, s.resized_h), (384, 288)); // 12.5→12 (half to even), 9.375→9
+        let s = DetShape::plan(10, 5, &cfg);
+        assert_eq!((s.resized_w, s.resized_h), (32, 32));
+        assert_eq!(s.tensor_key(), (32, 32));
+    }
+
+    #[test]
+    fn padding_depends_only_on_the_image() {
+        let cfg = DetConfig {
+            pad_multiple: 128,
+            ..DetConfig::default()
+        };
+        let s = DetShape::plan(1920, 1080, &cfg);
+        assert_eq!((s.tensor_w, s.tensor_h), (1024, 640));
+        assert_eq!((s.resized_w, s.resized_h), (960, 544));
+    }
+}

@@ -1,0 +1,474 @@
+//! The batched pipeline: detect → crop → classify (180°) → recognise.
+//!
+//! [`Engine::recognize`] takes a batch of images and returns one `Result` per image. Work is
+//! batched across images at every stage (same-shape images for detection, all crops for the
+//! classifier, width buckets for recognition). If ONNX Runtime fails on a batch, each item is
+//! retried alone, so one bad input fails only its own image.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use fast_image_resize::Resizer;
+use image::RgbImage;
+use ndarray::{ArrayD, ArrayView4, ArrayViewD, Axis, Ix2};
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::config::{Device, EngineConfig};
+use crate::crop::crop_quad;
+use crate::det::postprocess::{boxes_from_map, Quad};
+use crate::det::DetShape;
+use crate::error::{EngineError, OcrError, Stage};
+use crate::output::{ImageText, Line, Timings};
+use crate::rec::Dictionary;
+use crate::{cls, decode, rec, runtime};
+
+/// A loaded PP-OCR pipeline. Not `Sync`: ONNX Runtime's `run` takes `&mut`, so one engine
+/// belongs to one thread (see [`crate::EngineHandle`] for use from async code).
+pub struct Engine {
+    cfg: EngineConfig,
+    det: Session,
+    cls: Option<Session>,
+    rec: Session,
+    dict: Dictionary,
+    resizer: Resizer,
+}
+
+/// A crop waiting for classification and recognition.
+struct Crop {
+    image: usize,
+    quad: Quad,
+    pixels: RgbImage,
+}
+
+/// The output of one model run: the whole batch, or per item after a failed batch.
+enum BatchOutput {
+    Whole(ArrayD<f32>),
+    PerItem(Vec<Result<ArrayD<f32>, OcrError>>),
+}
+
+impl BatchOutput {
+    fn item(&self, i: usize) -> Result<ArrayViewD<'_, f32>, OcrError> {
+        match self {
+            BatchOutput::Whole(a) => Ok(a.index_axis(Axis(0), i)),
+            BatchOutput::PerItem(v) => match &v[i] {
+                Ok(a) => Ok(a.index_axis(Axis(0), 0)),
+                Err(e) => Err(e.clone()),
+            },
+        }
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+impl Engine {
+    /// Loads ONNX Runtime and the three models. Fails with a message that says what to fix.
+    pub fn new(cfg: EngineConfig) -> Result<Engine, EngineError> {
+        cfg.validate().map_err(EngineError::Config)?;
+        let env = runtime::environment(&cfg.ort_library_path())?;
+        let det = runtime::session(&cfg, &env, &cfg.model_path("det"))?;
+        let cls = if cfg.cls.enabled {
+            Some(runtime::session(&cfg, &env, &cfg.model_path("cls"))?)
+        } else {
+            None
+        };
+        let rec_path = cfg.model_path("rec");
+        let rec = runtime::session(&cfg, &env, &rec_path)?;
+        let character = rec
+            .metadata()
+            .ok()
+            .and_then(|m| m.custom("character"))
+            .ok_or_else(|| EngineError::Dictionary {
+                path: rec_path.display().to_string(),
+            })?;
+        let dict = Dictionary::from_metadata(&character);
+        let mut engine = Engine {
+            cfg,
+            det,
+            cls,
+            rec,
+            dict,
+            resizer: Resizer::new(),
+        };
+        engine.self_check()?;
+        tracing::info!(
+            provider = engine.provider(),
+            models = engine.model_version(),
+            classes = engine.dict.len(),
+            "OCR engine ready"
+        );
+        Ok(engine)
+    }
+
+    /// One tiny run of the recogniser: checks that the dictionary matches the model's classes
+    /// and that the execution provider actually runs (CUDA errors can surface on first run).
+    fn self_check(&mut self) -> Result<(), EngineError> {
+        let w = self.cfg.rec.widths[0] as usize;
+        let input = vec![0f32; 3 * rec::HEIGHT as usize * w];
+        let out = run_model(&mut self.rec, &input, 1, [3, rec::HEIGHT as usize, w]).map_err(|m| {
+            match self.cfg.device {
+                Device::Cuda(device) => EngineError::Cuda { device, message: m },
+                Device::Cpu => EngineError::Ort(m),
+            }
+        })?;
+        let classes = *out.shape().last().unwrap_or(&0);
+        if classes != self.dict.len() {
+            return Err(EngineError::Config(format!(
+                "recogniser has {classes} classes but its dictionary has {} entries",
+                self.dict.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// The execution provider that runs inference, e.g. `CUDAExecutionProvider(cuda:0)`.
+    pub fn provider(&self) -> String {
+        match self.cfg.device {
+            Device::Cpu => "CPUExecutionProvider".to_owned(),
+            d => format!("CUDAExecutionProvider({d})"),
+        }
+    }
+
+    /// The model set's version string.
+    pub fn model_version(&self) -> &'static str {
+        self.cfg.model_set.version()
+    }
+
+    /// Decodes and recognises encoded images (JPEG, PNG, ...). One result per input.
+    pub fn recognize_bytes(&mut self, inputs: &[&[u8]]) -> Vec<Result<ImageText, OcrError>> {
+        let mut decoded = Vec::with_capacity(inputs.len());
+        let mut slots = Vec::with_capacity(inputs.len());
+        let mut results: Vec<Option<Result<ImageText, OcrError>>> = vec![None; inputs.len()];
+        let mut decode_ms = Vec::new();
+        for (i, bytes) in inputs.iter().enumerate() {
+            let t = Instant::now();
+            match decode::decode(bytes, self.cfg.max_pixels) {
+                Ok(img) => {
+                    decoded.push(img);
+                    slots.push(i);
+                    decode_ms.push(ms(t));
+                }
+                Err(e) => results[i] = Some(Err(e.into())),
+            }
+        }
+        let texts = self.recognize(&decoded);
+        for ((i, mut r), d) in slots.into_iter().zip(texts).zip(decode_ms) {
+            if let Ok(t) = &mut r {
+                t.timings.decode = d;
+                t.timings.total += d;
+            }
+            results[i] = Some(r);
+        }
+        results.into_iter().map(|r| r.expect("every slot filled")).collect()
+    }
+
+    /// Recognises decoded images. One result per input, in order.
+    pub fn recognize(&mut self, images: &[RgbImage]) -> Vec<Result<ImageText, OcrError>> {
+        let mut timings = vec![Timings::default(); images.len()];
+        let mut failed: Vec<Option<OcrError>> = vec![None; images.len()];
+
+        // 1. Detection.
+        let boxes = self.detect_timed(images, &mut timings);
+
+        // 2. Crops, in each image's reading order.
+        let mut crops = Vec::new();
+        for (i, b) in boxes.into_iter().enumerate() {
+            match b {
+                Ok(quads) => {
+                    let t = Instant::now();
+                    for quad in quads {
+                        if let Some(pixels) = crop_quad(&images[i], &quad) {
+                            crops.push(Crop {
+                                image: i,
+                                quad,
+                                pixels,
+                            });
+                        }
+                    }
+                    timings[i].crop = ms(t);
+                }
+                Err(e) => failed[i] = Some(e),
+            }
+        }
+
+        // 3. 180° classification.
+        if self.cls.is_some() {
+            self.classify_timed(&mut crops, &mut timings, &mut failed);
+        }
+
+        // 4. Recognition.
+        let texts = self.rec_timed(&crops, &mut timings, &mut failed);
+
+        // 5. Assembly.
+        let mut lines: Vec<Vec<Line>> = vec![Vec::new(); images.len()];
+        for (crop, text) in crops.iter().zip(texts) {
+            if let Some((text, score)) = text {
+                if !text.is_empty() && score >= self.cfg.rec.drop_score {
+                    lines[crop.image].push(Line {
+                        text,
+                        score,
+                        bbox: crop.quad.map(|p| [p[0] as i32, p[1] as i32]),
+                    });
+                }
+            }
+        }
+        images
+            .iter()
+            .zip(lines)
+            .zip(timings)
+            .zip(failed)
+            .map(|(((img, lines), mut timings), failed)| match failed {
+                Some(e) => Err(e),
+                None => {
+                    timings.total = timings.det + timings.crop + timings.cls + timings.rec;
+                    let text = lines.iter().map(|l| l.text.as_str()).collect::<Vec<_>>().join("\n");
+                    Ok(ImageText {
+                        width: img.width(),
+                        height: img.height(),
+                        lines,
+                        text,
+                        timings,
+                    })
+                }
+            })
+            .collect()
+    }
+
+    /// Detection only: boxes per image in reading order. Exposed for benchmarks and tests.
+    pub fn detect(&mut self, images: &[RgbImage]) -> Vec<Result<Vec<Quad>, OcrError>> {
+        let mut timings = vec![Timings::default(); images.len()];
+        self.detect_timed(images, &mut timings)
+    }
+
+    fn detect_timed(&mut self, images: &[RgbImage], timings: &mut [Timings]) -> Vec<Result<Vec<Quad>, OcrError>> {
+        let cfg = self.cfg.det.clone();
+        let shapes: Vec<DetShape> = images
+            .iter()
+            .map(|im| DetShape::plan(im.width(), im.height(), &cfg))
+            .collect();
+        // Group by tensor shape; BTreeMap keeps the order deterministic.
+        let mut groups: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
+        for (i, s) in shapes.iter().enumerate() {
+            groups.entry(s.tensor_key()).or_default().push(i);
+        }
+        let mut out: Vec<Option<Result<Vec<Quad>, OcrError>>> = vec![None; images.len()];
+        let mut tensor = Vec::new();
+        for ((th, tw), members) in groups {
+            let (th, tw) = (th as usize, tw as usize);
+            let slot = 3 * th * tw;
+            for chunk in members.chunks(cfg.batch_size) {
+                let t = Instant::now();
+                tensor.clear();
+                tensor.resize(slot * chunk.len(), 0f32);
+                for (k, &i) in chunk.iter().enumerate() {
+                    let s = &shapes[i];
+                    let resized = crate::preprocess::resize(&mut self.resizer, &images[i], s.resized_w, s.resized_h);
+                    crate::preprocess::write_planes(&resized, &mut tensor[k * slot..(k + 1) * slot], tw, th);
+                }
+                let output = infer(&mut self.det, Stage::Detect, &tensor, chunk.len(), [3, th, tw]);
+                let share = ms(t) / chunk.len() as f64;
+                for (k, &i) in chunk.iter().enumerate() {
+                    let t = Instant::now();
+                    let r = output.item(k).and_then(|map| {
+                        // [1, H, W] per image.
+                        let map = map
+                            .index_axis(Axis(0), 0)
+                            .into_dimensionality::<Ix2>()
+                            .map_err(|e| OcrError::Inference {
+                                stage: Stage::Detect,
+                                message: format!("unexpected detector output: {e}"),
+                            })?;
+                        Ok(boxes_from_map(map, &shapes[i], &cfg))
+                    });
+                    timings[i].det = share + ms(t);
+                    out[i] = Some(r);
+                }
+            }
+        }
+        out.into_iter().map(|r| r.expect("every image in a group")).collect()
+    }
+
+    fn classify_timed(&mut self, crops: &mut [Crop], timings: &mut [Timings], failed: &mut [Option<OcrError>]) {
+        let Some(session) = self.cls.as_mut() else { return };
+        let (h, w) = (cls::HEIGHT as usize, cls::WIDTH as usize);
+        let slot = 3 * h * w;
+        let thresh = self.cfg.cls.thresh;
+        let mut tensor = Vec::new();
+        for chunk in crops.chunks_mut(self.cfg.cls.batch_size) {
+            let t = Instant::now();
+            tensor.clear();
+            tensor.resize(slot * chunk.len(), 0f32);
+            for (k, c) in chunk.iter().enumerate() {
+                cls::fill(&mut self.resizer, &c.pixels, &mut tensor[k * slot..(k + 1) * slot]);
+            }
+            let output = infer(session, Stage::Classify, &tensor, chunk.len(), [3, h, w]);
+            for (k, c) in chunk.iter_mut().enumerate() {
+                match output.item(k) {
+                    Ok(probs) => {
+                        let probs: Vec<f32> = probs.iter().copied().collect();
+                        if cls::should_rotate(&probs, thresh) {
+                            image::imageops::rotate180_in_place(&mut c.pixels);
+                        }
+                    }
+                    Err(e) => {
+                        failed[c.image].get_or_insert(e);
+                    }
+                }
+            }
+            let share = ms(t) / chunk.len() as f64;
+            for c in chunk.iter() {
+                timings[c.image].cls += share;
+            }
+        }
+    }
+
+    fn rec_timed(
+        &mut self,
+        crops: &[Crop],
+        timings: &mut [Timings],
+        failed: &mut [Option<OcrError>],
+    ) -> Vec<Option<(String, f32)>> {
+        let widths = self.cfg.rec.widths.clone();
+        // Sort crop indices by (bucket, width) so each batch has one shape and similar widths.
+        let mut order: Vec<(u32, u32, usize)> = crops
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| failed[c.image].is_none())
+            .map(|(i, c)| {
+                let (w, h) = c.pixels.dimensions();
+                (rec::bucket_width(w, h, &widths), crate::preprocess::width_at_height(w, h, rec::HEIGHT, u32::MAX), i)
+            })
+            .collect();
+        order.sort_unstable();
+        let mut texts: Vec<Option<(String, f32)>> = vec![None; crops.len()];
+        let mut tensor = Vec::new();
+        let h = rec::HEIGHT as usize;
+        let mut start = 0;
+        while start < order.len() {
+            let bucket = order[start].0;
+            let end = order[start..]
+                .iter()
+                .position(|o| o.0 != bucket)
+                .map_or(order.len(), |p| start + p)
+                .min(start + self.cfg.rec.batch_size);
+            let batch = &order[start..end];
+            let w = bucket as usize;
+            let slot = 3 * h * w;
+            let t = Instant::now();
+            tensor.clear();
+            tensor.resize(slot * batch.len(), 0f32);
+            for (k, &(_, _, i)) in batch.iter().enumerate() {
+                rec::fill(&mut self.resizer, &crops[i].pixels, bucket, &mut tensor[k * slot..(k + 1) * slot]);
+            }
+            let output = infer(&mut self.rec, Stage::Recognize, &tensor, batch.len(), [3, h, w]);
+            for (k, &(_, _, i)) in batch.iter().enumerate() {
+                match output.item(k).and_then(|p| {
+                    p.into_dimensionality::<Ix2>().map_err(|e| OcrError::Inference {
+                        stage: Stage::Recognize,
+                        message: format!("unexpected recogniser output: {e}"),
+                    })
+                }) {
+                    Ok(probs) => texts[i] = Some(self.dict.decode(probs)),
+                    Err(e) => {
+                        failed[crops[i].image].get_or_insert(e);
+                    }
+                }
+            }
+            let share = ms(t) / batch.len() as f64;
+            for &(_, _, i) in batch {
+                timings[crops[i].image].rec += share;
+            }
+            start = end;
+        }
+        texts
+    }
+
+    /// Recognition only, on already cropped lines. Exposed for benchmarks.
+    pub fn recognize_lines(&mut self, lines: &[RgbImage]) -> Vec<Result<(String, f32), OcrError>> {
+        let crops: Vec<Crop> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Crop {
+                image: i,
+                quad: [[0.0; 2]; 4],
+                pixels: p.clone(),
+            })
+            .collect();
+        let mut timings = vec![Timings::default(); lines.len()];
+        let mut failed = vec![None; lines.len()];
+        let texts = self.rec_timed(&crops, &mut timings, &mut failed);
+        texts
+            .into_iter()
+            .zip(failed)
+            .map(|(t, f)| match f {
+                Some(e) => Err(e),
+                None => Ok(t.unwrap_or_default()),
+            })
+            .collect()
+    }
+
+    /// Classification only: whether each crop would be turned 180°. Exposed for benchmarks.
+    pub fn classify_lines(&mut self, lines: &[RgbImage]) -> Vec<Result<bool, OcrError>> {
+        let mut crops: Vec<Crop> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Crop {
+                image: i,
+                quad: [[0.0; 2]; 4],
+                pixels: p.clone(),
+            })
+            .collect();
+        let mut timings = vec![Timings::default(); lines.len()];
+        let mut failed = vec![None; lines.len()];
+        self.classify_timed(&mut crops, &mut timings, &mut failed);
+        crops
+            .iter()
+            .zip(lines)
+            .zip(failed)
+            .map(|((c, orig), f)| match f {
+                Some(e) => Err(e),
+                None => Ok(c.pixels != *orig),
+            })
+            .collect()
+    }
+}
+
+/// Runs `session` on a batch, falling back to one item at a time if the batch fails.
+fn infer(session: &mut Session, stage: Stage, tensor: &[f32], n: usize, chw: [usize; 3]) -> BatchOutput {
+    match run_model(session, tensor, n, chw) {
+        Ok(out) => BatchOutput::Whole(out),
+        Err(message) if n == 1 => BatchOutput::PerItem(vec![Err(OcrError::Inference { stage, message })]),
+        Err(message) => {
+            tracing::warn!(%stage, batch = n, %message, "batch failed; retrying its items one by one");
+            let slot = chw.iter().product::<usize>();
+            BatchOutput::PerItem(
+                (0..n)
+                    .map(|i| {
+                        run_model(session, &tensor[i * slot..(i + 1) * slot], 1, chw)
+                            .map_err(|message| OcrError::Inference { stage, message })
+                    })
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// One ONNX Runtime run on an `[n, c, h, w]` f32 tensor; the first output, copied out.
+fn run_model(session: &mut Session, tensor: &[f32], n: usize, chw: [usize; 3]) -> Result<ArrayD<f32>, String> {
+    let view = ArrayView4::from_shape((n, chw[0], chw[1], chw[2]), tensor).map_err(|e| e.to_string())?;
+    let input = TensorRef::from_array_view(view).map_err(|e| e.to_string())?;
+    let outputs = session.run(ort::inputs![input]).map_err(|e| e.to_string())?;
+    let out = outputs[0].try_extract_array::<f32>().map_err(|e| e.to_string())?;
+    if out.shape().first() != Some(&n) {
+        return Err(format!("model returned batch {:?} for {n} inputs", out.shape().first()));
+    }
+    Ok(out.to_owned())
+}
+

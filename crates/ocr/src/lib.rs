@@ -1,0 +1,37 @@
+//! # ocrfleet-ocr
+//!
+//! A batched PP-OCR engine (detection → 180° classification → recognition) on ONNX Runtime,
+//! with PaddleOCR/RapidOCR semantics. No network code lives here: the worker feeds it bytes or
+//! pixels and gets one `Result` per image back.
+//!
+//! ```no_run
+//! use ocrfleet_ocr::{Engine, EngineConfig};
+//! let mut engine = Engine::new(EngineConfig::with_models_dir("models"))?;
+//! let bytes = std::fs::read("receipt.jpg")?;
+//! for result in engine.recognize_bytes(&[&bytes]) {
+//!     match result {
+//!         Ok(page) => println!("{}", page.text),
+//!         Err(e) => eprintln!("{} failed: {e}", e.stage()),
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod cls;
+pub mod config;
+pub mod crop;
+pub mod decode;
+pub mod det;
+mod engine;
+pub mod error;
+mod handle;
+pub mod output;
+pub mod preprocess;
+pub mod rec;
+pub mod runtime;
+
+pub use config::{ClsConfig, DetConfig, Device, EngineConfig, ModelSet, RecConfig};
+pub use engine::Engine;
+pub use error::{DecodeError, EngineError, OcrError, Stage};
+pub use handle::EngineHandle;
+pub use output::{ImageText, Line, Timings};

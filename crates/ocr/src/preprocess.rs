@@ -1,0 +1,87 @@
+//! Pixel-to-tensor helpers shared by the three models.
+//!
+//! All three PP-OCR models take BGR planes normalised as `(x / 255 − 0.5) / 0.5` (RapidOCR's
+//! configuration for these exported weights). Resizing uses fixed-kernel bilinear interpolation,
+//! which is what OpenCV's `INTER_LINEAR` (used by PaddleOCR and RapidOCR) computes.
+
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+use image::RgbImage;
+
+/// Resizes `img` to exactly `w`×`h` (bilinear, OpenCV-like).
+pub fn resize(resizer: &mut Resizer, img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    if img.dimensions() == (w, h) {
+        return img.clone();
+    }
+    let mut dst = RgbImage::new(w.max(1), h.max(1));
+    let opts = ResizeOptions::new().resize_alg(ResizeAlg::Interpolation(FilterType::Bilinear));
+    resizer
+        .resize(img, &mut dst, &opts)
+        .expect("RGB8 to RGB8 resize with non-zero sizes cannot fail");
+    dst
+}
+
+/// The width a crop takes when scaled to `height` keeping its aspect ratio, capped at `max_w`
+/// (PaddleOCR's `resize_norm_img`: `ceil(height · w / h)`).
+pub fn width_at_height(w: u32, h: u32, height: u32, max_w: u32) -> u32 {
+    let want = (f64::from(height) * f64::from(w) / f64::from(h.max(1))).ceil() as u32;
+    want.clamp(1, max_w)
+}
+
+/// Scales a crop to `height` (48 for PP-OCR's classifier and recogniser) with its aspect ratio,
+/// at most `max_w` wide.
+pub fn resize_to_height(resizer: &mut Resizer, img: &RgbImage, height: u32, max_w: u32) -> RgbImage {
+    let w = width_at_height(img.width(), img.height(), height, max_w);
+    resize(resizer, img, w, height)
+}
+
+/// Writes `img` as normalised BGR planes into `dst`, a `[3, plane_h, plane_w]` region, at its
+/// top-left corner. Pixels of `dst` outside the image are left untouched (callers zero them,
+/// which is the normalised mid-grey that PaddleOCR pads with).
+pub fn write_planes(img: &RgbImage, dst: &mut [f32], plane_w: usize, plane_h: usize) {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    debug_assert!(w <= plane_w && h <= plane_h);
+    debug_assert_eq!(dst.len(), 3 * plane_w * plane_h);
+    let plane = plane_w * plane_h;
+    let raw = img.as_raw();
+    const SCALE: f32 = 2.0 / 255.0;
+    for y in 0..h {
+        let row = &raw[y * w * 3..(y + 1) * w * 3];
+        let base = y * plane_w;
+        // BGR order: plane 0 gets the blue channel.
+        for (c_out, c_in) in [(0usize, 2usize), (1, 1), (2, 0)] {
+            let out = &mut dst[c_out * plane + base..c_out * plane + base + w];
+            for (x, o) in out.iter_mut().enumerate() {
+                *o = f32::from(row[x * 3 + c_in]) * SCALE - 1.0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planes_are_bgr_normalised_and_padding_untouched() {
+        let mut img = RgbImage::new(2, 1);
+        img.put_pixel(0, 0, image::Rgb([255, 0, 0]));
+        img.put_pixel(1, 0, image::Rgb([0, 0, 255]));
+        let mut dst = vec![9.0f32; 3 * 3 * 2];
+        write_planes(&img, &mut dst, 3, 2);
+        // Blue plane first: pixel 0 is red (blue = 0 → −1), pixel 1 is blue (→ +1).
+        assert_eq!(&dst[0..3], &[-1.0, 1.0, 9.0]);
+        // Red plane last.
+        assert_eq!(&dst[12..15], &[1.0, -1.0, 9.0]);
+        // Second row is padding.
+        assert_eq!(&dst[3..6], &[9.0, 9.0, 9.0]);
+    }
+
+    #[test]
+    fn resize_gives_requested_size() {
+        let img = RgbImage::from_pixel(100, 40, image::Rgb([10, 20, 30]));
+        let mut r = Resizer::new();
+        let out = resize(&mut r, &img, 37, 13);
+        assert_eq!(out.dimensions(), (37, 13));
+        assert_eq!(out.get_pixel(5, 5).0, [10, 20, 30]);
+    }
+}

