@@ -1,1 +1,69 @@
-fn main(){}
+//! `ocrfleet`: the command-line entry point. Each subcommand lives in its own module; this file
+//! only parses arguments and sets up logging.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod engine_args;
+mod ocr_cmd;
+
+/// Kafka-driven fleet of batched PP-OCR workers.
+#[derive(Parser)]
+#[command(name = "ocrfleet", version, about, long_about = None)]
+struct Cli {
+    /// Log format on stderr: text or json.
+    #[arg(
+        long,
+        global = true,
+        env = "OCRFLEET_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// OCR image files or directories and print the text (or NDJSON).
+    Ocr(ocr_cmd::OcrArgs),
+    /// Benchmarks that print tables.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Ocr(args) => ocr_cmd::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

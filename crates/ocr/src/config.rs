@@ -27,7 +27,9 @@ impl FromStr for Device {
                     .parse()
                     .map(Device::Cuda)
                     .map_err(|_| format!("bad CUDA device ordinal in {other:?}: expected cuda:N")),
-                None => Err(format!("unknown device {other:?}: expected cpu, cuda or cuda:N")),
+                None => Err(format!(
+                    "unknown device {other:?}: expected cpu, cuda or cuda:N"
+                )),
             },
         }
     }
@@ -251,7 +253,7 @@ impl EngineConfig {
         if self.det.limit_side_len < 32 {
             return Err("det.limit_side_len must be at least 32".into());
         }
-        if self.det.pad_multiple < 32 || self.det.pad_multiple % 32 != 0 {
+        if self.det.pad_multiple < 32 || !self.det.pad_multiple.is_multiple_of(32) {
             return Err("det.pad_multiple must be a positive multiple of 32".into());
         }
         if self.rec.widths.is_empty() || self.rec.widths.windows(2).any(|w| w[0] >= w[1]) {

@@ -17,10 +17,21 @@ pub fn crop_quad(img: &RgbImage, quad: &Quad) -> Option<RgbImage> {
         return None;
     }
     let from = quad.map(|p| (p[0], p[1]));
-    let to = [(0.0, 0.0), (w as f32, 0.0), (w as f32, h as f32), (0.0, h as f32)];
+    let to = [
+        (0.0, 0.0),
+        (w as f32, 0.0),
+        (w as f32, h as f32),
+        (0.0, h as f32),
+    ];
     let projection = Projection::from_control_points(from, to)?;
     let mut out = RgbImage::new(w, h);
-    warp_into(img, projection, Interpolation::Bicubic, Border::Replicate, &mut out);
+    warp_into(
+        img,
+        projection,
+        Interpolation::Bicubic,
+        Border::Replicate,
+        &mut out,
+    );
     if h as f32 / w as f32 >= 1.5 {
         // np.rot90: a quarter turn counter-clockwise.
         out = image::imageops::rotate270(&out);

@@ -124,7 +124,11 @@ mod tests {
     fn alpha_is_composited_over_white() {
         let mut img = ImageBuffer::from_pixel(2, 1, Rgba([0u8, 0, 0, 0]));
         img.put_pixel(1, 0, Rgba([0, 0, 0, 255]));
-        let out = decode(&encode(&DynamicImage::ImageRgba8(img), ImageFormat::Png), 1000).unwrap();
+        let out = decode(
+            &encode(&DynamicImage::ImageRgba8(img), ImageFormat::Png),
+            1000,
+        )
+        .unwrap();
         assert_eq!(out.get_pixel(0, 0).0, [255, 255, 255]);
         assert_eq!(out.get_pixel(1, 0).0, [0, 0, 0]);
     }

@@ -107,12 +107,13 @@ impl Engine {
     fn self_check(&mut self) -> Result<(), EngineError> {
         let w = self.cfg.rec.widths[0] as usize;
         let input = vec![0f32; 3 * rec::HEIGHT as usize * w];
-        let out = run_model(&mut self.rec, &input, 1, [3, rec::HEIGHT as usize, w]).map_err(|m| {
-            match self.cfg.device {
-                Device::Cuda(device) => EngineError::Cuda { device, message: m },
-                Device::Cpu => EngineError::Ort(m),
-            }
-        })?;
+        let out =
+            run_model(&mut self.rec, &input, 1, [3, rec::HEIGHT as usize, w]).map_err(|m| {
+                match self.cfg.device {
+                    Device::Cuda(device) => EngineError::Cuda { device, message: m },
+                    Device::Cpu => EngineError::Ort(m),
+                }
+            })?;
         let classes = *out.shape().last().unwrap_or(&0);
         if classes != self.dict.len() {
             return Err(EngineError::Config(format!(
@@ -126,6 +127,12 @@ impl Engine {
     /// The configuration in use.
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
+    }
+
+    /// Mutable access for settings that may change between calls: batch sizes, thresholds,
+    /// rec width buckets. Model paths, device and threads take effect only in [`Engine::new`].
+    pub fn config_mut(&mut self) -> &mut EngineConfig {
+        &mut self.cfg
     }
 
     /// The execution provider that runs inference, e.g. `CUDAExecutionProvider(cuda:0)`.
@@ -166,7 +173,10 @@ impl Engine {
             }
             results[i] = Some(r);
         }
-        results.into_iter().map(|r| r.expect("every slot filled")).collect()
+        results
+            .into_iter()
+            .map(|r| r.expect("every slot filled"))
+            .collect()
     }
 
     /// Recognises decoded images. One result per input, in order.
@@ -228,7 +238,11 @@ impl Engine {
                 Some(e) => Err(e),
                 None => {
                     timings.total = timings.det + timings.crop + timings.cls + timings.rec;
-                    let text = lines.iter().map(|l| l.text.as_str()).collect::<Vec<_>>().join("\n");
+                    let text = lines
+                        .iter()
+                        .map(|l| l.text.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n");
                     Ok(ImageText {
                         width: img.width(),
                         height: img.height(),
@@ -247,7 +261,11 @@ impl Engine {
         self.detect_timed(images, &mut timings)
     }
 
-    fn detect_timed(&mut self, images: &[RgbImage], timings: &mut [Timings]) -> Vec<Result<Vec<Quad>, OcrError>> {
+    fn detect_timed(
+        &mut self,
+        images: &[RgbImage],
+        timings: &mut [Timings],
+    ) -> Vec<Result<Vec<Quad>, OcrError>> {
         let cfg = self.cfg.det.clone();
         let shapes: Vec<DetShape> = images
             .iter()
@@ -269,10 +287,26 @@ impl Engine {
                 tensor.resize(slot * chunk.len(), 0f32);
                 for (k, &i) in chunk.iter().enumerate() {
                     let s = &shapes[i];
-                    let resized = crate::preprocess::resize(&mut self.resizer, &images[i], s.resized_w, s.resized_h);
-                    crate::preprocess::write_planes(&resized, &mut tensor[k * slot..(k + 1) * slot], tw, th);
+                    let resized = crate::preprocess::resize(
+                        &mut self.resizer,
+                        &images[i],
+                        s.resized_w,
+                        s.resized_h,
+                    );
+                    crate::preprocess::write_planes(
+                        &resized,
+                        &mut tensor[k * slot..(k + 1) * slot],
+                        tw,
+                        th,
+                    );
                 }
-                let output = infer(&mut self.det, Stage::Detect, &tensor, chunk.len(), [3, th, tw]);
+                let output = infer(
+                    &mut self.det,
+                    Stage::Detect,
+                    &tensor,
+                    chunk.len(),
+                    [3, th, tw],
+                );
                 let share = ms(t) / chunk.len() as f64;
                 for (k, &i) in chunk.iter().enumerate() {
                     let t = Instant::now();
@@ -292,11 +326,20 @@ impl Engine {
                 }
             }
         }
-        out.into_iter().map(|r| r.expect("every image in a group")).collect()
+        out.into_iter()
+            .map(|r| r.expect("every image in a group"))
+            .collect()
     }
 
-    fn classify_timed(&mut self, crops: &mut [Crop], timings: &mut [Timings], failed: &mut [Option<OcrError>]) {
-        let Some(session) = self.cls.as_mut() else { return };
+    fn classify_timed(
+        &mut self,
+        crops: &mut [Crop],
+        timings: &mut [Timings],
+        failed: &mut [Option<OcrError>],
+    ) {
+        let Some(session) = self.cls.as_mut() else {
+            return;
+        };
         let (h, w) = (cls::HEIGHT as usize, cls::WIDTH as usize);
         let slot = 3 * h * w;
         let thresh = self.cfg.cls.thresh;
@@ -306,7 +349,11 @@ impl Engine {
             tensor.clear();
             tensor.resize(slot * chunk.len(), 0f32);
             for (k, c) in chunk.iter().enumerate() {
-                cls::fill(&mut self.resizer, &c.pixels, &mut tensor[k * slot..(k + 1) * slot]);
+                cls::fill(
+                    &mut self.resizer,
+                    &c.pixels,
+                    &mut tensor[k * slot..(k + 1) * slot],
+                );
             }
             let output = infer(session, Stage::Classify, &tensor, chunk.len(), [3, h, w]);
             for (k, c) in chunk.iter_mut().enumerate() {
@@ -343,7 +390,11 @@ impl Engine {
             .filter(|(_, c)| failed[c.image].is_none())
             .map(|(i, c)| {
                 let (w, h) = c.pixels.dimensions();
-                (rec::bucket_width(w, h, &widths), crate::preprocess::width_at_height(w, h, rec::HEIGHT, u32::MAX), i)
+                (
+                    rec::bucket_width(w, h, &widths),
+                    crate::preprocess::width_at_height(w, h, rec::HEIGHT, u32::MAX),
+                    i,
+                )
             })
             .collect();
         order.sort_unstable();
@@ -365,15 +416,27 @@ impl Engine {
             tensor.clear();
             tensor.resize(slot * batch.len(), 0f32);
             for (k, &(_, _, i)) in batch.iter().enumerate() {
-                rec::fill(&mut self.resizer, &crops[i].pixels, bucket, &mut tensor[k * slot..(k + 1) * slot]);
+                rec::fill(
+                    &mut self.resizer,
+                    &crops[i].pixels,
+                    bucket,
+                    &mut tensor[k * slot..(k + 1) * slot],
+                );
             }
-            let output = infer(&mut self.rec, Stage::Recognize, &tensor, batch.len(), [3, h, w]);
+            let output = infer(
+                &mut self.rec,
+                Stage::Recognize,
+                &tensor,
+                batch.len(),
+                [3, h, w],
+            );
             for (k, &(_, _, i)) in batch.iter().enumerate() {
                 match output.item(k).and_then(|p| {
-                    p.into_dimensionality::<Ix2>().map_err(|e| OcrError::Inference {
-                        stage: Stage::Recognize,
-                        message: format!("unexpected recogniser output: {e}"),
-                    })
+                    p.into_dimensionality::<Ix2>()
+                        .map_err(|e| OcrError::Inference {
+                            stage: Stage::Recognize,
+                            message: format!("unexpected recogniser output: {e}"),
+                        })
                 }) {
                     Ok(probs) => texts[i] = Some(self.dict.decode(probs)),
                     Err(e) => {
@@ -441,10 +504,18 @@ impl Engine {
 }
 
 /// Runs `session` on a batch, falling back to one item at a time if the batch fails.
-fn infer(session: &mut Session, stage: Stage, tensor: &[f32], n: usize, chw: [usize; 3]) -> BatchOutput {
+fn infer(
+    session: &mut Session,
+    stage: Stage,
+    tensor: &[f32],
+    n: usize,
+    chw: [usize; 3],
+) -> BatchOutput {
     match run_model(session, tensor, n, chw) {
         Ok(out) => BatchOutput::Whole(out),
-        Err(message) if n == 1 => BatchOutput::PerItem(vec![Err(OcrError::Inference { stage, message })]),
+        Err(message) if n == 1 => {
+            BatchOutput::PerItem(vec![Err(OcrError::Inference { stage, message })])
+        }
         Err(message) => {
             tracing::warn!(%stage, batch = n, %message, "batch failed; retrying its items one by one");
             let slot = chw.iter().product::<usize>();
@@ -461,14 +532,26 @@ fn infer(session: &mut Session, stage: Stage, tensor: &[f32], n: usize, chw: [us
 }
 
 /// One ONNX Runtime run on an `[n, c, h, w]` f32 tensor; the first output, copied out.
-fn run_model(session: &mut Session, tensor: &[f32], n: usize, chw: [usize; 3]) -> Result<ArrayD<f32>, String> {
-    let view = ArrayView4::from_shape((n, chw[0], chw[1], chw[2]), tensor).map_err(|e| e.to_string())?;
+fn run_model(
+    session: &mut Session,
+    tensor: &[f32],
+    n: usize,
+    chw: [usize; 3],
+) -> Result<ArrayD<f32>, String> {
+    let view =
+        ArrayView4::from_shape((n, chw[0], chw[1], chw[2]), tensor).map_err(|e| e.to_string())?;
     let input = TensorRef::from_array_view(view).map_err(|e| e.to_string())?;
-    let outputs = session.run(ort::inputs![input]).map_err(|e| e.to_string())?;
-    let out = outputs[0].try_extract_array::<f32>().map_err(|e| e.to_string())?;
+    let outputs = session
+        .run(ort::inputs![input])
+        .map_err(|e| e.to_string())?;
+    let out = outputs[0]
+        .try_extract_array::<f32>()
+        .map_err(|e| e.to_string())?;
     if out.shape().first() != Some(&n) {
-        return Err(format!("model returned batch {:?} for {n} inputs", out.shape().first()));
+        return Err(format!(
+            "model returned batch {:?} for {n} inputs",
+            out.shape().first()
+        ));
     }
     Ok(out.to_owned())
 }
-

@@ -95,12 +95,17 @@ impl EngineHandle {
     }
 
     async fn submit(&self, input: Input, n: usize) -> Vec<Result<ImageText, OcrError>> {
-        let gone = |why: &str| (0..n).map(|_| Err(OcrError::EngineGone(why.to_owned()))).collect();
+        let gone = |why: &str| {
+            (0..n)
+                .map(|_| Err(OcrError::EngineGone(why.to_owned())))
+                .collect()
+        };
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Job { input, reply }).await.is_err() {
             return gone("engine thread has stopped");
         }
-        rx.await.unwrap_or_else(|_| gone("engine thread stopped while processing"))
+        rx.await
+            .unwrap_or_else(|_| gone("engine thread stopped while processing"))
     }
 
     /// Total seconds the engine thread has spent running batches since it started.

@@ -29,7 +29,12 @@ pub fn width_at_height(w: u32, h: u32, height: u32, max_w: u32) -> u32 {
 
 /// Scales a crop to `height` (48 for PP-OCR's classifier and recogniser) with its aspect ratio,
 /// at most `max_w` wide.
-pub fn resize_to_height(resizer: &mut Resizer, img: &RgbImage, height: u32, max_w: u32) -> RgbImage {
+pub fn resize_to_height(
+    resizer: &mut Resizer,
+    img: &RgbImage,
+    height: u32,
+    max_w: u32,
+) -> RgbImage {
     let w = width_at_height(img.width(), img.height(), height, max_w);
     resize(resizer, img, w, height)
 }

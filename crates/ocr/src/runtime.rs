@@ -48,7 +48,11 @@ pub fn environment(library: &Path) -> Result<Environment, EngineError> {
 }
 
 /// Creates a session for `model` on the configured device.
-pub fn session(cfg: &EngineConfig, env: &Environment, model: &Path) -> Result<Session, EngineError> {
+pub fn session(
+    cfg: &EngineConfig,
+    env: &Environment,
+    model: &Path,
+) -> Result<Session, EngineError> {
     if !model.is_file() {
         return Err(EngineError::Model {
             path: model.display().to_string(),
@@ -93,12 +97,12 @@ fn with_cuda(
         .with_conv_algorithm_search(ep::cuda::ConvAlgorithmSearch::Heuristic);
     match ep::CUDA::is_available() {
         Ok(true) => {}
-        Ok(false) => {
-            return Err(EngineError::Cuda {
-                device,
-                message: "this ONNX Runtime library has no CUDA execution provider (is it the CPU build?)".into(),
-            })
-        }
+        Ok(false) => return Err(EngineError::Cuda {
+            device,
+            message:
+                "this ONNX Runtime library has no CUDA execution provider (is it the CPU build?)"
+                    .into(),
+        }),
         Err(e) => {
             return Err(EngineError::Cuda {
                 device,

@@ -7,8 +7,8 @@
 //! - polygon offsetting ("unclip"): `geo::Buffer` with round joins (as pyclipper `JT_ROUND`);
 //! - polygon fill for the box score: `imageproc::drawing::draw_polygon_mut` (as `cv2.fillPoly`).
 
-use geo::{Area, Buffer, Coord, Euclidean, Length, LineString, MinimumRotatedRect, Polygon};
 use geo::algorithm::buffer::{BufferStyle, LineJoin};
+use geo::{Area, Buffer, Coord, Euclidean, Length, LineString, MinimumRotatedRect, Polygon};
 use image::{GrayImage, Luma};
 use imageproc::contours::find_contours;
 use imageproc::point::Point;
@@ -67,8 +67,12 @@ pub fn boxes_from_map(pred: ArrayView2<'_, f32>, shape: &DetShape, cfg: &DetConf
         for (o, c) in out.iter_mut().zip(quad.iter()) {
             // np.round is round-half-to-even; the box is then clipped to the image (RapidOCR's
             // `clip_det_res` clips to size − 1).
-            let x = (c.x * sx).round_ties_even().clamp(0.0, shape.src_w as f64 - 1.0);
-            let y = (c.y * sy).round_ties_even().clamp(0.0, shape.src_h as f64 - 1.0);
+            let x = (c.x * sx)
+                .round_ties_even()
+                .clamp(0.0, shape.src_w as f64 - 1.0);
+            let y = (c.y * sy)
+                .round_ties_even()
+                .clamp(0.0, shape.src_h as f64 - 1.0);
             *o = [x as f32, y as f32];
         }
         let width = dist(out[0], out[1]) as i64;
@@ -102,8 +106,16 @@ fn mini_box(points: &[Coord<f64>]) -> Option<([Coord<f64>; 4], f64)> {
     let side = |a: Coord<f64>, b: Coord<f64>| ((a.x - b.x).powi(2) + (a.y - b.y).powi(2)).sqrt();
     let short = side(c[0], c[1]).min(side(c[1], c[2]));
     c.sort_by(|a, b| a.x.total_cmp(&b.x));
-    let (tl, bl) = if c[1].y > c[0].y { (c[0], c[1]) } else { (c[1], c[0]) };
-    let (tr, br) = if c[3].y > c[2].y { (c[2], c[3]) } else { (c[3], c[2]) };
+    let (tl, bl) = if c[1].y > c[0].y {
+        (c[0], c[1])
+    } else {
+        (c[1], c[0])
+    };
+    let (tr, br) = if c[3].y > c[2].y {
+        (c[2], c[3])
+    } else {
+        (c[3], c[2])
+    };
     Some(([tl, tr, br, bl], short))
 }
 
@@ -176,7 +188,9 @@ pub fn sort_reading_order(boxes: &mut [Quad]) {
     });
     for i in 0..boxes.len().saturating_sub(1) {
         for j in (0..=i).rev() {
-            if (boxes[j + 1][0][1] - boxes[j][0][1]).abs() < 10.0 && boxes[j + 1][0][0] < boxes[j][0][0] {
+            if (boxes[j + 1][0][1] - boxes[j][0][1]).abs() < 10.0
+                && boxes[j + 1][0][0] < boxes[j][0][0]
+            {
                 boxes.swap(j, j + 1);
             } else {
                 break;

@@ -1,0 +1,263 @@
+//! `ocrfleet bench ocr`: throughput and latency per stage and for the whole engine, at a
+//! range of batch sizes, printed as a table. Optionally compares with a peer run
+//! (`bench/rapidocr_bench.py --json`) on the same images.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use image::RgbImage;
+use ocrfleet_ocr::{crop::crop_quad, decode, Engine};
+
+use crate::engine_args::EngineArgs;
+use crate::ocr_cmd::collect_files;
+
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Engine-only benchmark: det, cls, rec and the whole pipeline at several batch sizes.
+    Ocr(OcrBenchArgs),
+}
+
+#[derive(clap::Args)]
+pub struct OcrBenchArgs {
+    /// Images or directories to use.
+    #[arg(long = "images", default_value = "tests/fixtures/images")]
+    pub images: Vec<PathBuf>,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
+    pub batch_sizes: Vec<usize>,
+    /// Passes over the image set per measurement.
+    #[arg(long, default_value_t = 2)]
+    pub repeat: usize,
+    /// Stages to measure (det, cls, rec, pipeline).
+    #[arg(long, value_delimiter = ',', default_value = "det,cls,rec,pipeline")]
+    pub stages: Vec<String>,
+    /// JSON line printed by `bench/rapidocr_bench.py --json` for the same images and threads:
+    /// prints the pipeline's ratio against it.
+    #[arg(long)]
+    pub peer: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BenchCommand::Ocr(a) => bench_ocr(a),
+    }
+}
+
+struct Row {
+    stage: &'static str,
+    batch: usize,
+    items: usize,
+    images: usize,
+    lines: usize,
+    secs: f64,
+    latencies_ms: Vec<f64>,
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[idx]
+}
+
+/// Runs `f` over `items` in chunks of `batch`, `repeat` times; returns (seconds, per-call ms).
+fn time_chunks<T>(
+    items: &[T],
+    batch: usize,
+    repeat: usize,
+    mut f: impl FnMut(&[T]),
+) -> (f64, Vec<f64>) {
+    let mut lat = Vec::new();
+    let t0 = Instant::now();
+    for _ in 0..repeat {
+        for chunk in items.chunks(batch) {
+            let t = Instant::now();
+            f(chunk);
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    (t0.elapsed().as_secs_f64(), lat)
+}
+
+fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
+    let files = collect_files(&args.images);
+    anyhow::ensure!(!files.is_empty(), "no images under {:?}", args.images);
+    let cfg = args.engine.config();
+    let images: Vec<RgbImage> = files
+        .iter()
+        .filter_map(|f| {
+            let b = std::fs::read(f).ok()?;
+            decode::decode(&b, cfg.max_pixels).ok()
+        })
+        .collect();
+    let mut engine = Engine::new(cfg).context("cannot start the OCR engine")?;
+    let defaults = engine.config().clone();
+
+    // Warm-up, and the crops that the cls and rec stages are measured on.
+    let boxes = engine.detect(&images);
+    let crops: Vec<RgbImage> = images
+        .iter()
+        .zip(&boxes)
+        .flat_map(|(img, b)| {
+            b.as_ref()
+                .map(|qs| {
+                    qs.iter()
+                        .filter_map(|q| crop_quad(img, q))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    let warm = engine.recognize(&images);
+    let lines_per_pass: usize = warm
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|t| t.lines.len())
+        .sum();
+    println!(
+        "# ocrfleet bench ocr: {} images, {} crops, {} recognised lines per pass; device {}, models {}, threads {}, repeat {}",
+        images.len(),
+        crops.len(),
+        lines_per_pass,
+        engine.provider(),
+        engine.model_version(),
+        if defaults.intra_threads == 0 { "all".to_string() } else { defaults.intra_threads.to_string() },
+        args.repeat
+    );
+
+    let wants = |s: &str| args.stages.iter().any(|x| x == s);
+    let mut rows = Vec::new();
+    for &b in &args.batch_sizes {
+        let b = b.max(1);
+        if wants("det") {
+            engine.config_mut().det.batch_size = b;
+            let (secs, lat) = time_chunks(&images, b, args.repeat, |c| {
+                engine.detect(c);
+            });
+            rows.push(Row {
+                stage: "det",
+                batch: b,
+                items: images.len() * args.repeat,
+                images: images.len() * args.repeat,
+                lines: 0,
+                secs,
+                latencies_ms: lat,
+            });
+        }
+        if wants("cls") && !crops.is_empty() {
+            engine.config_mut().cls.batch_size = b;
+            let (secs, lat) = time_chunks(&crops, b, args.repeat, |c| {
+                engine.classify_lines(c);
+            });
+            rows.push(Row {
+                stage: "cls",
+                batch: b,
+                items: crops.len() * args.repeat,
+                images: 0,
+                lines: crops.len() * args.repeat,
+                secs,
+                latencies_ms: lat,
+            });
+        }
+        if wants("rec") && !crops.is_empty() {
+            engine.config_mut().rec.batch_size = b;
+            let (secs, lat) = time_chunks(&crops, b, args.repeat, |c| {
+                engine.recognize_lines(c);
+            });
+            rows.push(Row {
+                stage: "rec",
+                batch: b,
+                items: crops.len() * args.repeat,
+                images: 0,
+                lines: crops.len() * args.repeat,
+                secs,
+                latencies_ms: lat,
+            });
+        }
+        *engine.config_mut() = defaults.clone();
+        if wants("pipeline") {
+            engine.config_mut().det.batch_size = b;
+            let mut lines = 0usize;
+            let (secs, lat) = time_chunks(&images, b, args.repeat, |c| {
+                lines += engine
+                    .recognize(c)
+                    .iter()
+                    .filter_map(|r| r.as_ref().ok())
+                    .map(|t| t.lines.len())
+                    .sum::<usize>();
+            });
+            rows.push(Row {
+                stage: "pipeline",
+                batch: b,
+                items: images.len() * args.repeat,
+                images: images.len() * args.repeat,
+                lines,
+                secs,
+                latencies_ms: lat,
+            });
+            *engine.config_mut() = defaults.clone();
+        }
+    }
+
+    println!(
+        "{:<9} {:>5} {:>7} {:>9} {:>9} {:>9} {:>9}",
+        "stage", "batch", "items", "img/s", "lines/s", "p50 ms", "p99 ms"
+    );
+    for r in &rows {
+        let mut lat = r.latencies_ms.clone();
+        lat.sort_by(f64::total_cmp);
+        let per = |n: usize| {
+            if n == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.1}", n as f64 / r.secs)
+            }
+        };
+        println!(
+            "{:<9} {:>5} {:>7} {:>9} {:>9} {:>9.1} {:>9.1}",
+            r.stage,
+            r.batch,
+            r.items,
+            per(r.images),
+            per(r.lines),
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        );
+    }
+
+    if let Some(peer) = &args.peer {
+        let text =
+            std::fs::read_to_string(peer).with_context(|| format!("reading {}", peer.display()))?;
+        let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or("{}"))
+            .with_context(|| format!("{} is not a JSON line", peer.display()))?;
+        let peer_ips = v["img_per_s"]
+            .as_f64()
+            .context("peer JSON has no img_per_s")?;
+        println!(
+            "\n# against peer {} ({:.2} img/s)",
+            v["name"].as_str().unwrap_or("peer"),
+            peer_ips
+        );
+        println!(
+            "{:<9} {:>5} {:>9} {:>9} {:>7}",
+            "stage", "batch", "img/s", "peer", "ratio"
+        );
+        for r in rows.iter().filter(|r| r.stage == "pipeline") {
+            let ips = r.images as f64 / r.secs;
+            println!(
+                "{:<9} {:>5} {:>9.2} {:>9.2} {:>6.2}x",
+                r.stage,
+                r.batch,
+                ips,
+                peer_ips,
+                ips / peer_ips
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,37 @@
+//! Engine flags shared by every subcommand that runs OCR.
+
+use std::path::PathBuf;
+
+use ocrfleet_ocr::{Device, EngineConfig, ModelSet};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Inference device: cpu, cuda or cuda:N. CUDA never falls back to CPU silently.
+    #[arg(long, env = "OCRFLEET_DEVICE", default_value = "cpu")]
+    pub device: Device,
+    /// Model set: v4 (PP-OCRv4 mobile, default) or v6 (PP-OCRv6 small).
+    #[arg(long = "models", env = "OCRFLEET_MODEL_SET", default_value = "v4")]
+    pub model_set: ModelSet,
+    /// Folder with v4/, v6/ and lib/ as installed by models/fetch.sh.
+    #[arg(long, env = "OCRFLEET_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// ONNX Runtime intra-op threads per model (0 = all cores).
+    #[arg(long, env = "OCRFLEET_THREADS", default_value_t = 0)]
+    pub threads: usize,
+    /// Use the fp16 model variants made by models/make_fp16.py.
+    #[arg(long)]
+    pub fp16: bool,
+}
+
+impl EngineArgs {
+    pub fn config(&self) -> EngineConfig {
+        EngineConfig {
+            models_dir: self.models_dir.clone(),
+            model_set: self.model_set,
+            device: self.device,
+            intra_threads: self.threads,
+            fp16: self.fp16,
+            ..EngineConfig::default()
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! `ocrfleet ocr PATHS...`: OCR files and directories, print text or NDJSON.
+//!
+//! Exit code 0 whatever the images hold: an unreadable or undecodable file is reported in the
+//! output (an `error` object in NDJSON) and the run goes on. Only unusable arguments (or an
+//! engine that cannot start) give a non-zero exit.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use ocrfleet_ocr::{Engine, ImageText, OcrError};
+use serde_json::json;
+
+use crate::engine_args::EngineArgs;
+
+#[derive(clap::Args, Debug)]
+pub struct OcrArgs {
+    /// Image files or directories (searched recursively for jpg, jpeg, png, webp, bmp, tif, tiff, gif).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Print one JSON object per image instead of readable text.
+    #[arg(long)]
+    pub ndjson: bool,
+    /// Images per engine call (detection batches group same-shape images within it).
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"];
+
+/// Expands directories (sorted, recursive); files named explicitly are always kept.
+pub fn collect_files(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut out);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk(&p, out);
+        } else if p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        {
+            out.push(p);
+        }
+    }
+}
+
+pub fn run(args: OcrArgs) -> anyhow::Result<ExitCode> {
+    let files = collect_files(&args.paths);
+    if files.is_empty() {
+        anyhow::bail!("no image files found under {:?}", args.paths);
+    }
+    let mut engine = Engine::new(args.engine.config()).context("cannot start the OCR engine")?;
+    let progress = if files.len() > 8 {
+        let pb = ProgressBar::new(files.len() as u64);
+        pb.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} images {per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for chunk in files.chunks(args.batch_size.max(1)) {
+        let mut results: Vec<Option<Result<ImageText, (String, String)>>> = vec![None; chunk.len()];
+        let mut bytes = Vec::new();
+        let mut slots = Vec::new();
+        for (i, f) in chunk.iter().enumerate() {
+            match std::fs::read(f) {
+                Ok(b) => {
+                    bytes.push(b);
+                    slots.push(i);
+                }
+                Err(e) => results[i] = Some(Err(("read".into(), e.to_string()))),
+            }
+        }
+        let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+        for (i, r) in slots.into_iter().zip(engine.recognize_bytes(&refs)) {
+            results[i] = Some(r.map_err(|e: OcrError| (e.stage().to_string(), e.to_string())));
+        }
+        for (f, r) in chunk.iter().zip(results) {
+            let r = r.expect("every file has a result");
+            write_result(&mut out, f, &r, args.ndjson)?;
+        }
+        out.flush()?;
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish_and_clear();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_result(
+    out: &mut impl Write,
+    file: &Path,
+    r: &Result<ImageText, (String, String)>,
+    ndjson: bool,
+) -> std::io::Result<()> {
+    let name = file.display().to_string();
+    match (r, ndjson) {
+        (Ok(t), true) => {
+            let v = json!({"file": name, "width": t.width, "height": t.height, "lines": t.lines, "timings_ms": t.timings});
+            writeln!(out, "{v}")
+        }
+        (Err((stage, message)), true) => {
+            writeln!(
+                out,
+                "{}",
+                json!({"file": name, "error": {"stage": stage, "message": message}})
+            )
+        }
+        (Ok(t), false) => {
+            writeln!(
+                out,
+                "== {name} ({}x{}, {} lines, {:.0} ms)",
+                t.width,
+                t.height,
+                t.lines.len(),
+                t.timings.total
+            )?;
+            for l in &t.lines {
+                writeln!(out, "{}", l.text)?;
+            }
+            writeln!(out)
+        }
+        (Err((stage, message)), false) => writeln!(out, "== {name}: {stage} error: {message}\n"),
+    }
+}
