@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod engine_args;
 mod ocr_cmd;
+mod worker_cmd;
 
 /// Kafka-driven fleet of batched PP-OCR workers.
 #[derive(Parser)]
@@ -35,6 +36,10 @@ enum LogFormat {
 enum Command {
     /// OCR image files or directories and print the text (or NDJSON).
     Ocr(ocr_cmd::OcrArgs),
+    /// Run a worker: Kafka → download → batched OCR → Elasticsearch, failures to the dead-letter topic.
+    Worker(worker_cmd::WorkerCmd),
+    /// Publish image URLs (one per line, or JSON messages) to the source topic.
+    Produce(worker_cmd::ProduceCmd),
     /// Benchmarks that print tables.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -58,6 +63,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ocr(args) => ocr_cmd::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Worker(cmd) => worker_cmd::run_worker(cmd),
+        Command::Produce(cmd) => worker_cmd::run_produce(cmd),
     };
     match result {
         Ok(code) => code,

@@ -53,6 +53,29 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
     Ok(to_rgb_over_white(img))
 }
 
+/// Reads only the header: the stored width and height (before EXIF rotation), refusing
+/// images over `max_pixels`. Lets callers budget memory before decoding.
+pub fn dimensions(bytes: &[u8], max_pixels: u64) -> Result<(u32, u32), DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(DecodeError::UnknownFormat);
+    }
+    let (width, height) = reader.into_dimensions().map_err(map_image_error)?;
+    let pixels = u64::from(width) * u64::from(height);
+    if width == 0 || height == 0 {
+        return Err(DecodeError::ZeroSize { width, height });
+    }
+    if pixels > max_pixels {
+        return Err(DecodeError::TooLarge { width, height, pixels, limit: max_pixels });
+    }
+    Ok((width, height))
+}
+
 fn map_image_error(e: image::ImageError) -> DecodeError {
     match e {
         image::ImageError::Unsupported(u) => match u.kind() {

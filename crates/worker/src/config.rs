@@ -1,0 +1,463 @@
+//! Worker configuration: one typed struct, loaded from a TOML file, then `OCRFLEET_*`
+//! environment variables, then command-line flags (each later source wins).
+//!
+//! Every setting is declared once, in the `settings!` table below, which generates the clap
+//! flags (so `ocrfleet worker --help` lists each flag with its environment variable), the TOML
+//! keys (the flag's name), and [`REFERENCE`], from which the README's table is made
+//! (`ocrfleet worker --print-reference`; a test checks that the README agrees).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use ipnet::IpNet;
+use ocrfleet_ocr::{Device, EngineConfig, ModelSet};
+use serde::Deserialize;
+
+/// A duration written as `100ms`, `30s`, `5m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s)
+            .map(HumanDuration)
+            .map_err(|e| format!("{s:?} is not a duration like 100ms, 30s or 5m: {e}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A secret value: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+pub struct Secret(pub String);
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// One row of the configuration reference.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    pub flag: &'static str,
+    pub env: &'static str,
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])+ $name:ident : $ty:ty, $flag:literal, $env:literal, $default:literal; )*) => {
+        /// Worker settings as given (file, environment or flags); `None` means "not given".
+        #[derive(clap::Args, Debug, Default, Clone, Deserialize)]
+        #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+        pub struct WorkerArgs {
+            $(
+                #[doc = concat!($($doc, "\n"),+)]
+                #[arg(long = $flag, env = $env, hide_env_values = true, help = help_text(concat!($($doc),+), $default))]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        impl WorkerArgs {
+            /// Fills every setting not given here from `lower` (a lower-precedence source).
+            pub fn or(self, lower: WorkerArgs) -> WorkerArgs {
+                WorkerArgs { $( $name: self.$name.or(lower.$name), )* }
+            }
+
+            /// Fills every setting still unset with its documented default.
+            pub fn with_defaults(self) -> Result<WorkerArgs, String> {
+                Ok(WorkerArgs { $( $name: match self.$name {
+                    Some(v) => Some(v),
+                    None if $default.is_empty() => None,
+                    None => Some(parse_default::<$ty>($flag, $default)?),
+                }, )* })
+            }
+        }
+
+        /// Every setting: flag (also the TOML key), environment variable, default, meaning.
+        pub const REFERENCE: &[Setting] = &[
+            $( Setting { flag: $flag, env: $env, default: $default, doc: concat!($($doc),+).trim_ascii() }, )*
+        ];
+    };
+}
+
+fn help_text(doc: &str, default: &str) -> String {
+    let doc = doc.trim();
+    if default.is_empty() {
+        doc.to_owned()
+    } else {
+        format!("{doc} [default: {default}]")
+    }
+}
+
+fn parse_default<T: FromStr>(flag: &str, s: &str) -> Result<T, String> {
+    s.parse().map_err(|_| format!("built-in default {s:?} for --{flag} does not parse"))
+}
+
+/// A list given as `a,b,c` (flag or environment) or as a TOML array.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct List<T>(pub Vec<T>);
+
+impl<T: FromStr> FromStr for List<T>
+where
+    T::Err: fmt::Display,
+{
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| p.parse::<T>().map_err(|e| format!("{p:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(List)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for List<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<T>::deserialize(d).map(List)
+    }
+}
+
+settings! {
+    /// Kafka bootstrap servers, comma-separated.
+    brokers: String, "brokers", "OCRFLEET_KAFKA_BROKERS", "127.0.0.1:9092";
+    /// Source topic of image-URL messages.
+    topic: String, "topic", "OCRFLEET_KAFKA_TOPIC", "ocr.requests";
+    /// Consumer group id.
+    group: String, "group", "OCRFLEET_KAFKA_GROUP", "ocrfleet";
+    /// Dead-letter topic (default: <topic>.dlq).
+    dlq_topic: String, "dlq-topic", "OCRFLEET_KAFKA_DLQ_TOPIC", "";
+    /// Kafka security.protocol: plaintext, ssl, sasl_plaintext or sasl_ssl.
+    kafka_security_protocol: String, "kafka-security-protocol", "OCRFLEET_KAFKA_SECURITY_PROTOCOL", "plaintext";
+    /// Kafka SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    kafka_sasl_mechanism: String, "kafka-sasl-mechanism", "OCRFLEET_KAFKA_SASL_MECHANISM", "";
+    /// Kafka SASL username.
+    kafka_sasl_username: String, "kafka-sasl-username", "OCRFLEET_KAFKA_SASL_USERNAME", "";
+    /// Kafka SASL password (prefer the _FILE variant).
+    kafka_sasl_password: Secret, "kafka-sasl-password", "OCRFLEET_KAFKA_SASL_PASSWORD", "";
+    /// File holding the Kafka SASL password.
+    kafka_sasl_password_file: PathBuf, "kafka-sasl-password-file", "OCRFLEET_KAFKA_SASL_PASSWORD_FILE", "";
+    /// CA certificate (PEM) for Kafka TLS.
+    kafka_ssl_ca_location: PathBuf, "kafka-ssl-ca-location", "OCRFLEET_KAFKA_SSL_CA_LOCATION", "";
+    /// Messages per chunk taken from Kafka.
+    max_messages: usize, "max-messages", "OCRFLEET_MAX_MESSAGES", "1000";
+    /// A chunk is closed after this long even if not full (the online micro-batch window).
+    linger: HumanDuration, "linger", "OCRFLEET_LINGER", "100ms";
+    /// Elasticsearch URL.
+    es_url: String, "es-url", "OCRFLEET_ES_URL", "http://127.0.0.1:9200";
+    /// Elasticsearch index (an index template of the same name is created or verified at start).
+    es_index: String, "es-index", "OCRFLEET_ES_INDEX", "ocrfleet";
+    /// Elasticsearch API key (base64 id:key; prefer the _FILE variant).
+    es_api_key: Secret, "es-api-key", "OCRFLEET_ES_API_KEY", "";
+    /// File holding the Elasticsearch API key.
+    es_api_key_file: PathBuf, "es-api-key-file", "OCRFLEET_ES_API_KEY_FILE", "";
+    /// Elasticsearch basic-auth user.
+    es_username: String, "es-username", "OCRFLEET_ES_USERNAME", "";
+    /// Elasticsearch basic-auth password (prefer the _FILE variant).
+    es_password: Secret, "es-password", "OCRFLEET_ES_PASSWORD", "";
+    /// File holding the Elasticsearch password.
+    es_password_file: PathBuf, "es-password-file", "OCRFLEET_ES_PASSWORD_FILE", "";
+    /// CA certificate (PEM) for Elasticsearch TLS.
+    es_ca_cert: PathBuf, "es-ca-cert", "OCRFLEET_ES_CA_CERT", "";
+    /// Documents per bulk request at most.
+    es_bulk_docs: usize, "es-bulk-docs", "OCRFLEET_ES_BULK_DOCS", "500";
+    /// Concurrent image downloads.
+    fetch_concurrency: usize, "fetch-concurrency", "OCRFLEET_FETCH_CONCURRENCY", "64";
+    /// TCP/TLS connect time-out per attempt.
+    fetch_connect_timeout: HumanDuration, "fetch-connect-timeout", "OCRFLEET_FETCH_CONNECT_TIMEOUT", "5s";
+    /// Total time-out per download attempt (headers and body).
+    fetch_timeout: HumanDuration, "fetch-timeout", "OCRFLEET_FETCH_TIMEOUT", "30s";
+    /// Attempts per download (time-outs, 5xx and 429 are retried with exponential backoff and jitter).
+    fetch_attempts: usize, "fetch-attempts", "OCRFLEET_FETCH_ATTEMPTS", "4";
+    /// First retry delay; doubles per attempt.
+    fetch_backoff: HumanDuration, "fetch-backoff", "OCRFLEET_FETCH_BACKOFF", "200ms";
+    /// Largest image body accepted.
+    fetch_max_bytes: ByteSize, "fetch-max-bytes", "OCRFLEET_FETCH_MAX_BYTES", "20MiB";
+    /// Redirects followed at most.
+    fetch_max_redirects: usize, "fetch-max-redirects", "OCRFLEET_FETCH_MAX_REDIRECTS", "5";
+    /// Networks allowed despite the SSRF guard (e.g. 127.0.0.0/8 for a local stack); comma-separated CIDRs.
+    fetch_allow: List<IpNet>, "fetch-allow", "OCRFLEET_FETCH_ALLOW", "";
+    /// Upper bound on decoded image bytes held at once (RGB, 3 bytes per pixel).
+    memory_budget: ByteSize, "memory-budget", "OCRFLEET_MEMORY_BUDGET", "2GiB";
+    /// Images per OCR engine call.
+    ocr_batch: usize, "ocr-batch", "OCRFLEET_OCR_BATCH", "16";
+    /// Inference device: cpu, cuda or cuda:N (no silent fallback).
+    device: Device, "device", "OCRFLEET_DEVICE", "cpu";
+    /// Model set: v4 or v6.
+    models: ModelSet, "models", "OCRFLEET_MODEL_SET", "v4";
+    /// Folder with v4/, v6/ and lib/ (models/fetch.sh).
+    models_dir: PathBuf, "models-dir", "OCRFLEET_MODELS_DIR", "models";
+    /// ONNX Runtime intra-op threads per model (0 = all cores).
+    threads: usize, "threads", "OCRFLEET_THREADS", "0";
+    /// Address of the /metrics, /healthz and /readyz server.
+    http_addr: std::net::SocketAddr, "http-addr", "OCRFLEET_HTTP_ADDR", "0.0.0.0:9464";
+    /// On SIGTERM/SIGINT, in-flight work gets this long to finish before it is dropped uncommitted.
+    shutdown_grace: HumanDuration, "shutdown-grace", "OCRFLEET_SHUTDOWN_GRACE", "30s";
+    /// Stop (as on SIGTERM) once no message has arrived for this long and nothing is in flight.
+    exit_when_idle: HumanDuration, "exit-when-idle", "OCRFLEET_EXIT_WHEN_IDLE", "";
+    /// Worker id in dead-letter headers and documents (default: host name).
+    worker_id: String, "worker-id", "OCRFLEET_WORKER_ID", "";
+}
+
+/// Fully resolved settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub kafka: KafkaConfig,
+    pub es: EsConfig,
+    pub fetch: FetchConfig,
+    pub engine: EngineConfig,
+    pub max_messages: usize,
+    pub linger: Duration,
+    pub memory_budget: u64,
+    pub ocr_batch: usize,
+    pub http_addr: std::net::SocketAddr,
+    pub shutdown_grace: Duration,
+    pub exit_when_idle: Option<Duration>,
+    pub worker_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub group: String,
+    pub dlq_topic: String,
+    pub security_protocol: String,
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    pub sasl_password: Option<Secret>,
+    pub ssl_ca_location: Option<PathBuf>,
+}
+
+impl KafkaConfig {
+    /// librdkafka settings shared by the consumer and the producers.
+    pub fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("security.protocol", &self.security_protocol);
+        if let Some(m) = &self.sasl_mechanism {
+            c.set("sasl.mechanism", m);
+        }
+        if let Some(u) = &self.sasl_username {
+            c.set("sasl.username", u);
+        }
+        if let Some(p) = &self.sasl_password {
+            c.set("sasl.password", &p.0);
+        }
+        if let Some(ca) = &self.ssl_ca_location {
+            c.set("ssl.ca.location", ca.display().to_string());
+        }
+        c
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EsConfig {
+    pub url: String,
+    pub index: String,
+    pub api_key: Option<Secret>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub ca_cert: Option<PathBuf>,
+    pub bulk_docs: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    pub concurrency: usize,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub attempts: usize,
+    pub backoff: Duration,
+    pub max_bytes: u64,
+    pub max_redirects: usize,
+    pub allow: Vec<IpNet>,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        let a = WorkerArgs::default().with_defaults().expect("defaults parse");
+        WorkerConfig::fetch_from(&a)
+    }
+}
+
+/// Reads a secret from `value`, else from `file` (trailing newline removed).
+fn secret(value: Option<Secret>, file: Option<PathBuf>, what: &str) -> anyhow::Result<Option<Secret>> {
+    if let Some(v) = value {
+        return Ok(Some(v));
+    }
+    match file {
+        Some(p) => {
+            let s = std::fs::read_to_string(&p)
+                .map_err(|e| anyhow::anyhow!("cannot read {what} file {}: {e}", p.display()))?;
+            Ok(Some(Secret(s.trim_end_matches(['\n', '\r']).to_owned())))
+        }
+        None => Ok(None),
+    }
+}
+
+impl WorkerConfig {
+    /// Resolves flags/environment (`cli`) over the TOML file (if any) over the defaults.
+    pub fn load(cli: WorkerArgs, file: Option<&std::path::Path>) -> anyhow::Result<WorkerConfig> {
+        let from_file = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", p.display()))?;
+                toml::from_str::<WorkerArgs>(&text)
+                    .map_err(|e| anyhow::anyhow!("config file {}: {e}", p.display()))?
+            }
+            None => WorkerArgs::default(),
+        };
+        let a = cli.or(from_file).with_defaults().map_err(anyhow::Error::msg)?;
+        Self::resolve(a)
+    }
+
+    fn fetch_from(a: &WorkerArgs) -> FetchConfig {
+        FetchConfig {
+            concurrency: a.fetch_concurrency.unwrap_or(64).max(1),
+            connect_timeout: a.fetch_connect_timeout.map_or(Duration::from_secs(5), |d| d.0),
+            timeout: a.fetch_timeout.map_or(Duration::from_secs(30), |d| d.0),
+            attempts: a.fetch_attempts.unwrap_or(4).max(1),
+            backoff: a.fetch_backoff.map_or(Duration::from_millis(200), |d| d.0),
+            max_bytes: a.fetch_max_bytes.map_or(20 << 20, |b| b.as_u64()),
+            max_redirects: a.fetch_max_redirects.unwrap_or(5),
+            allow: a.fetch_allow.clone().map(|l| l.0).unwrap_or_default(),
+        }
+    }
+
+    fn resolve(a: WorkerArgs) -> anyhow::Result<WorkerConfig> {
+        let topic = a.topic.clone().expect("defaulted");
+        let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
+        let engine = EngineConfig {
+            models_dir: a.models_dir.clone().expect("defaulted"),
+            model_set: a.models.expect("defaulted"),
+            device: a.device.expect("defaulted"),
+            intra_threads: a.threads.expect("defaulted"),
+            ..EngineConfig::default()
+        };
+        Ok(WorkerConfig {
+            kafka: KafkaConfig {
+                brokers: a.brokers.clone().expect("defaulted"),
+                dlq_topic: nonempty(a.dlq_topic.clone()).unwrap_or_else(|| format!("{topic}.dlq")),
+                topic,
+                group: a.group.clone().expect("defaulted"),
+                security_protocol: a.kafka_security_protocol.clone().expect("defaulted"),
+                sasl_mechanism: nonempty(a.kafka_sasl_mechanism.clone()),
+                sasl_username: nonempty(a.kafka_sasl_username.clone()),
+                sasl_password: secret(a.kafka_sasl_password.clone(), a.kafka_sasl_password_file.clone(), "Kafka SASL password")?,
+                ssl_ca_location: a.kafka_ssl_ca_location.clone(),
+            },
+            es: EsConfig {
+                url: a.es_url.clone().expect("defaulted"),
+                index: a.es_index.clone().expect("defaulted"),
+                api_key: secret(a.es_api_key.clone(), a.es_api_key_file.clone(), "Elasticsearch API key")?,
+                username: nonempty(a.es_username.clone()),
+                password: secret(a.es_password.clone(), a.es_password_file.clone(), "Elasticsearch password")?,
+                ca_cert: a.es_ca_cert.clone(),
+                bulk_docs: a.es_bulk_docs.expect("defaulted").max(1),
+            },
+            fetch: Self::fetch_from(&a),
+            engine,
+            max_messages: a.max_messages.expect("defaulted").max(1),
+            linger: a.linger.expect("defaulted").0,
+            memory_budget: a.memory_budget.expect("defaulted").as_u64(),
+            ocr_batch: a.ocr_batch.expect("defaulted").max(1),
+            http_addr: a.http_addr.expect("defaulted"),
+            shutdown_grace: a.shutdown_grace.expect("defaulted").0,
+            exit_when_idle: a.exit_when_idle.map(|d| d.0),
+            worker_id: nonempty(a.worker_id.clone())
+                .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned()),
+        })
+    }
+}
+
+/// The reference table in Markdown, as it appears in the README.
+pub fn reference_markdown() -> String {
+    let mut s = String::from("| flag / TOML key | environment | default | meaning |\n|---|---|---|---|\n");
+    for r in REFERENCE {
+        let default = if r.default.is_empty() { "—".to_string() } else { format!("`{}`", r.default) };
+        s.push_str(&format!("| `--{}` | `{}` | {} | {} |\n", r.flag, r.env, default, r.doc));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_resolve() {
+        let c = WorkerConfig::load(WorkerArgs::default(), None).unwrap();
+        assert_eq!(c.kafka.topic, "ocr.requests");
+        assert_eq!(c.kafka.dlq_topic, "ocr.requests.dlq");
+        assert_eq!(c.max_messages, 1000);
+        assert_eq!(c.linger, Duration::from_millis(100));
+        assert_eq!(c.fetch.max_bytes, 20 * 1024 * 1024);
+        assert_eq!(c.fetch.concurrency, 64);
+        assert!(c.fetch.allow.is_empty());
+        assert_eq!(c.memory_budget, 2 * 1024 * 1024 * 1024);
+    }
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        let dir = std::env::temp_dir().join(format!("ocrfleet-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("w.toml");
+        std::fs::write(&f, "topic = \"from-file\"\ngroup = \"g-file\"\nfetch-allow = [\"127.0.0.0/8\"]\nlinger = \"250ms\"\n").unwrap();
+        let cli = WorkerArgs {
+            topic: Some("from-flag".into()),
+            ..Default::default()
+        };
+        let c = WorkerConfig::load(cli, Some(&f)).unwrap();
+        assert_eq!(c.kafka.topic, "from-flag");
+        assert_eq!(c.kafka.group, "g-file");
+        assert_eq!(c.kafka.dlq_topic, "from-flag.dlq");
+        assert_eq!(c.linger, Duration::from_millis(250));
+        assert_eq!(c.fetch.allow, vec!["127.0.0.0/8".parse::<IpNet>().unwrap()]);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        assert!(toml::from_str::<WorkerArgs>("topc = \"x\"").is_err());
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let s = Secret("hunter2".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let c = WorkerConfig::load(
+            WorkerArgs {
+                es_password: Some(s),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn every_default_parses() {
+        WorkerArgs::default().with_defaults().unwrap();
+        for r in REFERENCE {
+            assert!(r.env.starts_with("OCRFLEET_"), "{}", r.env);
+        }
+    }
+}

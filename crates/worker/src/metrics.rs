@@ -1,0 +1,165 @@
+//! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` HTTP server.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Gauge, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the worker exports.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub consumed: IntCounter,
+    pub indexed: IntCounter,
+    pub dead_lettered: IntCounterVec,
+    pub chunk_size: Histogram,
+    pub batch_size: HistogramVec,
+    pub stage_seconds: HistogramVec,
+    pub busy_ratio: Gauge,
+    pub bytes_downloaded: IntCounter,
+    pub lag: IntGaugeVec,
+    pub rebalances: IntCounter,
+    pub in_flight: IntGauge,
+    pub fetch_retries: IntCounter,
+    pub es_retries: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let sizes = vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1000.0, 2000.0];
+        let m = Metrics {
+            consumed: IntCounter::new("ocrfleet_messages_consumed_total", "Messages taken from Kafka").unwrap(),
+            indexed: IntCounter::new("ocrfleet_messages_indexed_total", "Messages indexed into Elasticsearch").unwrap(),
+            dead_lettered: IntCounterVec::new(
+                Opts::new("ocrfleet_messages_dead_lettered_total", "Messages sent to the dead-letter topic, by failing stage"),
+                &["stage"],
+            )
+            .unwrap(),
+            chunk_size: Histogram::with_opts(
+                HistogramOpts::new("ocrfleet_chunk_size", "Messages per chunk taken from Kafka").buckets(sizes.clone()),
+            )
+            .unwrap(),
+            batch_size: HistogramVec::new(
+                HistogramOpts::new("ocrfleet_batch_size", "Items per batch, by stage (ocr: images per engine call; index: docs per bulk)")
+                    .buckets(sizes),
+                &["stage"],
+            )
+            .unwrap(),
+            stage_seconds: HistogramVec::new(
+                HistogramOpts::new("ocrfleet_stage_seconds", "Latency per stage call (fetch: per image; decode: per image; ocr: per engine call; index: per bulk; dlq: per record)")
+                    .buckets(exponential_buckets(0.001, 2.0, 16).unwrap()),
+                &["stage"],
+            )
+            .unwrap(),
+            busy_ratio: Gauge::new("ocrfleet_inference_busy_ratio", "Fraction of wall time the inference thread was busy, over the last 10 s").unwrap(),
+            bytes_downloaded: IntCounter::new("ocrfleet_bytes_downloaded_total", "Image bytes downloaded").unwrap(),
+            lag: IntGaugeVec::new(Opts::new("ocrfleet_consumer_lag", "Consumer lag per partition (librdkafka statistics)"), &["topic", "partition"]).unwrap(),
+            rebalances: IntCounter::new("ocrfleet_rebalances_total", "Consumer group rebalances seen (assign or revoke)").unwrap(),
+            in_flight: IntGauge::new("ocrfleet_messages_in_flight", "Messages received and not yet indexed or dead-lettered").unwrap(),
+            fetch_retries: IntCounter::new("ocrfleet_fetch_retries_total", "Download attempts beyond the first").unwrap(),
+            es_retries: IntCounter::new("ocrfleet_es_retries_total", "Bulk items or requests retried").unwrap(),
+            registry,
+        };
+        for c in [
+            Box::new(m.consumed.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.indexed.clone()),
+            Box::new(m.dead_lettered.clone()),
+            Box::new(m.chunk_size.clone()),
+            Box::new(m.batch_size.clone()),
+            Box::new(m.stage_seconds.clone()),
+            Box::new(m.busy_ratio.clone()),
+            Box::new(m.bytes_downloaded.clone()),
+            Box::new(m.lag.clone()),
+            Box::new(m.rebalances.clone()),
+            Box::new(m.in_flight.clone()),
+            Box::new(m.fetch_retries.clone()),
+            Box::new(m.es_retries.clone()),
+        ] {
+            m.registry.register(c).expect("unique metric names");
+        }
+        m
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Readiness inputs, updated by the components.
+#[derive(Default)]
+pub struct Health {
+    pub broker_up: AtomicBool,
+    pub es_up: AtomicBool,
+    pub engine_up: AtomicBool,
+}
+
+impl Health {
+    pub fn ready(&self) -> bool {
+        self.broker_up.load(Ordering::Relaxed) && self.es_up.load(Ordering::Relaxed) && self.engine_up.load(Ordering::Relaxed)
+    }
+
+    fn describe(&self) -> String {
+        let s = |b: &AtomicBool| if b.load(Ordering::Relaxed) { "up" } else { "down" };
+        format!(
+            "broker: {}\nelasticsearch: {}\nengine: {}\n",
+            s(&self.broker_up),
+            s(&self.es_up),
+            s(&self.engine_up)
+        )
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Metrics,
+    health: Arc<Health>,
+}
+
+/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (broker, Elasticsearch and
+/// engine all up) until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<SocketAddr> {
+    let app = Router::new()
+        .route("/metrics", get(|State(s): State<AppState>| async move { s.metrics.render() }))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<AppState>| async move {
+                let code = if s.health.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                (code, s.health.describe())
+            }),
+        )
+        .with_state(AppState { metrics, health });
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for /metrics: {e}"))?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    });
+    Ok(local)
+}

@@ -1,0 +1,114 @@
+//! `ocrfleet produce`: publishes image URLs to the source topic.
+//!
+//! Input lines are either bare URLs or JSON objects of the message contract (see
+//! [`crate::message`]); blank lines and `#` comments are skipped, and invalid lines are counted
+//! and reported, not sent. JSON lines are sent as given (keyed by `id` when present); bare URLs
+//! are sent as `{"url": ...}`.
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::config::KafkaConfig;
+use crate::message;
+
+/// Final counts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceCounts {
+    pub sent: u64,
+    pub invalid: u64,
+    pub failed: u64,
+    pub skipped: u64,
+}
+
+/// Turns one input line into (key, value), or an error message.
+pub fn encode_line(line: &str) -> Option<Result<(Option<String>, String), String>> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    Some(match message::parse(Some(line.as_bytes())) {
+        Ok(req) if line.starts_with('{') => Ok((req.id, line.to_owned())),
+        Ok(req) => Ok((None, serde_json::json!({"url": req.url}).to_string())),
+        Err(e) => Err(e.to_string()),
+    })
+}
+
+/// Reads lines from `input` and sends them to `topic`, calling `progress` after each line.
+pub async fn produce(
+    kafka: &KafkaConfig,
+    topic: &str,
+    input: impl BufRead,
+    mut progress: impl FnMut(&ProduceCounts),
+) -> anyhow::Result<ProduceCounts> {
+    let producer: FutureProducer = kafka
+        .client_config()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()?;
+    let mut counts = ProduceCounts::default();
+    let mut pending = futures::stream::FuturesUnordered::new();
+    use futures::StreamExt;
+    for (n, line) in input.lines().enumerate() {
+        let line = line?;
+        match encode_line(&line) {
+            None => counts.skipped += 1,
+            Some(Err(e)) => {
+                counts.invalid += 1;
+                tracing::warn!(line = n + 1, error = %e, "invalid line not sent");
+            }
+            Some(Ok((key, value))) => {
+                let producer = producer.clone();
+                let topic = topic.to_owned();
+                pending.push(async move {
+                    let mut rec = FutureRecord::<String, String>::to(&topic).payload(&value);
+                    if let Some(k) = &key {
+                        rec = rec.key(k);
+                    }
+                    producer.send(rec, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
+                });
+                if pending.len() >= 1000 {
+                    if let Some(r) = pending.next().await {
+                        tally(&mut counts, r);
+                    }
+                }
+            }
+        }
+        progress(&counts);
+    }
+    while let Some(r) = pending.next().await {
+        tally(&mut counts, r);
+        progress(&counts);
+    }
+    Ok(counts)
+}
+
+fn tally(c: &mut ProduceCounts, r: Result<(), rdkafka::error::KafkaError>) {
+    match r {
+        Ok(()) => c.sent += 1,
+        Err(e) => {
+            c.failed += 1;
+            tracing::warn!(error = %e, "send failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines() {
+        assert_eq!(encode_line("   "), None);
+        assert_eq!(encode_line("# c"), None);
+        assert_eq!(
+            encode_line("http://h/a.png"),
+            Some(Ok((None, r#"{"url":"http://h/a.png"}"#.to_owned())))
+        );
+        let j = r#"{"url":"http://h/b.png","id":"b"}"#;
+        assert_eq!(encode_line(j), Some(Ok((Some("b".into()), j.to_owned()))));
+        assert!(matches!(encode_line("{\"id\":1}"), Some(Err(_))));
+    }
+}
