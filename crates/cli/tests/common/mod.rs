@@ -99,7 +99,7 @@ impl Noida {
 
     pub fn start_es(&self) {
         let out = self
-            .cmd(&["start", "elasticsearch", "--elasticsearch-port", &self.es_port.to_string()])
+            .cmd(&["start", "elasticsearch"])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
