@@ -37,7 +37,7 @@ enum Command {
     /// OCR image files or directories and print the text (or NDJSON).
     Ocr(ocr_cmd::OcrArgs),
     /// Run a worker: Kafka → download → batched OCR → Elasticsearch, failures to the dead-letter topic.
-    Worker(worker_cmd::WorkerCmd),
+    Worker(Box<worker_cmd::WorkerCmd>),
     /// Publish image URLs (one per line, or JSON messages) to the source topic.
     Produce(worker_cmd::ProduceCmd),
     /// Benchmarks that print tables.
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ocr(args) => ocr_cmd::run(args),
         Command::Bench(cmd) => bench::run(cmd),
-        Command::Worker(cmd) => worker_cmd::run_worker(cmd),
+        Command::Worker(cmd) => worker_cmd::run_worker(*cmd),
         Command::Produce(cmd) => worker_cmd::run_produce(cmd),
     };
     match result {

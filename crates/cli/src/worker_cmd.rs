@@ -26,7 +26,9 @@ pub fn run_worker(cmd: WorkerCmd) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let cfg = WorkerConfig::load(cmd.settings, cmd.config.as_deref())?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(ocrfleet_worker::run(cfg))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -41,8 +43,16 @@ pub struct ProduceCmd {
     /// Topic to publish to.
     #[arg(long, env = "OCRFLEET_KAFKA_TOPIC", default_value = "ocr.requests")]
     pub topic: String,
+    /// Create the topic and its dead-letter topic (<topic>.dlq) with this many partitions if
+    /// they do not exist yet.
+    #[arg(long)]
+    pub create_partitions: Option<i32>,
     /// Kafka security.protocol.
-    #[arg(long, env = "OCRFLEET_KAFKA_SECURITY_PROTOCOL", default_value = "plaintext")]
+    #[arg(
+        long,
+        env = "OCRFLEET_KAFKA_SECURITY_PROTOCOL",
+        default_value = "plaintext"
+    )]
     pub kafka_security_protocol: String,
     /// Kafka SASL mechanism.
     #[arg(long, env = "OCRFLEET_KAFKA_SASL_MECHANISM")]
@@ -80,20 +90,45 @@ pub fn run_produce(cmd: ProduceCmd) -> anyhow::Result<ExitCode> {
         None => Box::new(std::io::stdin().lock()),
         Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdin().lock()),
         Some(p) => Box::new(std::io::BufReader::new(
-            std::fs::File::open(p).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", p.display()))?,
+            std::fs::File::open(p)
+                .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", p.display()))?,
         )),
     };
     let pb = ProgressBar::new_spinner();
-    pb.set_style(ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let counts = rt.block_on(ocrfleet_worker::produce::produce(&kafka, &cmd.topic, input, |c| {
-        pb.set_message(format!("sent {} invalid {} failed {}", c.sent, c.invalid, c.failed));
-        pb.tick();
-    }))?;
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if let Some(p) = cmd.create_partitions {
+        for (t, n) in [(cmd.topic.clone(), p), (format!("{}.dlq", cmd.topic), 1)] {
+            if rt.block_on(ocrfleet_worker::produce::ensure_topic(&kafka, &t, n))? {
+                eprintln!("created topic {t} with {n} partition(s)");
+            }
+        }
+    }
+    let counts = rt.block_on(ocrfleet_worker::produce::produce(
+        &kafka,
+        &cmd.topic,
+        input,
+        |c| {
+            pb.set_message(format!(
+                "sent {} invalid {} failed {}",
+                c.sent, c.invalid, c.failed
+            ));
+            pb.tick();
+        },
+    ))?;
     pb.finish_and_clear();
     println!(
         "produced to {}: sent {}, invalid {}, failed {}, skipped {}",
         cmd.topic, counts.sent, counts.invalid, counts.failed, counts.skipped
     );
-    Ok(if counts.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if counts.failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

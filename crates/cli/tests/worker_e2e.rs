@@ -38,7 +38,10 @@ fn good_messages(srv: &ImageServer, n: usize, tag: &str) -> Vec<String> {
 }
 
 fn lag(brokers: &str, group: &str, topic: &str, parts: i32) -> i64 {
-    committed_and_high(brokers, group, topic, parts).iter().map(|(c, h)| h - c).sum()
+    committed_and_high(brokers, group, topic, parts)
+        .iter()
+        .map(|(c, h)| h - c)
+        .sum()
 }
 
 #[test]
@@ -52,21 +55,43 @@ fn happy_path_indexes_everything_commits_and_exits_cleanly_on_sigterm() {
     let msgs = good_messages(&srv, n, "h");
     produce(&nd.brokers(), topic, parts, &msgs);
 
-    let mut w = Worker::start(&nd.brokers(), &nd.es_url(), topic, group, index, &["--ocr-batch", "16"]);
-    wait_until("all documents indexed", Duration::from_secs(600), || es_count(&nd.es_url(), index) == Some(n as u64));
-    wait_until("offsets committed to the end", Duration::from_secs(60), || lag(&nd.brokers(), group, topic, parts) == 0);
-    assert!(w.ready(), "readyz must be 200 with broker, ES and engine up");
+    let mut w = Worker::start(
+        &nd.brokers(),
+        &nd.es_url(),
+        topic,
+        group,
+        index,
+        &["--ocr-batch", "16"],
+    );
+    wait_until("all documents indexed", Duration::from_secs(600), || {
+        es_count(&nd.es_url(), index) == Some(n as u64)
+    });
+    wait_until(
+        "offsets committed to the end",
+        Duration::from_secs(60),
+        || lag(&nd.brokers(), group, topic, parts) == 0,
+    );
+    assert!(
+        w.ready(),
+        "readyz must be 200 with broker, ES and engine up"
+    );
     assert_eq!(w.metric("ocrfleet_messages_indexed_total"), n as f64);
     assert_eq!(w.metric("ocrfleet_messages_consumed_total"), n as f64);
     assert_eq!(w.metric("ocrfleet_messages_dead_lettered_total"), 0.0);
     assert!(w.metric("ocrfleet_bytes_downloaded_total") > 0.0);
-    assert!(w.metrics().contains("ocrfleet_batch_size_bucket{stage=\"ocr\""));
+    assert!(w
+        .metrics()
+        .contains("ocrfleet_batch_size_bucket{stage=\"ocr\""));
 
     // The right text for known images: each word finds exactly the documents of its image.
     for (k, (img, word)) in IMAGES.iter().enumerate() {
         let ids: HashSet<String> = es_search(&nd.es_url(), index, word).into_iter().collect();
         let expected = (0..n).filter(|i| i % IMAGES.len() == k).count();
-        assert_eq!(ids.len(), expected, "search {word:?} should find every {img} document");
+        assert_eq!(
+            ids.len(),
+            expected,
+            "search {word:?} should find every {img} document"
+        );
     }
     // Explicit ids are used as document ids; others use topic-partition-offset.
     let doc = es_get(&nd.es_url(), index, "h-0").expect("document with explicit id");
@@ -75,12 +100,20 @@ fn happy_path_indexes_everything_commits_and_exits_cleanly_on_sigterm() {
     assert!(es_get(&nd.es_url(), index, &format!("{topic}-1-0")).is_some());
 
     // Per-partition commits are at the end: lag 0 on all 3 partitions.
-    for (p, (c, h)) in committed_and_high(&nd.brokers(), group, topic, parts).into_iter().enumerate() {
+    for (p, (c, h)) in committed_and_high(&nd.brokers(), group, topic, parts)
+        .into_iter()
+        .enumerate()
+    {
         assert_eq!(c, h, "partition {p} committed {c} of {h}");
         assert!(h > 0);
     }
     w.sigterm();
-    assert_eq!(w.wait(Duration::from_secs(60)), 0, "graceful exit code; log:\n{}", w.log_tail());
+    assert_eq!(
+        w.wait(Duration::from_secs(60)),
+        0,
+        "graceful exit code; log:\n{}",
+        w.log_tail()
+    );
     assert!(w.log_tail().contains("left the consumer group"));
 }
 
@@ -103,9 +136,21 @@ fn each_failure_gives_exactly_one_dead_letter_record_and_the_rest_is_indexed() {
         (srv.url("truncated/lake.png"), Some("decode"), ""),
         ("{not json".into(), Some("parse"), "bad_json"),
         (r#"{"id":"no-url"}"#.into(), Some("parse"), "missing_url"),
-        (r#"{"url":"ftp://127.0.0.1/a.png"}"#.into(), Some("fetch"), "scheme"),
-        (r#"{"url":"http://10.1.2.3/a.png"}"#.into(), Some("fetch"), "ssrf"),
-        (r#"{"url":"http://169.254.169.254/latest/meta-data/"}"#.into(), Some("fetch"), "ssrf"),
+        (
+            r#"{"url":"ftp://127.0.0.1/a.png"}"#.into(),
+            Some("fetch"),
+            "scheme",
+        ),
+        (
+            r#"{"url":"http://10.1.2.3/a.png"}"#.into(),
+            Some("fetch"),
+            "ssrf",
+        ),
+        (
+            r#"{"url":"http://169.254.169.254/latest/meta-data/"}"#.into(),
+            Some("fetch"),
+            "ssrf",
+        ),
         (srv.url("img/invoice.png"), None, ""),
         (srv.url("img/coffee.png"), None, ""),
     ];
@@ -114,30 +159,78 @@ fn each_failure_gives_exactly_one_dead_letter_record_and_the_rest_is_indexed() {
     let failing = cases.iter().filter(|c| c.1.is_some()).count();
     let good = cases.len() - failing;
 
-    let w = Worker::start(&nd.brokers(), &nd.es_url(), topic, group, index, &["--fetch-max-bytes", "1MiB"]);
-    let dlq = read_all(&nd.brokers(), "faults.dlq", failing, Duration::from_secs(180));
-    wait_until("good documents indexed", Duration::from_secs(120), || es_count(&nd.es_url(), index) == Some(good as u64));
-    wait_until("lag 0", Duration::from_secs(60), || lag(&nd.brokers(), group, topic, parts) == 0);
+    let w = Worker::start(
+        &nd.brokers(),
+        &nd.es_url(),
+        topic,
+        group,
+        index,
+        &["--fetch-max-bytes", "1MiB"],
+    );
+    let dlq = read_all(
+        &nd.brokers(),
+        "faults.dlq",
+        failing,
+        Duration::from_secs(180),
+    );
+    wait_until("good documents indexed", Duration::from_secs(120), || {
+        es_count(&nd.es_url(), index) == Some(good as u64)
+    });
+    wait_until("lag 0", Duration::from_secs(60), || {
+        lag(&nd.brokers(), group, topic, parts) == 0
+    });
     // No extra records arrive later.
-    let dlq_again = read_all(&nd.brokers(), "faults.dlq", failing + 1, Duration::from_secs(3));
+    let dlq_again = read_all(
+        &nd.brokers(),
+        "faults.dlq",
+        failing + 1,
+        Duration::from_secs(3),
+    );
     assert_eq!(dlq_again.len(), failing, "exactly one record per failure");
 
     let by_offset: HashMap<(String, String), &DlqRecord> = dlq
         .iter()
-        .map(|r| ((r.headers["ocrfleet.source.partition"].clone(), r.headers["ocrfleet.source.offset"].clone()), r))
+        .map(|r| {
+            (
+                (
+                    r.headers["ocrfleet.source.partition"].clone(),
+                    r.headers["ocrfleet.source.offset"].clone(),
+                ),
+                r,
+            )
+        })
         .collect();
     for ((value, stage, class), (p, o)) in cases.iter().zip(&coords) {
         let rec = by_offset.get(&(p.to_string(), o.to_string()));
         match stage {
-            None => assert!(rec.is_none(), "{value} should be indexed, not dead-lettered"),
+            None => assert!(
+                rec.is_none(),
+                "{value} should be indexed, not dead-lettered"
+            ),
             Some(stage) => {
                 let rec = rec.unwrap_or_else(|| panic!("no dead-letter record for {value}"));
-                assert_eq!(rec.headers["ocrfleet.error.stage"], *stage, "{value}: {:?}", rec.headers);
-                assert!(rec.headers["ocrfleet.error.class"].starts_with(class), "{value}: {:?}", rec.headers);
+                assert_eq!(
+                    rec.headers["ocrfleet.error.stage"], *stage,
+                    "{value}: {:?}",
+                    rec.headers
+                );
+                assert!(
+                    rec.headers["ocrfleet.error.class"].starts_with(class),
+                    "{value}: {:?}",
+                    rec.headers
+                );
                 assert!(!rec.headers["ocrfleet.error.message"].is_empty());
                 assert_eq!(rec.headers["ocrfleet.source.topic"], topic);
-                assert_eq!(rec.value.as_deref(), Some(value.as_str()), "original value kept");
-                for h in ["ocrfleet.error.attempts", "ocrfleet.worker", "ocrfleet.error.time"] {
+                assert_eq!(
+                    rec.value.as_deref(),
+                    Some(value.as_str()),
+                    "original value kept"
+                );
+                for h in [
+                    "ocrfleet.error.attempts",
+                    "ocrfleet.worker",
+                    "ocrfleet.error.time",
+                ] {
                     assert!(rec.headers.contains_key(h), "missing header {h}");
                 }
             }
@@ -148,7 +241,10 @@ fn each_failure_gives_exactly_one_dead_letter_record_and_the_rest_is_indexed() {
     assert_eq!(srv.hits("flaky/hello.png"), 2);
     assert_eq!(srv.hits("status/404"), 1, "4xx is not retried");
     assert!(w.healthy(), "the worker keeps running");
-    assert_eq!(w.metric("ocrfleet_messages_dead_lettered_total"), failing as f64);
+    assert_eq!(
+        w.metric("ocrfleet_messages_dead_lettered_total"),
+        failing as f64
+    );
 }
 
 #[test]
@@ -161,22 +257,39 @@ fn elasticsearch_rejections_are_dead_lettered_and_the_rest_indexed() {
     create_topic(&nd.brokers(), "reject.dlq", 1);
     let url = srv.url("img/hello.png");
     // metadata.kind is first a string; later an object: a mapping conflict (HTTP 400 per item).
-    let mut msgs = vec![serde_json::json!({"url": url, "id": "first", "metadata": {"kind": "text"}}).to_string()];
+    let mut msgs = vec![
+        serde_json::json!({"url": url, "id": "first", "metadata": {"kind": "text"}}).to_string(),
+    ];
     for i in 0..3 {
         msgs.push(serde_json::json!({"url": url, "id": format!("bad{i}"), "metadata": {"kind": {"nested": i}}}).to_string());
-        msgs.push(serde_json::json!({"url": url, "id": format!("ok{i}"), "metadata": {"kind": "fine"}}).to_string());
+        msgs.push(
+            serde_json::json!({"url": url, "id": format!("ok{i}"), "metadata": {"kind": "fine"}})
+                .to_string(),
+        );
     }
     produce(&nd.brokers(), topic, 1, &msgs[..1]);
     let w = Worker::start(&nd.brokers(), &nd.es_url(), topic, group, index, &[]);
-    wait_until("first document sets the mapping", Duration::from_secs(120), || es_count(&nd.es_url(), index) == Some(1));
+    wait_until(
+        "first document sets the mapping",
+        Duration::from_secs(120),
+        || es_count(&nd.es_url(), index) == Some(1),
+    );
     produce(&nd.brokers(), topic, 1, &msgs[1..]);
     let dlq = read_all(&nd.brokers(), "reject.dlq", 3, Duration::from_secs(120));
-    wait_until("the others indexed", Duration::from_secs(120), || es_count(&nd.es_url(), index) == Some(4));
-    wait_until("lag 0", Duration::from_secs(60), || lag(&nd.brokers(), group, topic, 1) == 0);
+    wait_until("the others indexed", Duration::from_secs(120), || {
+        es_count(&nd.es_url(), index) == Some(4)
+    });
+    wait_until("lag 0", Duration::from_secs(60), || {
+        lag(&nd.brokers(), group, topic, 1) == 0
+    });
     assert_eq!(dlq.len(), 3);
     for r in &dlq {
         assert_eq!(r.headers["ocrfleet.error.stage"], "index");
-        assert!(r.headers["ocrfleet.error.class"].starts_with("http_4"), "{:?}", r.headers);
+        assert!(
+            r.headers["ocrfleet.error.class"].starts_with("http_4"),
+            "{:?}",
+            r.headers
+        );
         assert!(r.value.as_deref().unwrap().contains("\"bad"));
     }
     for i in 0..3 {
@@ -197,25 +310,44 @@ fn elasticsearch_outage_holds_commits_and_everything_is_indexed_after_it_returns
     let first = good_messages(&srv, n / 2, "a");
     produce(&nd.brokers(), topic, parts, &first);
     let w = Worker::start(&nd.brokers(), &nd.es_url(), topic, group, index, &[]);
-    wait_until("first half indexed", Duration::from_secs(300), || es_count(&nd.es_url(), index) == Some((n / 2) as u64));
-    wait_until("first half committed", Duration::from_secs(60), || lag(&nd.brokers(), group, topic, parts) == 0);
+    wait_until("first half indexed", Duration::from_secs(300), || {
+        es_count(&nd.es_url(), index) == Some((n / 2) as u64)
+    });
+    wait_until("first half committed", Duration::from_secs(60), || {
+        lag(&nd.brokers(), group, topic, parts) == 0
+    });
 
     nd.stop_es();
     let second = good_messages(&srv, n / 2, "b");
     produce(&nd.brokers(), topic, parts, &second);
     // The worker takes the new messages but cannot index them: nothing past them is committed.
-    wait_until("worker consumed the second half", Duration::from_secs(120), || {
-        w.metric("ocrfleet_messages_consumed_total") >= n as f64
-    });
+    wait_until(
+        "worker consumed the second half",
+        Duration::from_secs(120),
+        || w.metric("ocrfleet_messages_consumed_total") >= n as f64,
+    );
     std::thread::sleep(Duration::from_secs(5));
-    let committed: i64 = committed_and_high(&nd.brokers(), group, topic, parts).iter().map(|(c, _)| c).sum();
-    assert_eq!(committed, (n / 2) as i64, "commits must not move past unindexed messages during the outage");
+    let committed: i64 = committed_and_high(&nd.brokers(), group, topic, parts)
+        .iter()
+        .map(|(c, _)| c)
+        .sum();
+    assert_eq!(
+        committed,
+        (n / 2) as i64,
+        "commits must not move past unindexed messages during the outage"
+    );
     assert!(!w.ready(), "readyz reports Elasticsearch down");
     assert!(w.healthy());
 
     nd.start_es();
-    wait_until("everything indexed after the outage", Duration::from_secs(300), || es_count(&nd.es_url(), index) == Some(n as u64));
-    wait_until("lag 0", Duration::from_secs(60), || lag(&nd.brokers(), group, topic, parts) == 0);
+    wait_until(
+        "everything indexed after the outage",
+        Duration::from_secs(300),
+        || es_count(&nd.es_url(), index) == Some(n as u64),
+    );
+    wait_until("lag 0", Duration::from_secs(60), || {
+        lag(&nd.brokers(), group, topic, parts) == 0
+    });
     assert_eq!(w.metric("ocrfleet_messages_dead_lettered_total"), 0.0);
     assert!(w.metric("ocrfleet_es_retries_total") > 0.0);
 }
@@ -229,7 +361,14 @@ fn redelivery_without_commit_overwrites_and_never_duplicates() {
     create_topic(&nd.brokers(), topic, parts);
     create_topic(&nd.brokers(), "redeliver.dlq", 1);
     produce(&nd.brokers(), topic, parts, &good_messages(&srv, n, "r"));
-    let mut w = Worker::start(&nd.brokers(), &nd.es_url(), topic, group, index, &["--exit-when-idle", "3s"]);
+    let mut w = Worker::start(
+        &nd.brokers(),
+        &nd.es_url(),
+        topic,
+        group,
+        index,
+        &["--exit-when-idle", "3s"],
+    );
     assert_eq!(w.wait(Duration::from_secs(300)), 0, "{}", w.log_tail());
     assert_eq!(es_count(&nd.es_url(), index), Some(n as u64));
     assert_eq!(lag(&nd.brokers(), group, topic, parts), 0);
@@ -237,34 +376,80 @@ fn redelivery_without_commit_overwrites_and_never_duplicates() {
     // As if the commits had been lost: every message is delivered again.
     reset_group(&nd.brokers(), group, topic, parts, 0);
     assert_eq!(lag(&nd.brokers(), group, topic, parts), n as i64);
-    let mut w = Worker::start(&nd.brokers(), &nd.es_url(), topic, group, index, &["--exit-when-idle", "3s"]);
+    let mut w = Worker::start(
+        &nd.brokers(),
+        &nd.es_url(),
+        topic,
+        group,
+        index,
+        &["--exit-when-idle", "3s"],
+    );
     assert_eq!(w.wait(Duration::from_secs(300)), 0, "{}", w.log_tail());
-    assert_eq!(es_count(&nd.es_url(), index), Some(n as u64), "same count after redelivery");
+    assert_eq!(
+        es_count(&nd.es_url(), index),
+        Some(n as u64),
+        "same count after redelivery"
+    );
     let doc = es_get(&nd.es_url(), index, "r-0").unwrap();
-    assert!(doc["_version"].as_u64().unwrap() >= 2, "the document was overwritten: {doc}");
+    assert!(
+        doc["_version"].as_u64().unwrap() >= 2,
+        "the document was overwritten: {doc}"
+    );
     assert_eq!(lag(&nd.brokers(), group, topic, parts), 0);
 }
 
 /// Shared body of the join test, run against noida-db and tansu.
 fn second_worker_joins(brokers: &str, es: &str, name: &str, check_lag: bool) {
     let srv = images_server();
-    let (topic, group, index, parts, n) = (name.to_owned(), format!("g-{name}"), format!("{name}-idx"), 4, 120);
+    let (topic, group, index, parts, n) = (
+        name.to_owned(),
+        format!("g-{name}"),
+        format!("{name}-idx"),
+        4,
+        120,
+    );
     create_topic(brokers, &topic, parts);
     create_topic(brokers, &format!("{topic}.dlq"), 1);
     produce(brokers, &topic, parts, &good_messages(&srv, n, name));
-    let a = Worker::start(brokers, es, &topic, &group, &index, &["--max-messages", "20"]);
-    wait_until("worker A made progress", Duration::from_secs(300), || es_count(es, &index).unwrap_or(0) >= 20);
-    let b = Worker::start(brokers, es, &topic, &group, &index, &["--max-messages", "20"]);
-    wait_until("everything indexed by A and B", Duration::from_secs(600), || es_count(es, &index) == Some(n as u64));
+    let a = Worker::start(
+        brokers,
+        es,
+        &topic,
+        &group,
+        &index,
+        &["--max-messages", "20"],
+    );
+    wait_until("worker A made progress", Duration::from_secs(300), || {
+        es_count(es, &index).unwrap_or(0) >= 20
+    });
+    let b = Worker::start(
+        brokers,
+        es,
+        &topic,
+        &group,
+        &index,
+        &["--max-messages", "20"],
+    );
+    wait_until(
+        "everything indexed by A and B",
+        Duration::from_secs(600),
+        || es_count(es, &index) == Some(n as u64),
+    );
     if check_lag {
-        wait_until("lag 0", Duration::from_secs(60), || lag(brokers, &group, &topic, parts) == 0);
+        wait_until("lag 0", Duration::from_secs(60), || {
+            lag(brokers, &group, &topic, parts) == 0
+        });
     }
     // Duplicates appear only as overwrites: the count equals the messages.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(es_count(es, &index), Some(n as u64));
-    let total = a.metric("ocrfleet_messages_indexed_total") + b.metric("ocrfleet_messages_indexed_total");
+    let total =
+        a.metric("ocrfleet_messages_indexed_total") + b.metric("ocrfleet_messages_indexed_total");
     assert!(total >= n as f64, "indexed {total} of {n}");
-    assert!(a.metric("ocrfleet_rebalances_total") >= 2.0, "A saw the rebalance");
+    assert!(
+        a.metric("ocrfleet_rebalances_total") >= 2.0,
+        "A saw the rebalance"
+    );
 }
 
 #[test]
@@ -294,16 +479,52 @@ fn a_killed_worker_is_replaced_and_nothing_is_lost_tansu() {
     create_topic(&brokers, topic, parts);
     create_topic(&brokers, "crash.dlq", 1);
     produce(&brokers, topic, parts, &good_messages(&srv, n, "c"));
-    let mut a = Worker::start(&brokers, &nd.es_url(), topic, group, index, &["--max-messages", "10"]);
-    wait_until("worker A made progress", Duration::from_secs(300), || es_count(&nd.es_url(), index).unwrap_or(0) >= 10);
+    let mut a = Worker::start(
+        &brokers,
+        &nd.es_url(),
+        topic,
+        group,
+        index,
+        &["--max-messages", "10"],
+    );
+    wait_until("worker A made progress", Duration::from_secs(300), || {
+        es_count(&nd.es_url(), index).unwrap_or(0) >= 10
+    });
     a.sigkill();
     let before = es_count(&nd.es_url(), index).unwrap();
     assert!(before < n as u64, "A was killed mid-run");
     // B joins; once the broker evicts the dead member, B owns every partition and redoes
     // whatever A had not committed.
-    let b = Worker::start(&brokers, &nd.es_url(), topic, group, index, &["--max-messages", "10"]);
-    wait_until("everything indexed after the crash", Duration::from_secs(600), || es_count(&nd.es_url(), index) == Some(n as u64));
+    let b = Worker::start(
+        &brokers,
+        &nd.es_url(),
+        topic,
+        group,
+        index,
+        &["--max-messages", "10"],
+    );
+    wait_until(
+        "everything indexed after the crash",
+        Duration::from_secs(600),
+        || es_count(&nd.es_url(), index) == Some(n as u64),
+    );
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(es_count(&nd.es_url(), index), Some(n as u64), "no duplicates, only overwrites");
+    assert_eq!(
+        es_count(&nd.es_url(), index),
+        Some(n as u64),
+        "no duplicates, only overwrites"
+    );
     assert_eq!(b.metric("ocrfleet_messages_dead_lettered_total"), 0.0);
+}
+
+#[test]
+fn readme_configuration_reference_matches_the_flags() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ocrfleet"))
+        .args(["worker", "--print-reference"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    assert!(table.lines().count() > 30);
+    assert!(readme.contains(&table), "README's configuration table is out of date: regenerate it with `ocrfleet worker --print-reference`");
 }

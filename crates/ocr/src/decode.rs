@@ -71,7 +71,12 @@ pub fn dimensions(bytes: &[u8], max_pixels: u64) -> Result<(u32, u32), DecodeErr
         return Err(DecodeError::ZeroSize { width, height });
     }
     if pixels > max_pixels {
-        return Err(DecodeError::TooLarge { width, height, pixels, limit: max_pixels });
+        return Err(DecodeError::TooLarge {
+            width,
+            height,
+            pixels,
+            limit: max_pixels,
+        });
     }
     Ok((width, height))
 }

@@ -31,7 +31,9 @@ impl FromStr for HumanDuration {
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -107,7 +109,8 @@ fn help_text(doc: &str, default: &str) -> String {
 }
 
 fn parse_default<T: FromStr>(flag: &str, s: &str) -> Result<T, String> {
-    s.parse().map_err(|_| format!("built-in default {s:?} for --{flag} does not parse"))
+    s.parse()
+        .map_err(|_| format!("built-in default {s:?} for --{flag} does not parse"))
 }
 
 /// A list given as `a,b,c` (flag or environment) or as a TOML array.
@@ -293,13 +296,19 @@ pub struct FetchConfig {
 
 impl Default for FetchConfig {
     fn default() -> Self {
-        let a = WorkerArgs::default().with_defaults().expect("defaults parse");
+        let a = WorkerArgs::default()
+            .with_defaults()
+            .expect("defaults parse");
         WorkerConfig::fetch_from(&a)
     }
 }
 
 /// Reads a secret from `value`, else from `file` (trailing newline removed).
-fn secret(value: Option<Secret>, file: Option<PathBuf>, what: &str) -> anyhow::Result<Option<Secret>> {
+fn secret(
+    value: Option<Secret>,
+    file: Option<PathBuf>,
+    what: &str,
+) -> anyhow::Result<Option<Secret>> {
     if let Some(v) = value {
         return Ok(Some(v));
     }
@@ -325,14 +334,19 @@ impl WorkerConfig {
             }
             None => WorkerArgs::default(),
         };
-        let a = cli.or(from_file).with_defaults().map_err(anyhow::Error::msg)?;
+        let a = cli
+            .or(from_file)
+            .with_defaults()
+            .map_err(anyhow::Error::msg)?;
         Self::resolve(a)
     }
 
     fn fetch_from(a: &WorkerArgs) -> FetchConfig {
         FetchConfig {
             concurrency: a.fetch_concurrency.unwrap_or(64).max(1),
-            connect_timeout: a.fetch_connect_timeout.map_or(Duration::from_secs(5), |d| d.0),
+            connect_timeout: a
+                .fetch_connect_timeout
+                .map_or(Duration::from_secs(5), |d| d.0),
             timeout: a.fetch_timeout.map_or(Duration::from_secs(30), |d| d.0),
             attempts: a.fetch_attempts.unwrap_or(4).max(1),
             backoff: a.fetch_backoff.map_or(Duration::from_millis(200), |d| d.0),
@@ -361,15 +375,27 @@ impl WorkerConfig {
                 security_protocol: a.kafka_security_protocol.clone().expect("defaulted"),
                 sasl_mechanism: nonempty(a.kafka_sasl_mechanism.clone()),
                 sasl_username: nonempty(a.kafka_sasl_username.clone()),
-                sasl_password: secret(a.kafka_sasl_password.clone(), a.kafka_sasl_password_file.clone(), "Kafka SASL password")?,
+                sasl_password: secret(
+                    a.kafka_sasl_password.clone(),
+                    a.kafka_sasl_password_file.clone(),
+                    "Kafka SASL password",
+                )?,
                 ssl_ca_location: a.kafka_ssl_ca_location.clone(),
             },
             es: EsConfig {
                 url: a.es_url.clone().expect("defaulted"),
                 index: a.es_index.clone().expect("defaulted"),
-                api_key: secret(a.es_api_key.clone(), a.es_api_key_file.clone(), "Elasticsearch API key")?,
+                api_key: secret(
+                    a.es_api_key.clone(),
+                    a.es_api_key_file.clone(),
+                    "Elasticsearch API key",
+                )?,
                 username: nonempty(a.es_username.clone()),
-                password: secret(a.es_password.clone(), a.es_password_file.clone(), "Elasticsearch password")?,
+                password: secret(
+                    a.es_password.clone(),
+                    a.es_password_file.clone(),
+                    "Elasticsearch password",
+                )?,
                 ca_cert: a.es_ca_cert.clone(),
                 bulk_docs: a.es_bulk_docs.expect("defaulted").max(1),
             },
@@ -390,10 +416,18 @@ impl WorkerConfig {
 
 /// The reference table in Markdown, as it appears in the README.
 pub fn reference_markdown() -> String {
-    let mut s = String::from("| flag / TOML key | environment | default | meaning |\n|---|---|---|---|\n");
+    let mut s =
+        String::from("| flag / TOML key | environment | default | meaning |\n|---|---|---|---|\n");
     for r in REFERENCE {
-        let default = if r.default.is_empty() { "—".to_string() } else { format!("`{}`", r.default) };
-        s.push_str(&format!("| `--{}` | `{}` | {} | {} |\n", r.flag, r.env, default, r.doc));
+        let default = if r.default.is_empty() {
+            "—".to_string()
+        } else {
+            format!("`{}`", r.default)
+        };
+        s.push_str(&format!(
+            "| `--{}` | `{}` | {} | {} |\n",
+            r.flag, r.env, default, r.doc
+        ));
     }
     s
 }

@@ -58,12 +58,19 @@ impl DeadLetter {
     pub async fn send(&self, f: &Failure) {
         let e = &f.envelope;
         let now = chrono::Utc::now().to_rfc3339();
-        let (partition, offset, attempts) = (e.partition.to_string(), e.offset.to_string(), f.attempts.to_string());
+        let (partition, offset, attempts) = (
+            e.partition.to_string(),
+            e.offset.to_string(),
+            f.attempts.to_string(),
+        );
         let mut delay = Duration::from_millis(200);
         loop {
             let mut h = OwnedHeaders::new();
             for (k, v) in &e.headers {
-                h = h.insert(Header { key: k, value: v.as_deref() });
+                h = h.insert(Header {
+                    key: k,
+                    value: v.as_deref(),
+                });
             }
             for (k, v) in [
                 (headers::STAGE, f.stage.as_str()),
@@ -76,7 +83,10 @@ impl DeadLetter {
                 (headers::WORKER, self.worker_id.as_str()),
                 (headers::TIME, now.as_str()),
             ] {
-                h = h.insert(Header { key: k, value: Some(v) });
+                h = h.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
             }
             let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(h);
             if let Some(k) = &e.key {
@@ -88,8 +98,14 @@ impl DeadLetter {
             let t = Instant::now();
             match self.producer.send(rec, Duration::from_secs(30)).await {
                 Ok(_) => {
-                    self.metrics.stage_seconds.with_label_values(&["dlq"]).observe(t.elapsed().as_secs_f64());
-                    self.metrics.dead_lettered.with_label_values(&[f.stage.as_str()]).inc();
+                    self.metrics
+                        .stage_seconds
+                        .with_label_values(&["dlq"])
+                        .observe(t.elapsed().as_secs_f64());
+                    self.metrics
+                        .dead_lettered
+                        .with_label_values(&[f.stage.as_str()])
+                        .inc();
                     tracing::info!(partition = e.partition, offset = e.offset, stage = f.stage.as_str(), class = %f.class, message = %f.message, "dead-lettered");
                     return;
                 }

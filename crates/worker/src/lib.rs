@@ -103,9 +103,29 @@ pub async fn run(cfg: WorkerConfig) -> anyhow::Result<()> {
         .spawn(move || source::run(consumer, &source_cfg, chunk_tx, source_control))?;
 
     let mut stages = tokio::task::JoinSet::new();
-    stages.spawn(pipeline::fetch_stage(chunk_rx, cfg.clone(), fetcher, ready_tx, out_tx.clone(), metrics.clone()));
-    stages.spawn(pipeline::ocr_stage(ready_rx, cfg.clone(), engine.clone(), out_tx, metrics.clone()));
-    let sink = tokio::spawn(pipeline::sink_stage(out_rx, cfg.clone(), es.clone(), dlq, tracker.clone(), metrics.clone()));
+    stages.spawn(pipeline::fetch_stage(
+        chunk_rx,
+        cfg.clone(),
+        fetcher,
+        ready_tx,
+        out_tx.clone(),
+        metrics.clone(),
+    ));
+    stages.spawn(pipeline::ocr_stage(
+        ready_rx,
+        cfg.clone(),
+        engine.clone(),
+        out_tx,
+        metrics.clone(),
+    ));
+    let sink = tokio::spawn(pipeline::sink_stage(
+        out_rx,
+        cfg.clone(),
+        es.clone(),
+        dlq,
+        tracker.clone(),
+        metrics.clone(),
+    ));
     let side = [
         tokio::spawn(pipeline::busy_meter(engine.clone(), metrics.clone())),
         tokio::spawn(pipeline::es_health(es, health.clone())),

@@ -62,7 +62,9 @@ struct Wire {
 /// Parses a message value per the contract above.
 pub fn parse(value: Option<&[u8]>) -> Result<Request, ParseError> {
     let value = value.filter(|v| !v.is_empty()).ok_or(ParseError::Empty)?;
-    let text = std::str::from_utf8(value).map_err(|_| ParseError::NotUtf8)?.trim();
+    let text = std::str::from_utf8(value)
+        .map_err(|_| ParseError::NotUtf8)?
+        .trim();
     if text.starts_with("http://") || text.starts_with("https://") {
         return Ok(Request {
             url: text.to_owned(),
@@ -102,7 +104,10 @@ mod tests {
 
     #[test]
     fn json_and_bare_urls() {
-        let r = parse(Some(br#"{"url":"https://x/a.png","id":"a1","metadata":{"k":1}}"#)).unwrap();
+        let r = parse(Some(
+            br#"{"url":"https://x/a.png","id":"a1","metadata":{"k":1}}"#,
+        ))
+        .unwrap();
         assert_eq!(r.url, "https://x/a.png");
         assert_eq!(r.id.as_deref(), Some("a1"));
         assert_eq!(r.metadata["k"], 1);
@@ -116,11 +121,20 @@ mod tests {
         assert_eq!(parse(None), Err(ParseError::Empty));
         assert_eq!(parse(Some(b"")), Err(ParseError::Empty));
         assert_eq!(parse(Some(&[0xff, 0xfe])), Err(ParseError::NotUtf8));
-        assert!(matches!(parse(Some(b"{not json")), Err(ParseError::BadJson(_))));
+        assert!(matches!(
+            parse(Some(b"{not json")),
+            Err(ParseError::BadJson(_))
+        ));
         assert_eq!(parse(Some(br#"{"id":"x"}"#)), Err(ParseError::MissingUrl));
         assert_eq!(parse(Some(br#"{"url":5}"#)), Err(ParseError::MissingUrl));
-        assert_eq!(parse(Some(br#"{"url":"http://a","id":7}"#)), Err(ParseError::BadId));
-        assert_eq!(parse(Some(br#"{"url":"http://a","metadata":[1]}"#)), Err(ParseError::BadMetadata));
+        assert_eq!(
+            parse(Some(br#"{"url":"http://a","id":7}"#)),
+            Err(ParseError::BadId)
+        );
+        assert_eq!(
+            parse(Some(br#"{"url":"http://a","metadata":[1]}"#)),
+            Err(ParseError::BadMetadata)
+        );
     }
 
     #[test]

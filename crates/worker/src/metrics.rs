@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Gauge, Opts, Registry, TextEncoder,
+    exponential_buckets, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the worker exports.
@@ -35,7 +35,9 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let sizes = vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1000.0, 2000.0];
+        let sizes = vec![
+            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1000.0, 2000.0,
+        ];
         let m = Metrics {
             consumed: IntCounter::new("ocrfleet_messages_consumed_total", "Messages taken from Kafka").unwrap(),
             indexed: IntCounter::new("ocrfleet_messages_indexed_total", "Messages indexed into Elasticsearch").unwrap(),
@@ -113,11 +115,19 @@ pub struct Health {
 
 impl Health {
     pub fn ready(&self) -> bool {
-        self.broker_up.load(Ordering::Relaxed) && self.es_up.load(Ordering::Relaxed) && self.engine_up.load(Ordering::Relaxed)
+        self.broker_up.load(Ordering::Relaxed)
+            && self.es_up.load(Ordering::Relaxed)
+            && self.engine_up.load(Ordering::Relaxed)
     }
 
     fn describe(&self) -> String {
-        let s = |b: &AtomicBool| if b.load(Ordering::Relaxed) { "up" } else { "down" };
+        let s = |b: &AtomicBool| {
+            if b.load(Ordering::Relaxed) {
+                "up"
+            } else {
+                "down"
+            }
+        };
         format!(
             "broker: {}\nelasticsearch: {}\nengine: {}\n",
             s(&self.broker_up),
@@ -142,12 +152,19 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<SocketAddr> {
     let app = Router::new()
-        .route("/metrics", get(|State(s): State<AppState>| async move { s.metrics.render() }))
+        .route(
+            "/metrics",
+            get(|State(s): State<AppState>| async move { s.metrics.render() }),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
             get(|State(s): State<AppState>| async move {
-                let code = if s.health.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                let code = if s.health.ready() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
                 (code, s.health.describe())
             }),
         )
@@ -157,7 +174,10 @@ pub async fn serve(
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for /metrics: {e}"))?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             tracing::error!(error = %e, "metrics server failed");
         }
     });

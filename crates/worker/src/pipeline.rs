@@ -42,7 +42,13 @@ pub struct Ready {
     _budget: OwnedSemaphorePermit,
 }
 
-fn failure(envelope: Envelope, stage: FailStage, class: impl Into<String>, message: impl Into<String>, attempts: usize) -> Failure {
+fn failure(
+    envelope: Envelope,
+    stage: FailStage,
+    class: impl Into<String>,
+    message: impl Into<String>,
+    attempts: usize,
+) -> Failure {
     Failure {
         envelope,
         stage,
@@ -63,36 +69,68 @@ async fn prepare(
 ) -> Result<Ready, Failure> {
     let request = match message::parse(envelope.value.as_deref()) {
         Ok(r) => r,
-        Err(e) => return Err(failure(envelope, FailStage::Parse, e.class(), e.to_string(), 0)),
+        Err(e) => {
+            return Err(failure(
+                envelope,
+                FailStage::Parse,
+                e.class(),
+                e.to_string(),
+                0,
+            ))
+        }
     };
     let t = Instant::now();
     let fetched = match fetcher.fetch(&request.url).await {
         Ok(f) => f,
         Err((e, n)) => {
             metrics.fetch_retries.inc_by(n.saturating_sub(1) as u64);
-            return Err(failure(envelope, FailStage::Fetch, e.class(), format!("{}: {e}", request.url), n));
+            return Err(failure(
+                envelope,
+                FailStage::Fetch,
+                e.class(),
+                format!("{}: {e}", request.url),
+                n,
+            ));
         }
     };
     let fetch_ms = t.elapsed().as_secs_f64() * 1000.0;
-    metrics.fetch_retries.inc_by(fetched.attempts.saturating_sub(1) as u64);
-    metrics.stage_seconds.with_label_values(&["fetch"]).observe(fetch_ms / 1000.0);
+    metrics
+        .fetch_retries
+        .inc_by(fetched.attempts.saturating_sub(1) as u64);
+    metrics
+        .stage_seconds
+        .with_label_values(&["fetch"])
+        .observe(fetch_ms / 1000.0);
     metrics.bytes_downloaded.inc_by(fetched.bytes.len() as u64);
     let attempts = fetched.attempts;
     let decode_err = |envelope: Envelope, e: ocrfleet_ocr::DecodeError| {
         let e = OcrError::from(e);
-        failure(envelope, FailStage::Decode, e.class(), e.to_string(), attempts)
+        failure(
+            envelope,
+            FailStage::Decode,
+            e.class(),
+            e.to_string(),
+            attempts,
+        )
     };
     let (w, h) = match decode::dimensions(&fetched.bytes, max_pixels) {
         Ok(d) => d,
         Err(e) => return Err(decode_err(envelope, e)),
     };
-    let kib = ((u64::from(w) * u64::from(h) * 3).div_ceil(1024)).clamp(1, u64::from(budget_kib)) as u32;
-    let permit = budget.acquire_many_owned(kib).await.expect("budget semaphore is never closed");
+    let kib =
+        ((u64::from(w) * u64::from(h) * 3).div_ceil(1024)).clamp(1, u64::from(budget_kib)) as u32;
+    let permit = budget
+        .acquire_many_owned(kib)
+        .await
+        .expect("budget semaphore is never closed");
     let t = Instant::now();
     let bytes = fetched.bytes;
     let decoded = tokio::task::spawn_blocking(move || decode::decode(&bytes, max_pixels)).await;
     let decode_ms = t.elapsed().as_secs_f64() * 1000.0;
-    metrics.stage_seconds.with_label_values(&["decode"]).observe(decode_ms / 1000.0);
+    metrics
+        .stage_seconds
+        .with_label_values(&["decode"])
+        .observe(decode_ms / 1000.0);
     match decoded {
         Ok(Ok(image)) => Ok(Ready {
             envelope,
@@ -104,7 +142,13 @@ async fn prepare(
             _budget: permit,
         }),
         Ok(Err(e)) => Err(decode_err(envelope, e)),
-        Err(join) => Err(failure(envelope, FailStage::Decode, "panic", format!("decoder crashed: {join}"), attempts)),
+        Err(join) => Err(failure(
+            envelope,
+            FailStage::Decode,
+            "panic",
+            format!("decoder crashed: {join}"),
+            attempts,
+        )),
     }
 }
 
@@ -123,9 +167,18 @@ pub async fn fetch_stage(
     let mut tasks = JoinSet::new();
     while let Some(chunk) = chunks.recv().await {
         for envelope in chunk {
-            let slot = downloads.clone().acquire_owned().await.expect("never closed");
-            let (fetcher, budget, metrics, ready_tx, out_tx) =
-                (fetcher.clone(), budget.clone(), metrics.clone(), ready_tx.clone(), out_tx.clone());
+            let slot = downloads
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            let (fetcher, budget, metrics, ready_tx, out_tx) = (
+                fetcher.clone(),
+                budget.clone(),
+                metrics.clone(),
+                ready_tx.clone(),
+                out_tx.clone(),
+            );
             let max_pixels = cfg.engine.max_pixels;
             tasks.spawn(async move {
                 let r = prepare(envelope, fetcher, budget, budget_kib, max_pixels, metrics).await;
@@ -162,17 +215,36 @@ pub async fn ocr_stage(
                 Err(_) => break,
             }
         }
-        metrics.batch_size.with_label_values(&["ocr"]).observe(batch.len() as f64);
-        let images: Vec<RgbImage> = batch.iter_mut().map(|r| std::mem::take(&mut r.image)).collect();
+        metrics
+            .batch_size
+            .with_label_values(&["ocr"])
+            .observe(batch.len() as f64);
+        let images: Vec<RgbImage> = batch
+            .iter_mut()
+            .map(|r| std::mem::take(&mut r.image))
+            .collect();
         let t = Instant::now();
         let results = engine.recognize(images).await;
-        metrics.stage_seconds.with_label_values(&["ocr"]).observe(t.elapsed().as_secs_f64());
+        metrics
+            .stage_seconds
+            .with_label_values(&["ocr"])
+            .observe(t.elapsed().as_secs_f64());
         for (ready, result) in batch.into_iter().zip(results) {
             let outcome = match result {
                 Ok(text) => Outcome::Doc(document(&cfg, engine.model_version(), ready, text)),
                 Err(e) => {
-                    let stage = if e.is_input_error() { FailStage::Decode } else { FailStage::Ocr };
-                    Outcome::Failed(failure(ready.envelope, stage, e.class(), e.to_string(), ready.attempts))
+                    let stage = if e.is_input_error() {
+                        FailStage::Decode
+                    } else {
+                        FailStage::Ocr
+                    };
+                    Outcome::Failed(failure(
+                        ready.envelope,
+                        stage,
+                        e.class(),
+                        e.to_string(),
+                        ready.attempts,
+                    ))
                 }
             };
             if out_tx.send(outcome).await.is_err() {
@@ -184,7 +256,12 @@ pub async fn ocr_stage(
 
 fn document(cfg: &WorkerConfig, model: &str, r: Ready, text: ImageText) -> Document {
     let e = &r.envelope;
-    let id = message::document_id(r.request.id.as_deref(), &cfg.kafka.topic, e.partition, e.offset);
+    let id = message::document_id(
+        r.request.id.as_deref(),
+        &cfg.kafka.topic,
+        e.partition,
+        e.offset,
+    );
     let headers: serde_json::Map<String, serde_json::Value> = e
         .headers
         .iter()
@@ -255,13 +332,20 @@ pub async fn sink_stage(
         }
         let mut finished: Vec<(i32, i64, u64)> = Vec::new();
         if !docs.is_empty() {
-            let pairs: Vec<(String, serde_json::Value)> = docs.iter().map(|d| (d.id.clone(), d.body.clone())).collect();
+            let pairs: Vec<(String, serde_json::Value)> = docs
+                .iter()
+                .map(|d| (d.id.clone(), d.body.clone()))
+                .collect();
             let results = es.index(&pairs).await;
             for (d, r) in docs.into_iter().zip(results) {
                 match r {
                     None => {
                         metrics.indexed.inc();
-                        finished.push((d.envelope.partition, d.envelope.offset, d.envelope.generation));
+                        finished.push((
+                            d.envelope.partition,
+                            d.envelope.offset,
+                            d.envelope.generation,
+                        ));
                     }
                     Some((status, reason)) => failures.push(failure(
                         d.envelope,
@@ -275,7 +359,13 @@ pub async fn sink_stage(
         }
         if !failures.is_empty() {
             futures::future::join_all(failures.iter().map(|f| dlq.send(f))).await;
-            finished.extend(failures.iter().map(|f| (f.envelope.partition, f.envelope.offset, f.envelope.generation)));
+            finished.extend(failures.iter().map(|f| {
+                (
+                    f.envelope.partition,
+                    f.envelope.offset,
+                    f.envelope.generation,
+                )
+            }));
         }
         let mut t = tracker.lock().expect("tracker");
         for (p, o, g) in finished {
@@ -293,7 +383,9 @@ pub async fn busy_meter(engine: EngineHandle, metrics: Metrics) {
         tokio::time::sleep(Duration::from_secs(10)).await;
         let now = engine.busy_seconds();
         let wall = at.elapsed().as_secs_f64();
-        metrics.busy_ratio.set(((now - last) / wall).clamp(0.0, 1.0));
+        metrics
+            .busy_ratio
+            .set(((now - last) / wall).clamp(0.0, 1.0));
         last = now;
         at = Instant::now();
     }

@@ -35,6 +35,27 @@ pub fn encode_line(line: &str) -> Option<Result<(Option<String>, String), String
     })
 }
 
+/// Creates `topic` with `partitions` partitions if it does not exist yet (an existing topic is
+/// left as it is).
+pub async fn ensure_topic(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<bool> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
+    let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    match admin.create_topics(&[t], &opts).await?.pop() {
+        Some(Ok(_)) => Ok(true),
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(false),
+        Some(Err((name, e))) => anyhow::bail!("cannot create topic {name}: {e}"),
+        None => Ok(false),
+    }
+}
+
 /// Reads lines from `input` and sends them to `topic`, calling `progress` after each line.
 pub async fn produce(
     kafka: &KafkaConfig,
@@ -67,7 +88,11 @@ pub async fn produce(
                     if let Some(k) = &key {
                         rec = rec.key(k);
                     }
-                    producer.send(rec, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
+                    producer
+                        .send(rec, Duration::from_secs(30))
+                        .await
+                        .map(|_| ())
+                        .map_err(|(e, _)| e)
                 });
                 if pending.len() >= 1000 {
                     if let Some(r) = pending.next().await {

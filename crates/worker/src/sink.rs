@@ -30,7 +30,10 @@ pub enum ItemResult {
     /// Transient (429, 5xx, missing result): send again.
     Retry(String),
     /// Permanent rejection (4xx): dead-letter it.
-    Reject { status: u16, reason: String },
+    Reject {
+        status: u16,
+        reason: String,
+    },
 }
 
 /// Reads a bulk response. `status` is the HTTP status, `body` the parsed JSON (or `Null`), `n`
@@ -42,7 +45,10 @@ pub fn classify_bulk_response(status: u16, body: &Value, n: usize) -> Vec<ItemRe
     if !(200..300).contains(&status) {
         // A request-level 4xx (e.g. a malformed body) is not about one item; retrying cannot
         // fix it, so every item is rejected with the reason.
-        let reason = body["error"]["reason"].as_str().unwrap_or("bulk request rejected").to_owned();
+        let reason = body["error"]["reason"]
+            .as_str()
+            .unwrap_or("bulk request rejected")
+            .to_owned();
         return vec![ItemResult::Reject { status, reason }; n];
     }
     let items = body["items"].as_array();
@@ -52,12 +58,19 @@ pub fn classify_bulk_response(status: u16, body: &Value, n: usize) -> Vec<ItemRe
                 return ItemResult::Retry("no result for this item in the bulk response".into());
             };
             // The action key is "index" (or "create"/"update"); take whichever is there.
-            let r = item.as_object().and_then(|o| o.values().next()).cloned().unwrap_or(Value::Null);
+            let r = item
+                .as_object()
+                .and_then(|o| o.values().next())
+                .cloned()
+                .unwrap_or(Value::Null);
             let st = r["status"].as_u64().unwrap_or(0) as u16;
             match st {
                 200..=299 => ItemResult::Ok,
                 429 => ItemResult::Retry("429 too many requests".into()),
-                s if s >= 500 || s == 0 => ItemResult::Retry(format!("item status {s}: {}", r["error"]["reason"].as_str().unwrap_or(""))),
+                s if s >= 500 || s == 0 => ItemResult::Retry(format!(
+                    "item status {s}: {}",
+                    r["error"]["reason"].as_str().unwrap_or("")
+                )),
                 s => ItemResult::Reject {
                     status: s,
                     reason: format!(
@@ -125,16 +138,23 @@ pub struct EsSink {
 
 impl EsSink {
     pub fn new(cfg: &EsConfig, metrics: Metrics) -> anyhow::Result<EsSink> {
-        let url = url::Url::parse(&cfg.url).map_err(|e| anyhow::anyhow!("bad --es-url {:?}: {e}", cfg.url))?;
-        let mut b = TransportBuilder::new(SingleNodeConnectionPool::new(url)).timeout(Duration::from_secs(60));
+        let url = url::Url::parse(&cfg.url)
+            .map_err(|e| anyhow::anyhow!("bad --es-url {:?}: {e}", cfg.url))?;
+        let mut b = TransportBuilder::new(SingleNodeConnectionPool::new(url))
+            .timeout(Duration::from_secs(60));
         if let Some(k) = &cfg.api_key {
             b = b.auth(Credentials::EncodedApiKey(k.0.clone()));
         } else if let Some(u) = &cfg.username {
-            let p = cfg.password.as_ref().map(|p| p.0.clone()).unwrap_or_default();
+            let p = cfg
+                .password
+                .as_ref()
+                .map(|p| p.0.clone())
+                .unwrap_or_default();
             b = b.auth(Credentials::Basic(u.clone(), p));
         }
         if let Some(ca) = &cfg.ca_cert {
-            let pem = std::fs::read(ca).map_err(|e| anyhow::anyhow!("cannot read --es-ca-cert {}: {e}", ca.display()))?;
+            let pem = std::fs::read(ca)
+                .map_err(|e| anyhow::anyhow!("cannot read --es-ca-cert {}: {e}", ca.display()))?;
             b = b.cert_validation(CertificateValidation::Full(Certificate::from_pem(&pem)?));
         }
         Ok(EsSink {
@@ -156,7 +176,10 @@ impl EsSink {
         if !r.status_code().is_success() {
             let code = r.status_code();
             let text = r.text().await.unwrap_or_default();
-            anyhow::bail!("Elasticsearch refused the index template {:?} (HTTP {code}): {text}", self.index);
+            anyhow::bail!(
+                "Elasticsearch refused the index template {:?} (HTTP {code}): {text}",
+                self.index
+            );
         }
         let got: Value = self
             .client
@@ -193,7 +216,13 @@ impl EsSink {
                 body.push(json!({"index": {"_id": docs[i].0}}).into());
                 body.push(docs[i].1.clone().into());
             }
-            let (status, json) = match self.client.bulk(BulkParts::Index(&self.index)).body(body).send().await {
+            let (status, json) = match self
+                .client
+                .bulk(BulkParts::Index(&self.index))
+                .body(body)
+                .send()
+                .await
+            {
                 Ok(r) => {
                     let s = r.status_code().as_u16();
                     (s, r.json::<Value>().await.unwrap_or(Value::Null))
@@ -203,8 +232,14 @@ impl EsSink {
                     (0, Value::Null)
                 }
             };
-            self.metrics.stage_seconds.with_label_values(&["index"]).observe(t.elapsed().as_secs_f64());
-            self.metrics.batch_size.with_label_values(&["index"]).observe(todo.len() as f64);
+            self.metrics
+                .stage_seconds
+                .with_label_values(&["index"])
+                .observe(t.elapsed().as_secs_f64());
+            self.metrics
+                .batch_size
+                .with_label_values(&["index"])
+                .observe(todo.len() as f64);
             let results = if status == 0 {
                 vec![ItemResult::Retry("transport error".into()); todo.len()]
             } else {
@@ -229,7 +264,9 @@ impl EsSink {
             }
             todo = retry;
         }
-        out.into_iter().map(|o| o.expect("every doc resolved")).collect()
+        out.into_iter()
+            .map(|o| o.expect("every doc resolved"))
+            .collect()
     }
 }
 
@@ -258,19 +295,30 @@ mod tests {
         ]});
         let r = classify_bulk_response(200, &body, 6);
         assert_eq!(r[0], ItemResult::Ok);
-        assert!(matches!(&r[1], ItemResult::Reject { status: 400, reason } if reason.contains("mapper_parsing_exception")));
+        assert!(
+            matches!(&r[1], ItemResult::Reject { status: 400, reason } if reason.contains("mapper_parsing_exception"))
+        );
         assert!(matches!(r[2], ItemResult::Retry(_)));
         assert!(matches!(r[3], ItemResult::Retry(_)));
         assert!(matches!(r[4], ItemResult::Reject { status: 409, .. }));
-        assert!(matches!(r[5], ItemResult::Retry(_)), "missing item result must be retried");
+        assert!(
+            matches!(r[5], ItemResult::Retry(_)),
+            "missing item result must be retried"
+        );
     }
 
     #[test]
     fn request_level_failures() {
-        assert!(classify_bulk_response(503, &Value::Null, 2).iter().all(|r| matches!(r, ItemResult::Retry(_))));
-        assert!(classify_bulk_response(429, &json!({}), 1).iter().all(|r| matches!(r, ItemResult::Retry(_))));
+        assert!(classify_bulk_response(503, &Value::Null, 2)
+            .iter()
+            .all(|r| matches!(r, ItemResult::Retry(_))));
+        assert!(classify_bulk_response(429, &json!({}), 1)
+            .iter()
+            .all(|r| matches!(r, ItemResult::Retry(_))));
         let r = classify_bulk_response(400, &json!({"error": {"reason": "bad body"}}), 1);
-        assert!(matches!(&r[0], ItemResult::Reject { status: 400, reason } if reason == "bad body"));
+        assert!(
+            matches!(&r[0], ItemResult::Reject { status: 400, reason } if reason == "bad body")
+        );
     }
 
     #[test]
@@ -278,6 +326,9 @@ mod tests {
         let t = index_template("ocr");
         assert_eq!(t["index_patterns"][0], "ocr");
         assert_eq!(t["template"]["mappings"]["dynamic"], "strict");
-        assert_eq!(t["template"]["mappings"]["properties"]["text"]["analyzer"], "cjk");
+        assert_eq!(
+            t["template"]["mappings"]["properties"]["text"]["analyzer"],
+            "cjk"
+        );
     }
 }

@@ -62,7 +62,11 @@ impl ConsumerContext for SourceContext {
                 let mut t = self.tracker.lock().expect("tracker lock");
                 for e in tpl.elements() {
                     if let Some(pos) = t.revoke(e.partition()) {
-                        let _ = commit.add_partition_offset(e.topic(), e.partition(), Offset::Offset(pos));
+                        let _ = commit.add_partition_offset(
+                            e.topic(),
+                            e.partition(),
+                            Offset::Offset(pos),
+                        );
                     }
                 }
             }
@@ -90,7 +94,10 @@ impl ConsumerContext for SourceContext {
 }
 
 /// Creates the consumer and subscribes it.
-pub fn consumer(cfg: &WorkerConfig, ctx: SourceContext) -> anyhow::Result<BaseConsumer<SourceContext>> {
+pub fn consumer(
+    cfg: &WorkerConfig,
+    ctx: SourceContext,
+) -> anyhow::Result<BaseConsumer<SourceContext>> {
     let mut c = cfg.kafka.client_config();
     c.set("group.id", &cfg.kafka.group)
         .set("client.id", format!("ocrfleet-{}", cfg.worker_id))
@@ -140,7 +147,12 @@ pub fn run(
         // Stop requests: idle exit or signal.
         if let (Some(idle), None) = (cfg.exit_when_idle, stop_deadline) {
             let in_flight = ctx_tracker.lock().expect("tracker").in_flight();
-            if ever_assigned && in_flight == 0 && building.is_empty() && pending.is_none() && last_message.elapsed() >= idle {
+            if ever_assigned
+                && in_flight == 0
+                && building.is_empty()
+                && pending.is_none()
+                && last_message.elapsed() >= idle
+            {
                 tracing::info!(idle = ?idle, "no messages and nothing in flight; stopping");
                 control.stop.store(true, Ordering::Relaxed);
             }
@@ -160,7 +172,9 @@ pub fn run(
         }
 
         commit_finished(&consumer, &ctx_tracker, &topic, CommitMode::Async);
-        metrics.in_flight.set(ctx_tracker.lock().expect("tracker").in_flight() as i64);
+        metrics
+            .in_flight
+            .set(ctx_tracker.lock().expect("tracker").in_flight() as i64);
 
         // Hand the finished chunk to the pipeline, pausing while it is full.
         if let (Some(chunk), Some(tx)) = (pending.take(), chunk_tx.as_ref()) {
@@ -189,13 +203,18 @@ pub fn run(
         } else if building.is_empty() {
             Duration::from_millis(100)
         } else {
-            cfg.linger.saturating_sub(chunk_started.elapsed()).max(Duration::from_millis(1))
+            cfg.linger
+                .saturating_sub(chunk_started.elapsed())
+                .max(Duration::from_millis(1))
         };
         match consumer.poll(timeout) {
             Some(Ok(m)) if stop_deadline.is_none() => {
                 ever_assigned = true;
                 last_message = Instant::now();
-                let generation = ctx_tracker.lock().expect("tracker").received(m.partition(), m.offset());
+                let generation = ctx_tracker
+                    .lock()
+                    .expect("tracker")
+                    .received(m.partition(), m.offset());
                 if building.is_empty() {
                     chunk_started = Instant::now();
                 }
@@ -207,7 +226,11 @@ pub fn run(
                     value: m.payload().map(<[u8]>::to_vec),
                     headers: m
                         .headers()
-                        .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect())
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                                .collect()
+                        })
                         .unwrap_or_default(),
                     timestamp_ms: m.timestamp().to_millis(),
                     received_at: Instant::now(),
@@ -219,7 +242,10 @@ pub fn run(
             None => {}
         }
         if !ever_assigned {
-            ever_assigned = consumer.assignment().map(|a| a.count() > 0).unwrap_or(false);
+            ever_assigned = consumer
+                .assignment()
+                .map(|a| a.count() > 0)
+                .unwrap_or(false);
         }
         if pending.is_none()
             && !building.is_empty()
@@ -240,14 +266,23 @@ pub fn run(
 
 fn set_paused(consumer: &BaseConsumer<SourceContext>, pause: bool) {
     if let Ok(assignment) = consumer.assignment() {
-        let r = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
+        let r = if pause {
+            consumer.pause(&assignment)
+        } else {
+            consumer.resume(&assignment)
+        };
         if let Err(e) = r {
             tracing::warn!(error = %e, pause, "pause/resume failed");
         }
     }
 }
 
-fn commit_finished(consumer: &BaseConsumer<SourceContext>, tracker: &Mutex<OffsetTracker>, topic: &str, mode: CommitMode) {
+fn commit_finished(
+    consumer: &BaseConsumer<SourceContext>,
+    tracker: &Mutex<OffsetTracker>,
+    topic: &str,
+    mode: CommitMode,
+) {
     let commits = tracker.lock().expect("tracker").take_commits();
     if commits.is_empty() {
         return;
@@ -258,6 +293,8 @@ fn commit_finished(consumer: &BaseConsumer<SourceContext>, tracker: &Mutex<Offse
     }
     match consumer.commit(&tpl, mode) {
         Ok(()) => tracing::debug!(?commits, "committed"),
-        Err(e) => tracing::warn!(error = %e, ?commits, "commit failed; will retry with the next progress"),
+        Err(e) => {
+            tracing::warn!(error = %e, ?commits, "commit failed; will retry with the next progress")
+        }
     }
 }

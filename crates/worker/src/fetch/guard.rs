@@ -79,7 +79,9 @@ fn classify_v6(ip: Ipv6Addr) -> Option<&'static str> {
 impl Guard {
     /// A guard that also allows the given networks.
     pub fn new(allow: Vec<IpNet>) -> Guard {
-        Guard { allow: Arc::new(allow) }
+        Guard {
+            allow: Arc::new(allow),
+        }
     }
 
     /// Checks one address.
@@ -112,10 +114,20 @@ impl Guard {
     }
 
     /// Keeps only allowed addresses; refuses when none is left.
-    pub fn filter_resolved(&self, host: &str, addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, Refusal> {
-        let (ok, bad): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| self.check_ip(a.ip()).is_ok());
+    pub fn filter_resolved(
+        &self,
+        host: &str,
+        addrs: Vec<SocketAddr>,
+    ) -> Result<Vec<SocketAddr>, Refusal> {
+        let (ok, bad): (Vec<_>, Vec<_>) = addrs
+            .into_iter()
+            .partition(|a| self.check_ip(a.ip()).is_ok());
         if ok.is_empty() {
-            let list = bad.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ");
+            let list = bad
+                .iter()
+                .map(|a| a.ip().to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
             return Err(Refusal::Resolved(host.to_owned(), list));
         }
         Ok(ok)
@@ -133,7 +145,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let guard = self.guard.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let ok = guard
                 .filter_resolved(&host, addrs)
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
@@ -187,6 +200,9 @@ mod tests {
         let a: SocketAddr = "10.0.0.1:0".parse().unwrap();
         let b: SocketAddr = "93.184.216.34:0".parse().unwrap();
         assert_eq!(g.filter_resolved("h", vec![a, b]).unwrap(), vec![b]);
-        assert!(matches!(g.filter_resolved("h", vec![a]), Err(Refusal::Resolved(..))));
+        assert!(matches!(
+            g.filter_resolved("h", vec![a]),
+            Err(Refusal::Resolved(..))
+        ));
     }
 }

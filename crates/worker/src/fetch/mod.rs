@@ -104,7 +104,9 @@ impl Fetcher {
             .timeout(cfg.timeout)
             .pool_max_idle_per_host(cfg.concurrency)
             .user_agent(concat!("ocrfleet/", env!("CARGO_PKG_VERSION")))
-            .dns_resolver(std::sync::Arc::new(GuardedResolver { guard: guard.clone() }))
+            .dns_resolver(std::sync::Arc::new(GuardedResolver {
+                guard: guard.clone(),
+            }))
             .redirect(reqwest::redirect::Policy::custom(move |attempt| {
                 if attempt.previous().len() > max_redirects {
                     return attempt.error(format!("more than {max_redirects} redirects"));
@@ -142,7 +144,9 @@ impl Fetcher {
         .notify(|e, d| tracing::debug!(url, error = %e, retry_in = ?d, "fetch retry"))
         .await;
         let n = attempts.load(Ordering::Relaxed);
-        result.map(|bytes| Fetched { bytes, attempts: n }).map_err(|e| (e, n))
+        result
+            .map(|bytes| Fetched { bytes, attempts: n })
+            .map_err(|e| (e, n))
     }
 
     async fn fetch_once(&self, url: Url) -> Result<Vec<u8>, FetchError> {
@@ -155,7 +159,8 @@ impl Fetcher {
         if resp.content_length().is_some_and(|n| n > limit) {
             return Err(FetchError::TooLarge { limit });
         }
-        let mut body = Vec::with_capacity(resp.content_length().unwrap_or(64 * 1024).min(limit) as usize);
+        let mut body =
+            Vec::with_capacity(resp.content_length().unwrap_or(64 * 1024).min(limit) as usize);
         while let Some(chunk) = resp.chunk().await.map_err(from_reqwest)? {
             if body.len() as u64 + chunk.len() as u64 > limit {
                 return Err(FetchError::TooLarge { limit });

