@@ -25,6 +25,11 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
     if reader.format().is_none() {
         return Err(DecodeError::UnknownFormat);
     }
+    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+        return Err(DecodeError::Corrupt(
+            "truncated JPEG: no end-of-image marker after the scan data".into(),
+        ));
+    }
     let mut limits = Limits::default();
     // Room for the widest intermediate (16-bit RGBA) of an image at the limit.
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(64 << 20));
@@ -79,6 +84,18 @@ pub fn dimensions(bytes: &[u8], max_pixels: u64) -> Result<(u32, u32), DecodeErr
         });
     }
     Ok((width, height))
+}
+
+/// The JPEG decoder fills a truncated scan with grey instead of failing; a complete file has
+/// an end-of-image marker (FF D9) after its last start-of-scan (FF DA). Inside scan data 0xFF is
+/// always followed by 0x00 or a restart marker, so FF D9 there is the real end; an EXIF
+/// thumbnail's own markers come before the main scan.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last = |m: u8| bytes.windows(2).rposition(|w| w[0] == 0xFF && w[1] == m);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi > sos,
+        _ => false,
+    }
 }
 
 fn map_image_error(e: image::ImageError) -> DecodeError {
@@ -159,6 +176,18 @@ mod tests {
         .unwrap();
         assert_eq!(out.get_pixel(0, 0).0, [255, 255, 255]);
         assert_eq!(out.get_pixel(1, 0).0, [0, 0, 0]);
+    }
+
+    #[test]
+    fn truncated_jpeg_is_corrupt() {
+        let img =
+            DynamicImage::ImageLuma8(ImageBuffer::from_fn(64, 64, |x, y| Luma([(x * y) as u8])));
+        let jpg = encode(&img, ImageFormat::Jpeg);
+        assert!(decode(&jpg, 1 << 20).is_ok());
+        let cut = &jpg[..jpg.len() * 2 / 3];
+        assert!(
+            matches!(decode(cut, 1 << 20), Err(DecodeError::Corrupt(m)) if m.contains("truncated"))
+        );
     }
 
     #[test]
