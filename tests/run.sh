@@ -16,3 +16,6 @@ if [ -f deploy/check.sh ]; then
   bash deploy/check.sh
 fi
 cargo test --release --workspace "$@"
+# The CUDA code path (ort's CUDA provider binding), built and tested up to session creation:
+# with the CPU ONNX Runtime it must refuse clearly instead of falling back to CPU.
+cargo test --release -p ocrfleet-ocr --features cuda --test device "$@"

@@ -240,7 +240,10 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
             .context("peer JSON has no img_per_s")?;
         println!(
             "\n# against peer {} ({:.2} img/s)",
-            v["name"].as_str().unwrap_or("peer"),
+            v["engine"]
+                .as_str()
+                .or(v["name"].as_str())
+                .unwrap_or("peer"),
             peer_ips
         );
         println!(

@@ -408,7 +408,7 @@ impl Engine {
                 .iter()
                 .position(|o| o.0 != bucket)
                 .map_or(order.len(), |p| start + p)
-                .min(start + self.cfg.rec.batch_size);
+                .min(start + self.cfg.rec_batch_size());
             let batch = &order[start..end];
             let w = bucket as usize;
             let slot = 3 * h * w;

@@ -114,7 +114,7 @@ fn with_cuda(
         .with_execution_providers([cuda.build().error_on_failure()])
         .map_err(|e| EngineError::Cuda {
             device,
-            message: ort::Error::from(e).to_string(),
+            message: ort::Error::<()>::from(e).to_string(),
         })
 }
 
