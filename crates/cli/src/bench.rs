@@ -17,6 +17,70 @@ use crate::ocr_cmd::collect_files;
 pub enum BenchCommand {
     /// Engine-only benchmark: det, cls, rec and the whole pipeline at several batch sizes.
     Ocr(OcrBenchArgs),
+    /// Model-only benchmark: ONNX Runtime `run` time per model and input shape, no pre- or
+    /// post-processing (the yardstick for the engine's overhead).
+    Models(ModelsBenchArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ModelsBenchArgs {
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub batch_sizes: Vec<usize>,
+    /// Timed runs per point (after one warm-up run).
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
+    /// Shapes as model:HxW (det, cls or rec).
+    #[arg(long, value_delimiter = ',', default_value = "det:960x960,det:640x640,rec:48x320,rec:48x640,cls:48x192")]
+    pub shapes: Vec<String>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+fn bench_models(args: ModelsBenchArgs) -> anyhow::Result<ExitCode> {
+    let mut engine = Engine::new(args.engine.config()).context("cannot start the OCR engine")?;
+    println!("# ocrfleet bench models: device {}, models {}, repeat {}", engine.provider(), engine.model_version(), args.repeat);
+    println!("{:<5} {:>10} {:>5} {:>10} {:>10} {:>10}", "model", "input", "batch", "items/s", "p50 ms", "p99 ms");
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for spec in &args.shapes {
+        let (name, hw) = spec.split_once(':').context("shape must be model:HxW")?;
+        let (h, w) = hw.split_once('x').context("shape must be model:HxW")?;
+        let (h, w): (usize, usize) = (h.parse()?, w.parse()?);
+        let model = match name {
+            "det" => ocrfleet_ocr::Model::Det,
+            "rec" => ocrfleet_ocr::Model::Rec,
+            "cls" => ocrfleet_ocr::Model::Cls,
+            o => anyhow::bail!("unknown model {o:?}"),
+        };
+        for &n in &args.batch_sizes {
+            // Deterministic pseudo-random input in [-1, 1].
+            let tensor: Vec<f32> = (0..n * 3 * h * w)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+                })
+                .collect();
+            engine.run_model_only(model, &tensor, n, [3, h, w]).map_err(anyhow::Error::msg)?;
+            let mut lat: Vec<f64> = (0..args.repeat.max(1))
+                .map(|_| engine.run_model_only(model, &tensor, n, [3, h, w]).map(|s| s * 1000.0))
+                .collect::<Result<_, _>>()
+                .map_err(anyhow::Error::msg)?;
+            lat.sort_by(f64::total_cmp);
+            let mean = lat.iter().sum::<f64>() / lat.len() as f64;
+            println!(
+                "{:<5} {:>10} {:>5} {:>10.1} {:>10.2} {:>10.2}",
+                name,
+                format!("3x{h}x{w}"),
+                n,
+                n as f64 * 1000.0 / mean,
+                percentile(&lat, 0.5),
+                percentile(&lat, 0.99)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(clap::Args)]
@@ -44,6 +108,7 @@ pub struct OcrBenchArgs {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Ocr(a) => bench_ocr(a),
+        BenchCommand::Models(a) => bench_models(a),
     }
 }
 

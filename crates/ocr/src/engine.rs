@@ -503,6 +503,29 @@ impl Engine {
     }
 }
 
+/// One of the three models, for [`Engine::run_model_only`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Model {
+    Det,
+    Cls,
+    Rec,
+}
+
+impl Engine {
+    /// Runs one model on a raw `[n, c, h, w]` tensor and returns the seconds `run` took
+    /// (model-only timing for benchmarks: no pre- or post-processing).
+    pub fn run_model_only(&mut self, model: Model, tensor: &[f32], n: usize, chw: [usize; 3]) -> Result<f64, String> {
+        let session = match model {
+            Model::Det => &mut self.det,
+            Model::Rec => &mut self.rec,
+            Model::Cls => self.cls.as_mut().ok_or("the classifier is disabled")?,
+        };
+        let t = Instant::now();
+        run_model(session, tensor, n, chw)?;
+        Ok(t.elapsed().as_secs_f64())
+    }
+}
+
 /// Runs `session` on a batch, falling back to one item at a time if the batch fails.
 fn infer(
     session: &mut Session,
