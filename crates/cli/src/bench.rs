@@ -31,7 +31,11 @@ pub struct ModelsBenchArgs {
     #[arg(long, default_value_t = 5)]
     pub repeat: usize,
     /// Shapes as model:HxW (det, cls or rec).
-    #[arg(long, value_delimiter = ',', default_value = "det:960x960,det:640x640,rec:48x320,rec:48x640,cls:48x192")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "det:960x960,det:640x640,rec:48x320,rec:48x640,cls:48x192"
+    )]
     pub shapes: Vec<String>,
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -39,8 +43,16 @@ pub struct ModelsBenchArgs {
 
 fn bench_models(args: ModelsBenchArgs) -> anyhow::Result<ExitCode> {
     let mut engine = Engine::new(args.engine.config()).context("cannot start the OCR engine")?;
-    println!("# ocrfleet bench models: device {}, models {}, repeat {}", engine.provider(), engine.model_version(), args.repeat);
-    println!("{:<5} {:>10} {:>5} {:>10} {:>10} {:>10}", "model", "input", "batch", "items/s", "p50 ms", "p99 ms");
+    println!(
+        "# ocrfleet bench models: device {}, models {}, repeat {}",
+        engine.provider(),
+        engine.model_version(),
+        args.repeat
+    );
+    println!(
+        "{:<5} {:>10} {:>5} {:>10} {:>10} {:>10}",
+        "model", "input", "batch", "items/s", "p50 ms", "p99 ms"
+    );
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     for spec in &args.shapes {
         let (name, hw) = spec.split_once(':').context("shape must be model:HxW")?;
@@ -62,9 +74,15 @@ fn bench_models(args: ModelsBenchArgs) -> anyhow::Result<ExitCode> {
                     (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
                 })
                 .collect();
-            engine.run_model_only(model, &tensor, n, [3, h, w]).map_err(anyhow::Error::msg)?;
+            engine
+                .run_model_only(model, &tensor, n, [3, h, w])
+                .map_err(anyhow::Error::msg)?;
             let mut lat: Vec<f64> = (0..args.repeat.max(1))
-                .map(|_| engine.run_model_only(model, &tensor, n, [3, h, w]).map(|s| s * 1000.0))
+                .map(|_| {
+                    engine
+                        .run_model_only(model, &tensor, n, [3, h, w])
+                        .map(|s| s * 1000.0)
+                })
                 .collect::<Result<_, _>>()
                 .map_err(anyhow::Error::msg)?;
             lat.sort_by(f64::total_cmp);

@@ -85,6 +85,7 @@ pub fn run_produce(cmd: ProduceCmd) -> anyhow::Result<ExitCode> {
         sasl_username: cmd.kafka_sasl_username.clone(),
         sasl_password: password,
         ssl_ca_location: cmd.kafka_ssl_ca_location.clone(),
+        options: Vec::new(),
     };
     let input: Box<dyn BufRead> = match cmd.input.as_deref() {
         None => Box::new(std::io::stdin().lock()),

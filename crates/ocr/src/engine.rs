@@ -514,7 +514,13 @@ pub enum Model {
 impl Engine {
     /// Runs one model on a raw `[n, c, h, w]` tensor and returns the seconds `run` took
     /// (model-only timing for benchmarks: no pre- or post-processing).
-    pub fn run_model_only(&mut self, model: Model, tensor: &[f32], n: usize, chw: [usize; 3]) -> Result<f64, String> {
+    pub fn run_model_only(
+        &mut self,
+        model: Model,
+        tensor: &[f32],
+        n: usize,
+        chw: [usize; 3],
+    ) -> Result<f64, String> {
         let session = match model {
             Model::Det => &mut self.det,
             Model::Rec => &mut self.rec,

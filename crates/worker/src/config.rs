@@ -159,6 +159,8 @@ settings! {
     kafka_sasl_password_file: PathBuf, "kafka-sasl-password-file", "OCRFLEET_KAFKA_SASL_PASSWORD_FILE", "";
     /// CA certificate (PEM) for Kafka TLS.
     kafka_ssl_ca_location: PathBuf, "kafka-ssl-ca-location", "OCRFLEET_KAFKA_SSL_CA_LOCATION", "";
+    /// Extra librdkafka settings for the consumer and producers, as key=value, comma-separated (e.g. fetch.wait.max.ms=500).
+    kafka_options: List<String>, "kafka-option", "OCRFLEET_KAFKA_OPTIONS", "";
     /// Messages per chunk taken from Kafka.
     max_messages: usize, "max-messages", "OCRFLEET_MAX_MESSAGES", "1000";
     /// A chunk is closed after this long even if not full (the online micro-batch window).
@@ -247,6 +249,8 @@ pub struct KafkaConfig {
     pub sasl_username: Option<String>,
     pub sasl_password: Option<Secret>,
     pub ssl_ca_location: Option<PathBuf>,
+    /// Extra librdkafka settings (key, value), applied last.
+    pub options: Vec<(String, String)>,
 }
 
 impl KafkaConfig {
@@ -266,6 +270,9 @@ impl KafkaConfig {
         }
         if let Some(ca) = &self.ssl_ca_location {
             c.set("ssl.ca.location", ca.display().to_string());
+        }
+        for (k, v) in &self.options {
+            c.set(k, v);
         }
         c
     }
@@ -381,6 +388,20 @@ impl WorkerConfig {
                     "Kafka SASL password",
                 )?,
                 ssl_ca_location: a.kafka_ssl_ca_location.clone(),
+                options: a
+                    .kafka_options
+                    .clone()
+                    .map(|l| l.0)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|kv| {
+                        kv.split_once('=')
+                            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                            .ok_or_else(|| {
+                                anyhow::anyhow!("--kafka-option {kv:?} is not key=value")
+                            })
+                    })
+                    .collect::<anyhow::Result<_>>()?,
             },
             es: EsConfig {
                 url: a.es_url.clone().expect("defaulted"),

