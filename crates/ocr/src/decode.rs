@@ -16,15 +16,7 @@ pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;
 
 /// Decodes `bytes` into an upright RGB image, refusing anything over `max_pixels`.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
-    if bytes.is_empty() {
-        return Err(DecodeError::Empty);
-    }
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(DecodeError::UnknownFormat);
-    }
+    let mut reader = open(bytes)?;
     if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
         return Err(DecodeError::Corrupt(
             "truncated JPEG: no end-of-image marker after the scan data".into(),
@@ -33,22 +25,9 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
     let mut limits = Limits::default();
     // Room for the widest intermediate (16-bit RGBA) of an image at the limit.
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(64 << 20));
-    let mut reader = reader;
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(map_image_error)?;
-    let (width, height) = decoder.dimensions();
-    let pixels = u64::from(width) * u64::from(height);
-    if width == 0 || height == 0 {
-        return Err(DecodeError::ZeroSize { width, height });
-    }
-    if pixels > max_pixels {
-        return Err(DecodeError::TooLarge {
-            width,
-            height,
-            pixels,
-            limit: max_pixels,
-        });
-    }
+    check_size(decoder.dimensions(), max_pixels)?;
     // A missing or unreadable EXIF block is not an error: the image is used as stored.
     let orientation = decoder
         .orientation()
@@ -61,6 +40,13 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
 /// Reads only the header: the stored width and height (before EXIF rotation), refusing
 /// images over `max_pixels`. Lets callers budget memory before decoding.
 pub fn dimensions(bytes: &[u8], max_pixels: u64) -> Result<(u32, u32), DecodeError> {
+    let size = open(bytes)?.into_dimensions().map_err(map_image_error)?;
+    check_size(size, max_pixels)?;
+    Ok(size)
+}
+
+/// A reader with its format recognised from the bytes.
+fn open(bytes: &[u8]) -> Result<ImageReader<Cursor<&[u8]>>, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -70,7 +56,10 @@ pub fn dimensions(bytes: &[u8], max_pixels: u64) -> Result<(u32, u32), DecodeErr
     if reader.format().is_none() {
         return Err(DecodeError::UnknownFormat);
     }
-    let (width, height) = reader.into_dimensions().map_err(map_image_error)?;
+    Ok(reader)
+}
+
+fn check_size((width, height): (u32, u32), max_pixels: u64) -> Result<(), DecodeError> {
     let pixels = u64::from(width) * u64::from(height);
     if width == 0 || height == 0 {
         return Err(DecodeError::ZeroSize { width, height });
@@ -83,7 +72,7 @@ pub fn dimensions(bytes: &[u8], max_pixels: u64) -> Result<(u32, u32), DecodeErr
             limit: max_pixels,
         });
     }
-    Ok((width, height))
+    Ok(())
 }
 
 /// The JPEG decoder fills a truncated scan with grey instead of failing; a complete file has

@@ -455,15 +455,7 @@ impl Engine {
 
     /// Recognition only, on already cropped lines. Exposed for benchmarks.
     pub fn recognize_lines(&mut self, lines: &[RgbImage]) -> Vec<Result<(String, f32), OcrError>> {
-        let crops: Vec<Crop> = lines
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Crop {
-                image: i,
-                quad: [[0.0; 2]; 4],
-                pixels: p.clone(),
-            })
-            .collect();
+        let crops = as_crops(lines);
         let mut timings = vec![Timings::default(); lines.len()];
         let mut failed = vec![None; lines.len()];
         let texts = self.rec_timed(&crops, &mut timings, &mut failed);
@@ -479,15 +471,7 @@ impl Engine {
 
     /// Classification only: whether each crop would be turned 180°. Exposed for benchmarks.
     pub fn classify_lines(&mut self, lines: &[RgbImage]) -> Vec<Result<bool, OcrError>> {
-        let mut crops: Vec<Crop> = lines
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Crop {
-                image: i,
-                quad: [[0.0; 2]; 4],
-                pixels: p.clone(),
-            })
-            .collect();
+        let mut crops = as_crops(lines);
         let mut timings = vec![Timings::default(); lines.len()];
         let mut failed = vec![None; lines.len()];
         self.classify_timed(&mut crops, &mut timings, &mut failed);
@@ -501,6 +485,19 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// Stand-alone lines as crops, each its own "image" (for the stage-only entry points).
+fn as_crops(lines: &[RgbImage]) -> Vec<Crop> {
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Crop {
+            image: i,
+            quad: [[0.0; 2]; 4],
+            pixels: p.clone(),
+        })
+        .collect()
 }
 
 /// One of the three models, for [`Engine::run_model_only`].
