@@ -12,9 +12,13 @@ images=${2:-tests/fixtures/images}
 bash models/fetch.sh
 cargo build --release -q -p ocrfleet
 peer=$(mktemp)
-echo "# RapidOCR 1.4.4 (Python), $threads threads, $images"
-.venv/bin/python tests/bench/rapidocr_bench.py "$images" --threads "$threads" --repeat 3 | tee /dev/stderr >/dev/null
-.venv/bin/python tests/bench/rapidocr_bench.py "$images" --threads "$threads" --repeat 3 --json > "$peer"
+# The peer runs twice and its faster run is kept: the ratio is conservative on a noisy box.
+echo "# RapidOCR 1.4.4 (Python), $threads threads, $images: two runs, the faster one is the peer"
+for i in 1 2; do
+  .venv/bin/python tests/bench/rapidocr_bench.py "$images" --threads "$threads" --repeat 3 --json | tee -a "$peer.all"
+done
+python3 -c 'import json,sys; rows=[json.loads(l) for l in open(sys.argv[1]) if l.strip()]; print(json.dumps(max(rows, key=lambda r: r["img_per_s"])))' "$peer.all" > "$peer"
+rm -f "$peer.all"
 ./target/release/ocrfleet bench ocr --images "$images" --threads "$threads" --repeat 3 \
   --batch-sizes "${BATCH_SIZES:-1,2,4,8,16,32,64}" --peer "$peer"
 rm -f "$peer"
