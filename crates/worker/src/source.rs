@@ -61,6 +61,8 @@ impl ConsumerContext for SourceContext {
             {
                 let mut t = self.tracker.lock().expect("tracker lock");
                 for e in tpl.elements() {
+                    // The lag of a partition we no longer own is someone else's to report.
+                    let _ = self.metrics.lag.remove_label_values(&[e.topic(), &e.partition().to_string()]);
                     if let Some(pos) = t.revoke(e.partition()) {
                         let _ = commit.add_partition_offset(
                             e.topic(),
