@@ -116,6 +116,14 @@ impl OffsetTracker {
         out
     }
 
+    /// A commit of `partition` failed: forget what was handed out, so that the next
+    /// [`OffsetTracker::take_commits`] offers the position again even if nothing moved.
+    pub fn commit_failed(&mut self, partition: i32) {
+        if let Some(p) = self.parts.get_mut(&partition) {
+            p.committed = None;
+        }
+    }
+
     /// Messages received and not finished, over all partitions.
     pub fn in_flight(&self) -> usize {
         self.parts.values().map(|p| p.pending.len()).sum()
@@ -167,6 +175,17 @@ mod tests {
         assert_eq!(t.take_commits(), vec![]);
         assert!(t.finished(3, 101, g2));
         assert_eq!(t.take_commits(), vec![(3, 102)]);
+    }
+
+    #[test]
+    fn a_failed_commit_is_offered_again() {
+        let mut t = OffsetTracker::default();
+        let g = t.received(2, 7);
+        t.finished(2, 7, g);
+        assert_eq!(t.take_commits(), vec![(2, 8)]);
+        assert_eq!(t.take_commits(), vec![]);
+        t.commit_failed(2);
+        assert_eq!(t.take_commits(), vec![(2, 8)]);
     }
 
     #[test]

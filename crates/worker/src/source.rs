@@ -62,7 +62,10 @@ impl ConsumerContext for SourceContext {
                 let mut t = self.tracker.lock().expect("tracker lock");
                 for e in tpl.elements() {
                     // The lag of a partition we no longer own is someone else's to report.
-                    let _ = self.metrics.lag.remove_label_values(&[e.topic(), &e.partition().to_string()]);
+                    let _ = self
+                        .metrics
+                        .lag
+                        .remove_label_values(&[e.topic(), &e.partition().to_string()]);
                     if let Some(pos) = t.revoke(e.partition()) {
                         let _ = commit.add_partition_offset(
                             e.topic(),
@@ -82,8 +85,24 @@ impl ConsumerContext for SourceContext {
         }
     }
 
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "commit failed; the positions will be offered again");
+            let mut t = self.tracker.lock().expect("tracker lock");
+            for el in offsets.elements() {
+                t.commit_failed(el.partition());
+            }
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            // An assignment is an answer from the group coordinator: the broker is up.
+            self.health.broker_up.store(true, Ordering::Relaxed);
             let mut t = self.tracker.lock().expect("tracker lock");
             for e in tpl.elements() {
                 t.assign(e.partition());
@@ -296,7 +315,11 @@ fn commit_finished(
     match consumer.commit(&tpl, mode) {
         Ok(()) => tracing::debug!(?commits, "committed"),
         Err(e) => {
-            tracing::warn!(error = %e, ?commits, "commit failed; will retry with the next progress")
+            tracing::warn!(error = %e, ?commits, "commit failed; the positions will be offered again");
+            let mut t = tracker.lock().expect("tracker");
+            for (p, _) in &commits {
+                t.commit_failed(*p);
+            }
         }
     }
 }
