@@ -140,6 +140,27 @@ struct Row {
     latencies_ms: Vec<f64>,
 }
 
+impl Row {
+    fn new(
+        stage: &'static str,
+        batch: usize,
+        images: usize,
+        lines: usize,
+        secs: f64,
+        latencies_ms: Vec<f64>,
+    ) -> Row {
+        Row {
+            stage,
+            batch,
+            items: if images > 0 { images } else { lines },
+            images,
+            lines,
+            secs,
+            latencies_ms,
+        }
+    }
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -222,45 +243,21 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
             let (secs, lat) = time_chunks(&images, b, args.repeat, |c| {
                 engine.detect(c);
             });
-            rows.push(Row {
-                stage: "det",
-                batch: b,
-                items: images.len() * args.repeat,
-                images: images.len() * args.repeat,
-                lines: 0,
-                secs,
-                latencies_ms: lat,
-            });
+            rows.push(Row::new("det", b, images.len() * args.repeat, 0, secs, lat));
         }
         if wants("cls") && !crops.is_empty() {
             engine.config_mut().cls.batch_size = b;
             let (secs, lat) = time_chunks(&crops, b, args.repeat, |c| {
                 engine.classify_lines(c);
             });
-            rows.push(Row {
-                stage: "cls",
-                batch: b,
-                items: crops.len() * args.repeat,
-                images: 0,
-                lines: crops.len() * args.repeat,
-                secs,
-                latencies_ms: lat,
-            });
+            rows.push(Row::new("cls", b, 0, crops.len() * args.repeat, secs, lat));
         }
         if wants("rec") && !crops.is_empty() {
             engine.config_mut().rec.batch_size = b;
             let (secs, lat) = time_chunks(&crops, b, args.repeat, |c| {
                 engine.recognize_lines(c);
             });
-            rows.push(Row {
-                stage: "rec",
-                batch: b,
-                items: crops.len() * args.repeat,
-                images: 0,
-                lines: crops.len() * args.repeat,
-                secs,
-                latencies_ms: lat,
-            });
+            rows.push(Row::new("rec", b, 0, crops.len() * args.repeat, secs, lat));
         }
         *engine.config_mut() = defaults.clone();
         if wants("pipeline") {
@@ -274,15 +271,14 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
                     .map(|t| t.lines.len())
                     .sum::<usize>();
             });
-            rows.push(Row {
-                stage: "pipeline",
-                batch: b,
-                items: images.len() * args.repeat,
-                images: images.len() * args.repeat,
+            rows.push(Row::new(
+                "pipeline",
+                b,
+                images.len() * args.repeat,
                 lines,
                 secs,
-                latencies_ms: lat,
-            });
+                lat,
+            ));
             *engine.config_mut() = defaults.clone();
         }
     }
