@@ -63,7 +63,7 @@ impl DeadLetter {
             e.offset.to_string(),
             f.attempts.to_string(),
         );
-        let mut delay = Duration::from_millis(200);
+        let mut delays = crate::retry::unbounded(Duration::from_millis(200));
         loop {
             let mut h = OwnedHeaders::new();
             for (k, v) in &e.headers {
@@ -110,9 +110,9 @@ impl DeadLetter {
                     return;
                 }
                 Err((err, _)) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(10));
                     tracing::warn!(error = %err, retry_in = ?delay, "dead-letter send failed; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
                 }
             }
         }

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
 pub mod produce;
+pub mod retry;
 pub mod sink;
 pub mod source;
 
@@ -62,17 +63,17 @@ pub async fn run(cfg: WorkerConfig) -> anyhow::Result<()> {
     health.engine_up.store(true, Ordering::Relaxed);
 
     let es = sink::EsSink::new(&cfg.es, metrics.clone())?;
-    let mut delay = Duration::from_millis(500);
+    let mut delays = retry::unbounded(Duration::from_millis(500));
     loop {
         match es.ensure_template().await {
             Ok(()) => break,
             Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(10));
                 tracing::warn!(error = %format!("{e:#}"), url = %cfg.es.url, retry_in = ?delay, "Elasticsearch not ready; index template not set yet");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {},
                     _ = termination() => anyhow::bail!("stopped before Elasticsearch became ready"),
                 }
-                delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     }

@@ -208,7 +208,7 @@ impl EsSink {
     pub async fn index(&self, docs: &[(String, Value)]) -> Vec<Option<(u16, String)>> {
         let mut out: Vec<Option<Option<(u16, String)>>> = vec![None; docs.len()];
         let mut todo: Vec<usize> = (0..docs.len()).collect();
-        let mut delay = Duration::from_millis(100);
+        let mut delays = crate::retry::unbounded(Duration::from_millis(100));
         while !todo.is_empty() {
             let t = Instant::now();
             let mut body: Vec<JsonBody<Value>> = Vec::with_capacity(todo.len() * 2);
@@ -258,9 +258,9 @@ impl EsSink {
             }
             if !retry.is_empty() {
                 self.metrics.es_retries.inc_by(retry.len() as u64);
+                let delay = delays.next().unwrap_or(Duration::from_secs(10));
                 tracing::warn!(items = retry.len(), retry_in = ?delay, "Elasticsearch did not take some items; retrying");
-                tokio::time::sleep(jitter(delay)).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
+                tokio::time::sleep(delay).await;
             }
             todo = retry;
         }
@@ -268,16 +268,6 @@ impl EsSink {
             .map(|o| o.expect("every doc resolved"))
             .collect()
     }
-}
-
-/// ±25 % jitter, so that many workers do not retry in lock-step.
-fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or(0);
-    let f = 0.75 + (nanos % 1000) as f64 / 2000.0;
-    d.mul_f64(f)
 }
 
 #[cfg(test)]

@@ -371,6 +371,15 @@ pub fn read_all(brokers: &str, topic: &str, expected: usize, timeout: Duration) 
     out
 }
 
+/// A consumer of `group` that never subscribes: for reading and writing its commits.
+fn group_consumer(brokers: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap()
+}
+
 /// Per partition: (committed offset of `group`, high watermark).
 pub fn committed_and_high(
     brokers: &str,
@@ -378,11 +387,7 @@ pub fn committed_and_high(
     topic: &str,
     partitions: i32,
 ) -> Vec<(i64, i64)> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .unwrap();
+    let c = group_consumer(brokers, group);
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
@@ -404,11 +409,7 @@ pub fn committed_and_high(
 
 /// Commits `offset` for every partition of `group` (the group must have no live members).
 pub fn reset_group(brokers: &str, group: &str, topic: &str, partitions: i32, offset: i64) {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .unwrap();
+    let c = group_consumer(brokers, group);
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Offset(offset))
