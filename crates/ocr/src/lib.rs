@@ -31,7 +31,7 @@ pub mod rec;
 pub mod runtime;
 
 pub use config::{ClsConfig, DetConfig, Device, EngineConfig, ModelSet, RecConfig};
-pub use engine::{Engine, Model};
+pub use engine::{Engine, Model, ModelTime};
 pub use error::{DecodeError, EngineError, OcrError, Stage};
 pub use handle::EngineHandle;
 pub use output::{ImageText, Line, Timings};

@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    exponential_buckets, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Counter, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the worker exports.
@@ -24,6 +24,8 @@ pub struct Metrics {
     pub batch_size: HistogramVec,
     pub stage_seconds: HistogramVec,
     pub busy_ratio: Gauge,
+    pub device_busy_ratio: Gauge,
+    pub device_seconds: Counter,
     pub bytes_downloaded: IntCounter,
     pub lag: IntGaugeVec,
     pub rebalances: IntCounter,
@@ -63,6 +65,8 @@ impl Metrics {
             )
             .unwrap(),
             busy_ratio: Gauge::new("ocrfleet_inference_busy_ratio", "Fraction of wall time the inference thread was busy, over the last 10 s").unwrap(),
+            device_busy_ratio: Gauge::new("ocrfleet_device_busy_ratio", "Fraction of wall time spent inside ONNX Runtime's run (all models), over the last 10 s: the device's busy fraction").unwrap(),
+            device_seconds: Counter::new("ocrfleet_device_seconds_total", "Seconds spent inside ONNX Runtime's run (all models)").unwrap(),
             bytes_downloaded: IntCounter::new("ocrfleet_bytes_downloaded_total", "Image bytes downloaded").unwrap(),
             lag: IntGaugeVec::new(Opts::new("ocrfleet_consumer_lag", "Consumer lag per partition (librdkafka statistics)"), &["topic", "partition"]).unwrap(),
             rebalances: IntCounter::new("ocrfleet_rebalances_total", "Consumer group rebalances seen (assign or revoke)").unwrap(),
@@ -79,6 +83,8 @@ impl Metrics {
             Box::new(m.batch_size.clone()),
             Box::new(m.stage_seconds.clone()),
             Box::new(m.busy_ratio.clone()),
+            Box::new(m.device_busy_ratio.clone()),
+            Box::new(m.device_seconds.clone()),
             Box::new(m.bytes_downloaded.clone()),
             Box::new(m.lag.clone()),
             Box::new(m.rebalances.clone()),

@@ -375,18 +375,28 @@ pub async fn sink_stage(
     }
 }
 
-/// Exports the engine's busy fraction every 10 s.
+/// Exports the engine thread's and the device's busy fractions (over 10 s windows) and the
+/// device-seconds counter (every second).
 pub async fn busy_meter(engine: EngineHandle, metrics: Metrics) {
-    let mut last = engine.busy_seconds();
+    let (mut last_busy, mut last_device) = (engine.busy_seconds(), engine.device_seconds());
+    let mut counted = last_device;
     let mut at = Instant::now();
     loop {
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let now = engine.busy_seconds();
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let device = engine.device_seconds();
+            metrics.device_seconds.inc_by((device - counted).max(0.0));
+            counted = device;
+        }
+        let (busy, device) = (engine.busy_seconds(), engine.device_seconds());
         let wall = at.elapsed().as_secs_f64();
         metrics
             .busy_ratio
-            .set(((now - last) / wall).clamp(0.0, 1.0));
-        last = now;
+            .set(((busy - last_busy) / wall).clamp(0.0, 1.0));
+        metrics
+            .device_busy_ratio
+            .set(((device - last_device) / wall).clamp(0.0, 1.0));
+        (last_busy, last_device) = (busy, device);
         at = Instant::now();
     }
 }
