@@ -14,6 +14,8 @@ use ndarray::{ArrayD, ArrayView4, ArrayViewD, Axis, Ix2};
 use ort::session::Session;
 use ort::value::TensorRef;
 
+use crate::sessions::ModelSessions;
+
 use crate::config::{Device, EngineConfig};
 use crate::crop::crop_quad;
 use crate::det::postprocess::{boxes_from_map, Quad};
@@ -27,9 +29,9 @@ use crate::{cls, decode, rec, runtime};
 /// belongs to one thread (see [`crate::EngineHandle`] for use from async code).
 pub struct Engine {
     cfg: EngineConfig,
-    det: Session,
-    cls: Option<Session>,
-    rec: Session,
+    det: ModelSessions,
+    cls: Option<ModelSessions>,
+    rec: ModelSessions,
     dict: Dictionary,
     resizer: Resizer,
     /// Wall time spent inside ONNX Runtime's `run`, per model: the device's busy time.
@@ -86,18 +88,21 @@ impl Engine {
     /// Loads ONNX Runtime and the three models. Fails with a message that says what to fix.
     pub fn new(cfg: EngineConfig) -> Result<Engine, EngineError> {
         cfg.validate().map_err(EngineError::Config)?;
+        let mut cfg = cfg;
+        // Resolve the device-dependent detector buckets once, so every plan uses the same.
+        cfg.det.buckets = Some(cfg.det_buckets());
         let env = runtime::environment(&cfg.ort_library_path())?;
-        let det = runtime::session(&cfg, &env, &cfg.model_path("det"))?;
+        let det = ModelSessions::new(&cfg, &env, &cfg.model_path("det"))?;
         let cls = if cfg.cls.enabled {
-            Some(runtime::session(&cfg, &env, &cfg.model_path("cls"))?)
+            Some(ModelSessions::new(&cfg, &env, &cfg.model_path("cls"))?)
         } else {
             None
         };
         let rec_path = cfg.model_path("rec");
-        let rec = runtime::session(&cfg, &env, &rec_path)?;
+        let rec = ModelSessions::new(&cfg, &env, &rec_path)?;
         let character = rec
-            .metadata()
-            .ok()
+            .any()
+            .and_then(|s| s.metadata().ok())
             .and_then(|m| m.custom("character"))
             .ok_or_else(|| EngineError::Dictionary {
                 path: rec_path.display().to_string(),
@@ -127,17 +132,15 @@ impl Engine {
     fn self_check(&mut self) -> Result<(), EngineError> {
         let w = self.cfg.rec.widths[0] as usize;
         let input = vec![0f32; 3 * rec::HEIGHT as usize * w];
-        let out = run_model(
-            &mut self.rec,
-            &input,
-            1,
-            [3, rec::HEIGHT as usize, w],
-            &mut 0.0,
-        )
-        .map_err(|m| match self.cfg.device {
-            Device::Cuda(device) => EngineError::Cuda { device, message: m },
-            Device::Cpu => EngineError::Ort(m),
-        })?;
+        let chw = [3, rec::HEIGHT as usize, w];
+        let out = self
+            .rec
+            .get(&[1, chw[0], chw[1], chw[2]])
+            .and_then(|s| run_model(s, &input, 1, chw, &mut 0.0))
+            .map_err(|m| match self.cfg.device {
+                Device::Cuda(device) => EngineError::Cuda { device, message: m },
+                Device::Cpu => EngineError::Ort(m),
+            })?;
         let classes = *out.shape().last().unwrap_or(&0);
         if classes != self.dict.len() {
             return Err(EngineError::Config(format!(
@@ -170,6 +173,12 @@ impl Engine {
     /// The model set's version string.
     pub fn model_version(&self) -> &'static str {
         self.cfg.model_set.version()
+    }
+
+    /// ONNX Runtime sessions alive (det + cls + rec); more than 3 only with
+    /// [`EngineConfig::session_per_shape`].
+    pub fn session_count(&self) -> usize {
+        self.det.count() + self.rec.count() + self.cls.as_ref().map_or(0, ModelSessions::count)
     }
 
     /// Seconds spent inside ONNX Runtime's `run`, per model, since the engine started.
@@ -296,9 +305,10 @@ impl Engine {
         timings: &mut [Timings],
     ) -> Vec<Result<Vec<Quad>, OcrError>> {
         let cfg = self.cfg.det.clone();
+        let buckets = cfg.buckets.clone().unwrap_or_default();
         let shapes: Vec<DetShape> = images
             .iter()
-            .map(|im| DetShape::plan(im.width(), im.height(), &cfg))
+            .map(|im| DetShape::plan(im.width(), im.height(), &cfg, &buckets))
             .collect();
         // Group by tensor shape; BTreeMap keeps the order deterministic.
         let mut groups: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
@@ -312,8 +322,9 @@ impl Engine {
             let slot = 3 * th * tw;
             for chunk in members.chunks(cfg.batch_size) {
                 let t = Instant::now();
+                let run_n = self.det.padded_batch(chunk.len());
                 tensor.clear();
-                tensor.resize(slot * chunk.len(), 0f32);
+                tensor.resize(slot * run_n, 0f32);
                 for (k, &i) in chunk.iter().enumerate() {
                     let s = &shapes[i];
                     let resized = crate::preprocess::resize(
@@ -322,18 +333,15 @@ impl Engine {
                         s.resized_w,
                         s.resized_h,
                     );
-                    crate::preprocess::write_planes(
-                        &resized,
-                        &mut tensor[k * slot..(k + 1) * slot],
-                        tw,
-                        th,
-                    );
+                    let dst = &mut tensor[k * slot..(k + 1) * slot];
+                    crate::preprocess::write_planes(&resized, dst, tw, th);
+                    crate::preprocess::pad_with_background(&resized, dst, tw, th);
                 }
                 let output = infer(
                     &mut self.det,
                     Stage::Detect,
                     &tensor,
-                    chunk.len(),
+                    (chunk.len(), run_n),
                     [3, th, tw],
                     &mut self.model_time.det,
                 );
@@ -367,7 +375,7 @@ impl Engine {
         timings: &mut [Timings],
         failed: &mut [Option<OcrError>],
     ) {
-        let Some(session) = self.cls.as_mut() else {
+        let Some(sessions) = self.cls.as_mut() else {
             return;
         };
         let (h, w) = (cls::HEIGHT as usize, cls::WIDTH as usize);
@@ -376,8 +384,9 @@ impl Engine {
         let mut tensor = Vec::new();
         for chunk in crops.chunks_mut(self.cfg.cls.batch_size) {
             let t = Instant::now();
+            let run_n = sessions.padded_batch(chunk.len());
             tensor.clear();
-            tensor.resize(slot * chunk.len(), 0f32);
+            tensor.resize(slot * run_n, 0f32);
             for (k, c) in chunk.iter().enumerate() {
                 cls::fill(
                     &mut self.resizer,
@@ -386,10 +395,10 @@ impl Engine {
                 );
             }
             let output = infer(
-                session,
+                sessions,
                 Stage::Classify,
                 &tensor,
-                chunk.len(),
+                (chunk.len(), run_n),
                 [3, h, w],
                 &mut self.model_time.cls,
             );
@@ -450,8 +459,9 @@ impl Engine {
             let w = bucket as usize;
             let slot = 3 * h * w;
             let t = Instant::now();
+            let run_n = self.rec.padded_batch(batch.len());
             tensor.clear();
-            tensor.resize(slot * batch.len(), 0f32);
+            tensor.resize(slot * run_n, 0f32);
             for (k, &(_, _, i)) in batch.iter().enumerate() {
                 rec::fill(
                     &mut self.resizer,
@@ -464,7 +474,7 @@ impl Engine {
                 &mut self.rec,
                 Stage::Recognize,
                 &tensor,
-                batch.len(),
+                (batch.len(), run_n),
                 [3, h, w],
                 &mut self.model_time.rec,
             );
@@ -556,27 +566,34 @@ impl Engine {
         n: usize,
         chw: [usize; 3],
     ) -> Result<f64, String> {
-        let session = match model {
+        let sessions = match model {
             Model::Det => &mut self.det,
             Model::Rec => &mut self.rec,
             Model::Cls => self.cls.as_mut().ok_or("the classifier is disabled")?,
         };
+        let session = sessions.get(&[n, chw[0], chw[1], chw[2]])?;
         let mut secs = 0.0;
         run_model(session, tensor, n, chw, &mut secs)?;
         Ok(secs)
     }
 }
 
-/// Runs `session` on a batch, falling back to one item at a time if the batch fails.
+/// Runs a batch of `n.0` items, padded to `n.1` (the tensor holds `n.1` slots, the padding
+/// ones zero), falling back to one item at a time if the batch fails.
 fn infer(
-    session: &mut Session,
+    sessions: &mut ModelSessions,
     stage: Stage,
     tensor: &[f32],
-    n: usize,
+    (n, run_n): (usize, usize),
     chw: [usize; 3],
     busy: &mut f64,
 ) -> BatchOutput {
-    match run_model(session, tensor, n, chw, busy) {
+    let mut run = |t: &[f32], n: usize| {
+        sessions
+            .get(&[n, chw[0], chw[1], chw[2]])
+            .and_then(|s| run_model(s, t, n, chw, busy))
+    };
+    match run(tensor, run_n) {
         Ok(out) => BatchOutput::Whole(out),
         Err(message) if n == 1 => {
             BatchOutput::PerItem(vec![Err(OcrError::Inference { stage, message })])
@@ -587,7 +604,7 @@ fn infer(
             BatchOutput::PerItem(
                 (0..n)
                     .map(|i| {
-                        run_model(session, &tensor[i * slot..(i + 1) * slot], 1, chw, busy)
+                        run(&tensor[i * slot..(i + 1) * slot], 1)
                             .map_err(|message| OcrError::Inference { stage, message })
                     })
                     .collect(),

@@ -29,6 +29,7 @@ pub mod output;
 pub mod preprocess;
 pub mod rec;
 pub mod runtime;
+mod sessions;
 
 pub use config::{ClsConfig, DetConfig, Device, EngineConfig, ModelSet, RecConfig};
 pub use engine::{Engine, Model, ModelTime};

@@ -24,8 +24,9 @@ pub struct DetShape {
 }
 
 impl DetShape {
-    /// Plans the detector input for an image of `w`×`h`.
-    pub fn plan(w: u32, h: u32, cfg: &DetConfig) -> DetShape {
+    /// Plans the detector input for an image of `w`×`h`; `buckets` are the side lengths the
+    /// tensor is padded up to (empty: none, see [`DetConfig::buckets`]).
+    pub fn plan(w: u32, h: u32, cfg: &DetConfig, buckets: &[u32]) -> DetShape {
         let limit = f64::from(cfg.limit_side_len);
         let long = f64::from(w.max(h));
         let ratio = if long > limit { limit / long } else { 1.0 };
@@ -37,13 +38,14 @@ impl DetShape {
         let resized_w = round32(f64::from(w));
         let resized_h = round32(f64::from(h));
         let m = cfg.pad_multiple.max(32);
+        let bucket = |v: u32| buckets.iter().copied().find(|&b| b >= v).unwrap_or(v);
         DetShape {
             src_w: w,
             src_h: h,
             resized_w,
             resized_h,
-            tensor_w: resized_w.div_ceil(m) * m,
-            tensor_h: resized_h.div_ceil(m) * m,
+            tensor_w: bucket(resized_w.div_ceil(m) * m),
+            tensor_h: bucket(resized_h.div_ceil(m) * m),
         }
     }
 
@@ -60,11 +62,11 @@ mod tests {
     #[test]
     fn long_side_is_limited_and_rounded_to_32() {
         let cfg = DetConfig::default();
-        let s = DetShape::plan(1920, 1080, &cfg);
+        let s = DetShape::plan(1920, 1080, &cfg, &[]);
         assert_eq!((s.resized_w, s.resized_h), (960, 544)); // 540 → 544
-        let s = DetShape::plan(400, 300, &cfg); // never upscaled
+        let s = DetShape::plan(400, 300, &cfg, &[]); // never upscaled
         assert_eq!((s.resized_w, s.resized_h), (384, 288)); // 12.5→12 (half to even), 9.375→9
-        let s = DetShape::plan(10, 5, &cfg);
+        let s = DetShape::plan(10, 5, &cfg, &[]);
         assert_eq!((s.resized_w, s.resized_h), (32, 32));
         assert_eq!(s.tensor_key(), (32, 32));
     }
@@ -75,8 +77,24 @@ mod tests {
             pad_multiple: 128,
             ..DetConfig::default()
         };
-        let s = DetShape::plan(1920, 1080, &cfg);
+        let s = DetShape::plan(1920, 1080, &cfg, &[]);
         assert_eq!((s.tensor_w, s.tensor_h), (1024, 640));
         assert_eq!((s.resized_w, s.resized_h), (960, 544));
+    }
+
+    #[test]
+    fn buckets_pad_each_side_up() {
+        let cfg = DetConfig::default();
+        let b = DetConfig::CUDA_BUCKETS;
+        let s = DetShape::plan(1000, 754, &cfg, &b); // a FUNSD-like page, landscape
+        assert_eq!((s.resized_w, s.resized_h), (960, 736));
+        assert_eq!(s.tensor_key(), (736, 960));
+        let s = DetShape::plan(1240, 1000, &cfg, &b); // 774 → 768 → bucket 832
+        assert_eq!((s.resized_w, s.resized_h), (960, 768));
+        assert_eq!(s.tensor_key(), (832, 960));
+        let s = DetShape::plan(300, 40, &cfg, &b);
+        assert_eq!(s.tensor_key(), (96, 320));
+        let s = DetShape::plan(1200, 1200, &cfg, &[64, 128]); // past the last bucket
+        assert_eq!(s.tensor_key(), (960, 960));
     }
 }
