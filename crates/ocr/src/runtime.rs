@@ -62,9 +62,16 @@ pub fn session(
     let mut builder = Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(ort::Error::from)?;
-    if cfg.intra_threads > 0 {
+    // On CUDA the intra-op pool only runs the few CPU-side nodes (shapes), and with a session
+    // per input shape (see `sessions`) a pool per session of all cores would mean hundreds of
+    // spinning threads: one thread unless asked otherwise.
+    let threads = match (cfg.intra_threads, cfg.device) {
+        (0, Device::Cuda(_)) => 1,
+        (n, _) => n,
+    };
+    if threads > 0 {
         builder = builder
-            .with_intra_threads(cfg.intra_threads)
+            .with_intra_threads(threads)
             .map_err(ort::Error::from)?;
     }
     match cfg.device {
