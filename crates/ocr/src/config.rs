@@ -230,6 +230,44 @@ pub struct EngineConfig {
     pub det: DetConfig,
     pub cls: ClsConfig,
     pub rec: RecConfig,
+    /// Test-only fault injection (the worker's hidden `--test-engine-fault`): makes the engine
+    /// fail on purpose, so that the worker's handling of a lost engine or device can be tested
+    /// without a broken GPU. Never set in production. Default none.
+    #[serde(skip)]
+    pub fault: Option<FaultPlan>,
+}
+
+/// A fault injected into the engine on purpose (see [`EngineConfig::fault`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FaultPlan {
+    /// After `after_images` images, every call fails (every image with an inference error, and
+    /// the health probe too) for `seconds`, then the engine works again. `seconds` = infinity
+    /// never recovers.
+    Fail { after_images: usize, seconds: f64 },
+    /// After `after_images` images, the engine thread exits, as if the process lost its device
+    /// for good.
+    Exit { after_images: usize },
+}
+
+impl FromStr for FaultPlan {
+    type Err = String;
+    /// `fail:AFTER:SECONDS` (SECONDS may be `inf`) or `exit:AFTER`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!("bad fault plan {s:?}: expected fail:AFTER_IMAGES:SECONDS or exit:AFTER_IMAGES")
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        match parts.as_slice() {
+            ["fail", after, secs] => Ok(FaultPlan::Fail {
+                after_images: after.parse().map_err(|_| bad())?,
+                seconds: secs.parse().map_err(|_| bad())?,
+            }),
+            ["exit", after] => Ok(FaultPlan::Exit {
+                after_images: after.parse().map_err(|_| bad())?,
+            }),
+            _ => Err(bad()),
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -247,6 +285,7 @@ impl Default for EngineConfig {
             det: DetConfig::default(),
             cls: ClsConfig::default(),
             rec: RecConfig::default(),
+            fault: None,
         }
     }
 }
@@ -359,6 +398,23 @@ mod tests {
         assert!(c.validate().is_ok());
         c.rec.widths = vec![320, 320];
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn fault_plans_parse() {
+        assert_eq!(
+            "fail:20:8".parse(),
+            Ok(FaultPlan::Fail {
+                after_images: 20,
+                seconds: 8.0
+            })
+        );
+        assert!(matches!(
+            "fail:0:inf".parse(),
+            Ok(FaultPlan::Fail { after_images: 0, seconds }) if seconds.is_infinite()
+        ));
+        assert_eq!("exit:5".parse(), Ok(FaultPlan::Exit { after_images: 5 }));
+        assert!("boom".parse::<FaultPlan>().is_err());
     }
 
     #[test]

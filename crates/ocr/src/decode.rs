@@ -37,6 +37,64 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
     Ok(to_rgb_over_white(img))
 }
 
+/// What decoding an image will cost in memory, read from its header before any pixel exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cost {
+    /// Stored size (before EXIF rotation).
+    pub width: u32,
+    pub height: u32,
+    /// The most bytes [`decode`] holds at once for this image: the decoder's own output in
+    /// its native sample format (2 bytes a sample for 16-bit images), what the format's decoder
+    /// keeps beside it (progressive JPEG: its coefficients; TIFF, WebP, GIF: a full frame), the copy
+    /// that an EXIF rotation by 90° makes, and the 8-bit RGB(A) conversion.
+    pub peak_bytes: u64,
+    /// The bytes of the RGB image that [`decode`] returns.
+    pub rgb_bytes: u64,
+}
+
+/// Reads only the header and prices the decode (see [`Cost`]), refusing images over
+/// `max_pixels`. A worker charges `peak_bytes` to its memory budget while decoding, then keeps
+/// `rgb_bytes` of it. Measured against a counting allocator in `tests/decode_cost.rs`.
+pub fn cost(bytes: &[u8], max_pixels: u64) -> Result<Cost, DecodeError> {
+    let reader = open(bytes)?;
+    let format = reader.format();
+    let mut decoder = reader.into_decoder().map_err(map_image_error)?;
+    let (width, height) = decoder.dimensions();
+    check_size((width, height), max_pixels)?;
+    let px = u64::from(width) * u64::from(height);
+    let color = decoder.color_type();
+    let native = px * u64::from(color.bytes_per_pixel());
+    let channels = u64::from(color.channel_count());
+    use image::metadata::Orientation as O;
+    let rotates = matches!(
+        decoder.orientation().unwrap_or(O::NoTransforms),
+        O::Rotate90 | O::Rotate270 | O::Rotate90FlipH | O::Rotate270FlipH
+    );
+    let internal = match format {
+        // A progressive JPEG (SOF2) keeps every coefficient (2 bytes a sample) until the end;
+        // a baseline one decodes row by row into the output.
+        Some(image::ImageFormat::Jpeg) if bytes.windows(2).any(|w| w == [0xFF, 0xC2]) => {
+            2 * px * channels
+        }
+        Some(image::ImageFormat::Jpeg) => 0,
+        Some(image::ImageFormat::Png) | Some(image::ImageFormat::Bmp) => 0,
+        _ => native.max(px * 4),
+    };
+    let convert = match color {
+        image::ColorType::Rgb8 => 0,
+        image::ColorType::Rgba8 => 3 * px,
+        c if c.has_alpha() => 7 * px, // to RGBA8, then to RGB8
+        _ => 3 * px,
+    };
+    let rotate = if rotates { native } else { 0 };
+    Ok(Cost {
+        width,
+        height,
+        peak_bytes: native + internal.max(rotate).max(convert),
+        rgb_bytes: 3 * px,
+    })
+}
+
 /// Reads only the header: the stored width and height (before EXIF rotation), refusing
 /// images over `max_pixels`. Lets callers budget memory before decoding.
 pub fn dimensions(bytes: &[u8], max_pixels: u64) -> Result<(u32, u32), DecodeError> {

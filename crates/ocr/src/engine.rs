@@ -16,7 +16,7 @@ use ort::value::TensorRef;
 
 use crate::sessions::ModelSessions;
 
-use crate::config::{Device, EngineConfig};
+use crate::config::{Device, EngineConfig, FaultPlan};
 use crate::crop::crop_quad;
 use crate::det::postprocess::{boxes_from_map, Quad};
 use crate::det::DetShape;
@@ -36,6 +36,40 @@ pub struct Engine {
     resizer: Resizer,
     /// Wall time spent inside ONNX Runtime's `run`, per model: the device's busy time.
     model_time: ModelTime,
+    /// Test-only injected fault (see [`EngineConfig::fault`]).
+    fault: Option<FaultState>,
+}
+
+/// Progress of an injected fault.
+struct FaultState {
+    plan: FaultPlan,
+    images: usize,
+    failing_since: Option<Instant>,
+}
+
+impl FaultState {
+    /// Whether calls fail now; counts `images` towards the trigger while they do not.
+    fn failing(&mut self, images: usize) -> bool {
+        let FaultPlan::Fail {
+            after_images,
+            seconds,
+        } = self.plan
+        else {
+            self.images += images;
+            return false;
+        };
+        if self.failing_since.is_none() && self.images >= after_images {
+            tracing::warn!(after_images, seconds, "injected engine fault starts");
+            self.failing_since = Some(Instant::now());
+        }
+        match self.failing_since {
+            Some(t) => t.elapsed().as_secs_f64() < seconds,
+            None => {
+                self.images += images;
+                false
+            }
+        }
+    }
 }
 
 /// Seconds spent inside ONNX Runtime's `run` per model since the engine started. On CUDA this
@@ -116,8 +150,14 @@ impl Engine {
             dict,
             resizer: Resizer::new(),
             model_time: ModelTime::default(),
+            fault: None,
         };
         engine.self_check()?;
+        engine.fault = engine.cfg.fault.map(|plan| FaultState {
+            plan,
+            images: 0,
+            failing_since: None,
+        });
         tracing::info!(
             provider = engine.provider(),
             models = engine.model_version(),
@@ -149,6 +189,23 @@ impl Engine {
             )));
         }
         Ok(())
+    }
+
+    /// A health probe: one tiny recogniser run, as at start. Fails when the engine or its device
+    /// cannot run a model any more (or an injected fault says so). The worker calls it after a
+    /// batch with inference errors to tell a bad image from a broken engine.
+    pub fn probe(&mut self) -> Result<(), String> {
+        if let Some(f) = &mut self.fault {
+            if f.failing(0) {
+                return Err("injected engine fault (probe)".into());
+            }
+        }
+        self.self_check().map_err(|e| e.to_string())
+    }
+
+    /// True once an injected [`FaultPlan::Exit`] says the engine thread should stop.
+    pub fn wants_exit(&self) -> bool {
+        matches!(&self.fault, Some(FaultState { plan: FaultPlan::Exit { after_images }, images, .. }) if images >= after_images)
     }
 
     /// The configuration in use.
@@ -219,6 +276,19 @@ impl Engine {
 
     /// Recognises decoded images. One result per input, in order.
     pub fn recognize(&mut self, images: &[RgbImage]) -> Vec<Result<ImageText, OcrError>> {
+        if let Some(f) = &mut self.fault {
+            if f.failing(images.len()) {
+                return images
+                    .iter()
+                    .map(|_| {
+                        Err(OcrError::Inference {
+                            stage: Stage::Detect,
+                            message: "injected engine fault".into(),
+                        })
+                    })
+                    .collect();
+            }
+        }
         let mut timings = vec![Timings::default(); images.len()];
         let mut failed: Vec<Option<OcrError>> = vec![None; images.len()];
 

@@ -2,8 +2,11 @@
 //!
 //! ONNX Runtime's `run` blocks, so the engine lives on a dedicated OS thread. Callers send
 //! batches through a bounded queue (back-pressure: a full queue makes `recognize` wait) and
-//! await the per-image results. The thread also counts the time it spends busy, which the
-//! worker exports as the inference busy fraction.
+//! await the per-image results. The thread also counts the time it spends busy (the engine
+//! thread's busy fraction) and the time spent inside ONNX Runtime's `run` (the device's).
+//! A [`EngineHandle::probe`] runs the engine's health check on the same thread, so the worker
+//! can tell a bad image from a broken engine; if the thread stops, every call answers
+//! [`OcrError::EngineGone`] and [`EngineHandle::is_alive`] turns false.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,14 +20,19 @@ use crate::engine::Engine;
 use crate::error::{EngineError, OcrError};
 use crate::output::ImageText;
 
-enum Input {
-    Bytes(Vec<Vec<u8>>),
-    Images(Vec<RgbImage>),
+type Results = Vec<Result<ImageText, OcrError>>;
+
+enum Job {
+    Bytes(Vec<Vec<u8>>, oneshot::Sender<Results>),
+    /// Images come back with the results, so a caller can run them again after an engine fault.
+    Images(Vec<RgbImage>, oneshot::Sender<(Vec<RgbImage>, Results)>),
+    Probe(oneshot::Sender<Result<(), String>>),
 }
 
-struct Job {
-    input: Input,
-    reply: oneshot::Sender<Vec<Result<ImageText, OcrError>>>,
+fn gone(n: usize, why: &str) -> Results {
+    (0..n)
+        .map(|_| Err(OcrError::EngineGone(why.to_owned())))
+        .collect()
 }
 
 /// A cloneable, `Send + Sync` handle to an engine running on its own thread.
@@ -63,17 +71,26 @@ impl EngineHandle {
                 while let Some(job) = rx.blocking_recv() {
                     let t = Instant::now();
                     let in_run = engine.model_time().total();
-                    let out = match job.input {
-                        Input::Bytes(b) => {
+                    match job {
+                        Job::Bytes(b, reply) => {
                             let refs: Vec<&[u8]> = b.iter().map(Vec::as_slice).collect();
-                            engine.recognize_bytes(&refs)
+                            let _ = reply.send(engine.recognize_bytes(&refs));
                         }
-                        Input::Images(imgs) => engine.recognize(&imgs),
-                    };
+                        Job::Images(imgs, reply) => {
+                            let out = engine.recognize(&imgs);
+                            let _ = reply.send((imgs, out));
+                        }
+                        Job::Probe(reply) => {
+                            let _ = reply.send(engine.probe());
+                        }
+                    }
                     busy.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     let in_run = engine.model_time().total() - in_run;
                     device.fetch_add((in_run * 1e9) as u64, Ordering::Relaxed);
-                    let _ = job.reply.send(out);
+                    if engine.wants_exit() {
+                        tracing::error!("injected engine fault: the engine thread exits");
+                        return;
+                    }
                 }
             })
             .map_err(|e| EngineError::Config(format!("cannot start engine thread: {e}")))?;
@@ -91,28 +108,45 @@ impl EngineHandle {
 
     /// Recognises decoded images; one result per image.
     pub async fn recognize(&self, images: Vec<RgbImage>) -> Vec<Result<ImageText, OcrError>> {
+        self.recognize_keep(images).await.1
+    }
+
+    /// Recognises decoded images and gives them back with the results (one per image), so that
+    /// the caller can submit them again. When the engine thread has stopped, the images are
+    /// lost and every result is [`OcrError::EngineGone`].
+    pub async fn recognize_keep(&self, images: Vec<RgbImage>) -> (Vec<RgbImage>, Results) {
         let n = images.len();
-        self.submit(Input::Images(images), n).await
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Job::Images(images, reply)).await.is_err() {
+            return (Vec::new(), gone(n, "engine thread has stopped"));
+        }
+        rx.await.unwrap_or_else(|_| {
+            (
+                Vec::new(),
+                gone(n, "engine thread stopped while processing"),
+            )
+        })
     }
 
     /// Decodes and recognises encoded images; one result per input.
-    pub async fn recognize_bytes(&self, inputs: Vec<Vec<u8>>) -> Vec<Result<ImageText, OcrError>> {
+    pub async fn recognize_bytes(&self, inputs: Vec<Vec<u8>>) -> Results {
         let n = inputs.len();
-        self.submit(Input::Bytes(inputs), n).await
-    }
-
-    async fn submit(&self, input: Input, n: usize) -> Vec<Result<ImageText, OcrError>> {
-        let gone = |why: &str| {
-            (0..n)
-                .map(|_| Err(OcrError::EngineGone(why.to_owned())))
-                .collect()
-        };
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Job { input, reply }).await.is_err() {
-            return gone("engine thread has stopped");
+        if self.tx.send(Job::Bytes(inputs, reply)).await.is_err() {
+            return gone(n, "engine thread has stopped");
         }
         rx.await
-            .unwrap_or_else(|_| gone("engine thread stopped while processing"))
+            .unwrap_or_else(|_| gone(n, "engine thread stopped while processing"))
+    }
+
+    /// Runs the engine's health check (see [`crate::Engine::probe`]) on the engine thread.
+    pub async fn probe(&self) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Job::Probe(reply)).await.is_err() {
+            return Err("engine thread has stopped".into());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("engine thread stopped during the probe".into()))
     }
 
     /// Total seconds the engine thread has spent running batches since it started.

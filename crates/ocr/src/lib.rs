@@ -31,7 +31,7 @@ pub mod rec;
 pub mod runtime;
 mod sessions;
 
-pub use config::{ClsConfig, DetConfig, Device, EngineConfig, ModelSet, RecConfig};
+pub use config::{ClsConfig, DetConfig, Device, EngineConfig, FaultPlan, ModelSet, RecConfig};
 pub use engine::{Engine, Model, ModelTime};
 pub use error::{DecodeError, EngineError, OcrError, Stage};
 pub use handle::EngineHandle;
