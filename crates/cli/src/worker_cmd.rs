@@ -16,6 +16,9 @@ pub struct WorkerCmd {
     /// Print the settings reference as a Markdown table and exit.
     #[arg(long)]
     pub print_reference: bool,
+    /// Test-only: inject an engine fault (`fail:AFTER_IMAGES:SECONDS` or `exit:AFTER_IMAGES`).
+    #[arg(long, hide = true)]
+    pub test_engine_fault: Option<ocrfleet_ocr::FaultPlan>,
     #[command(flatten)]
     pub settings: WorkerArgs,
 }
@@ -25,12 +28,22 @@ pub fn run_worker(cmd: WorkerCmd) -> anyhow::Result<ExitCode> {
         print!("{}", reference_markdown());
         return Ok(ExitCode::SUCCESS);
     }
-    let cfg = WorkerConfig::load(cmd.settings, cmd.config.as_deref())?;
+    let mut cfg = WorkerConfig::load(cmd.settings, cmd.config.as_deref())?;
+    if let Some(plan) = cmd.test_engine_fault {
+        tracing::warn!(?plan, "test-only engine fault injection is on");
+        cfg.engine.fault = Some(plan);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(ocrfleet_worker::run(cfg))?;
-    Ok(ExitCode::SUCCESS)
+    match rt.block_on(ocrfleet_worker::run(cfg, ocrfleet_worker::termination())) {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        // The cause is logged by the worker; exit non-zero so that the pod is restarted.
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -105,12 +118,12 @@ pub fn run_produce(cmd: ProduceCmd) -> anyhow::Result<ExitCode> {
         .build()?;
     if let Some(p) = cmd.create_partitions {
         for (t, n) in [(cmd.topic.clone(), p), (format!("{}.dlq", cmd.topic), 1)] {
-            if rt.block_on(ocrfleet_worker::produce::ensure_topic(&kafka, &t, n))? {
+            if rt.block_on(ocrfleet_worker::kafka::produce::ensure_topic(&kafka, &t, n))? {
                 eprintln!("created topic {t} with {n} partition(s)");
             }
         }
     }
-    let counts = rt.block_on(ocrfleet_worker::produce::produce(
+    let counts = rt.block_on(ocrfleet_worker::kafka::produce::produce(
         &kafka,
         &cmd.topic,
         input,

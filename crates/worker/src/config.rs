@@ -165,6 +165,10 @@ settings! {
     max_messages: usize, "max-messages", "OCRFLEET_MAX_MESSAGES", "1000";
     /// A chunk is closed after this long even if not full (the online micro-batch window).
     linger: HumanDuration, "linger", "OCRFLEET_LINGER", "100ms";
+    /// Messages taken from Kafka and not yet indexed or dead-lettered, at most (0 = two chunks). At the bound the source pauses its partitions.
+    max_in_flight: usize, "max-in-flight", "OCRFLEET_MAX_IN_FLIGHT", "0";
+    /// How long start-up waits for Kafka to answer the topic check before it fails.
+    startup_timeout: HumanDuration, "startup-timeout", "OCRFLEET_STARTUP_TIMEOUT", "30s";
     /// Elasticsearch URL.
     es_url: String, "es-url", "OCRFLEET_ES_URL", "http://127.0.0.1:9200";
     /// Elasticsearch index (an index template of the same name is created or verified at start).
@@ -183,6 +187,8 @@ settings! {
     es_ca_cert: PathBuf, "es-ca-cert", "OCRFLEET_ES_CA_CERT", "";
     /// Documents per bulk request at most.
     es_bulk_docs: usize, "es-bulk-docs", "OCRFLEET_ES_BULK_DOCS", "500";
+    /// Bytes per bulk request at most (a larger document is sent alone; HTTP 413 splits a request).
+    es_bulk_bytes: ByteSize, "es-bulk-bytes", "OCRFLEET_ES_BULK_BYTES", "8MiB";
     /// Concurrent image downloads.
     fetch_concurrency: usize, "fetch-concurrency", "OCRFLEET_FETCH_CONCURRENCY", "64";
     /// TCP/TLS connect time-out per attempt.
@@ -211,6 +217,8 @@ settings! {
     models_dir: PathBuf, "models-dir", "OCRFLEET_MODELS_DIR", "models";
     /// ONNX Runtime intra-op threads per model (0 = all cores).
     threads: usize, "threads", "OCRFLEET_THREADS", "0";
+    /// When the engine fails its health probe this long (a lost GPU, say), the worker exits non-zero so that a fresh process is started; meanwhile intake pauses and nothing is dead-lettered.
+    engine_fault_timeout: HumanDuration, "engine-fault-timeout", "OCRFLEET_ENGINE_FAULT_TIMEOUT", "2m";
     /// Address of the /metrics, /healthz and /readyz server.
     http_addr: std::net::SocketAddr, "http-addr", "OCRFLEET_HTTP_ADDR", "0.0.0.0:9464";
     /// On SIGTERM/SIGINT, in-flight work gets this long to finish before it is dropped uncommitted.
@@ -230,6 +238,9 @@ pub struct WorkerConfig {
     pub engine: EngineConfig,
     pub max_messages: usize,
     pub linger: Duration,
+    pub max_in_flight: usize,
+    pub startup_timeout: Duration,
+    pub engine_fault_timeout: Duration,
     pub memory_budget: u64,
     pub ocr_batch: usize,
     pub http_addr: std::net::SocketAddr,
@@ -287,6 +298,7 @@ pub struct EsConfig {
     pub password: Option<Secret>,
     pub ca_cert: Option<PathBuf>,
     pub bulk_docs: usize,
+    pub bulk_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -419,11 +431,18 @@ impl WorkerConfig {
                 )?,
                 ca_cert: a.es_ca_cert.clone(),
                 bulk_docs: a.es_bulk_docs.expect("defaulted").max(1),
+                bulk_bytes: a.es_bulk_bytes.expect("defaulted").as_u64().max(1024) as usize,
             },
             fetch: Self::fetch_from(&a),
             engine,
             max_messages: a.max_messages.expect("defaulted").max(1),
             linger: a.linger.expect("defaulted").0,
+            max_in_flight: match a.max_in_flight.expect("defaulted") {
+                0 => 2 * a.max_messages.expect("defaulted").max(1),
+                n => n,
+            },
+            startup_timeout: a.startup_timeout.expect("defaulted").0,
+            engine_fault_timeout: a.engine_fault_timeout.expect("defaulted").0,
             memory_budget: a.memory_budget.expect("defaulted").as_u64(),
             ocr_batch: a.ocr_batch.expect("defaulted").max(1),
             http_addr: a.http_addr.expect("defaulted"),

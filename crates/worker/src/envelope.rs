@@ -1,66 +1,70 @@
 //! What travels between the stages: a Kafka message's coordinates and raw parts, and how it
-//! ended (a document to index, or a failure to dead-letter).
+//! ended (a document to index, or a rejection to dead-letter).
 
-use std::time::Instant;
+use crate::budget::Charge;
+use crate::es::document::Document;
+use crate::failure::Rejection;
 
 /// A message as received, with the generation of its partition's assignment (see
-/// [`crate::offsets::OffsetTracker`]).
-#[derive(Debug, Clone)]
+/// [`crate::kafka::offsets::OffsetTracker`]) and its share of the memory budget.
+#[derive(Debug)]
 pub struct Envelope {
     pub partition: i32,
     pub offset: i64,
     pub generation: u64,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Header keys as bytes: Kafka does not promise UTF-8 (a non-UTF-8 key is a bad record,
+    /// not a reason to crash).
+    pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Record timestamp in ms since the epoch (create or log-append time), if any. It is the
+    /// document's external version: an older record cannot overwrite a newer one's document.
     pub timestamp_ms: Option<i64>,
-    pub received_at: Instant,
+    /// The message's bytes held against the memory budget until it is finished.
+    pub charge: Charge,
 }
 
-/// The pipeline stage in which a message failed; the `stage` dead-letter header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailStage {
-    Parse,
-    Fetch,
-    Decode,
-    Ocr,
-    Index,
-}
+impl Envelope {
+    /// Bytes the message holds: key, value and headers.
+    pub fn size(&self) -> u64 {
+        let h: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        (self.key.as_ref().map_or(0, Vec::len) + self.value.as_ref().map_or(0, Vec::len) + h) as u64
+    }
 
-impl FailStage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailStage::Parse => "parse",
-            FailStage::Fetch => "fetch",
-            FailStage::Decode => "decode",
-            FailStage::Ocr => "ocr",
-            FailStage::Index => "index",
+    /// The (partition, offset, generation) that identifies this message's completion.
+    pub fn done(&self) -> Done {
+        Done {
+            partition: self.partition,
+            offset: self.offset,
+            generation: self.generation,
         }
     }
 }
 
-/// A message that could not be indexed.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    pub envelope: Envelope,
-    pub stage: FailStage,
-    pub class: String,
-    pub message: String,
-    pub attempts: usize,
+/// A message is finished (indexed, superseded or dead-lettered), or was dropped because its
+/// partition was revoked: sent back to the Kafka source, which owns the offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Done {
+    pub partition: i32,
+    pub offset: i64,
+    pub generation: u64,
 }
 
-/// A document ready for Elasticsearch.
-#[derive(Debug, Clone)]
-pub struct Document {
+/// A message that failed as a record.
+#[derive(Debug)]
+pub struct Failure {
     pub envelope: Envelope,
-    pub id: String,
-    pub body: serde_json::Value,
+    pub rejection: Rejection,
 }
 
 /// How a message left the pipeline.
 #[derive(Debug)]
 pub enum Outcome {
-    Doc(Document),
+    Doc(Box<Document>),
     Failed(Failure),
 }
 

@@ -1,35 +1,44 @@
 //! # ocrfleet-worker
 //!
 //! `ocrfleet worker`: a stateless consumer-group member that drains an image-URL topic into an
-//! Elasticsearch index, at least once, with every failure on a dead-letter topic.
-//! One module per stage: [`source`] (Kafka), [`fetch`] (HTTP + SSRF guard), the OCR stage in
-//! [`pipeline`], [`sink`] (Elasticsearch), [`dlq`] (dead letters) and [`offsets`] (commits).
+//! Elasticsearch index, at least once, with every bad record on a dead-letter topic and every
+//! infrastructure fault met by pausing, backing off and resuming (the fault model is in
+//! [`failure`]).
+//!
+//! Layout, in the order a message flows: [`kafka`] (the source thread, offsets, the dead-letter
+//! producer), [`fetch`] (HTTP and the SSRF guard), [`stages`] (prepare, OCR, sink), [`es`] (the
+//! document, bulk requests, the client); beside them [`health`], [`budget`], [`metrics`] and
+//! [`config`].
 
+pub mod budget;
 pub mod config;
-pub mod dlq;
 pub mod envelope;
+pub mod es;
+pub mod failure;
 pub mod fetch;
+pub mod health;
+pub mod kafka;
 pub mod message;
 pub mod metrics;
-pub mod offsets;
-pub mod pipeline;
-pub mod produce;
 pub mod retry;
-pub mod sink;
-pub mod source;
+pub mod stages;
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ocrfleet_ocr::EngineHandle;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use config::{WorkerArgs, WorkerConfig};
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn termination() {
+use crate::failure::{Component, Stage};
+
+/// Resolves when SIGTERM or SIGINT arrives: the `shutdown` future the binary passes to [`run`].
+pub async fn termination() {
     #[cfg(unix)]
     {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -43,120 +52,254 @@ async fn termination() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// Runs the worker until SIGTERM/SIGINT (or `--exit-when-idle`), then drains, commits, leaves
-/// the group and returns.
-pub async fn run(cfg: WorkerConfig) -> anyhow::Result<()> {
+/// What a worker did, for its exit line.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub consumed: u64,
+    pub indexed: u64,
+    pub superseded: u64,
+    pub dead_lettered: Vec<(Stage, u64)>,
+    pub wall: Duration,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dl: u64 = self.dead_lettered.iter().map(|(_, n)| n).sum();
+        let by: Vec<String> = self
+            .dead_lettered
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        write!(
+            f,
+            "consumed {}, indexed {}, superseded {}, dead-lettered {dl}{} in {:.1} s",
+            self.consumed,
+            self.indexed,
+            self.superseded,
+            if by.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", by.join(", "))
+            },
+            self.wall.as_secs_f64()
+        )
+    }
+}
+
+/// Runs the worker until `shutdown` resolves (or `--exit-when-idle`), then drains within the
+/// grace period, commits, leaves the group and returns what it did. Returns `Err` on a fault
+/// that cannot clear inside the process (engine or source thread gone, engine down past
+/// `--engine-fault-timeout`), so that the process exits non-zero and is restarted.
+pub async fn run(
+    cfg: WorkerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<Summary> {
+    let started = Instant::now();
     let cfg = Arc::new(cfg);
     let metrics = metrics::Metrics::new();
-    let health = Arc::new(metrics::Health::default());
-    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let addr = metrics::serve(cfg.http_addr, metrics.clone(), health.clone(), async {
-        let _ = http_stop_rx.await;
-    })
+    let health = Arc::new(health::Health::new(&metrics.registry));
+    let http_stop = CancellationToken::new();
+    let addr = metrics::serve(
+        cfg.http_addr,
+        metrics.clone(),
+        health.clone(),
+        http_stop.clone().cancelled_owned(),
+    )
     .await?;
-    tracing::info!(%addr, worker = %cfg.worker_id, topic = %cfg.kafka.topic, dlq = %cfg.kafka.dlq_topic, index = %cfg.es.index, "ocrfleet worker starting");
+    tracing::info!(%addr, worker = %cfg.worker_id, topic = %cfg.kafka.topic, dlq = %cfg.kafka.dlq_topic, es = %es::client::display_url(&cfg.es.url), index = %cfg.es.index, "ocrfleet worker starting");
+    tokio::pin!(shutdown);
+    let result = run_inner(&cfg, &metrics, &health, &mut shutdown).await;
+    http_stop.cancel();
+    let summary = Summary {
+        consumed: metrics.consumed.get(),
+        indexed: metrics.indexed.get(),
+        superseded: metrics.superseded.get(),
+        dead_lettered: Stage::ALL
+            .iter()
+            .map(|s| (*s, metrics.dead_lettered.with_label_values(&[s.as_str()]).get()))
+            .collect(),
+        wall: started.elapsed(),
+    };
+    match &result {
+        Ok(()) => tracing::info!("worker stopped: {summary}"),
+        Err(e) => tracing::error!(error = %format!("{e:#}"), "worker stopped on a fatal fault: {summary}"),
+    }
+    result.map(|()| summary)
+}
 
+async fn run_inner(
+    cfg: &Arc<WorkerConfig>,
+    metrics: &metrics::Metrics,
+    health: &Arc<health::Health>,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> anyhow::Result<()> {
+    // Start-up: fail fast on what cannot fix itself (topics, models); wait for what can (ES).
+    let kafka_cfg = cfg.kafka.clone();
+    let topics = [cfg.kafka.topic.clone(), cfg.kafka.dlq_topic.clone()];
+    let startup = cfg.startup_timeout;
+    tokio::task::spawn_blocking(move || {
+        kafka::check_topics(&kafka_cfg, &[&topics[0], &topics[1]], startup)
+    })
+    .await??;
     let engine_cfg = cfg.engine.clone();
     let engine = tokio::task::spawn_blocking(move || EngineHandle::spawn(engine_cfg, 2))
         .await?
         .context("cannot start the OCR engine")?;
-    health.engine_up.store(true, Ordering::Relaxed);
-
-    let es = sink::EsSink::new(&cfg.es, metrics.clone())?;
+    let es = es::client::EsClient::new(&cfg.es, metrics.clone())?;
     let mut delays = retry::unbounded(Duration::from_millis(500));
     loop {
         match es.ensure_template().await {
             Ok(()) => break,
             Err(e) => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(10));
-                tracing::warn!(error = %format!("{e:#}"), url = %cfg.es.url, retry_in = ?delay, "Elasticsearch not ready; index template not set yet");
+                health.fault(Component::Elasticsearch, "template", format!("{e:#}"));
                 tokio::select! {
-                    _ = tokio::time::sleep(delay) => {},
-                    _ = termination() => anyhow::bail!("stopped before Elasticsearch became ready"),
+                    _ = tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(10))) => {},
+                    _ = &mut *shutdown => anyhow::bail!("stopped before Elasticsearch became ready"),
                 }
             }
         }
     }
-    health.es_up.store(true, Ordering::Relaxed);
-    let dlq = dlq::DeadLetter::new(&cfg, metrics.clone())?;
+    health.clear(Component::Elasticsearch, "template");
+    let dlq = kafka::dlq::DeadLetter::new(cfg, metrics.clone())?;
     let fetcher = fetch::Fetcher::new(cfg.fetch.clone())?;
+    let budget = budget::Budget::new(cfg.memory_budget);
 
-    let tracker = Arc::new(Mutex::new(offsets::OffsetTracker::default()));
-    let control = Arc::new(source::SourceControl::default());
-    let consumer = source::consumer(
-        &cfg,
-        source::SourceContext {
-            topic: cfg.kafka.topic.clone(),
-            tracker: tracker.clone(),
-            metrics: metrics.clone(),
-            health: health.clone(),
-        },
+    let assignment = kafka::Assignment::default();
+    let consumer = kafka::source::consumer(
+        cfg,
+        kafka::source::context(cfg, assignment.clone(), metrics.clone(), health.clone()),
     )?;
-
     let (chunk_tx, chunk_rx) = mpsc::channel(1);
     let (ready_tx, ready_rx) = mpsc::channel(cfg.ocr_batch * 2);
     let (out_tx, out_rx) = mpsc::channel(cfg.es.bulk_docs * 2);
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let drained = CancellationToken::new();
 
+    let (source_end_tx, mut source_end) = oneshot::channel();
     let source_cfg = cfg.clone();
-    let source_control = control.clone();
+    let (source_stop, source_drained) = (stop.clone(), drained.clone());
     let source = std::thread::Builder::new()
         .name("kafka-source".into())
-        .spawn(move || source::run(consumer, &source_cfg, chunk_tx, source_control))?;
+        .spawn(move || {
+            let r = kafka::source::run(
+                consumer,
+                &source_cfg,
+                chunk_tx,
+                done_rx,
+                source_stop,
+                source_drained,
+            );
+            let _ = source_end_tx.send(r);
+        })?;
 
-    let mut stages = tokio::task::JoinSet::new();
-    stages.spawn(pipeline::fetch_stage(
+    let tasks = TaskTracker::new();
+    tasks.spawn(stages::prepare::prepare_stage(
         chunk_rx,
         cfg.clone(),
         fetcher,
+        budget,
         ready_tx,
         out_tx.clone(),
         metrics.clone(),
     ));
-    stages.spawn(pipeline::ocr_stage(
+    let mut ocr = tasks.spawn(stages::ocr::ocr_stage(
         ready_rx,
         cfg.clone(),
         engine.clone(),
         out_tx,
         metrics.clone(),
+        health.clone(),
     ));
-    let sink = tokio::spawn(pipeline::sink_stage(
+    let indexer = stages::sink::Indexer {
+        api: es.clone(),
+        health: health.clone(),
+        metrics: metrics.clone(),
+        max_docs: cfg.es.bulk_docs,
+        max_bytes: cfg.es.bulk_bytes,
+        first_backoff: Duration::from_millis(200),
+    };
+    let mut sink = tasks.spawn(stages::sink::sink_stage(
         out_rx,
         cfg.clone(),
-        es.clone(),
+        indexer,
         dlq,
-        tracker.clone(),
+        assignment,
+        done_tx,
         metrics.clone(),
+        health.clone(),
     ));
+    tasks.close();
     let side = [
-        tokio::spawn(pipeline::busy_meter(engine.clone(), metrics.clone())),
-        tokio::spawn(pipeline::es_health(es, health.clone())),
+        tokio::spawn(stages::busy_meter(engine.clone(), metrics.clone())),
+        tokio::spawn(stages::es_probe(es, health.clone())),
     ];
+    let mut engine_watch = tokio::spawn(stages::engine_watch(engine, health.clone()));
+    health.set_started();
+    tracing::info!("worker ready");
 
-    // Wait for a stop request: a signal, or the source deciding it is idle.
+    // Until a stop request or a fatal fault.
+    let mut fatal: Option<anyhow::Error> = None;
+    let mut source_seen = false;
     tokio::select! {
-        _ = termination() => {
-            tracing::info!("termination signal received");
-            control.stop.store(true, Ordering::Relaxed);
+        _ = &mut *shutdown => tracing::info!("termination signal received"),
+        _ = stop.cancelled() => {}
+        r = &mut source_end => {
+            source_seen = true;
+            fatal = match r {
+                // An idle exit cancels `stop` before the source returns: not a fault.
+                Ok(Ok(_)) if stop.is_cancelled() => None,
+                Ok(Ok(end)) => Some(anyhow::anyhow!("the Kafka source ended unexpectedly ({end:?})")),
+                Ok(Err(e)) => Some(e.context("the Kafka source failed")),
+                Err(_) => Some(anyhow::anyhow!("the Kafka source thread panicked")),
+            };
         }
-        _ = async { while !control.stop.load(Ordering::Relaxed) { tokio::time::sleep(Duration::from_millis(100)).await; } } => {}
+        r = &mut ocr => fatal = Some(match r {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => anyhow::anyhow!("the OCR stage ended unexpectedly"),
+            Err(e) => anyhow::anyhow!("the OCR stage panicked: {e}"),
+        }),
+        r = &mut engine_watch => fatal = Some(match r {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => anyhow::anyhow!("the engine watch ended"),
+            Err(e) => anyhow::anyhow!("the engine watch panicked: {e}"),
+        }),
+        r = &mut sink => fatal = Some(anyhow::anyhow!("the sink stage ended unexpectedly: {r:?}")),
     }
-    // The source stops taking chunks; the stages drain. Whatever is not finished within the
-    // grace period is dropped uncommitted.
-    match tokio::time::timeout(cfg.shutdown_grace, sink).await {
-        Ok(_) => tracing::info!("in-flight work finished"),
-        Err(_) => {
-            tracing::warn!(grace = ?cfg.shutdown_grace, "grace period over; dropping unfinished work (it will be redelivered)");
+    stop.cancel();
+    if fatal.is_none() {
+        // The source stops taking chunks; the stages drain. Whatever is not finished within the
+        // grace period is dropped uncommitted (redelivered to the next owner).
+        tokio::select! {
+            r = tokio::time::timeout(cfg.shutdown_grace, &mut sink) => match r {
+                Ok(_) => tracing::info!("in-flight work finished"),
+                Err(_) => tracing::warn!(grace = ?cfg.shutdown_grace, "grace period over; dropping unfinished work (it will be redelivered)"),
+            },
+            r = &mut ocr => if let Ok(Err(e)) = r { fatal = Some(e) },
         }
     }
-    stages.abort_all();
-    control.drained.store(true, Ordering::Relaxed);
-    let joined = tokio::task::spawn_blocking(move || source.join()).await?;
+    drained.cancel();
+    sink.abort();
+    ocr.abort();
+    engine_watch.abort();
     for s in side {
         s.abort();
     }
-    let _ = http_stop_tx.send(());
-    match joined {
-        Ok(r) => r,
-        Err(_) => anyhow::bail!("kafka source thread panicked"),
+    // The source commits what is finished and leaves the group.
+    let joined = tokio::task::spawn_blocking(move || source.join()).await?;
+    if joined.is_err() && fatal.is_none() {
+        fatal = Some(anyhow::anyhow!("the Kafka source thread panicked"));
+    }
+    if !source_seen {
+        if let Ok(Err(e)) = source_end.try_recv() {
+            if fatal.is_none() {
+                fatal = Some(e.context("the Kafka source failed"));
+            }
+        }
+    }
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }

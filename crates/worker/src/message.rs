@@ -5,14 +5,22 @@
 //!   (`url` required; `id` a non-empty string up to 512 bytes; `metadata` any JSON object), or
 //! - a bare URL: the whole value, trimmed, starting with `http://` or `https://`.
 //!
+//! Anything else is refused, JSON arrays included (serde would read a struct from an array of
+//! its fields). Limits: the URL at most [`MAX_URL_BYTES`], `metadata` at most
+//! [`MAX_METADATA_BYTES`] as JSON (it is indexed, and a mapping must not grow without bound).
+//!
 //! The key is optional and not interpreted. Headers are passed through to the dead-letter
 //! record unchanged. The document id is `id` when given, else `<topic>-<partition>-<offset>`,
 //! so a redelivered message overwrites its own document.
 
-use serde::Deserialize;
-
 /// Version of this contract, recorded in every document as `contract`.
 pub const CONTRACT_VERSION: u32 = 1;
+
+/// The longest URL accepted (bytes). Browsers and CDNs stop near 8 KB too.
+pub const MAX_URL_BYTES: usize = 8192;
+
+/// The largest `metadata` accepted, as compact JSON (bytes).
+pub const MAX_METADATA_BYTES: usize = 16384;
 
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +45,10 @@ pub enum ParseError {
     BadId,
     #[error("\"metadata\" must be a JSON object")]
     BadMetadata,
+    #[error("URL is {0} bytes, over the limit of {MAX_URL_BYTES}")]
+    UrlTooLong(usize),
+    #[error("\"metadata\" is {0} bytes of JSON, over the limit of {MAX_METADATA_BYTES}")]
+    MetadataTooLarge(usize),
 }
 
 impl ParseError {
@@ -48,16 +60,12 @@ impl ParseError {
             ParseError::MissingUrl => "missing_url",
             ParseError::BadId => "bad_id",
             ParseError::BadMetadata => "bad_metadata",
+            ParseError::UrlTooLong(_) => "url_too_long",
+            ParseError::MetadataTooLarge(_) => "metadata_too_large",
         }
     }
 }
 
-#[derive(Deserialize)]
-struct Wire {
-    url: Option<serde_json::Value>,
-    id: Option<serde_json::Value>,
-    metadata: Option<serde_json::Value>,
-}
 
 /// Parses a message value per the contract above.
 pub fn parse(value: Option<&[u8]>) -> Result<Request, ParseError> {
@@ -66,27 +74,52 @@ pub fn parse(value: Option<&[u8]>) -> Result<Request, ParseError> {
         .map_err(|_| ParseError::NotUtf8)?
         .trim();
     if text.starts_with("http://") || text.starts_with("https://") {
+        if text.len() > MAX_URL_BYTES {
+            return Err(ParseError::UrlTooLong(text.len()));
+        }
         return Ok(Request {
             url: text.to_owned(),
             id: None,
             metadata: Default::default(),
         });
     }
-    let wire: Wire = serde_json::from_str(text).map_err(|e| ParseError::BadJson(e.to_string()))?;
-    let url = match wire.url {
+    let mut wire = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(m)) => m,
+        Ok(other) => {
+            let kind = match other {
+                serde_json::Value::Array(_) => "an array",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Number(_) => "a number",
+                serde_json::Value::Bool(_) => "a boolean",
+                _ => "null",
+            };
+            return Err(ParseError::BadJson(format!(
+                "JSON {kind}, expected an object"
+            )));
+        }
+        Err(e) => return Err(ParseError::BadJson(e.to_string())),
+    };
+    let url = match wire.remove("url") {
         Some(serde_json::Value::String(u)) if !u.trim().is_empty() => u.trim().to_owned(),
         _ => return Err(ParseError::MissingUrl),
     };
-    let id = match wire.id {
+    if url.len() > MAX_URL_BYTES {
+        return Err(ParseError::UrlTooLong(url.len()));
+    }
+    let id = match wire.remove("id") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 512 => Some(s),
         Some(_) => return Err(ParseError::BadId),
     };
-    let metadata = match wire.metadata {
+    let metadata = match wire.remove("metadata") {
         None | Some(serde_json::Value::Null) => Default::default(),
         Some(serde_json::Value::Object(m)) => m,
         Some(_) => return Err(ParseError::BadMetadata),
     };
+    let size = serde_json::to_vec(&metadata).map_or(0, |v| v.len());
+    if size > MAX_METADATA_BYTES {
+        return Err(ParseError::MetadataTooLarge(size));
+    }
     Ok(Request { url, id, metadata })
 }
 
@@ -135,6 +168,30 @@ mod tests {
             parse(Some(br#"{"url":"http://a","metadata":[1]}"#)),
             Err(ParseError::BadMetadata)
         );
+    }
+
+    #[test]
+    fn json_arrays_are_not_messages() {
+        // serde reads a struct from a sequence of its fields; the contract says object or URL.
+        let e = parse(Some(br#"["http://x/a.png","id",{}]"#)).unwrap_err();
+        assert_eq!(e.class(), "bad_json");
+        assert!(e.to_string().contains("array"), "{e}");
+        assert_eq!(parse(Some(b"42")).unwrap_err().class(), "bad_json");
+    }
+
+    #[test]
+    fn size_limits() {
+        let long = format!("https://x/{}", "a".repeat(MAX_URL_BYTES));
+        assert_eq!(parse(Some(long.as_bytes())).unwrap_err().class(), "url_too_long");
+        let json = serde_json::json!({"url": long}).to_string();
+        assert_eq!(parse(Some(json.as_bytes())).unwrap_err().class(), "url_too_long");
+        let meta = serde_json::json!({"url": "http://x/a.png", "metadata": {"k": "v".repeat(50_000)}});
+        assert_eq!(
+            parse(Some(meta.to_string().as_bytes())).unwrap_err().class(),
+            "metadata_too_large"
+        );
+        let ok = serde_json::json!({"url": "http://x/a.png", "metadata": {"k": "v".repeat(1000)}});
+        assert!(parse(Some(ok.to_string().as_bytes())).is_ok());
     }
 
     #[test]

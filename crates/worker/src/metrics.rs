@@ -1,7 +1,6 @@
 //! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` HTTP server.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -32,6 +31,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub fetch_retries: IntCounter,
     pub es_retries: IntCounter,
+    pub superseded: IntCounter,
+    pub dead_letters_minimal: IntCounter,
 }
 
 impl Metrics {
@@ -72,7 +73,9 @@ impl Metrics {
             rebalances: IntCounter::new("ocrfleet_rebalances_total", "Consumer group rebalances seen (assign or revoke)").unwrap(),
             in_flight: IntGauge::new("ocrfleet_messages_in_flight", "Messages received and not yet indexed or dead-lettered").unwrap(),
             fetch_retries: IntCounter::new("ocrfleet_fetch_retries_total", "Download attempts beyond the first").unwrap(),
-            es_retries: IntCounter::new("ocrfleet_es_retries_total", "Bulk items or requests retried").unwrap(),
+            es_retries: IntCounter::new("ocrfleet_es_retries_total", "Bulk requests retried (after a request-level failure or items Elasticsearch asked to retry)").unwrap(),
+            superseded: IntCounter::new("ocrfleet_messages_superseded_total", "Messages not written because a newer record's document with the same id was already indexed (external versioning)").unwrap(),
+            dead_letters_minimal: IntCounter::new("ocrfleet_dead_letters_minimal_total", "Dead letters sent without key and value because Kafka refused the full record as too large").unwrap(),
             registry,
         };
         for c in [
@@ -91,6 +94,8 @@ impl Metrics {
             Box::new(m.in_flight.clone()),
             Box::new(m.fetch_retries.clone()),
             Box::new(m.es_retries.clone()),
+            Box::new(m.superseded.clone()),
+            Box::new(m.dead_letters_minimal.clone()),
         ] {
             m.registry.register(c).expect("unique metric names");
         }
@@ -111,50 +116,19 @@ impl Default for Metrics {
     }
 }
 
-/// Readiness inputs, updated by the components.
-#[derive(Default)]
-pub struct Health {
-    pub broker_up: AtomicBool,
-    pub es_up: AtomicBool,
-    pub engine_up: AtomicBool,
-}
-
-impl Health {
-    pub fn ready(&self) -> bool {
-        self.broker_up.load(Ordering::Relaxed)
-            && self.es_up.load(Ordering::Relaxed)
-            && self.engine_up.load(Ordering::Relaxed)
-    }
-
-    fn describe(&self) -> String {
-        let s = |b: &AtomicBool| {
-            if b.load(Ordering::Relaxed) {
-                "up"
-            } else {
-                "down"
-            }
-        };
-        format!(
-            "broker: {}\nelasticsearch: {}\nengine: {}\n",
-            s(&self.broker_up),
-            s(&self.es_up),
-            s(&self.engine_up)
-        )
-    }
-}
-
 #[derive(Clone)]
 struct AppState {
     metrics: Metrics,
-    health: Arc<Health>,
+    health: Arc<crate::health::Health>,
 }
 
-/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (broker, Elasticsearch and
-/// engine all up) until `shutdown` resolves.
+/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (start-up complete and no
+/// open infrastructure fault; the body lists each component and why it is down) until
+/// `shutdown` resolves.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Metrics,
-    health: Arc<Health>,
+    health: Arc<crate::health::Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<SocketAddr> {
     let app = Router::new()

@@ -1,0 +1,252 @@
+//! Bulk requests: how documents are grouped into requests (by count *and* bytes), and how a
+//! response is read. Pure functions over a typed response, tested on canned answers.
+//!
+//! The decision table (see [`crate::failure`] for what each kind leads to):
+//!
+//! | answer | meaning |
+//! |---|---|
+//! | HTTP 2xx, item 2xx | indexed |
+//! | HTTP 2xx, item 409 `version_conflict_engine_exception` | superseded: a newer record's document is there (external versioning); finished, not a failure |
+//! | HTTP 2xx, item 429 or 5xx, or no item result | retry that item (infrastructure) |
+//! | HTTP 2xx, item other 4xx (mapping, parse) | the record is bad: dead letter, stage `index` |
+//! | HTTP 413 | the request is too large: split it; one document alone → dead letter, class `too_large` |
+//! | anything else (transport error, 5xx, 429, 400, 401, 403, 404, ...) | infrastructure fault: retry the whole request, never dead-letter |
+
+use serde::Deserialize;
+
+/// How one document's write ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemOutcome {
+    Indexed,
+    /// A document with a newer version is already there.
+    Superseded,
+    /// Elasticsearch refused this document itself (mapping, parse, ...).
+    Rejected {
+        status: u16,
+        kind: String,
+        reason: String,
+    },
+    /// Send again later (429, 5xx, missing result).
+    Retry(String),
+}
+
+/// How a whole request ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestOutcome {
+    /// One outcome per document, in order.
+    Items(Vec<ItemOutcome>),
+    /// HTTP 413: split the request.
+    TooLarge,
+    /// The request failed as a whole for a reason unrelated to its documents.
+    Infra(String),
+}
+
+#[derive(Debug, Deserialize)]
+struct BulkResponse {
+    #[serde(default)]
+    items: Vec<std::collections::HashMap<String, ItemResponse>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ItemResponse {
+    #[serde(default)]
+    status: u16,
+    #[serde(default)]
+    error: Option<ErrorCause>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ErrorCause {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorResponse {
+    #[serde(default)]
+    error: Option<ErrorBody>,
+}
+
+/// ES puts either a string or an object under `error`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ErrorBody {
+    Cause(ErrorCause),
+    Text(String),
+}
+
+/// A short description of a request-level error body.
+fn describe_error(status: u16, body: &[u8]) -> String {
+    let detail = match serde_json::from_slice::<ErrorResponse>(body) {
+        Ok(ErrorResponse {
+            error: Some(ErrorBody::Cause(c)),
+        }) => format!("{}: {}", c.kind, c.reason.unwrap_or_default()),
+        Ok(ErrorResponse {
+            error: Some(ErrorBody::Text(t)),
+        }) => t,
+        _ => String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+    };
+    crate::failure::truncate(&format!("HTTP {status} {detail}").trim().to_owned(), 300)
+}
+
+/// Reads a bulk answer for `n` documents. `status` is `Err` with the transport error when no
+/// HTTP answer came back.
+pub fn classify(status: Result<u16, String>, body: &[u8], n: usize) -> RequestOutcome {
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => return RequestOutcome::Infra(format!("transport error: {e}")),
+    };
+    if status == 413 {
+        return RequestOutcome::TooLarge;
+    }
+    if !(200..300).contains(&status) {
+        return RequestOutcome::Infra(describe_error(status, body));
+    }
+    let resp: BulkResponse = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return RequestOutcome::Infra(format!(
+                "HTTP {status} with an unreadable bulk response: {e}"
+            ))
+        }
+    };
+    RequestOutcome::Items(
+        (0..n)
+            .map(|i| {
+                // The action key is "index" (or "create"/"update"); take whichever is there.
+                let Some(item) = resp.items.get(i).and_then(|m| m.values().next()) else {
+                    return ItemOutcome::Retry("no result for this item in the bulk response".into());
+                };
+                let err = item.error.as_ref();
+                let kind = err.map(|e| e.kind.clone()).unwrap_or_default();
+                let reason = err.and_then(|e| e.reason.clone()).unwrap_or_default();
+                match item.status {
+                    200..=299 => ItemOutcome::Indexed,
+                    409 if kind == "version_conflict_engine_exception" => ItemOutcome::Superseded,
+                    429 => ItemOutcome::Retry(format!("item 429 {kind}: {reason}")),
+                    s if s >= 500 || s == 0 => ItemOutcome::Retry(format!("item {s} {kind}: {reason}")),
+                    s => ItemOutcome::Rejected {
+                        status: s,
+                        kind,
+                        reason,
+                    },
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Groups documents of the given serialised `sizes` (bytes, both NDJSON lines) into requests of
+/// at most `max_docs` documents and `max_bytes` bytes; a document over `max_bytes` goes alone.
+pub fn plan(sizes: &[usize], max_docs: usize, max_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, &s) in sizes.iter().enumerate() {
+        let n = i - start;
+        if n > 0 && (n >= max_docs.max(1) || bytes + s > max_bytes) {
+            out.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += s;
+    }
+    if start < sizes.len() {
+        out.push(start..sizes.len());
+    }
+    out
+}
+
+/// The action line of one document.
+pub fn action_line(id: &str, version: Option<i64>) -> Vec<u8> {
+    let a = match version {
+        Some(v) => serde_json::json!({"index": {"_id": id, "version": v.max(0), "version_type": "external_gte"}}),
+        None => serde_json::json!({"index": {"_id": id}}),
+    };
+    serde_json::to_vec(&a).expect("JSON of strings and numbers")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn items(status: u16, body: serde_json::Value, n: usize) -> Vec<ItemOutcome> {
+        match classify(Ok(status), body.to_string().as_bytes(), n) {
+            RequestOutcome::Items(v) => v,
+            other => panic!("expected items, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn http_200_with_item_errors_is_read_item_by_item() {
+        let body = json!({"errors": true, "items": [
+            {"index": {"_id": "a", "status": 201}},
+            {"index": {"_id": "b", "status": 400, "error": {"type": "mapper_parsing_exception", "reason": "failed to parse field [metadata.x]"}}},
+            {"index": {"_id": "c", "status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "queue full"}}},
+            {"index": {"_id": "d", "status": 503, "error": {"type": "unavailable_shards_exception", "reason": "no shard"}}},
+            {"index": {"_id": "e", "status": 409, "error": {"type": "version_conflict_engine_exception", "reason": "[e]: version conflict"}}},
+            {"create": {"_id": "f", "status": 409, "error": {"type": "document_already_exists_exception", "reason": "exists"}}}
+        ]});
+        let r = items(200, body, 7);
+        assert_eq!(r[0], ItemOutcome::Indexed);
+        assert!(
+            matches!(&r[1], ItemOutcome::Rejected { status: 400, kind, .. } if kind == "mapper_parsing_exception")
+        );
+        assert!(matches!(r[2], ItemOutcome::Retry(_)));
+        assert!(matches!(r[3], ItemOutcome::Retry(_)));
+        assert_eq!(r[4], ItemOutcome::Superseded);
+        assert!(matches!(r[5], ItemOutcome::Rejected { status: 409, .. }));
+        assert!(matches!(r[6], ItemOutcome::Retry(_)), "missing item result is retried");
+    }
+
+    #[test]
+    fn request_level_failures_are_never_rejections() {
+        for (status, body) in [
+            (401, json!({"error": {"type": "security_exception", "reason": "unable to authenticate with provided credentials"}, "status": 401})),
+            (403, json!({"error": {"type": "security_exception", "reason": "action [indices:data/write/bulk] is unauthorized"}})),
+            (404, json!({"error": {"type": "index_not_found_exception", "reason": "no such index [ocr]"}})),
+            (400, json!({"error": {"type": "illegal_argument_exception", "reason": "bad request"}})),
+            (429, json!({})),
+            (503, json!({"error": "service unavailable"})),
+            (502, json!(null)),
+        ] {
+            match classify(Ok(status), body.to_string().as_bytes(), 3) {
+                RequestOutcome::Infra(m) => assert!(m.contains(&status.to_string()), "{m}"),
+                other => panic!("HTTP {status} must be an infrastructure fault, got {other:?}"),
+            }
+        }
+        let RequestOutcome::Infra(m) = classify(Ok(401), br#"{"error":{"type":"security_exception","reason":"expired"}}"#, 1) else {
+            panic!()
+        };
+        assert!(m.contains("security_exception: expired"), "{m}");
+        assert!(matches!(
+            classify(Err("connection refused".into()), b"", 2),
+            RequestOutcome::Infra(_)
+        ));
+        assert!(matches!(classify(Ok(200), b"<html>proxy</html>", 1), RequestOutcome::Infra(_)));
+    }
+
+    #[test]
+    fn http_413_even_with_an_empty_body_means_split() {
+        assert_eq!(classify(Ok(413), b"", 4), RequestOutcome::TooLarge);
+    }
+
+    #[test]
+    fn requests_are_capped_by_count_and_bytes() {
+        assert_eq!(plan(&[10; 5], 2, 1000), vec![0..2, 2..4, 4..5]);
+        assert_eq!(plan(&[400, 400, 400], 10, 1000), vec![0..2, 2..3]);
+        // A document over the byte cap goes alone; the others are not held back by it.
+        assert_eq!(plan(&[10, 5000, 10, 10], 10, 1000), vec![0..1, 1..2, 2..4]);
+        assert_eq!(plan(&[], 10, 1000), Vec::<std::ops::Range<usize>>::new());
+    }
+
+    #[test]
+    fn action_lines_carry_the_external_version() {
+        let a: serde_json::Value = serde_json::from_slice(&action_line("x", Some(1700))).unwrap();
+        assert_eq!(a, json!({"index": {"_id": "x", "version": 1700, "version_type": "external_gte"}}));
+        let a: serde_json::Value = serde_json::from_slice(&action_line("x", None)).unwrap();
+        assert_eq!(a, json!({"index": {"_id": "x"}}));
+    }
+}

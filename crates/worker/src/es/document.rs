@@ -1,0 +1,215 @@
+//! The Elasticsearch document (one typed struct) and the index template that maps it, side by
+//! side so they cannot drift: a test serialises a document with every field set and checks that
+//! every field is in the strict mapping.
+//!
+//! Ids and versions: `_id` is the message's `id`, else `<topic>-<partition>-<offset>`, so a
+//! redelivered message overwrites its own document. Writes use external versioning
+//! (`version_type=external_gte`) with the Kafka record's timestamp as the version, so that a
+//! redelivery (same timestamp) overwrites while an *older* record for the same id (reordered
+//! processing, or a stale worker that lost its partition during an outage) cannot overwrite a
+//! newer one's document: Elasticsearch answers 409 and the older record counts as superseded.
+//! A record without a timestamp is written with internal versioning (last write wins).
+
+use std::collections::BTreeMap;
+
+use ocrfleet_ocr::Line;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::envelope::Envelope;
+
+/// Version of the index template this worker writes; bump when the mapping changes.
+/// 2: `metadata` is `flattened` (one mapping field however many keys producers send).
+pub const TEMPLATE_VERSION: u64 = 2;
+
+/// A document ready for Elasticsearch, with the message it came from.
+#[derive(Debug)]
+pub struct Document {
+    pub envelope: Envelope,
+    pub id: String,
+    /// External version (the record timestamp), when the record has one.
+    pub version: Option<i64>,
+    pub body: DocBody,
+}
+
+/// Where the document came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceRef {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+}
+
+/// Milliseconds per stage for this image.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct DocTimings {
+    pub fetch: f64,
+    pub decode: f64,
+    pub det: f64,
+    pub crop: f64,
+    pub cls: f64,
+    pub rec: f64,
+    pub total: f64,
+}
+
+/// The indexed document (see the mapping in [`index_template`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct DocBody {
+    pub url: String,
+    pub message_id: Option<String>,
+    pub text: String,
+    pub lines: Vec<Line>,
+    pub width: u32,
+    pub height: u32,
+    pub metadata: serde_json::Map<String, Value>,
+    /// Kafka headers, stored but not indexed (keys and values as lossy UTF-8).
+    pub headers: BTreeMap<String, Option<String>>,
+    pub source: SourceRef,
+    pub model: String,
+    pub contract: u32,
+    pub worker: String,
+    pub attempts: usize,
+    pub timings_ms: DocTimings,
+    pub processed_at: String,
+}
+
+/// The index template body (strict mapping).
+pub fn index_template(index: &str) -> Value {
+    let cjk = json!({"type": "text", "analyzer": "cjk", "fields": {"std": {"type": "text", "analyzer": "standard"}}});
+    let f = json!({"type": "float"});
+    json!({
+        "index_patterns": [index, format!("{index}-*")],
+        "priority": 200,
+        "_meta": {"managed_by": "ocrfleet", "version": TEMPLATE_VERSION},
+        "template": {
+            "mappings": {
+                "dynamic": "strict",
+                "properties": {
+                    "url": {"type": "keyword"},
+                    "message_id": {"type": "keyword"},
+                    "text": cjk,
+                    "lines": {"properties": {
+                        "text": {"type": "text", "analyzer": "cjk"},
+                        "score": f,
+                        "box": {"type": "integer"}
+                    }},
+                    "width": {"type": "integer"},
+                    "height": {"type": "integer"},
+                    "metadata": {"type": "flattened"},
+                    "headers": {"type": "object", "enabled": false},
+                    "source": {"properties": {
+                        "topic": {"type": "keyword"},
+                        "partition": {"type": "integer"},
+                        "offset": {"type": "long"},
+                        "timestamp": {"type": "date", "format": "epoch_millis"}
+                    }},
+                    "model": {"type": "keyword"},
+                    "contract": {"type": "integer"},
+                    "worker": {"type": "keyword"},
+                    "attempts": {"type": "integer"},
+                    "timings_ms": {"properties": {
+                        "fetch": f, "decode": f, "det": f, "crop": f, "cls": f, "rec": f, "total": f
+                    }},
+                    "processed_at": {"type": "date"}
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every leaf path of `v` (objects are walked, arrays looked into).
+    fn leaves(prefix: &str, v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    leaves(&p, x, out);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| leaves(prefix, x, out)),
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+
+    /// Whether `path` is mapped: a field with a type, or inside an object that is not indexed
+    /// (`enabled: false`) or `flattened`.
+    fn mapped(props: &Value, path: &str) -> bool {
+        let mut node = props;
+        let parts: Vec<&str> = path.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let Some(field) = node.get(part) else {
+                return false;
+            };
+            let opaque = field["enabled"] == json!(false) || field["type"] == "flattened";
+            if opaque || i == parts.len() - 1 {
+                return field.get("type").is_some() || field.get("enabled").is_some();
+            }
+            node = &field["properties"];
+        }
+        false
+    }
+
+    fn full_body() -> DocBody {
+        DocBody {
+            url: "https://x/a.png".into(),
+            message_id: Some("m1".into()),
+            text: "发票\nTOTAL 3.50".into(),
+            lines: vec![Line {
+                text: "发票".into(),
+                score: 0.9,
+                bbox: [[0, 0], [1, 0], [1, 1], [0, 1]],
+            }],
+            width: 10,
+            height: 5,
+            metadata: serde_json::from_value(json!({"shop": {"id": 7, "tags": ["a"]}})).unwrap(),
+            headers: BTreeMap::from([("h".to_string(), Some("v".to_string()))]),
+            source: SourceRef {
+                topic: "t".into(),
+                partition: 1,
+                offset: 2,
+                timestamp: Some(3),
+            },
+            model: "PP-OCRv4-mobile".into(),
+            contract: 1,
+            worker: "w".into(),
+            attempts: 1,
+            timings_ms: DocTimings::default(),
+            processed_at: "2026-11-27T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn every_serialised_field_is_in_the_strict_mapping() {
+        let doc = serde_json::to_value(full_body()).unwrap();
+        let mut paths = Vec::new();
+        leaves("", &doc, &mut paths);
+        let t = index_template("ocr");
+        let props = &t["template"]["mappings"]["properties"];
+        assert!(paths.len() >= 25, "{paths:?}");
+        for p in &paths {
+            assert!(mapped(props, p), "{p} is not in the index template's mapping");
+        }
+        // And the check can fail.
+        assert!(!mapped(props, "nope"));
+        assert!(!mapped(props, "source.nope"));
+    }
+
+    #[test]
+    fn template_is_strict_with_cjk_text_and_flattened_metadata() {
+        let t = index_template("ocr");
+        let m = &t["template"]["mappings"];
+        assert_eq!(t["index_patterns"][0], "ocr");
+        assert_eq!(m["dynamic"], "strict");
+        assert_eq!(m["properties"]["text"]["analyzer"], "cjk");
+        assert_eq!(m["properties"]["metadata"]["type"], "flattened");
+    }
+}

@@ -1,0 +1,187 @@
+//! The dead-letter topic. Each record keeps the original key, value and headers and adds
+//! `ocrfleet.error.*` headers saying which stage failed and why. The producer is idempotent
+//! (`enable.idempotence`, `acks=all`) and every send waits for the broker's ack before the
+//! message counts as finished (and so before its offset can be committed).
+//!
+//! Size: the added headers are cut to [`MAX_ERROR_MESSAGE`] bytes (an error message used to
+//! carry a whole 600 KB URL, doubling the record). If Kafka still refuses the record as too
+//! large, a **minimal** record is sent instead: the `ocrfleet.*` headers only (source topic,
+//! partition and offset say where the original is), no key or value, and
+//! `ocrfleet.dlq.minimal: true`. Any other refusal (missing topic, missing ACL, broker down) is
+//! an infrastructure fault: [`DeadLetter::send`] returns it and the caller retries, never
+//! committing the message meanwhile.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::WorkerConfig;
+use crate::envelope::Failure;
+use crate::failure::truncate;
+use crate::metrics::Metrics;
+
+/// Header names added to every dead-letter record.
+pub mod headers {
+    pub const STAGE: &str = "ocrfleet.error.stage";
+    pub const CLASS: &str = "ocrfleet.error.class";
+    pub const MESSAGE: &str = "ocrfleet.error.message";
+    pub const TOPIC: &str = "ocrfleet.source.topic";
+    pub const PARTITION: &str = "ocrfleet.source.partition";
+    pub const OFFSET: &str = "ocrfleet.source.offset";
+    pub const TIMESTAMP: &str = "ocrfleet.source.timestamp";
+    pub const ATTEMPTS: &str = "ocrfleet.error.attempts";
+    pub const WORKER: &str = "ocrfleet.worker";
+    pub const TIME: &str = "ocrfleet.error.time";
+    pub const MINIMAL: &str = "ocrfleet.dlq.minimal";
+}
+
+/// The longest `ocrfleet.error.message` header, in bytes.
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// Which record reached the dead-letter topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// The original key, value and headers plus the error headers.
+    Full,
+    /// Only the error and source headers: the full record was too large for Kafka.
+    Minimal,
+}
+
+#[derive(Clone)]
+pub struct DeadLetter {
+    producer: FutureProducer,
+    topic: String,
+    source_topic: String,
+    worker_id: String,
+    metrics: Metrics,
+}
+
+fn is_too_large(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) | Some(RDKafkaErrorCode::InvalidRecord)
+    )
+}
+
+impl DeadLetter {
+    pub fn new(cfg: &WorkerConfig, metrics: Metrics) -> anyhow::Result<DeadLetter> {
+        let producer: FutureProducer = cfg
+            .kafka
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000")
+            .set("client.id", format!("ocrfleet-dlq-{}", cfg.worker_id))
+            .create()?;
+        Ok(DeadLetter {
+            producer,
+            topic: cfg.kafka.dlq_topic.clone(),
+            source_topic: cfg.kafka.topic.clone(),
+            worker_id: cfg.worker_id.clone(),
+            metrics,
+        })
+    }
+
+    /// The `ocrfleet.*` headers of a dead letter for `f`.
+    fn error_headers(&self, f: &Failure) -> Vec<(&'static str, String)> {
+        let e = &f.envelope;
+        let r = &f.rejection;
+        let mut h = vec![
+            (headers::STAGE, r.stage.as_str().to_owned()),
+            (headers::CLASS, truncate(&r.class, 64)),
+            (headers::MESSAGE, truncate(&r.message, MAX_ERROR_MESSAGE)),
+            (headers::TOPIC, self.source_topic.clone()),
+            (headers::PARTITION, e.partition.to_string()),
+            (headers::OFFSET, e.offset.to_string()),
+            (headers::ATTEMPTS, r.attempts.to_string()),
+            (headers::WORKER, self.worker_id.clone()),
+            (headers::TIME, chrono::Utc::now().to_rfc3339()),
+        ];
+        if let Some(ts) = e.timestamp_ms {
+            h.push((headers::TIMESTAMP, ts.to_string()));
+        }
+        h
+    }
+
+    async fn produce(
+        &self,
+        f: &Failure,
+        minimal: bool,
+    ) -> Result<(), KafkaError> {
+        let e = &f.envelope;
+        let mut h = OwnedHeaders::new();
+        if !minimal {
+            // Keys are bytes in Kafka but &str in rdkafka's producer API: a non-UTF-8 key is
+            // passed on with U+FFFD in place of the bad bytes.
+            for (k, v) in &e.headers {
+                h = h.insert(Header {
+                    key: &String::from_utf8_lossy(k),
+                    value: v.as_deref(),
+                });
+            }
+        }
+        for (k, v) in self.error_headers(f) {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_str()),
+            });
+        }
+        if minimal {
+            h = h.insert(Header {
+                key: headers::MINIMAL,
+                value: Some("true"),
+            });
+        }
+        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(h);
+        if !minimal {
+            if let Some(k) = &e.key {
+                rec = rec.key(k.as_slice());
+            }
+            if let Some(v) = &e.value {
+                rec = rec.payload(v.as_slice());
+            }
+        }
+        self.producer
+            .send(rec, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(err, _)| err)
+    }
+
+    /// Sends one dead letter and waits for the ack; falls back to the minimal record when Kafka
+    /// refuses the full one as too large. `Err` is an infrastructure fault (the record is not
+    /// in the topic; retry later, do not commit).
+    pub async fn send(&self, f: &Failure) -> Result<Sent, String> {
+        let t = Instant::now();
+        let sent = match self.produce(f, false).await {
+            Ok(()) => Sent::Full,
+            Err(e) if is_too_large(&e) => {
+                tracing::warn!(partition = f.envelope.partition, offset = f.envelope.offset, bytes = f.envelope.size(), error = %e, "dead letter too large for Kafka; sending a minimal one (headers only)");
+                self.produce(f, true)
+                    .await
+                    .map_err(|e| format!("dead-letter topic {:?} refused even the minimal record: {e}", self.topic))?;
+                self.metrics.dead_letters_minimal.inc();
+                Sent::Minimal
+            }
+            Err(e) => {
+                return Err(format!(
+                    "dead-letter topic {:?} refused a record: {e}",
+                    self.topic
+                ))
+            }
+        };
+        self.metrics
+            .stage_seconds
+            .with_label_values(&["dlq"])
+            .observe(t.elapsed().as_secs_f64());
+        self.metrics
+            .dead_lettered
+            .with_label_values(&[f.rejection.stage.as_str()])
+            .inc();
+        tracing::info!(partition = f.envelope.partition, offset = f.envelope.offset, stage = %f.rejection.stage, class = %f.rejection.class, message = %truncate(&f.rejection.message, 300), minimal = sent == Sent::Minimal, "dead-lettered");
+        Ok(sent)
+    }
+}

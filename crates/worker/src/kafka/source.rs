@@ -1,0 +1,351 @@
+//! The Kafka source: a consumer-group member polled on its own OS thread.
+//!
+//! Why a thread and a `BaseConsumer` (as quickwit does): polling must never stop while the
+//! pipeline is busy, or the member is evicted for exceeding `max.poll.interval.ms`. The thread
+//! owns the [`SourceState`] (chunks, read-ahead bound, offsets); this file is the thin loop that
+//! polls, carries out what the state says (pause, resume, hand over a chunk, commit) and feeds
+//! it what happened (messages, finished events from the sink, rebalances).
+//!
+//! Offsets are never auto-committed. On revoke, finished offsets of the revoked partitions are
+//! committed synchronously and their in-flight work is disowned (a new generation, published in
+//! [`Assignment`] so the sink drops it), so the new owner redoes it. Partitions assigned while
+//! the source is paused are paused at once (cooperative assignment adds partitions without
+//! revoking the others, so they would otherwise be consumed while everything else waits).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::state::{Limits, SourceState};
+use super::Assignment;
+use crate::budget::Charge;
+use crate::config::WorkerConfig;
+use crate::envelope::{Done, Envelope};
+use crate::failure::Component;
+use crate::health::Health;
+use crate::metrics::Metrics;
+
+/// Shared state of the source, used by the consumer callbacks (which run inside `poll`, on the
+/// source thread).
+pub struct SourceContext {
+    pub topic: String,
+    pub state: Mutex<SourceState>,
+    pub assignment: Assignment,
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+    /// Whether the source has paused its partitions (new ones are paused on assignment).
+    pub paused: AtomicBool,
+}
+
+impl SourceContext {
+    fn state(&self) -> std::sync::MutexGuard<'_, SourceState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, stats: Statistics) {
+        if stats.brokers.values().any(|b| b.state == "UP") {
+            for source in ["connection", "poll", "client"] {
+                self.health.clear(Component::Broker, source);
+            }
+        } else {
+            self.health
+                .fault(Component::Broker, "connection", "no Kafka broker connection is up");
+        }
+        if let Some(t) = stats.topics.get(&self.topic) {
+            for (p, s) in &t.partitions {
+                if *p >= 0 && s.consumer_lag >= 0 {
+                    self.metrics
+                        .lag
+                        .with_label_values(&[self.topic.as_str(), &p.to_string()])
+                        .set(s.consumer_lag);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        // librdkafka reports every failed connection attempt here; Health rate-limits the log.
+        self.health
+            .fault(Component::Broker, "client", format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut commit = TopicPartitionList::new();
+            {
+                let mut st = self.state();
+                for e in tpl.elements() {
+                    // The lag of a partition we no longer own is someone else's to report.
+                    let _ = self
+                        .metrics
+                        .lag
+                        .remove_label_values(&[e.topic(), &e.partition().to_string()]);
+                    self.assignment.revoke(e.partition());
+                    if let Some(pos) = st.tracker.revoke(e.partition()) {
+                        let _ = commit.add_partition_offset(
+                            e.topic(),
+                            e.partition(),
+                            Offset::Offset(pos),
+                        );
+                    }
+                }
+            }
+            self.metrics.rebalances.inc();
+            tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions revoked; in-flight work for them is dropped");
+            if commit.count() > 0 {
+                if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+                    tracing::warn!(error = %e, "commit on revoke failed; the new owner will redo those messages");
+                }
+            }
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "commit failed; the positions will be offered again");
+            let mut st = self.state();
+            for el in offsets.elements() {
+                st.tracker.commit_failed(el.partition());
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            // An assignment is an answer from the group coordinator: the broker is up.
+            self.health.clear(Component::Broker, "connection");
+            {
+                let mut st = self.state();
+                for e in tpl.elements() {
+                    st.tracker.assign(e.partition());
+                    let g = st.tracker.generation(e.partition()).expect("just assigned");
+                    self.assignment.assign(e.partition(), g);
+                }
+            }
+            if self.paused.load(Ordering::SeqCst) && tpl.count() > 0 {
+                if let Err(e) = consumer.pause(tpl) {
+                    tracing::warn!(error = %e, "cannot pause newly assigned partitions");
+                }
+            }
+            self.metrics.rebalances.inc();
+            tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), paused = self.paused.load(Ordering::SeqCst), "partitions assigned");
+        }
+    }
+}
+
+/// Creates the consumer and subscribes it.
+pub fn consumer(
+    cfg: &WorkerConfig,
+    ctx: SourceContext,
+) -> anyhow::Result<BaseConsumer<SourceContext>> {
+    let mut c = cfg.kafka.client_config();
+    c.set("group.id", &cfg.kafka.group)
+        .set("client.id", format!("ocrfleet-{}", cfg.worker_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "2000")
+        .set("max.poll.interval.ms", "300000")
+        .set("statistics.interval.ms", "5000");
+    let consumer: BaseConsumer<SourceContext> = c.create_with_context(ctx)?;
+    consumer.subscribe(&[cfg.kafka.topic.as_str()])?;
+    Ok(consumer)
+}
+
+/// The source context for `cfg`.
+pub fn context(
+    cfg: &WorkerConfig,
+    assignment: Assignment,
+    metrics: Metrics,
+    health: Arc<Health>,
+) -> SourceContext {
+    SourceContext {
+        topic: cfg.kafka.topic.clone(),
+        state: Mutex::new(SourceState::new(Limits {
+            max_messages: cfg.max_messages,
+            linger: cfg.linger,
+            max_in_flight: cfg.max_in_flight,
+        })),
+        assignment,
+        metrics,
+        health,
+        paused: AtomicBool::new(false),
+    }
+}
+
+/// Why the source loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SourceEnd {
+    /// `--exit-when-idle`: nothing arrived for that long and nothing is in flight.
+    Idle,
+    /// Stopped from outside (signal), in-flight work drained or dropped.
+    Stopped,
+}
+
+/// Runs the poll loop until `stop` is cancelled (then it drains for `shutdown_grace` or until
+/// `drained` is cancelled) or the worker is idle; then commits and leaves the group.
+pub fn run(
+    consumer: BaseConsumer<SourceContext>,
+    cfg: &WorkerConfig,
+    chunk_tx: mpsc::Sender<Vec<Envelope>>,
+    mut done_rx: mpsc::UnboundedReceiver<Done>,
+    stop: CancellationToken,
+    drained: CancellationToken,
+) -> anyhow::Result<SourceEnd> {
+    let ctx = consumer.context();
+    let topic = cfg.kafka.topic.clone();
+    let mut chunk_tx = Some(chunk_tx);
+    let mut stop_deadline: Option<Instant> = None;
+    let mut end = SourceEnd::Stopped;
+
+    loop {
+        let now = Instant::now();
+        // Stop requests: idle exit or signal.
+        if let (Some(idle), None) = (cfg.exit_when_idle, stop_deadline) {
+            if ctx.state().idle_for(idle, now) {
+                tracing::info!(idle = ?idle, "no messages and nothing in flight; stopping");
+                end = SourceEnd::Idle;
+                stop.cancel();
+            }
+        }
+        if stop.is_cancelled() && stop_deadline.is_none() {
+            stop_deadline = Some(now + cfg.shutdown_grace);
+            // Stop taking chunks: undispatched messages are dropped uncommitted (redelivered).
+            chunk_tx = None;
+            ctx.state().drop_undispatched();
+            tracing::info!(grace = ?cfg.shutdown_grace, "stopping: finishing in-flight work");
+        }
+        if let Some(deadline) = stop_deadline {
+            if drained.is_cancelled() || now >= deadline {
+                while let Ok(d) = done_rx.try_recv() {
+                    ctx.state().on_done(d);
+                }
+                break;
+            }
+        }
+
+        // What the sink finished, then what may be committed.
+        while let Ok(d) = done_rx.try_recv() {
+            ctx.state().on_done(d);
+        }
+        commit_finished(&consumer, &topic, CommitMode::Async);
+        ctx.metrics
+            .in_flight
+            .set(ctx.state().in_flight() as i64);
+
+        // Pause or resume: read-ahead bound, infrastructure faults.
+        let want = ctx.state().wants_pause(ctx.health.intake_blocked()) && stop_deadline.is_none();
+        if want != ctx.paused.load(Ordering::SeqCst) {
+            set_paused(&consumer, want);
+            ctx.paused.store(want, Ordering::SeqCst);
+            ctx.state().set_paused(want);
+        }
+
+        // Hand the closed chunk to the pipeline.
+        if let Some(tx) = chunk_tx.as_ref() {
+            let chunk = ctx.state().take_pending();
+            if let Some(chunk) = chunk {
+                match tx.try_send(chunk) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(chunk)) => ctx.state().unsent(chunk),
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        anyhow::bail!("the pipeline stopped taking messages")
+                    }
+                }
+            }
+        }
+
+        let timeout = if stop_deadline.is_some() {
+            Duration::from_millis(50)
+        } else {
+            ctx.state().poll_timeout(now)
+        };
+        match consumer.poll(timeout) {
+            Some(Ok(m)) if stop_deadline.is_none() => {
+                let envelope = {
+                    let mut st = ctx.state();
+                    let generation = st.tracker.received(m.partition(), m.offset());
+                    Envelope {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        generation,
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().map(<[u8]>::to_vec),
+                        headers: super::headers::raw_headers(&m),
+                        timestamp_ms: m.timestamp().to_millis(),
+                        charge: Charge::default(),
+                    }
+                };
+                ctx.state().on_message(envelope, Instant::now());
+                ctx.metrics.consumed.inc();
+            }
+            Some(Ok(_)) => {} // stopping: not taken, so not committed
+            Some(Err(e)) => ctx.health.fault(Component::Broker, "poll", e),
+            None => {}
+        }
+        let closed = ctx.state().close_chunk_if_due(Instant::now());
+        if let Some(n) = closed {
+            ctx.metrics.chunk_size.observe(n as f64);
+        }
+    }
+
+    commit_finished(&consumer, &topic, CommitMode::Sync);
+    consumer.unsubscribe();
+    // Dropping the consumer closes it, which leaves the group.
+    drop(consumer);
+    tracing::info!("left the consumer group");
+    Ok(end)
+}
+
+fn set_paused(consumer: &BaseConsumer<SourceContext>, pause: bool) {
+    if let Ok(assignment) = consumer.assignment() {
+        let r = if pause {
+            consumer.pause(&assignment)
+        } else {
+            consumer.resume(&assignment)
+        };
+        match r {
+            Ok(()) => tracing::debug!(pause, partitions = assignment.count(), "intake paused/resumed"),
+            Err(e) => tracing::warn!(error = %e, pause, "pause/resume failed"),
+        }
+    }
+}
+
+fn commit_finished(consumer: &BaseConsumer<SourceContext>, topic: &str, mode: CommitMode) {
+    let commits = consumer.context().state().tracker.take_commits();
+    if commits.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (p, pos) in &commits {
+        let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*pos));
+    }
+    match consumer.commit(&tpl, mode) {
+        Ok(()) => tracing::debug!(?commits, "committed"),
+        Err(e) => {
+            tracing::warn!(error = %e, ?commits, "commit failed; the positions will be offered again");
+            let mut st = consumer.context().state();
+            for (p, _) in &commits {
+                st.tracker.commit_failed(*p);
+            }
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! The Kafka source's state, without Kafka: what to take, when to close a chunk, when to pause,
+//! what to commit. The poll loop in [`super::source`] feeds it events and carries out what it
+//! says; every rule here is unit-tested without a broker.
+//!
+//! - **Chunks** close at `max_messages` or after `linger`.
+//! - **Read-ahead is bounded in messages:** messages taken from Kafka and not yet finished
+//!   (building, waiting for the pipeline, or in it) never exceed `max_in_flight` by more than
+//!   what one poll returns. At the bound the source pauses its partitions (librdkafka then drops
+//!   what it prefetched and fetches again from the last taken offset on resume) and resumes
+//!   when a chunk's worth has finished (hysteresis, so it does not flap).
+//! - **Infrastructure faults pause intake** (see [`crate::failure`]); work in flight keeps
+//!   retrying.
+//! - **Commits** are what the [`OffsetTracker`] says is finished; finished events arrive from
+//!   the sink over a channel, and every message taken produces exactly one, including work
+//!   dropped after a revoke (it still left the pipeline).
+
+use std::time::{Duration, Instant};
+
+use crate::envelope::{Done, Envelope};
+use crate::kafka::offsets::OffsetTracker;
+
+/// Bounds of the source.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_messages: usize,
+    pub linger: Duration,
+    pub max_in_flight: usize,
+}
+
+/// The source's state (see the module doc).
+#[derive(Debug)]
+pub struct SourceState {
+    limits: Limits,
+    pub tracker: OffsetTracker,
+    building: Vec<Envelope>,
+    chunk_started: Option<Instant>,
+    pending: Option<Vec<Envelope>>,
+    /// Handed to the pipeline and not yet done.
+    in_pipeline: usize,
+    paused: bool,
+    last_message: Option<Instant>,
+}
+
+impl SourceState {
+    pub fn new(limits: Limits) -> SourceState {
+        SourceState {
+            limits: Limits {
+                max_messages: limits.max_messages.max(1),
+                max_in_flight: limits.max_in_flight.max(1),
+                ..limits
+            },
+            tracker: OffsetTracker::default(),
+            building: Vec::new(),
+            chunk_started: None,
+            pending: None,
+            in_pipeline: 0,
+            paused: false,
+            last_message: None,
+        }
+    }
+
+    /// Messages taken and not finished: building, waiting and in the pipeline.
+    pub fn in_flight(&self) -> usize {
+        self.building.len() + self.pending.as_ref().map_or(0, Vec::len) + self.in_pipeline
+    }
+
+    /// A message arrived (its envelope already carries its generation from `tracker`).
+    pub fn on_message(&mut self, e: Envelope, now: Instant) {
+        if self.building.is_empty() {
+            self.chunk_started = Some(now);
+        }
+        self.building.push(e);
+        self.last_message = Some(now);
+    }
+
+    /// A message left the pipeline.
+    pub fn on_done(&mut self, d: Done) {
+        self.in_pipeline = self.in_pipeline.saturating_sub(1);
+        self.tracker.finished(d.partition, d.offset, d.generation);
+    }
+
+    /// Closes the chunk being built when it is full or has lingered long enough, if no other
+    /// chunk is waiting; returns its size.
+    pub fn close_chunk_if_due(&mut self, now: Instant) -> Option<usize> {
+        let due = self.building.len() >= self.limits.max_messages
+            || self
+                .chunk_started
+                .is_some_and(|t| now.duration_since(t) >= self.limits.linger);
+        if self.pending.is_none() && !self.building.is_empty() && due {
+            let n = self.building.len();
+            self.pending = Some(std::mem::take(&mut self.building));
+            self.chunk_started = None;
+            return Some(n);
+        }
+        None
+    }
+
+    /// The chunk waiting for the pipeline, if any (put it back with [`Self::unsent`]).
+    pub fn take_pending(&mut self) -> Option<Vec<Envelope>> {
+        let c = self.pending.take();
+        if let Some(c) = &c {
+            self.in_pipeline += c.len();
+        }
+        c
+    }
+
+    /// The pipeline could not take the chunk yet.
+    pub fn unsent(&mut self, chunk: Vec<Envelope>) {
+        self.in_pipeline -= chunk.len();
+        self.pending = Some(chunk);
+    }
+
+    /// Whether a chunk is waiting for the pipeline.
+    pub fn has_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Drops everything not yet handed to the pipeline (stopping: it is not committed, so it is
+    /// redelivered).
+    pub fn drop_undispatched(&mut self) {
+        self.building.clear();
+        self.pending = None;
+        self.chunk_started = None;
+    }
+
+    /// Whether the partitions should be paused now; `intake_blocked` is an infrastructure
+    /// fault. Pauses at `max_in_flight`, resumes once a chunk's worth below it.
+    pub fn wants_pause(&self, intake_blocked: bool) -> bool {
+        if intake_blocked {
+            return true;
+        }
+        let n = self.in_flight();
+        if self.paused {
+            let resume_at = self
+                .limits
+                .max_in_flight
+                .saturating_sub(self.limits.max_messages)
+                .max(self.limits.max_in_flight / 2);
+            n > resume_at
+        } else {
+            n >= self.limits.max_in_flight
+        }
+    }
+
+    /// Records that the partitions were paused or resumed.
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// How long to block in the next poll.
+    pub fn poll_timeout(&self, now: Instant) -> Duration {
+        if self.pending.is_some() {
+            return Duration::from_millis(20);
+        }
+        match self.chunk_started {
+            Some(t) => self
+                .limits
+                .linger
+                .saturating_sub(now.duration_since(t))
+                .max(Duration::from_millis(1)),
+            None => Duration::from_millis(100),
+        }
+    }
+
+    /// Idle: nothing taken and unfinished, and no message for `idle`.
+    pub fn idle_for(&self, idle: Duration, now: Instant) -> bool {
+        self.in_flight() == 0
+            && self.tracker.in_flight() == 0
+            && self
+                .last_message
+                .is_some_and(|t| now.duration_since(t) >= idle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::Charge;
+
+    fn env(state: &mut SourceState, partition: i32, offset: i64) -> Envelope {
+        let generation = state.tracker.received(partition, offset);
+        Envelope {
+            partition,
+            offset,
+            generation,
+            key: None,
+            value: Some(b"http://x/a.png".to_vec()),
+            headers: Vec::new(),
+            timestamp_ms: Some(1),
+            charge: Charge::default(),
+        }
+    }
+
+    fn limits(max_messages: usize, max_in_flight: usize) -> Limits {
+        Limits {
+            max_messages,
+            linger: Duration::from_millis(100),
+            max_in_flight,
+        }
+    }
+
+    #[test]
+    fn chunks_close_when_full_or_after_linger() {
+        let mut s = SourceState::new(limits(3, 100));
+        let t0 = Instant::now();
+        for o in 0..2 {
+            let e = env(&mut s, 0, o);
+            s.on_message(e, t0);
+        }
+        assert_eq!(s.close_chunk_if_due(t0), None, "2 of 3, no linger yet");
+        assert_eq!(s.close_chunk_if_due(t0 + Duration::from_millis(100)), Some(2), "linger");
+        assert_eq!(s.take_pending().map(|c| c.len()), Some(2));
+        for o in 2..5 {
+            let e = env(&mut s, 0, o);
+            s.on_message(e, t0);
+        }
+        assert_eq!(s.close_chunk_if_due(t0), Some(3), "full");
+        assert_eq!(s.in_flight(), 5);
+    }
+
+    #[test]
+    fn one_chunk_waits_at_a_time() {
+        let mut s = SourceState::new(limits(1, 100));
+        let t0 = Instant::now();
+        let e = env(&mut s, 0, 0);
+        s.on_message(e, t0);
+        assert_eq!(s.close_chunk_if_due(t0), Some(1));
+        let e = env(&mut s, 0, 1);
+        s.on_message(e, t0);
+        assert_eq!(s.close_chunk_if_due(t0), None, "a chunk is already waiting");
+        let c = s.take_pending().unwrap();
+        s.unsent(c); // pipeline full
+        assert!(s.has_pending());
+        assert_eq!(s.in_flight(), 2);
+    }
+
+    #[test]
+    fn read_ahead_pauses_at_the_bound_and_resumes_with_hysteresis() {
+        let mut s = SourceState::new(limits(10, 20));
+        let t0 = Instant::now();
+        let mut dones = Vec::new();
+        for o in 0..20 {
+            let e = env(&mut s, 0, o);
+            dones.push(e.done());
+            s.on_message(e, t0);
+            if s.close_chunk_if_due(t0).is_some() {
+                s.take_pending();
+            }
+        }
+        assert!(s.wants_pause(false), "20 in flight = the bound");
+        s.set_paused(true);
+        for d in &dones[..5] {
+            s.on_done(*d);
+        }
+        assert!(s.wants_pause(false), "15 in flight: not yet a chunk below the bound");
+        for d in &dones[5..10] {
+            s.on_done(*d);
+        }
+        assert!(!s.wants_pause(false), "10 in flight: resume");
+        s.set_paused(false);
+        assert_eq!(s.tracker.take_commits(), vec![(0, 10)]);
+    }
+
+    #[test]
+    fn infrastructure_faults_pause_regardless_of_load() {
+        let s = SourceState::new(limits(10, 20));
+        assert!(!s.wants_pause(false));
+        assert!(s.wants_pause(true));
+    }
+
+    #[test]
+    fn stale_done_events_free_room_but_never_commit() {
+        let mut s = SourceState::new(limits(1, 5));
+        let t0 = Instant::now();
+        let e = env(&mut s, 3, 7);
+        let d = e.done();
+        s.on_message(e, t0);
+        s.close_chunk_if_due(t0);
+        s.take_pending();
+        assert_eq!(s.tracker.revoke(3), None);
+        s.on_done(d);
+        assert_eq!(s.in_flight(), 0);
+        assert_eq!(s.tracker.take_commits(), vec![]);
+    }
+
+    #[test]
+    fn idle_needs_no_work_and_a_quiet_period() {
+        let mut s = SourceState::new(limits(1, 5));
+        let t0 = Instant::now();
+        assert!(!s.idle_for(Duration::from_secs(1), t0), "never saw a message");
+        let e = env(&mut s, 0, 0);
+        let d = e.done();
+        s.on_message(e, t0);
+        s.close_chunk_if_due(t0);
+        s.take_pending();
+        assert!(!s.idle_for(Duration::ZERO, t0 + Duration::from_secs(5)));
+        s.on_done(d);
+        assert!(s.idle_for(Duration::from_secs(1), t0 + Duration::from_secs(5)));
+        assert!(!s.idle_for(Duration::from_secs(10), t0 + Duration::from_secs(5)));
+    }
+}

@@ -1,0 +1,74 @@
+//! The pipeline's stages, in the order a message flows through them:
+//!
+//! ```text
+//!  Kafka ──(source thread)──chunks──▶ prepare: parse, fetch, decode ──ready──▶ ocr (engine thread)
+//!                ▲                      │ rejections                              │ documents, rejections
+//!                │ done events          ▼                                         ▼
+//!          source owns offsets ◀──── sink: Elasticsearch bulk ──rejections──▶ dead-letter topic
+//! ```
+//!
+//! Downloads run as independent tasks, so fetching and decoding chunk N+1 goes on while the
+//! engine works on chunk N. Every channel is bounded; read-ahead is bounded in messages by the
+//! source and in bytes by the memory budget.
+
+pub mod ocr;
+pub mod prepare;
+pub mod sink;
+
+use std::time::{Duration, Instant};
+
+use ocrfleet_ocr::EngineHandle;
+
+use crate::es::client::EsClient;
+use crate::failure::Component;
+use crate::health::Health;
+use crate::metrics::Metrics;
+
+/// Exports the engine thread's and the device's busy fractions (over 10 s windows) and the
+/// device-seconds counter (every second).
+pub async fn busy_meter(engine: EngineHandle, metrics: Metrics) {
+    let (mut last_busy, mut last_device) = (engine.busy_seconds(), engine.device_seconds());
+    let mut counted = last_device;
+    let mut at = Instant::now();
+    loop {
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let device = engine.device_seconds();
+            metrics.device_seconds.inc_by((device - counted).max(0.0));
+            counted = device;
+        }
+        let (busy, device) = (engine.busy_seconds(), engine.device_seconds());
+        let wall = at.elapsed().as_secs_f64();
+        metrics
+            .busy_ratio
+            .set(((busy - last_busy) / wall).clamp(0.0, 1.0));
+        metrics
+            .device_busy_ratio
+            .set(((device - last_device) / wall).clamp(0.0, 1.0));
+        (last_busy, last_device) = (busy, device);
+        at = Instant::now();
+    }
+}
+
+/// Probes Elasticsearch every 5 s for `/readyz` (with the documented least privileges), so an
+/// idle worker also notices an outage or an expired key.
+pub async fn es_probe(es: EsClient, health: std::sync::Arc<Health>) {
+    loop {
+        match es.probe().await {
+            Ok(()) => health.clear(Component::Elasticsearch, "probe"),
+            Err(reason) => health.fault(Component::Elasticsearch, "probe", reason),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Checks the engine thread every second: a worker whose engine is gone must not stay up.
+pub async fn engine_watch(engine: EngineHandle, health: std::sync::Arc<Health>) -> anyhow::Result<()> {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if !engine.is_alive() {
+            health.fault(Component::Engine, "thread", "the engine thread has stopped");
+            anyhow::bail!("the OCR engine thread has stopped");
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Stage 2: batches of decoded images through the engine.
+//!
+//! Telling a bad image from a broken engine: when a batch comes back with inference errors, the
+//! engine's probe (a tiny known-good run) decides. If the probe passes, the errors belong to
+//! those images and they are dead-lettered (stage `ocr`). If it fails, the engine (or its GPU) is
+//! broken: nothing is dead-lettered, the `engine` component is marked down (intake pauses,
+//! `/readyz` 503), the probe is retried with backoff and the same batch runs again once it
+//! passes. If the engine does not come back within `--engine-fault-timeout`, or its thread is
+//! gone, the stage reports a fatal error and the worker exits non-zero so that Kubernetes starts
+//! a fresh process; nothing in flight is committed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+use ocrfleet_ocr::{EngineHandle, ImageText, OcrError};
+use tokio::sync::mpsc;
+
+use super::prepare::Ready;
+use crate::config::WorkerConfig;
+use crate::envelope::{Failure, Outcome};
+use crate::es::document::{DocBody, DocTimings, Document, SourceRef};
+use crate::failure::{Component, Rejection, Stage};
+use crate::health::Health;
+use crate::message::{self, CONTRACT_VERSION};
+use crate::metrics::Metrics;
+
+/// Runs batches until `ready_rx` closes. `Err` is fatal for the process.
+pub async fn ocr_stage(
+    mut ready_rx: mpsc::Receiver<Ready>,
+    cfg: Arc<WorkerConfig>,
+    engine: EngineHandle,
+    out_tx: mpsc::Sender<Outcome>,
+    metrics: Metrics,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
+    while let Some(first) = ready_rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < cfg.ocr_batch {
+            match ready_rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        metrics
+            .batch_size
+            .with_label_values(&["ocr"])
+            .observe(batch.len() as f64);
+        let images: Vec<RgbImage> = batch
+            .iter_mut()
+            .map(|r| std::mem::take(&mut r.image))
+            .collect();
+        let t = Instant::now();
+        let results = run_until_healthy(&engine, images, &cfg, &health).await?;
+        metrics
+            .stage_seconds
+            .with_label_values(&["ocr"])
+            .observe(t.elapsed().as_secs_f64());
+        for (ready, result) in batch.into_iter().zip(results) {
+            let outcome = match result {
+                Ok(text) => Outcome::Doc(Box::new(document(&cfg, engine.model_version(), ready, text))),
+                Err(e) => {
+                    let stage = if e.is_input_error() {
+                        Stage::Decode
+                    } else {
+                        Stage::Ocr
+                    };
+                    Outcome::Failed(Failure {
+                        envelope: ready.envelope,
+                        rejection: Rejection::new(stage, e.class(), e.to_string())
+                            .attempts(ready.attempts),
+                    })
+                }
+            };
+            if out_tx.send(outcome).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `images` until the results can be trusted (see the module doc).
+async fn run_until_healthy(
+    engine: &EngineHandle,
+    mut images: Vec<RgbImage>,
+    cfg: &WorkerConfig,
+    health: &Health,
+) -> anyhow::Result<Vec<Result<ImageText, OcrError>>> {
+    loop {
+        let (back, results) = engine.recognize_keep(images).await;
+        if let Some(Err(e)) = results
+            .iter()
+            .find(|r| matches!(r, Err(OcrError::EngineGone(_))))
+        {
+            health.fault(Component::Engine, "thread", e);
+            anyhow::bail!("the OCR engine stopped: {e}");
+        }
+        if !results
+            .iter()
+            .any(|r| matches!(r, Err(OcrError::Inference { .. })))
+        {
+            return Ok(results);
+        }
+        match engine.probe().await {
+            Ok(()) => {
+                // The engine works: the errors are these images' own.
+                health.clear(Component::Engine, "probe");
+                return Ok(results);
+            }
+            Err(reason) => {
+                health.fault(Component::Engine, "probe", &reason);
+                wait_for_engine(engine, cfg.engine_fault_timeout, health).await?;
+                images = back;
+            }
+        }
+    }
+}
+
+/// Probes with backoff until the engine works again, or fails after `timeout`.
+async fn wait_for_engine(
+    engine: &EngineHandle,
+    timeout: Duration,
+    health: &Health,
+) -> anyhow::Result<()> {
+    let since = Instant::now();
+    let mut delays = crate::retry::unbounded(Duration::from_millis(500));
+    loop {
+        if since.elapsed() >= timeout {
+            anyhow::bail!(
+                "the OCR engine failed its probe for {timeout:?} (--engine-fault-timeout); exiting so that a fresh process gets the device"
+            );
+        }
+        tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(10))).await;
+        match engine.probe().await {
+            Ok(()) => {
+                health.clear(Component::Engine, "probe");
+                return Ok(());
+            }
+            Err(reason) if reason.contains("engine thread") => {
+                health.fault(Component::Engine, "thread", &reason);
+                anyhow::bail!("the OCR engine stopped: {reason}");
+            }
+            Err(reason) => health.fault(Component::Engine, "probe", reason),
+        }
+    }
+}
+
+fn document(cfg: &WorkerConfig, model: &str, r: Ready, text: ImageText) -> Document {
+    let e = &r.envelope;
+    let id = message::document_id(
+        r.request.id.as_deref(),
+        &cfg.kafka.topic,
+        e.partition,
+        e.offset,
+    );
+    let headers = e
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(k).into_owned(),
+                v.as_deref().map(|v| String::from_utf8_lossy(v).into_owned()),
+            )
+        })
+        .collect();
+    let t = text.timings;
+    let body = DocBody {
+        url: r.request.url,
+        message_id: r.request.id,
+        text: text.text,
+        lines: text.lines,
+        width: text.width,
+        height: text.height,
+        metadata: r.request.metadata,
+        headers,
+        source: SourceRef {
+            topic: cfg.kafka.topic.clone(),
+            partition: e.partition,
+            offset: e.offset,
+            timestamp: e.timestamp_ms,
+        },
+        model: model.to_owned(),
+        contract: CONTRACT_VERSION,
+        worker: cfg.worker_id.clone(),
+        attempts: r.attempts,
+        timings_ms: DocTimings {
+            fetch: r.fetch_ms,
+            decode: r.decode_ms,
+            det: t.det,
+            crop: t.crop,
+            cls: t.cls,
+            rec: t.rec,
+            total: r.fetch_ms + r.decode_ms + t.total,
+        },
+        processed_at: chrono::Utc::now().to_rfc3339(),
+    };
+    Document {
+        version: r.envelope.timestamp_ms,
+        envelope: r.envelope,
+        id,
+        body,
+    }
+}
