@@ -116,6 +116,16 @@ impl Noida {
         format!("http://127.0.0.1:{}", self.es_port)
     }
 
+    pub fn stop_kafka(&self) {
+        let out = self.cmd(&["stop", "kafka"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn start_kafka(&self) {
+        let out = self.cmd(&["start", "kafka"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
     pub fn stop_es(&self) {
         let out = self.cmd(&["stop", "elasticsearch"]).output().unwrap();
         assert!(
@@ -422,13 +432,17 @@ pub fn reset_group(brokers: &str, group: &str, topic: &str, partitions: i32, off
 pub struct ImageServer {
     pub addr: SocketAddr,
     pub hits: Arc<Mutex<HashMap<String, usize>>>,
+    /// Bodies served under `/blob/NAME` (set with [`ImageServer::put`]).
+    pub blobs: Arc<Mutex<HashMap<String, Vec<u8>>>>,
 }
 
 impl ImageServer {
     /// Serves files of `dir` under `/img/NAME`, and faults:
     /// `/status/CODE`, `/flaky/NAME` (500 on the first request, then the image),
     /// `/slow/NAME` (stalls 30 s), `/big` (4 MiB of bytes), `/text` (not an image),
-    /// `/truncated/NAME` (first half of the file).
+    /// `/truncated/NAME` (first half of the file), `/loop` (redirects to itself), `/chain/N`
+    /// (N redirects, then an image), `/drip` (one byte every 300 ms, for ever), `/empty` (200
+    /// with no body), `/html` (HTML sent as `image/png`), `/blob/NAME` (bytes given by the test).
     pub fn start(dir: PathBuf) -> ImageServer {
         use axum::extract::{Path as AxPath, State};
         use axum::http::StatusCode;
@@ -438,6 +452,7 @@ impl ImageServer {
         struct S {
             dir: PathBuf,
             hits: Arc<Mutex<HashMap<String, usize>>>,
+            blobs: Arc<Mutex<HashMap<String, Vec<u8>>>>,
         }
         fn count(s: &S, key: String) -> usize {
             let mut h = s.hits.lock().unwrap();
@@ -446,9 +461,11 @@ impl ImageServer {
             *n
         }
         let hits = Arc::new(Mutex::new(HashMap::new()));
+        let blobs = Arc::new(Mutex::new(HashMap::new()));
         let state = S {
             dir,
             hits: hits.clone(),
+            blobs: blobs.clone(),
         };
         let app = axum::Router::new()
             .route(
@@ -501,13 +518,68 @@ impl ImageServer {
                     b[..b.len() / 2].to_vec()
                 }),
             )
+            .route(
+                "/loop",
+                get(|State(s): State<S>| async move {
+                    count(&s, "loop".into());
+                    axum::response::Redirect::temporary("/loop")
+                }),
+            )
+            .route(
+                "/chain/{n}",
+                get(|State(s): State<S>, AxPath(n): AxPath<u32>| async move {
+                    count(&s, "chain".into());
+                    if n == 0 {
+                        let b = std::fs::read(s.dir.join("hello.png")).unwrap_or_default();
+                        return b.into_response();
+                    }
+                    axum::response::Redirect::temporary(&format!("/chain/{}", n - 1)).into_response()
+                }),
+            )
+            .route(
+                "/drip",
+                get(|State(s): State<S>| async move {
+                    count(&s, "drip".into());
+                    let stream = futures::stream::unfold((), |()| async {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        Some((Ok::<_, std::io::Error>(vec![0x89u8]), ()))
+                    });
+                    axum::body::Body::from_stream(stream)
+                }),
+            )
+            .route("/empty", get(|| async { Vec::<u8>::new() }))
+            .route(
+                "/html",
+                get(|| async {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "image/png")],
+                        "<!doctype html><html><body>Not found</body></html>",
+                    )
+                }),
+            )
+            .route(
+                "/blob/{name}",
+                get(|State(s): State<S>, AxPath(n): AxPath<String>| async move {
+                    count(&s, format!("blob/{n}"));
+                    match s.blobs.lock().unwrap().get(&n) {
+                        Some(b) => b.clone().into_response(),
+                        None => StatusCode::NOT_FOUND.into_response(),
+                    }
+                }),
+            )
             .with_state(state);
         let listener = rt()
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let addr = listener.local_addr().unwrap();
         rt().spawn(async move { axum::serve(listener, app).await.unwrap() });
-        ImageServer { addr, hits }
+        ImageServer { addr, hits, blobs }
+    }
+
+    /// Serves `bytes` under `/blob/NAME`; returns the URL.
+    pub fn put(&self, name: &str, bytes: Vec<u8>) -> String {
+        self.blobs.lock().unwrap().insert(name.to_owned(), bytes);
+        self.url(&format!("blob/{name}"))
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -517,6 +589,174 @@ impl ImageServer {
     pub fn hits(&self, key: &str) -> usize {
         self.hits.lock().unwrap().get(key).copied().unwrap_or(0)
     }
+}
+
+/// A raw HTTP server that promises a 100 000-byte body, sends 100 bytes and hangs up (hyper
+/// would not send such an answer). Returns its address.
+pub fn lying_server() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n");
+            let _ = c.write_all(&[0x89; 100]);
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    addr
+}
+
+/// An HTTP proxy in front of Elasticsearch that can fail on purpose: every request is
+/// forwarded unchanged, unless `fail_with` holds an HTTP status (then it answers that status
+/// with an Elasticsearch-style error body, as an expired API key or a broken cluster would), or
+/// a request body is larger than `max_body` bytes (then it answers 413 with an empty body, as a
+/// load balancer in front of Elasticsearch does).
+pub struct EsProxy {
+    pub addr: SocketAddr,
+    pub fail_with: Arc<std::sync::atomic::AtomicU16>,
+    pub max_body: Arc<AtomicUsize>,
+    /// Requests answered with a failure.
+    pub failed: Arc<AtomicUsize>,
+}
+
+impl EsProxy {
+    pub fn start(upstream: String) -> EsProxy {
+        use axum::body::{to_bytes, Body};
+        use axum::extract::{Request, State};
+        use axum::response::{IntoResponse, Response};
+        #[derive(Clone)]
+        struct S {
+            upstream: String,
+            fail_with: Arc<std::sync::atomic::AtomicU16>,
+            max_body: Arc<AtomicUsize>,
+            failed: Arc<AtomicUsize>,
+            client: ::reqwest::Client,
+        }
+        async fn forward(State(s): State<S>, req: Request) -> Response {
+            let fail = s.fail_with.load(Ordering::SeqCst);
+            let (parts, body) = req.into_parts();
+            let body = to_bytes(body, 512 << 20).await.unwrap_or_default();
+            if fail != 0 {
+                s.failed.fetch_add(1, Ordering::SeqCst);
+                let status = axum::http::StatusCode::from_u16(fail).unwrap();
+                let json = serde_json::json!({"error": {"type": "security_exception", "reason": format!("injected failure {fail}")}, "status": fail});
+                return (status, [(axum::http::header::CONTENT_TYPE, "application/json")], json.to_string()).into_response();
+            }
+            if body.len() > s.max_body.load(Ordering::SeqCst) {
+                s.failed.fetch_add(1, Ordering::SeqCst);
+                return axum::http::StatusCode::PAYLOAD_TOO_LARGE.into_response();
+            }
+            let url = format!("{}{}", s.upstream, parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+            let mut r = s.client.request(parts.method.clone(), url).body(body.to_vec());
+            for (k, v) in &parts.headers {
+                if k != axum::http::header::HOST && k != axum::http::header::CONTENT_LENGTH {
+                    r = r.header(k, v);
+                }
+            }
+            match r.send().await {
+                Ok(resp) => {
+                    let mut b = Response::builder().status(resp.status().as_u16());
+                    for (k, v) in resp.headers() {
+                        if k != axum::http::header::CONTENT_LENGTH && k != axum::http::header::TRANSFER_ENCODING {
+                            b = b.header(k, v);
+                        }
+                    }
+                    b.body(Body::from(resp.bytes().await.unwrap_or_default())).unwrap()
+                }
+                Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
+            }
+        }
+        let state = S {
+            upstream,
+            fail_with: Arc::new(std::sync::atomic::AtomicU16::new(0)),
+            max_body: Arc::new(AtomicUsize::new(usize::MAX)),
+            failed: Arc::new(AtomicUsize::new(0)),
+            client: ::reqwest::Client::new(),
+        };
+        let p = EsProxy {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            fail_with: state.fail_with.clone(),
+            max_body: state.max_body.clone(),
+            failed: state.failed.clone(),
+        };
+        let app = axum::Router::new().fallback(forward).with_state(state);
+        let listener = rt()
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        rt().spawn(async move { axum::serve(listener, app).await.unwrap() });
+        EsProxy { addr, ..p }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn fail(&self, status: u16) {
+        self.fail_with.store(status, Ordering::SeqCst);
+    }
+}
+
+/// Produces one record whose header key is the raw bytes `header_key` (rdkafka's Rust API only
+/// takes `&str` keys, so this goes through librdkafka's C API).
+pub fn produce_raw_header(brokers: &str, topic: &str, partition: i32, header_key: &[u8], value: &[u8]) {
+    use rdkafka::bindings as rd;
+    use rdkafka::producer::{BaseProducer, Producer};
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let topic_c = std::ffi::CString::new(topic).unwrap();
+    // SAFETY: the headers object is handed to librdkafka with the message (which owns it on
+    // success); all pointers outlive the call, which copies what it needs.
+    unsafe {
+        let hdrs = rd::rd_kafka_headers_new(1);
+        let err = rd::rd_kafka_header_add(
+            hdrs,
+            header_key.as_ptr().cast(),
+            header_key.len() as isize,
+            b"v".as_ptr().cast(),
+            1,
+        );
+        assert_eq!(err, rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
+        let mut vus: [rd::rd_kafka_vu_t; 4] = std::mem::zeroed();
+        vus[0].vtype = rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_TOPIC;
+        vus[0].u.cstr = topic_c.as_ptr();
+        vus[1].vtype = rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_PARTITION;
+        vus[1].u.i32_ = partition;
+        vus[2].vtype = rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_VALUE;
+        vus[2].u.mem = rd::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 {
+            ptr: value.as_ptr() as *mut _,
+            size: value.len(),
+        };
+        vus[3].vtype = rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_HEADERS;
+        vus[3].u.headers = hdrs;
+        let e = rd::rd_kafka_produceva(p.client().native_ptr(), vus.as_ptr(), vus.len());
+        assert!(e.is_null(), "rd_kafka_produceva failed");
+    }
+    p.flush(Duration::from_secs(10)).expect("flush");
+}
+
+/// Produces `value` to one partition with an explicit record timestamp (ms).
+pub fn produce_at(brokers: &str, topic: &str, partition: i32, value: &str, timestamp_ms: i64) {
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    rt().block_on(async {
+        let rec: FutureRecord<'_, str, str> = FutureRecord::to(topic)
+            .payload(value)
+            .partition(partition)
+            .timestamp(timestamp_ms);
+        p.send(rec, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    });
 }
 
 /// A worker child process.
@@ -621,6 +861,26 @@ impl Worker {
             blocking_get(&format!("http://127.0.0.1:{}/readyz", self.http_port)),
             Ok((200, _))
         )
+    }
+
+    /// The `/readyz` answer: status and body.
+    pub fn readyz(&self) -> (u16, String) {
+        blocking_get(&format!("http://127.0.0.1:{}/readyz", self.http_port))
+            .unwrap_or((0, String::new()))
+    }
+
+    /// Peak resident memory of the worker (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> Option<i32> {
+        self.child.try_wait().unwrap().map(|s| s.code().unwrap_or(-1))
     }
 
     pub fn sigterm(&self) {

@@ -88,7 +88,7 @@ fn describe_error(status: u16, body: &[u8]) -> String {
         }) => t,
         _ => String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
     };
-    crate::failure::truncate(&format!("HTTP {status} {detail}").trim().to_owned(), 300)
+    crate::failure::truncate(format!("HTTP {status} {detail}").trim(), 300)
 }
 
 /// Reads a bulk answer for `n` documents. `status` is `Err` with the transport error when no
