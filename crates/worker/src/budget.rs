@@ -51,6 +51,7 @@ impl Budget {
     }
 
     /// Bytes free now.
+    #[cfg(test)]
     pub fn available(&self) -> u64 {
         self.sem.available_permits() as u64 * 1024
     }

@@ -10,18 +10,18 @@
 //! document, bulk requests, the client); beside them [`health`], [`budget`], [`metrics`] and
 //! [`config`].
 
-pub mod budget;
+pub(crate) mod budget;
 pub mod config;
-pub mod envelope;
+pub(crate) mod envelope;
 pub mod es;
 pub mod failure;
 pub mod fetch;
-pub mod health;
+pub(crate) mod health;
 pub mod kafka;
-pub mod message;
-pub mod metrics;
-pub mod retry;
-pub mod stages;
+pub(crate) mod message;
+pub(crate) mod metrics;
+pub(crate) mod retry;
+pub(crate) mod stages;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -330,6 +330,31 @@ pub fn produce(brokers: &str, topic: &str, partitions: i32, values: &[String]) -
     })
 }
 
+/// Produces many values round-robin over `partitions`, all sends in flight at once.
+pub fn produce_many(brokers: &str, topic: &str, partitions: i32, values: &[String]) {
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    rt().block_on(async {
+        for chunk in values.chunks(10_000).enumerate() {
+            let (c, vals) = chunk;
+            let sends = vals.iter().enumerate().map(|(i, v)| {
+                let part = ((c * 10_000 + i) as i32) % partitions;
+                p.send(
+                    FutureRecord::<str, str>::to(topic).payload(v.as_str()).partition(part),
+                    Duration::from_secs(60),
+                )
+            });
+            for r in futures::future::join_all(sends).await {
+                r.map_err(|(e, _)| e).expect("produce");
+            }
+        }
+    });
+}
+
 /// A dead-letter record.
 #[derive(Debug, Clone)]
 pub struct DlqRecord {

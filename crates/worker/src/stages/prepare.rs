@@ -27,8 +27,8 @@ pub struct Ready {
     pub envelope: Envelope,
     pub request: Request,
     pub image: RgbImage,
-    /// The image's share of the budget, held until the engine is done with it.
-    pub image_charge: Charge,
+    /// The image's share of the budget, held (never read) until the engine is done with it.
+    pub _image_charge: Charge,
     pub fetch_ms: f64,
     pub decode_ms: f64,
     pub attempts: usize,
@@ -120,7 +120,7 @@ async fn prepare(
             envelope,
             request,
             image,
-            image_charge,
+            _image_charge: image_charge,
             fetch_ms,
             decode_ms,
             attempts,
