@@ -258,7 +258,8 @@ fn elasticsearch_rejections_are_dead_lettered_and_the_rest_indexed() {
     // An index that exists already with an older mapping (an operator's, or a previous template
     // version) where `message_id` is an integer: documents whose id is not a number are refused
     // item by item (HTTP 400 inside a 200 bulk answer), the others are indexed.
-    let mut mapping = ocrfleet_worker::es::document::index_template(index)["template"]["mappings"].clone();
+    let mut mapping =
+        ocrfleet_worker::es::document::index_template(index)["template"]["mappings"].clone();
     mapping["properties"]["message_id"] = serde_json::json!({"type": "integer"});
     let (s, body) = blocking_json(
         "PUT",
@@ -296,7 +297,10 @@ fn elasticsearch_rejections_are_dead_lettered_and_the_rest_indexed() {
         assert!(es_get(&nd.es_url(), index, &format!("{}", 100 + i)).is_some());
         assert!(es_get(&nd.es_url(), index, &format!("bad{i}")).is_none());
     }
-    assert!(w.ready(), "item-level rejections are not an infrastructure fault");
+    assert!(
+        w.ready(),
+        "item-level rejections are not an infrastructure fault"
+    );
 }
 
 #[test]
@@ -398,7 +402,11 @@ fn redelivery_without_commit_overwrites_and_never_duplicates() {
         doc["_source"]["source"]["timestamp"].as_i64(),
         "{doc}"
     );
-    assert!(w.log_tail().contains(&format!("indexed {n}")), "{}", w.log_tail());
+    assert!(
+        w.log_tail().contains(&format!("indexed {n}")),
+        "{}",
+        w.log_tail()
+    );
     assert_eq!(lag(&nd.brokers(), group, topic, parts), 0);
 }
 

@@ -57,7 +57,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         c ^= u32::from(b);
         for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -82,11 +86,16 @@ fn claimed_png(w: u32, h: u32, depth: u8, rotate: bool) -> Vec<u8> {
     if rotate {
         // eXIf: big-endian TIFF, one entry, Orientation = 6 (rotate 90).
         let exif = [
-            b'M', b'M', 0, 42, 0, 0, 0, 8, 0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0,
+            b'M', b'M', 0, 42, 0, 0, 0, 8, 0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0,
+            0,
         ];
         chunk(&mut out, b"eXIf", &exif);
     }
-    chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(
+        &mut out,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
     chunk(&mut out, b"IEND", &[]);
     out
 }
@@ -99,9 +108,13 @@ fn produce_tombstone(brokers: &str, topic: &str, partition: i32) {
         .create()
         .unwrap();
     rt().block_on(async {
-        let rec: FutureRecord<'_, str, [u8]> =
-            FutureRecord::to(topic).key("tombstone").partition(partition);
-        p.send(rec, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+        let rec: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
+            .key("tombstone")
+            .partition(partition);
+        p.send(rec, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
     });
 }
 
@@ -113,8 +126,12 @@ fn produce_bytes(brokers: &str, topic: &str, partition: i32, value: &[u8]) {
         .create()
         .unwrap();
     rt().block_on(async {
-        let rec: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).payload(value).partition(partition);
-        p.send(rec, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+        let rec: FutureRecord<'_, str, [u8]> =
+            FutureRecord::to(topic).payload(value).partition(partition);
+        p.send(rec, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
     });
 }
 
@@ -135,33 +152,74 @@ fn poison_records_each_give_one_dead_letter_and_nothing_stalls() {
 
     // (what, expected stage, expected class); a None stage means "indexed".
     let mut expect: Vec<(&str, Option<&str>, &str)> = Vec::new();
-    let mut send = |what: &'static str, stage: Option<&'static str>, class: &'static str, value: &str| {
-        produce(&b, topic, 1, &[value.to_owned()]);
-        expect.push((what, stage, class));
-    };
+    let mut send =
+        |what: &'static str, stage: Option<&'static str>, class: &'static str, value: &str| {
+            produce(&b, topic, 1, &[value.to_owned()]);
+            expect.push((what, stage, class));
+        };
     send("good before", None, "", &srv.url("img/invoice.png"));
-    let long_url = format!("{}?sig={}", srv.url("img/hello.png"), "a".repeat(600 * 1024));
+    let long_url = format!(
+        "{}?sig={}",
+        srv.url("img/hello.png"),
+        "a".repeat(600 * 1024)
+    );
     send("600 KB URL", Some("parse"), "url_too_long", &long_url);
-    send("redirect loop", Some("fetch"), "redirects", &srv.url("loop"));
-    send("10-hop redirect chain", Some("fetch"), "redirects", &srv.url("chain/10"));
+    send(
+        "redirect loop",
+        Some("fetch"),
+        "redirects",
+        &srv.url("loop"),
+    );
+    send(
+        "10-hop redirect chain",
+        Some("fetch"),
+        "redirects",
+        &srv.url("chain/10"),
+    );
     send("slow drip", Some("fetch"), "timeout", &srv.url("drip"));
-    send("lying Content-Length", Some("fetch"), "transfer", &format!("http://{liar}/a.png"));
+    send(
+        "lying Content-Length",
+        Some("fetch"),
+        "transfer",
+        &format!("http://{liar}/a.png"),
+    );
     send("zero-byte 200", Some("decode"), "empty", &srv.url("empty"));
-    send("HTML as image/png", Some("decode"), "unknown_format", &srv.url("html"));
+    send(
+        "HTML as image/png",
+        Some("decode"),
+        "unknown_format",
+        &srv.url("html"),
+    );
     let bomb = srv.put("bomb.png", claimed_png(100_000, 100_000, 8, false));
     send("decompression-bomb PNG", Some("decode"), "too_large", &bomb);
     let big16 = srv.put("big16.png", claimed_png(7200, 7200, 16, true));
-    send("16-bit rotated 52 MP PNG", Some("decode"), "too_large", &big16);
+    send(
+        "16-bit rotated 52 MP PNG",
+        Some("decode"),
+        "too_large",
+        &big16,
+    );
     // A valid 10x10 GIF header, then bytes that are no GIF blocks.
     let mut gif = b"GIF89a\x0a\x00\x0a\x00\x00\x00\x00".to_vec();
     gif.extend((0..2000u32).map(|i| (i * 7919 % 251) as u8));
     let gif = srv.put("garbage.gif", gif);
     send("GIF garbage", Some("decode"), "corrupt", &gif);
     let meta = serde_json::json!({"url": srv.url("img/park.png"), "metadata": {"blob": "x".repeat(50 * 1024)}});
-    send("50 KB of metadata", Some("parse"), "metadata_too_large", &meta.to_string());
+    send(
+        "50 KB of metadata",
+        Some("parse"),
+        "metadata_too_large",
+        &meta.to_string(),
+    );
     let arr = serde_json::json!([srv.url("img/park.png"), "id", {}]).to_string();
     send("JSON array", Some("parse"), "bad_json", &arr);
-    produce_raw_header(&b, topic, 0, &[0xff, 0xfe, b'k'], srv.url("img/park.png").as_bytes());
+    produce_raw_header(
+        &b,
+        topic,
+        0,
+        &[0xff, 0xfe, b'k'],
+        srv.url("img/park.png").as_bytes(),
+    );
     expect.push(("non-UTF-8 header key", Some("parse"), "header_key_not_utf8"));
     produce_tombstone(&b, topic, 0);
     expect.push(("tombstone", Some("parse"), "empty"));
@@ -190,7 +248,11 @@ fn poison_records_each_give_one_dead_letter_and_nothing_stalls() {
         lag(&b, group, topic, 1) == 0
     });
     let again = read_all(&b, "poison.dlq", failing + 1, Duration::from_secs(3));
-    assert_eq!(again.len(), failing, "exactly one dead letter per poison record");
+    assert_eq!(
+        again.len(),
+        failing,
+        "exactly one dead letter per poison record"
+    );
     let by_offset: HashMap<i64, &DlqRecord> = dlq
         .iter()
         .map(|r| (r.headers["ocrfleet.source.offset"].parse().unwrap(), r))
@@ -208,8 +270,16 @@ fn poison_records_each_give_one_dead_letter_and_nothing_stalls() {
                     r.headers["ocrfleet.error.class"],
                     r.headers.contains_key("ocrfleet.dlq.minimal")
                 );
-                assert_eq!(r.headers["ocrfleet.error.stage"], *stage, "{what}: {:?}", r.headers);
-                assert_eq!(r.headers["ocrfleet.error.class"], *class, "{what}: {:?}", r.headers);
+                assert_eq!(
+                    r.headers["ocrfleet.error.stage"], *stage,
+                    "{what}: {:?}",
+                    r.headers
+                );
+                assert_eq!(
+                    r.headers["ocrfleet.error.class"], *class,
+                    "{what}: {:?}",
+                    r.headers
+                );
                 assert!(
                     r.headers["ocrfleet.error.message"].len() <= 1024,
                     "{what}: the error message header is bounded"
@@ -219,12 +289,23 @@ fn poison_records_each_give_one_dead_letter_and_nothing_stalls() {
     }
     // The 600 KB-URL record: the full dead letter was too large, the minimal one arrived.
     let long = by_offset[&1];
-    assert_eq!(long.headers.get("ocrfleet.dlq.minimal").map(String::as_str), Some("true"));
+    assert_eq!(
+        long.headers.get("ocrfleet.dlq.minimal").map(String::as_str),
+        Some("true")
+    );
     assert!(long.value.is_none(), "the minimal record has no value");
     assert_eq!(w.metric("ocrfleet_dead_letters_minimal_total"), 1.0);
     // A redirect loop is one attempt (not retried); the lying server was retried (transfer).
-    assert!(srv.hits("loop") <= 7, "1 request + at most 5 redirects, then refused, not retried: {}", srv.hits("loop"));
-    assert!(w.ready(), "bad records are not infrastructure faults: {:?}", w.readyz());
+    assert!(
+        srv.hits("loop") <= 7,
+        "1 request + at most 5 redirects, then refused, not retried: {}",
+        srv.hits("loop")
+    );
+    assert!(
+        w.ready(),
+        "bad records are not infrastructure faults: {:?}",
+        w.readyz()
+    );
     assert!(w.healthy());
 }
 
@@ -258,24 +339,40 @@ fn elasticsearch_401_for_30s_pauses_the_worker_and_loses_nothing() {
         if status == 503 && body.contains("elasticsearch: down") && body.contains("401") {
             saw_503 = true;
         }
-        assert_eq!(committed(&nd.brokers(), group, topic, parts), 20, "no commit during the fault");
+        assert_eq!(
+            committed(&nd.brokers(), group, topic, parts),
+            20,
+            "no commit during the fault"
+        );
         assert_eq!(w.metric("ocrfleet_messages_dead_lettered_total"), 0.0);
         std::thread::sleep(Duration::from_secs(1));
     }
-    assert!(saw_503, "readyz must say Elasticsearch is down: {:?}", w.readyz());
+    assert!(
+        saw_503,
+        "readyz must say Elasticsearch is down: {:?}",
+        w.readyz()
+    );
     assert!(proxy.failed.load(std::sync::atomic::Ordering::SeqCst) > 0);
-    assert_eq!(w.metric("ocrfleet_component_up{component=\"elasticsearch\"}"), 0.0);
+    assert_eq!(
+        w.metric("ocrfleet_component_up{component=\"elasticsearch\"}"),
+        0.0
+    );
 
     proxy.fail(0);
-    wait_until("everything indexed after the fault", Duration::from_secs(300), || {
-        es_count(&nd.es_url(), index) == Some(40)
-    });
+    wait_until(
+        "everything indexed after the fault",
+        Duration::from_secs(300),
+        || es_count(&nd.es_url(), index) == Some(40),
+    );
     wait_until("committed to the end", Duration::from_secs(60), || {
         lag(&nd.brokers(), group, topic, parts) == 0
     });
     wait_until("ready again", Duration::from_secs(30), || w.ready());
     assert_eq!(w.metric("ocrfleet_messages_dead_lettered_total"), 0.0);
-    assert_eq!(read_all(&nd.brokers(), "es401.dlq", 1, Duration::from_secs(2)).len(), 0);
+    assert_eq!(
+        read_all(&nd.brokers(), "es401.dlq", 1, Duration::from_secs(2)).len(),
+        0
+    );
 }
 
 /// Elasticsearch is stopped for 60 s while messages keep arriving.
@@ -301,17 +398,26 @@ fn elasticsearch_down_60s_holds_commits_and_everything_is_indexed_after_it_retur
     let mut saw_503 = false;
     while t.elapsed() < Duration::from_secs(60) {
         saw_503 |= w.readyz().0 == 503;
-        assert_eq!(committed(&nd.brokers(), group, topic, parts), 20, "no commit during the outage");
+        assert_eq!(
+            committed(&nd.brokers(), group, topic, parts),
+            20,
+            "no commit during the outage"
+        );
         assert_eq!(w.metric("ocrfleet_messages_dead_lettered_total"), 0.0);
         assert!(w.healthy());
         std::thread::sleep(Duration::from_secs(2));
     }
     assert!(saw_503);
-    assert!(w.metric("ocrfleet_messages_consumed_total") >= 40.0, "the second batch was taken");
+    assert!(
+        w.metric("ocrfleet_messages_consumed_total") >= 40.0,
+        "the second batch was taken"
+    );
     nd.start_es();
-    wait_until("everything indexed after the outage", Duration::from_secs(300), || {
-        es_count(&nd.es_url(), index) == Some(40)
-    });
+    wait_until(
+        "everything indexed after the outage",
+        Duration::from_secs(300),
+        || es_count(&nd.es_url(), index) == Some(40),
+    );
     wait_until("committed to the end", Duration::from_secs(60), || {
         lag(&nd.brokers(), group, topic, parts) == 0
     });
@@ -380,9 +486,11 @@ fn an_engine_fault_that_clears_loses_nothing() {
     });
     let during = committed(&nd.brokers(), group, topic, 1);
     assert!(during <= 6, "nothing past the fault is committed: {during}");
-    wait_until("everything indexed after the fault", Duration::from_secs(300), || {
-        es_count(&nd.es_url(), index) == Some(30)
-    });
+    wait_until(
+        "everything indexed after the fault",
+        Duration::from_secs(300),
+        || es_count(&nd.es_url(), index) == Some(30),
+    );
     wait_until("committed to the end", Duration::from_secs(60), || {
         lag(&nd.brokers(), group, topic, 1) == 0
     });
@@ -399,7 +507,11 @@ fn an_engine_that_cannot_recover_ends_the_process_non_zero() {
     let nd = Noida::start("engdead");
     let srv = images_server();
     for (name, fault, extra) in [
-        ("engdeadf", "fail:4:inf", &["--engine-fault-timeout", "10s"][..]),
+        (
+            "engdeadf",
+            "fail:4:inf",
+            &["--engine-fault-timeout", "10s"][..],
+        ),
         ("engdeadx", "exit:4", &[][..]),
     ] {
         let (group, index) = (format!("g-{name}"), format!("{name}-idx"));
@@ -410,13 +522,27 @@ fn an_engine_that_cannot_recover_ends_the_process_non_zero() {
         args.extend_from_slice(extra);
         let mut w = Worker::start(&nd.brokers(), &nd.es_url(), name, &group, &index, &args);
         let code = w.wait(Duration::from_secs(180));
-        assert_ne!(code, 0, "{fault}: must exit non-zero; log:\n{}", w.log_tail());
+        assert_ne!(
+            code,
+            0,
+            "{fault}: must exit non-zero; log:\n{}",
+            w.log_tail()
+        );
         let indexed = es_count(&nd.es_url(), &index).unwrap_or(0) as i64;
         let done = committed(&nd.brokers(), &group, name, 1);
-        assert!(done <= indexed, "{fault}: committed {done} but only {indexed} indexed");
+        assert!(
+            done <= indexed,
+            "{fault}: committed {done} but only {indexed} indexed"
+        );
         assert!(done < 16, "{fault}: the rest is left for the next process");
         assert_eq!(
-            read_all(&nd.brokers(), &format!("{name}.dlq"), 1, Duration::from_secs(2)).len(),
+            read_all(
+                &nd.brokers(),
+                &format!("{name}.dlq"),
+                1,
+                Duration::from_secs(2)
+            )
+            .len(),
             0,
             "{fault}: no dead letters"
         );
@@ -439,7 +565,9 @@ fn ten_kill_9s_of_one_of_two_workers_lose_nothing_tansu() {
     create_topic(&brokers, "kill9.dlq", 1);
     // One small image for all, so that 2 000 messages fit a CI run on two cores.
     let values: Vec<String> = (0..n)
-        .map(|i| serde_json::json!({"url": srv.url("img/hello.png"), "id": format!("k-{i}")}).to_string())
+        .map(|i| {
+            serde_json::json!({"url": srv.url("img/hello.png"), "id": format!("k-{i}")}).to_string()
+        })
         .collect();
     produce(&brokers, topic, parts, &values);
     let extra = ["--max-messages", "50", "--ocr-batch", "16"];
@@ -461,21 +589,35 @@ fn ten_kill_9s_of_one_of_two_workers_lose_nothing_tansu() {
         workers[victim] = start(kills);
     }
     println!("{kills} kills before the end");
-    assert!(kills >= 5, "the run was long enough to kill at least 5 times");
+    assert!(
+        kills >= 5,
+        "the run was long enough to kill at least 5 times"
+    );
     wait_until("everything indexed", Duration::from_secs(900), || {
         es_count(&nd.es_url(), index) == Some(n as u64)
     });
-    wait_until("commits at the high watermark", Duration::from_secs(180), || {
-        committed_and_high(&brokers, group, topic, parts)
-            .iter()
-            .all(|(c, h)| c == h)
-    });
+    wait_until(
+        "commits at the high watermark",
+        Duration::from_secs(180),
+        || {
+            committed_and_high(&brokers, group, topic, parts)
+                .iter()
+                .all(|(c, h)| c == h)
+        },
+    );
     let ids: HashSet<String> = (0..n).map(|i| format!("k-{i}")).collect();
     for id in ids.iter().step_by(97) {
         assert!(es_get(&nd.es_url(), index, id).is_some(), "{id} is indexed");
     }
-    assert_eq!(es_count(&nd.es_url(), index), Some(ids.len() as u64), "no duplicates");
-    assert_eq!(read_all(&brokers, "kill9.dlq", 1, Duration::from_secs(2)).len(), 0);
+    assert_eq!(
+        es_count(&nd.es_url(), index),
+        Some(ids.len() as u64),
+        "no duplicates"
+    );
+    assert_eq!(
+        read_all(&brokers, "kill9.dlq", 1, Duration::from_secs(2)).len(),
+        0
+    );
 }
 
 /// Read-ahead is bounded in messages: with chunks of 20 (so at most 40 in flight), the worker
@@ -489,7 +631,9 @@ fn read_ahead_is_bounded_and_commits_follow_the_work() {
     create_topic(&nd.brokers(), topic, 1);
     create_topic(&nd.brokers(), "bound.dlq", 1);
     let values: Vec<String> = (0..n)
-        .map(|i| serde_json::json!({"url": srv.url("img/hello.png"), "id": format!("b-{i}")}).to_string())
+        .map(|i| {
+            serde_json::json!({"url": srv.url("img/hello.png"), "id": format!("b-{i}")}).to_string()
+        })
         .collect();
     produce(&nd.brokers(), topic, 1, &values);
     let w = Worker::start(
@@ -515,7 +659,9 @@ fn read_ahead_is_bounded_and_commits_follow_the_work() {
     // 40 in flight, plus what one poll returns after the pause takes effect.
     assert!(max_gap <= 60.0, "read-ahead went to {max_gap} messages");
     assert!(max_behind <= 60, "commits trailed by {max_behind} messages");
-    wait_until("lag 0", Duration::from_secs(60), || lag(&nd.brokers(), group, topic, 1) == 0);
+    wait_until("lag 0", Duration::from_secs(60), || {
+        lag(&nd.brokers(), group, topic, 1) == 0
+    });
 }
 
 /// An older record for an id (reordered, or a stale worker after an outage) cannot overwrite the
@@ -528,7 +674,10 @@ fn an_older_record_never_overwrites_a_newer_document() {
     let (topic, group, index) = ("order", "g-order", "order-idx");
     create_topic(&nd.brokers(), topic, 2);
     create_topic(&nd.brokers(), "order.dlq", 1);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let newer = serde_json::json!({"url": srv.url("img/park.png"), "id": "same"}).to_string();
     let older = serde_json::json!({"url": srv.url("img/lake.png"), "id": "same"}).to_string();
     produce_at(&nd.brokers(), topic, 0, &newer, now);
@@ -541,10 +690,18 @@ fn an_older_record_never_overwrites_a_newer_document() {
         w.metric("ocrfleet_messages_superseded_total") == 1.0
     });
     let doc = es_get(&nd.es_url(), index, "same").unwrap();
-    assert!(doc["_source"]["url"].as_str().unwrap().ends_with("park.png"), "{doc}");
+    assert!(
+        doc["_source"]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("park.png"),
+        "{doc}"
+    );
     assert_eq!(doc["_version"].as_i64(), Some(now));
     assert_eq!(w.metric("ocrfleet_messages_dead_lettered_total"), 0.0);
-    wait_until("lag 0", Duration::from_secs(60), || lag(&nd.brokers(), group, topic, 2) == 0);
+    wait_until("lag 0", Duration::from_secs(60), || {
+        lag(&nd.brokers(), group, topic, 2) == 0
+    });
 }
 
 /// A missing dead-letter topic is found at start, with a message that says what to do.
@@ -553,7 +710,14 @@ fn a_missing_dead_letter_topic_fails_fast() {
     let _g = serial();
     let nd = Noida::start("nodlq");
     create_topic(&nd.brokers(), "nodlq", 1);
-    let mut w = Worker::start(&nd.brokers(), &nd.es_url(), "nodlq", "g-nodlq", "nodlq-idx", &[]);
+    let mut w = Worker::start(
+        &nd.brokers(),
+        &nd.es_url(),
+        "nodlq",
+        "g-nodlq",
+        "nodlq-idx",
+        &[],
+    );
     let code = w.wait(Duration::from_secs(60));
     assert_ne!(code, 0);
     let log = std::fs::read_to_string(&w.log).unwrap();

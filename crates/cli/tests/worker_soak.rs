@@ -33,7 +33,11 @@ fn with_exif_rotation(png: &[u8]) -> Vec<u8> {
         for &b in bytes {
             c ^= u32::from(b);
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
         }
         !c
@@ -81,7 +85,10 @@ fn slope(samples: &[(f64, u64)]) -> f64 {
 #[ignore = "long: run by hand, see the module doc"]
 fn soak() {
     let _g = serial();
-    let n: usize = std::env::var("SOAK_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let n: usize = std::env::var("SOAK_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let nd = Noida::start("soak");
     let srv = ImageServer::start(repo_root().join("tests/fixtures/worker"));
     // A tiny image: 64x24, a dark bar on white (one detected box, one short recognition).
@@ -101,8 +108,11 @@ fn soak() {
         .map(|i| serde_json::json!({"url": url, "id": format!("s-{i}")}).to_string())
         .collect();
     produce_many(&nd.brokers(), topic, parts, &values);
-    println!("produced {n} messages in {:.1} s", t.elapsed().as_secs_f64());
-    let w = Worker::start(&nd.brokers(), &nd.es_url(), topic, group, index, &["--threads", "2"]);
+    println!(
+        "produced {n} messages in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let w = Worker::start(&nd.brokers(), &nd.es_url(), topic, group, index, &[]);
     let pid = w.child.id();
     let t0 = Instant::now();
     let mut samples: Vec<(f64, u64)> = Vec::new();
@@ -123,7 +133,10 @@ fn soak() {
         if done >= n as i64 {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(7200), "soak did not finish");
+        assert!(
+            t0.elapsed() < Duration::from_secs(7200),
+            "soak did not finish"
+        );
         std::thread::sleep(Duration::from_secs(2));
     }
     let wall = first.unwrap().elapsed().as_secs_f64();
@@ -174,7 +187,7 @@ fn memory_under_large_16_bit_images() {
         topic,
         group,
         index,
-        &["--memory-budget", "1GiB", "--fetch-concurrency", "64", "--threads", "2"],
+        &["--memory-budget", "1GiB", "--fetch-concurrency", "64"],
     );
     let t = Instant::now();
     wait_until("all indexed", Duration::from_secs(1800), || {
@@ -186,5 +199,8 @@ fn memory_under_large_16_bit_images() {
         peak as f64 / 1048576.0,
         t.elapsed().as_secs_f64()
     );
-    assert!(peak < 2 << 30, "peak RSS {peak} over budget + 1 GiB of engine and runtime");
+    assert!(
+        peak < 2 << 30,
+        "peak RSS {peak} over budget + 1 GiB of engine and runtime"
+    );
 }

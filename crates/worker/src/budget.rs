@@ -60,7 +60,9 @@ impl Budget {
 impl Charge {
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
-        self.permit.as_ref().map_or(0, |p| p.num_permits() as u64 * 1024)
+        self.permit
+            .as_ref()
+            .map_or(0, |p| p.num_permits() as u64 * 1024)
     }
 
     /// Gives back everything above `bytes`.

@@ -150,7 +150,10 @@ mod tests {
         assert_eq!(truncate("short", 10), "short");
         assert_eq!(truncate("abcdefghij", 8), "abcde...");
         let t = truncate("发票发票发票", 8); // 3 bytes per character
-        assert!(t.len() <= 8 && t.starts_with("发") && t.ends_with("..."), "{t}");
+        assert!(
+            t.len() <= 8 && t.starts_with("发") && t.ends_with("..."),
+            "{t}"
+        );
     }
 
     #[test]

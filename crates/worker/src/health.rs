@@ -77,7 +77,12 @@ impl Health {
     }
 
     /// Reports a fault of `component` seen by `source`.
-    pub fn fault(&self, component: Component, source: &'static str, reason: impl std::fmt::Display) {
+    pub fn fault(
+        &self,
+        component: Component,
+        source: &'static str,
+        reason: impl std::fmt::Display,
+    ) {
         let reason = truncate(&reason.to_string(), 500);
         self.count.with_label_values(&[component.as_str()]).inc();
         let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());

@@ -117,13 +117,20 @@ pub async fn run(
         superseded: metrics.superseded.get(),
         dead_lettered: Stage::ALL
             .iter()
-            .map(|s| (*s, metrics.dead_lettered.with_label_values(&[s.as_str()]).get()))
+            .map(|s| {
+                (
+                    *s,
+                    metrics.dead_lettered.with_label_values(&[s.as_str()]).get(),
+                )
+            })
             .collect(),
         wall: started.elapsed(),
     };
     match &result {
         Ok(()) => tracing::info!("worker stopped: {summary}"),
-        Err(e) => tracing::error!(error = %format!("{e:#}"), "worker stopped on a fatal fault: {summary}"),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "worker stopped on a fatal fault: {summary}")
+        }
     }
     result.map(|()| summary)
 }

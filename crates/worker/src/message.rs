@@ -66,7 +66,6 @@ impl ParseError {
     }
 }
 
-
 /// Parses a message value per the contract above.
 pub fn parse(value: Option<&[u8]>) -> Result<Request, ParseError> {
     let value = value.filter(|v| !v.is_empty()).ok_or(ParseError::Empty)?;
@@ -182,12 +181,21 @@ mod tests {
     #[test]
     fn size_limits() {
         let long = format!("https://x/{}", "a".repeat(MAX_URL_BYTES));
-        assert_eq!(parse(Some(long.as_bytes())).unwrap_err().class(), "url_too_long");
-        let json = serde_json::json!({"url": long}).to_string();
-        assert_eq!(parse(Some(json.as_bytes())).unwrap_err().class(), "url_too_long");
-        let meta = serde_json::json!({"url": "http://x/a.png", "metadata": {"k": "v".repeat(50_000)}});
         assert_eq!(
-            parse(Some(meta.to_string().as_bytes())).unwrap_err().class(),
+            parse(Some(long.as_bytes())).unwrap_err().class(),
+            "url_too_long"
+        );
+        let json = serde_json::json!({"url": long}).to_string();
+        assert_eq!(
+            parse(Some(json.as_bytes())).unwrap_err().class(),
+            "url_too_long"
+        );
+        let meta =
+            serde_json::json!({"url": "http://x/a.png", "metadata": {"k": "v".repeat(50_000)}});
+        assert_eq!(
+            parse(Some(meta.to_string().as_bytes()))
+                .unwrap_err()
+                .class(),
             "metadata_too_large"
         );
         let ok = serde_json::json!({"url": "http://x/a.png", "metadata": {"k": "v".repeat(1000)}});

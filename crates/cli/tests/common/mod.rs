@@ -118,12 +118,20 @@ impl Noida {
 
     pub fn stop_kafka(&self) {
         let out = self.cmd(&["stop", "kafka"]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn start_kafka(&self) {
         let out = self.cmd(&["start", "kafka"]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn stop_es(&self) {
@@ -344,7 +352,9 @@ pub fn produce_many(brokers: &str, topic: &str, partitions: i32, values: &[Strin
             let sends = vals.iter().enumerate().map(|(i, v)| {
                 let part = ((c * 10_000 + i) as i32) % partitions;
                 p.send(
-                    FutureRecord::<str, str>::to(topic).payload(v.as_str()).partition(part),
+                    FutureRecord::<str, str>::to(topic)
+                        .payload(v.as_str())
+                        .partition(part),
                     Duration::from_secs(60),
                 )
             });
@@ -558,7 +568,8 @@ impl ImageServer {
                         let b = std::fs::read(s.dir.join("hello.png")).unwrap_or_default();
                         return b.into_response();
                     }
-                    axum::response::Redirect::temporary(&format!("/chain/{}", n - 1)).into_response()
+                    axum::response::Redirect::temporary(&format!("/chain/{}", n - 1))
+                        .into_response()
                 }),
             )
             .route(
@@ -627,7 +638,9 @@ pub fn lying_server() -> SocketAddr {
             let Ok(mut c) = conn else { continue };
             let mut buf = [0u8; 4096];
             let _ = c.read(&mut buf);
-            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n");
+            let _ = c.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n",
+            );
             let _ = c.write_all(&[0x89; 100]);
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
@@ -669,14 +682,30 @@ impl EsProxy {
                 s.failed.fetch_add(1, Ordering::SeqCst);
                 let status = axum::http::StatusCode::from_u16(fail).unwrap();
                 let json = serde_json::json!({"error": {"type": "security_exception", "reason": format!("injected failure {fail}")}, "status": fail});
-                return (status, [(axum::http::header::CONTENT_TYPE, "application/json")], json.to_string()).into_response();
+                return (
+                    status,
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    json.to_string(),
+                )
+                    .into_response();
             }
             if body.len() > s.max_body.load(Ordering::SeqCst) {
                 s.failed.fetch_add(1, Ordering::SeqCst);
                 return axum::http::StatusCode::PAYLOAD_TOO_LARGE.into_response();
             }
-            let url = format!("{}{}", s.upstream, parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
-            let mut r = s.client.request(parts.method.clone(), url).body(body.to_vec());
+            let url = format!(
+                "{}{}",
+                s.upstream,
+                parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/")
+            );
+            let mut r = s
+                .client
+                .request(parts.method.clone(), url)
+                .body(body.to_vec());
             for (k, v) in &parts.headers {
                 if k != axum::http::header::HOST && k != axum::http::header::CONTENT_LENGTH {
                     r = r.header(k, v);
@@ -686,11 +715,14 @@ impl EsProxy {
                 Ok(resp) => {
                     let mut b = Response::builder().status(resp.status().as_u16());
                     for (k, v) in resp.headers() {
-                        if k != axum::http::header::CONTENT_LENGTH && k != axum::http::header::TRANSFER_ENCODING {
+                        if k != axum::http::header::CONTENT_LENGTH
+                            && k != axum::http::header::TRANSFER_ENCODING
+                        {
                             b = b.header(k, v);
                         }
                     }
-                    b.body(Body::from(resp.bytes().await.unwrap_or_default())).unwrap()
+                    b.body(Body::from(resp.bytes().await.unwrap_or_default()))
+                        .unwrap()
                 }
                 Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
             }
@@ -728,7 +760,13 @@ impl EsProxy {
 
 /// Produces one record whose header key is the raw bytes `header_key` (rdkafka's Rust API only
 /// takes `&str` keys, so this goes through librdkafka's C API).
-pub fn produce_raw_header(brokers: &str, topic: &str, partition: i32, header_key: &[u8], value: &[u8]) {
+pub fn produce_raw_header(
+    brokers: &str,
+    topic: &str,
+    partition: i32,
+    header_key: &[u8],
+    value: &[u8],
+) {
     use rdkafka::bindings as rd;
     use rdkafka::producer::{BaseProducer, Producer};
     let p: BaseProducer = ClientConfig::new()
@@ -896,7 +934,8 @@ impl Worker {
 
     /// Peak resident memory of the worker (VmHWM), in bytes.
     pub fn peak_rss(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         s.lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
@@ -905,7 +944,10 @@ impl Worker {
 
     /// Whether the process has exited.
     pub fn exited(&mut self) -> Option<i32> {
-        self.child.try_wait().unwrap().map(|s| s.code().unwrap_or(-1))
+        self.child
+            .try_wait()
+            .unwrap()
+            .map(|s| s.code().unwrap_or(-1))
     }
 
     pub fn sigterm(&self) {

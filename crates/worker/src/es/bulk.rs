@@ -117,7 +117,9 @@ pub fn classify(status: Result<u16, String>, body: &[u8], n: usize) -> RequestOu
             .map(|i| {
                 // The action key is "index" (or "create"/"update"); take whichever is there.
                 let Some(item) = resp.items.get(i).and_then(|m| m.values().next()) else {
-                    return ItemOutcome::Retry("no result for this item in the bulk response".into());
+                    return ItemOutcome::Retry(
+                        "no result for this item in the bulk response".into(),
+                    );
                 };
                 let err = item.error.as_ref();
                 let kind = err.map(|e| e.kind.clone()).unwrap_or_default();
@@ -126,7 +128,9 @@ pub fn classify(status: Result<u16, String>, body: &[u8], n: usize) -> RequestOu
                     200..=299 => ItemOutcome::Indexed,
                     409 if kind == "version_conflict_engine_exception" => ItemOutcome::Superseded,
                     429 => ItemOutcome::Retry(format!("item 429 {kind}: {reason}")),
-                    s if s >= 500 || s == 0 => ItemOutcome::Retry(format!("item {s} {kind}: {reason}")),
+                    s if s >= 500 || s == 0 => {
+                        ItemOutcome::Retry(format!("item {s} {kind}: {reason}"))
+                    }
                     s => ItemOutcome::Rejected {
                         status: s,
                         kind,
@@ -161,7 +165,9 @@ pub fn plan(sizes: &[usize], max_docs: usize, max_bytes: usize) -> Vec<std::ops:
 /// The action line of one document.
 pub fn action_line(id: &str, version: Option<i64>) -> Vec<u8> {
     let a = match version {
-        Some(v) => serde_json::json!({"index": {"_id": id, "version": v.max(0), "version_type": "external_gte"}}),
+        Some(v) => {
+            serde_json::json!({"index": {"_id": id, "version": v.max(0), "version_type": "external_gte"}})
+        }
         None => serde_json::json!({"index": {"_id": id}}),
     };
     serde_json::to_vec(&a).expect("JSON of strings and numbers")
@@ -198,16 +204,31 @@ mod tests {
         assert!(matches!(r[3], ItemOutcome::Retry(_)));
         assert_eq!(r[4], ItemOutcome::Superseded);
         assert!(matches!(r[5], ItemOutcome::Rejected { status: 409, .. }));
-        assert!(matches!(r[6], ItemOutcome::Retry(_)), "missing item result is retried");
+        assert!(
+            matches!(r[6], ItemOutcome::Retry(_)),
+            "missing item result is retried"
+        );
     }
 
     #[test]
     fn request_level_failures_are_never_rejections() {
         for (status, body) in [
-            (401, json!({"error": {"type": "security_exception", "reason": "unable to authenticate with provided credentials"}, "status": 401})),
-            (403, json!({"error": {"type": "security_exception", "reason": "action [indices:data/write/bulk] is unauthorized"}})),
-            (404, json!({"error": {"type": "index_not_found_exception", "reason": "no such index [ocr]"}})),
-            (400, json!({"error": {"type": "illegal_argument_exception", "reason": "bad request"}})),
+            (
+                401,
+                json!({"error": {"type": "security_exception", "reason": "unable to authenticate with provided credentials"}, "status": 401}),
+            ),
+            (
+                403,
+                json!({"error": {"type": "security_exception", "reason": "action [indices:data/write/bulk] is unauthorized"}}),
+            ),
+            (
+                404,
+                json!({"error": {"type": "index_not_found_exception", "reason": "no such index [ocr]"}}),
+            ),
+            (
+                400,
+                json!({"error": {"type": "illegal_argument_exception", "reason": "bad request"}}),
+            ),
             (429, json!({})),
             (503, json!({"error": "service unavailable"})),
             (502, json!(null)),
@@ -217,7 +238,11 @@ mod tests {
                 other => panic!("HTTP {status} must be an infrastructure fault, got {other:?}"),
             }
         }
-        let RequestOutcome::Infra(m) = classify(Ok(401), br#"{"error":{"type":"security_exception","reason":"expired"}}"#, 1) else {
+        let RequestOutcome::Infra(m) = classify(
+            Ok(401),
+            br#"{"error":{"type":"security_exception","reason":"expired"}}"#,
+            1,
+        ) else {
             panic!()
         };
         assert!(m.contains("security_exception: expired"), "{m}");
@@ -225,7 +250,10 @@ mod tests {
             classify(Err("connection refused".into()), b"", 2),
             RequestOutcome::Infra(_)
         ));
-        assert!(matches!(classify(Ok(200), b"<html>proxy</html>", 1), RequestOutcome::Infra(_)));
+        assert!(matches!(
+            classify(Ok(200), b"<html>proxy</html>", 1),
+            RequestOutcome::Infra(_)
+        ));
     }
 
     #[test]
@@ -245,7 +273,10 @@ mod tests {
     #[test]
     fn action_lines_carry_the_external_version() {
         let a: serde_json::Value = serde_json::from_slice(&action_line("x", Some(1700))).unwrap();
-        assert_eq!(a, json!({"index": {"_id": "x", "version": 1700, "version_type": "external_gte"}}));
+        assert_eq!(
+            a,
+            json!({"index": {"_id": "x", "version": 1700, "version_type": "external_gte"}})
+        );
         let a: serde_json::Value = serde_json::from_slice(&action_line("x", None)).unwrap();
         assert_eq!(a, json!({"index": {"_id": "x"}}));
     }

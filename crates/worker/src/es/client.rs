@@ -174,6 +174,9 @@ mod tests {
             "https://es.example:9200/"
         );
         let shown = display_url("http://user:secret@[::1]:9200");
-        assert!(!shown.contains("secret") && !shown.contains("user"), "{shown}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("user"),
+            "{shown}"
+        );
     }
 }

@@ -196,7 +196,10 @@ mod tests {
         let props = &t["template"]["mappings"]["properties"];
         assert!(paths.len() >= 25, "{paths:?}");
         for p in &paths {
-            assert!(mapped(props, p), "{p} is not in the index template's mapping");
+            assert!(
+                mapped(props, p),
+                "{p} is not in the index template's mapping"
+            );
         }
         // And the check can fail.
         assert!(!mapped(props, "nope"));

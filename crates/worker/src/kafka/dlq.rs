@@ -106,11 +106,7 @@ impl DeadLetter {
         h
     }
 
-    async fn produce(
-        &self,
-        f: &Failure,
-        minimal: bool,
-    ) -> Result<(), KafkaError> {
+    async fn produce(&self, f: &Failure, minimal: bool) -> Result<(), KafkaError> {
         let e = &f.envelope;
         let mut h = OwnedHeaders::new();
         if !minimal {
@@ -160,9 +156,12 @@ impl DeadLetter {
             Ok(()) => Sent::Full,
             Err(e) if is_too_large(&e) => {
                 tracing::warn!(partition = f.envelope.partition, offset = f.envelope.offset, bytes = f.envelope.size(), error = %e, "dead letter too large for Kafka; sending a minimal one (headers only)");
-                self.produce(f, true)
-                    .await
-                    .map_err(|e| format!("dead-letter topic {:?} refused even the minimal record: {e}", self.topic))?;
+                self.produce(f, true).await.map_err(|e| {
+                    format!(
+                        "dead-letter topic {:?} refused even the minimal record: {e}",
+                        self.topic
+                    )
+                })?;
                 self.metrics.dead_letters_minimal.inc();
                 Sent::Minimal
             }

@@ -29,7 +29,8 @@ pub fn raw_headers(m: &BorrowedMessage<'_>) -> Vec<RawHeader> {
     for idx in 0..n {
         let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
         // SAFETY: idx < count; librdkafka fills the three out-pointers with data it owns.
-        let err = unsafe { rd::rd_kafka_header_get_all(hdrs, idx, &mut name, &mut value, &mut size) };
+        let err =
+            unsafe { rd::rd_kafka_header_get_all(hdrs, idx, &mut name, &mut value, &mut size) };
         if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
             continue;
         }

@@ -58,8 +58,11 @@ impl ClientContext for SourceContext {
                 self.health.clear(Component::Broker, source);
             }
         } else {
-            self.health
-                .fault(Component::Broker, "connection", "no Kafka broker connection is up");
+            self.health.fault(
+                Component::Broker,
+                "connection",
+                "no Kafka broker connection is up",
+            );
         }
         if let Some(t) = stats.topics.get(&self.topic) {
             for (p, s) in &t.partitions {
@@ -247,9 +250,7 @@ pub fn run(
             ctx.state().on_done(d);
         }
         commit_finished(&consumer, &topic, CommitMode::Async);
-        ctx.metrics
-            .in_flight
-            .set(ctx.state().in_flight() as i64);
+        ctx.metrics.in_flight.set(ctx.state().in_flight() as i64);
 
         // Pause or resume: read-ahead bound, infrastructure faults.
         let want = ctx.state().wants_pause(ctx.health.intake_blocked()) && stop_deadline.is_none();
@@ -323,7 +324,11 @@ fn set_paused(consumer: &BaseConsumer<SourceContext>, pause: bool) {
             consumer.resume(&assignment)
         };
         match r {
-            Ok(()) => tracing::debug!(pause, partitions = assignment.count(), "intake paused/resumed"),
+            Ok(()) => tracing::debug!(
+                pause,
+                partitions = assignment.count(),
+                "intake paused/resumed"
+            ),
             Err(e) => tracing::warn!(error = %e, pause, "pause/resume failed"),
         }
     }

@@ -212,7 +212,11 @@ mod tests {
             s.on_message(e, t0);
         }
         assert_eq!(s.close_chunk_if_due(t0), None, "2 of 3, no linger yet");
-        assert_eq!(s.close_chunk_if_due(t0 + Duration::from_millis(100)), Some(2), "linger");
+        assert_eq!(
+            s.close_chunk_if_due(t0 + Duration::from_millis(100)),
+            Some(2),
+            "linger"
+        );
         assert_eq!(s.take_pending().map(|c| c.len()), Some(2));
         for o in 2..5 {
             let e = env(&mut s, 0, o);
@@ -256,7 +260,10 @@ mod tests {
         for d in &dones[..5] {
             s.on_done(*d);
         }
-        assert!(s.wants_pause(false), "15 in flight: not yet a chunk below the bound");
+        assert!(
+            s.wants_pause(false),
+            "15 in flight: not yet a chunk below the bound"
+        );
         for d in &dones[5..10] {
             s.on_done(*d);
         }
@@ -291,7 +298,10 @@ mod tests {
     fn idle_needs_no_work_and_a_quiet_period() {
         let mut s = SourceState::new(limits(1, 5));
         let t0 = Instant::now();
-        assert!(!s.idle_for(Duration::from_secs(1), t0), "never saw a message");
+        assert!(
+            !s.idle_for(Duration::from_secs(1), t0),
+            "never saw a message"
+        );
         let e = env(&mut s, 0, 0);
         let d = e.done();
         s.on_message(e, t0);

@@ -63,7 +63,10 @@ pub async fn es_probe(es: EsClient, health: std::sync::Arc<Health>) {
 }
 
 /// Checks the engine thread every second: a worker whose engine is gone must not stay up.
-pub async fn engine_watch(engine: EngineHandle, health: std::sync::Arc<Health>) -> anyhow::Result<()> {
+pub async fn engine_watch(
+    engine: EngineHandle,
+    health: std::sync::Arc<Health>,
+) -> anyhow::Result<()> {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if !engine.is_alive() {

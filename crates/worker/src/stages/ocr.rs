@@ -58,7 +58,12 @@ pub async fn ocr_stage(
             .observe(t.elapsed().as_secs_f64());
         for (ready, result) in batch.into_iter().zip(results) {
             let outcome = match result {
-                Ok(text) => Outcome::Doc(Box::new(document(&cfg, engine.model_version(), ready, text))),
+                Ok(text) => Outcome::Doc(Box::new(document(
+                    &cfg,
+                    engine.model_version(),
+                    ready,
+                    text,
+                ))),
                 Err(e) => {
                     let stage = if e.is_input_error() {
                         Stage::Decode
@@ -160,7 +165,8 @@ fn document(cfg: &WorkerConfig, model: &str, r: Ready, text: ImageText) -> Docum
         .map(|(k, v)| {
             (
                 String::from_utf8_lossy(k).into_owned(),
-                v.as_deref().map(|v| String::from_utf8_lossy(v).into_owned()),
+                v.as_deref()
+                    .map(|v| String::from_utf8_lossy(v).into_owned()),
             )
         })
         .collect();

@@ -66,7 +66,12 @@ async fn prepare(
     }
     let request = match message::parse(envelope.value.as_deref()) {
         Ok(r) => r,
-        Err(e) => return Err(fail(envelope, Rejection::new(Stage::Parse, e.class(), e.to_string()))),
+        Err(e) => {
+            return Err(fail(
+                envelope,
+                Rejection::new(Stage::Parse, e.class(), e.to_string()),
+            ))
+        }
     };
     let t = Instant::now();
     let fetched = match fetcher.fetch(&request.url).await {

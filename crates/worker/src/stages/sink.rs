@@ -102,7 +102,10 @@ impl<B: BulkApi> Indexer<B> {
             if group.is_empty() {
                 continue;
             }
-            let ndjson: Vec<u8> = group.iter().flat_map(|&i| lines[i].iter().copied()).collect();
+            let ndjson: Vec<u8> = group
+                .iter()
+                .flat_map(|&i| lines[i].iter().copied())
+                .collect();
             let (status, body) = self.api.bulk(ndjson, group.len()).await;
             let fault = match bulk::classify(status, &body, group.len()) {
                 RequestOutcome::Items(items) => {
@@ -157,7 +160,10 @@ impl<B: BulkApi> Indexer<B> {
                     let half = group.len() / 2;
                     queue.push_front(group[half..].to_vec());
                     queue.push_front(group[..half].to_vec());
-                    tracing::info!(docs = group.len(), "bulk request too large (HTTP 413); splitting it");
+                    tracing::info!(
+                        docs = group.len(),
+                        "bulk request too large (HTTP 413); splitting it"
+                    );
                     None
                 }
                 RequestOutcome::Infra(reason) => {
@@ -297,7 +303,12 @@ mod tests {
     impl Canned {
         fn new(answers: Vec<(Result<u16, String>, serde_json::Value)>) -> Canned {
             Canned {
-                answers: Mutex::new(answers.into_iter().map(|(s, b)| (s, b.to_string())).collect()),
+                answers: Mutex::new(
+                    answers
+                        .into_iter()
+                        .map(|(s, b)| (s, b.to_string()))
+                        .collect(),
+                ),
                 seen: Mutex::new(Vec::new()),
             }
         }
@@ -377,8 +388,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_expired_key_is_retried_never_rejected_and_clears_when_fixed() {
         let api = Canned::new(vec![
-            (Ok(401), serde_json::json!({"error": {"type": "security_exception", "reason": "api key expired"}})),
-            (Ok(401), serde_json::json!({"error": {"type": "security_exception", "reason": "api key expired"}})),
+            (
+                Ok(401),
+                serde_json::json!({"error": {"type": "security_exception", "reason": "api key expired"}}),
+            ),
+            (
+                Ok(401),
+                serde_json::json!({"error": {"type": "security_exception", "reason": "api key expired"}}),
+            ),
             (Err("connection refused".into()), serde_json::Value::Null),
             (Ok(200), ok_items(3)),
         ]);
@@ -389,8 +406,15 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         let w = ix.write(&docs, |_| true).await;
         assert_eq!(w, vec![Written::Indexed; 3]);
-        assert_eq!(*api.seen.lock().unwrap(), vec![3, 3, 3, 3], "the same request, resent");
-        assert!(t0.elapsed() >= Duration::from_millis(300), "backed off between tries");
+        assert_eq!(
+            *api.seen.lock().unwrap(),
+            vec![3, 3, 3, 3],
+            "the same request, resent"
+        );
+        assert!(
+            t0.elapsed() >= Duration::from_millis(300),
+            "backed off between tries"
+        );
         assert!(health.ready(), "cleared after the successful request");
     }
 
@@ -431,7 +455,9 @@ mod tests {
         let w = ix.write(&docs, |_| true).await;
         assert_eq!(*api.seen.lock().unwrap(), vec![4, 2, 1, 1, 2]);
         assert_eq!(w[0], Written::Indexed);
-        assert!(matches!(&w[1], Written::Rejected(r) if r.class == "too_large" && r.stage == Stage::Index));
+        assert!(
+            matches!(&w[1], Written::Rejected(r) if r.class == "too_large" && r.stage == Stage::Index)
+        );
         assert_eq!(&w[2..], &[Written::Indexed, Written::Indexed]);
     }
 
@@ -453,7 +479,11 @@ mod tests {
         let ix = indexer(&api, health);
         let docs: Vec<Document> = (0..4).map(doc).collect();
         let w = ix.write(&docs, |_| true).await;
-        assert_eq!(*api.seen.lock().unwrap(), vec![4, 1], "only the 429 item is resent");
+        assert_eq!(
+            *api.seen.lock().unwrap(),
+            vec![4, 1],
+            "only the 429 item is resent"
+        );
         assert_eq!(w[0], Written::Indexed);
         assert_eq!(w[1], Written::Superseded);
         assert!(matches!(&w[2], Written::Rejected(r) if r.class == "mapper_parsing_exception"));
