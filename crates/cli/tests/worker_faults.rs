@@ -16,24 +16,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 
-fn images_server() -> ImageServer {
-    ImageServer::start(repo_root().join("tests/fixtures/worker"))
-}
-
-fn lag(brokers: &str, group: &str, topic: &str, parts: i32) -> i64 {
-    committed_and_high(brokers, group, topic, parts)
-        .iter()
-        .map(|(c, h)| h - c)
-        .sum()
-}
-
-fn committed(brokers: &str, group: &str, topic: &str, parts: i32) -> i64 {
-    committed_and_high(brokers, group, topic, parts)
-        .iter()
-        .map(|(c, _)| c)
-        .sum()
-}
-
 /// `n` good messages with ids `{tag}-{i}`, cycling through the worker fixtures.
 fn messages(srv: &ImageServer, n: usize, tag: &str) -> Vec<String> {
     const IMGS: [&str; 6] = [
@@ -52,19 +34,49 @@ fn messages(srv: &ImageServer, n: usize, tag: &str) -> Vec<String> {
         .collect()
 }
 
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut c = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        c ^= u32::from(b);
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-        }
-    }
-    !c
+/// Creates `topic` (group `g-{topic}`, index `{topic}-idx`) and its dead-letter topic, produces
+/// 20 messages, starts a worker that indexes into Elasticsearch at `es`, and waits until they
+/// are indexed and committed.
+fn first_batch_done(nd: &Noida, srv: &ImageServer, es: &str, topic: &str, parts: i32) -> Worker {
+    let (group, index) = (format!("g-{topic}"), format!("{topic}-idx"));
+    create_topic(&nd.brokers(), topic, parts);
+    create_topic(&nd.brokers(), &format!("{topic}.dlq"), 1);
+    produce(&nd.brokers(), topic, parts, &messages(srv, 20, "a"));
+    let w = Worker::start(&nd.brokers(), es, topic, &group, &index, &[]);
+    wait_until("first batch indexed", Duration::from_secs(300), || {
+        es_count(&nd.es_url(), &index) == Some(20)
+    });
+    wait_until("first batch committed", Duration::from_secs(60), || {
+        lag(&nd.brokers(), &group, topic, parts) == 0
+    });
+    w
+}
+
+/// After an infrastructure fault: everything indexed (`n` documents), committed to the end,
+/// ready again, and not one dead letter.
+fn recovered_cleanly(nd: &Noida, w: &Worker, topic: &str, parts: i32, n: u64) {
+    let (group, index) = (format!("g-{topic}"), format!("{topic}-idx"));
+    wait_until(
+        "everything indexed after the fault",
+        Duration::from_secs(300),
+        || es_count(&nd.es_url(), &index) == Some(n),
+    );
+    wait_until("committed to the end", Duration::from_secs(120), || {
+        lag(&nd.brokers(), &group, topic, parts) == 0
+    });
+    wait_until("ready again", Duration::from_secs(60), || w.ready());
+    assert_eq!(w.metric("ocrfleet_messages_dead_lettered_total"), 0.0);
+    assert_eq!(
+        read_all(
+            &nd.brokers(),
+            &format!("{topic}.dlq"),
+            1,
+            Duration::from_secs(2)
+        )
+        .len(),
+        0,
+        "no dead letters"
+    );
 }
 
 /// A PNG whose header claims `w`×`h` pixels (with `depth`-bit RGB and, optionally, an EXIF
@@ -318,17 +330,8 @@ fn elasticsearch_401_for_30s_pauses_the_worker_and_loses_nothing() {
     let nd = Noida::start("es401");
     let proxy = EsProxy::start(nd.es_url());
     let srv = images_server();
-    let (topic, group, index, parts) = ("es401", "g-es401", "es401-idx", 2);
-    create_topic(&nd.brokers(), topic, parts);
-    create_topic(&nd.brokers(), "es401.dlq", 1);
-    produce(&nd.brokers(), topic, parts, &messages(&srv, 20, "a"));
-    let w = Worker::start(&nd.brokers(), &proxy.url(), topic, group, index, &[]);
-    wait_until("first batch indexed", Duration::from_secs(300), || {
-        es_count(&nd.es_url(), index) == Some(20)
-    });
-    wait_until("first batch committed", Duration::from_secs(60), || {
-        lag(&nd.brokers(), group, topic, parts) == 0
-    });
+    let (topic, group, parts) = ("es401", "g-es401", 2);
+    let w = first_batch_done(&nd, &srv, &proxy.url(), topic, parts);
 
     proxy.fail(401);
     produce(&nd.brokers(), topic, parts, &messages(&srv, 20, "b"));
@@ -359,20 +362,7 @@ fn elasticsearch_401_for_30s_pauses_the_worker_and_loses_nothing() {
     );
 
     proxy.fail(0);
-    wait_until(
-        "everything indexed after the fault",
-        Duration::from_secs(300),
-        || es_count(&nd.es_url(), index) == Some(40),
-    );
-    wait_until("committed to the end", Duration::from_secs(60), || {
-        lag(&nd.brokers(), group, topic, parts) == 0
-    });
-    wait_until("ready again", Duration::from_secs(30), || w.ready());
-    assert_eq!(w.metric("ocrfleet_messages_dead_lettered_total"), 0.0);
-    assert_eq!(
-        read_all(&nd.brokers(), "es401.dlq", 1, Duration::from_secs(2)).len(),
-        0
-    );
+    recovered_cleanly(&nd, &w, topic, parts, 40);
 }
 
 /// Elasticsearch is stopped for 60 s while messages keep arriving.
@@ -381,17 +371,8 @@ fn elasticsearch_down_60s_holds_commits_and_everything_is_indexed_after_it_retur
     let _g = serial();
     let nd = Noida::start("esdown");
     let srv = images_server();
-    let (topic, group, index, parts) = ("esdown", "g-esdown", "esdown-idx", 2);
-    create_topic(&nd.brokers(), topic, parts);
-    create_topic(&nd.brokers(), "esdown.dlq", 1);
-    produce(&nd.brokers(), topic, parts, &messages(&srv, 20, "a"));
-    let w = Worker::start(&nd.brokers(), &nd.es_url(), topic, group, index, &[]);
-    wait_until("first batch indexed", Duration::from_secs(300), || {
-        es_count(&nd.es_url(), index) == Some(20)
-    });
-    wait_until("first batch committed", Duration::from_secs(60), || {
-        lag(&nd.brokers(), group, topic, parts) == 0
-    });
+    let (topic, group, parts) = ("esdown", "g-esdown", 2);
+    let w = first_batch_done(&nd, &srv, &nd.es_url(), topic, parts);
     nd.stop_es();
     produce(&nd.brokers(), topic, parts, &messages(&srv, 20, "b"));
     let t = Instant::now();
@@ -413,17 +394,8 @@ fn elasticsearch_down_60s_holds_commits_and_everything_is_indexed_after_it_retur
         "the second batch was taken"
     );
     nd.start_es();
-    wait_until(
-        "everything indexed after the outage",
-        Duration::from_secs(300),
-        || es_count(&nd.es_url(), index) == Some(40),
-    );
-    wait_until("committed to the end", Duration::from_secs(60), || {
-        lag(&nd.brokers(), group, topic, parts) == 0
-    });
-    assert_eq!(w.metric("ocrfleet_messages_dead_lettered_total"), 0.0);
+    recovered_cleanly(&nd, &w, topic, parts, 40);
     assert!(w.metric("ocrfleet_es_retries_total") > 0.0);
-    wait_until("ready again", Duration::from_secs(30), || w.ready());
 }
 
 /// The broker (noida-db's Kafka service, whose data survives a restart; tansu keeps its topics
@@ -450,14 +422,7 @@ fn broker_restart_the_worker_resumes() {
     assert!(w.healthy());
     nd.start_kafka();
     produce(&nd.brokers(), topic, parts, &messages(&srv, 12, "b"));
-    wait_until("second batch indexed", Duration::from_secs(300), || {
-        es_count(&nd.es_url(), index) == Some(24)
-    });
-    wait_until("committed to the end", Duration::from_secs(120), || {
-        lag(&nd.brokers(), group, topic, parts) == 0
-    });
-    wait_until("ready again", Duration::from_secs(60), || w.ready());
-    assert_eq!(w.metric("ocrfleet_messages_dead_lettered_total"), 0.0);
+    recovered_cleanly(&nd, &w, topic, parts, 24);
 }
 
 /// The engine fails every call for 8 s after 6 images (the test-only fault hook; on a GPU host
@@ -486,17 +451,8 @@ fn an_engine_fault_that_clears_loses_nothing() {
     });
     let during = committed(&nd.brokers(), group, topic, 1);
     assert!(during <= 6, "nothing past the fault is committed: {during}");
-    wait_until(
-        "everything indexed after the fault",
-        Duration::from_secs(300),
-        || es_count(&nd.es_url(), index) == Some(30),
-    );
-    wait_until("committed to the end", Duration::from_secs(60), || {
-        lag(&nd.brokers(), group, topic, 1) == 0
-    });
-    assert_eq!(w.metric("ocrfleet_messages_dead_lettered_total"), 0.0);
+    recovered_cleanly(&nd, &w, topic, 1, 30);
     assert!(w.metric("ocrfleet_component_faults_total{component=\"engine\"}") > 0.0);
-    wait_until("ready again", Duration::from_secs(30), || w.ready());
 }
 
 /// An engine that never comes back (and one whose thread exits): the worker exits non-zero so

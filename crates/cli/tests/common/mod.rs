@@ -994,6 +994,43 @@ impl Drop for Worker {
     }
 }
 
+/// The image server over `tests/fixtures/worker`.
+pub fn images_server() -> ImageServer {
+    ImageServer::start(repo_root().join("tests/fixtures/worker"))
+}
+
+/// Sum over partitions of high watermark minus committed offset.
+pub fn lag(brokers: &str, group: &str, topic: &str, parts: i32) -> i64 {
+    committed_and_high(brokers, group, topic, parts)
+        .iter()
+        .map(|(c, h)| h - c)
+        .sum()
+}
+
+/// Sum over partitions of the committed offsets.
+pub fn committed(brokers: &str, group: &str, topic: &str, parts: i32) -> i64 {
+    committed_and_high(brokers, group, topic, parts)
+        .iter()
+        .map(|(c, _)| c)
+        .sum()
+}
+
+/// CRC-32 (IEEE), for hand-made PNG chunks.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
 /// Fixture images with known text: (file name, a word that OCR must find in it).
 pub fn fixtures_dir() -> PathBuf {
     repo_root().join("tests/fixtures/images")
