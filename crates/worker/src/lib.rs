@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures::FutureExt;
 use ocrfleet_ocr::EngineHandle;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -211,7 +212,7 @@ async fn run_inner(
         out_tx.clone(),
         metrics.clone(),
     ));
-    let mut ocr = tasks.spawn(stages::ocr::ocr_stage(
+    let ocr = tasks.spawn(stages::ocr::ocr_stage(
         ready_rx,
         cfg.clone(),
         engine.clone(),
@@ -227,7 +228,7 @@ async fn run_inner(
         max_bytes: cfg.es.bulk_bytes,
         first_backoff: Duration::from_millis(200),
     };
-    let mut sink = tasks.spawn(stages::sink::sink_stage(
+    let sink = tasks.spawn(stages::sink::sink_stage(
         out_rx,
         cfg.clone(),
         indexer,
@@ -242,13 +243,22 @@ async fn run_inner(
         tokio::spawn(stages::busy_meter(engine.clone(), metrics.clone())),
         tokio::spawn(stages::es_probe(es, health.clone())),
     ];
-    let mut engine_watch = tokio::spawn(stages::engine_watch(engine, health.clone()));
+    let engine_watch = tokio::spawn(stages::engine_watch(engine, health.clone()));
+    // Fused, so that a task that ended in the first wait can be waited on again (it stays
+    // pending) while the stages drain; the abort handles stop them at the end.
+    let aborts = [
+        ocr.abort_handle(),
+        sink.abort_handle(),
+        engine_watch.abort_handle(),
+    ];
+    let (mut ocr, mut sink, mut engine_watch) = (ocr.fuse(), sink.fuse(), engine_watch.fuse());
     health.set_started();
     tracing::info!("worker ready");
 
     // Until a stop request or a fatal fault.
     let mut fatal: Option<anyhow::Error> = None;
     let mut source_seen = false;
+    let mut sink_done = false;
     tokio::select! {
         _ = &mut *shutdown => tracing::info!("termination signal received"),
         _ = stop.cancelled() => {}
@@ -262,34 +272,52 @@ async fn run_inner(
                 Err(_) => Some(anyhow::anyhow!("the Kafka source thread panicked")),
             };
         }
-        r = &mut ocr => fatal = Some(match r {
-            Ok(Err(e)) => e,
-            Ok(Ok(())) => anyhow::anyhow!("the OCR stage ended unexpectedly"),
-            Err(e) => anyhow::anyhow!("the OCR stage panicked: {e}"),
-        }),
+        r = &mut ocr => fatal = match r {
+            Ok(Err(e)) => Some(e),
+            // An idle exit closes the pipeline from the source: the stages end on their own.
+            Ok(Ok(())) if stop.is_cancelled() => None,
+            Ok(Ok(())) => Some(anyhow::anyhow!("the OCR stage ended unexpectedly")),
+            Err(e) => Some(anyhow::anyhow!("the OCR stage panicked: {e}")),
+        },
         r = &mut engine_watch => fatal = Some(match r {
             Ok(Err(e)) => e,
             Ok(Ok(())) => anyhow::anyhow!("the engine watch ended"),
             Err(e) => anyhow::anyhow!("the engine watch panicked: {e}"),
         }),
-        r = &mut sink => fatal = Some(anyhow::anyhow!("the sink stage ended unexpectedly: {r:?}")),
+        r = &mut sink => {
+            sink_done = true;
+            if !(r.is_ok() && stop.is_cancelled()) {
+                fatal = Some(anyhow::anyhow!("the sink stage ended unexpectedly: {r:?}"));
+            }
+        }
     }
     stop.cancel();
-    if fatal.is_none() {
+    if fatal.is_none() && !sink_done {
         // The source stops taking chunks; the stages drain. Whatever is not finished within the
         // grace period is dropped uncommitted (redelivered to the next owner).
-        tokio::select! {
-            r = tokio::time::timeout(cfg.shutdown_grace, &mut sink) => match r {
-                Ok(_) => tracing::info!("in-flight work finished"),
-                Err(_) => tracing::warn!(grace = ?cfg.shutdown_grace, "grace period over; dropping unfinished work (it will be redelivered)"),
-            },
-            r = &mut ocr => if let Ok(Err(e)) = r { fatal = Some(e) },
+        let deadline = tokio::time::sleep(cfg.shutdown_grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut sink => {
+                    tracing::info!("in-flight work finished");
+                    break;
+                }
+                r = &mut ocr => if let Ok(Err(e)) = r {
+                    fatal = Some(e);
+                    break;
+                },
+                _ = &mut deadline => {
+                    tracing::warn!(grace = ?cfg.shutdown_grace, "grace period over; dropping unfinished work (it will be redelivered)");
+                    break;
+                }
+            }
         }
     }
     drained.cancel();
-    sink.abort();
-    ocr.abort();
-    engine_watch.abort();
+    for a in aborts {
+        a.abort();
+    }
     for s in side {
         s.abort();
     }
