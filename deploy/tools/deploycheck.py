@@ -67,8 +67,12 @@ def worker_settings(repo):
 
 
 def metric_names(repo):
-    src = open(os.path.join(repo, "crates/worker/src/metrics.rs"), encoding="utf-8").read()
-    return set(re.findall(r'"(ocrfleet_[a-z0-9_]+)"', src))
+    """Every metric name the worker registers (metrics.rs, plus health.rs's component metrics)."""
+    names = set()
+    for f in ("metrics.rs", "health.rs"):
+        src = open(os.path.join(repo, "crates/worker/src", f), encoding="utf-8").read()
+        names |= set(re.findall(r'"(ocrfleet_[a-z0-9_]+)"', src))
+    return names
 
 
 def seconds(s):
@@ -228,7 +232,7 @@ def check_rendered(repo, name, docs, flags, envs):
                 if m.get(key) != want_v:
                     problem(w, f"ScaledObject trigger {key}={m.get(key)!r} but the worker uses {want_v!r}")
             reset = re.search(r'"auto\.offset\.reset",\s*"(\w+)"',
-                              open(os.path.join(repo, "crates/worker/src/source.rs"), encoding="utf-8").read())
+                              open(os.path.join(repo, "crates/worker/src/kafka/source.rs"), encoding="utf-8").read())
             if reset and m.get("offsetResetPolicy") != reset.group(1):
                 problem(w, f"trigger offsetResetPolicy must match the worker's auto.offset.reset ({reset.group(1)})")
             if m.get("allowIdleConsumers") == "true":
