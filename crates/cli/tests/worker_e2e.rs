@@ -40,8 +40,7 @@ fn happy_path_indexes_everything_commits_and_exits_cleanly_on_sigterm() {
     let nd = Noida::start("happy");
     let srv = images_server();
     let (topic, group, index, parts, n) = ("happy", "g-happy", "happy-idx", 3, 210);
-    create_topic(&nd.brokers(), topic, parts);
-    create_topic(&nd.brokers(), "happy.dlq", 1);
+    create_topics(&nd.brokers(), topic, parts);
     let msgs = good_messages(&srv, n, "h");
     produce(&nd.brokers(), topic, parts, &msgs);
 
@@ -113,8 +112,7 @@ fn each_failure_gives_exactly_one_dead_letter_record_and_the_rest_is_indexed() {
     let nd = Noida::start("faults");
     let srv = images_server();
     let (topic, group, index, parts) = ("faults", "g-faults", "faults-idx", 2);
-    create_topic(&nd.brokers(), topic, parts);
-    create_topic(&nd.brokers(), "faults.dlq", 1);
+    create_topics(&nd.brokers(), topic, parts);
     // (message, expected stage or None when it must be indexed, expected class prefix)
     let cases: Vec<(String, Option<&str>, &str)> = vec![
         (srv.url("status/404"), Some("fetch"), "http_404"),
@@ -243,8 +241,7 @@ fn elasticsearch_rejections_are_dead_lettered_and_the_rest_indexed() {
     let nd = Noida::start("reject");
     let srv = images_server();
     let (topic, group, index) = ("reject", "g-reject", "reject-idx");
-    create_topic(&nd.brokers(), topic, 1);
-    create_topic(&nd.brokers(), "reject.dlq", 1);
+    create_topics(&nd.brokers(), topic, 1);
     // An index that exists already with an older mapping (an operator's, or a previous template
     // version) where `message_id` is an integer: documents whose id is not a number are refused
     // item by item (HTTP 400 inside a 200 bulk answer), the others are indexed.
@@ -299,8 +296,7 @@ fn elasticsearch_outage_holds_commits_and_everything_is_indexed_after_it_returns
     let nd = Noida::start("outage");
     let srv = images_server();
     let (topic, group, index, parts, n) = ("outage", "g-outage", "outage-idx", 2, 60);
-    create_topic(&nd.brokers(), topic, parts);
-    create_topic(&nd.brokers(), "outage.dlq", 1);
+    create_topics(&nd.brokers(), topic, parts);
     let first = good_messages(&srv, n / 2, "a");
     produce(&nd.brokers(), topic, parts, &first);
     let w = Worker::start(&nd.brokers(), &nd.es_url(), topic, group, index, &[]);
@@ -352,8 +348,7 @@ fn redelivery_without_commit_overwrites_and_never_duplicates() {
     let nd = Noida::start("redeliver");
     let srv = images_server();
     let (topic, group, index, parts, n) = ("redeliver", "g-redeliver", "redeliver-idx", 3, 30);
-    create_topic(&nd.brokers(), topic, parts);
-    create_topic(&nd.brokers(), "redeliver.dlq", 1);
+    create_topics(&nd.brokers(), topic, parts);
     produce(&nd.brokers(), topic, parts, &good_messages(&srv, n, "r"));
     let mut w = Worker::start(
         &nd.brokers(),
@@ -410,8 +405,7 @@ fn second_worker_joins(brokers: &str, es: &str, name: &str, check_lag: bool) {
         4,
         120,
     );
-    create_topic(brokers, &topic, parts);
-    create_topic(brokers, &format!("{topic}.dlq"), 1);
+    create_topics(brokers, &topic, parts);
     produce(brokers, &topic, parts, &good_messages(&srv, n, name));
     let a = Worker::start(
         brokers,

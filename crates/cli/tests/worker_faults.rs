@@ -39,8 +39,7 @@ fn messages(srv: &ImageServer, n: usize, tag: &str) -> Vec<String> {
 /// are indexed and committed.
 fn first_batch_done(nd: &Noida, srv: &ImageServer, es: &str, topic: &str, parts: i32) -> Worker {
     let (group, index) = (format!("g-{topic}"), format!("{topic}-idx"));
-    create_topic(&nd.brokers(), topic, parts);
-    create_topic(&nd.brokers(), &format!("{topic}.dlq"), 1);
+    create_topics(&nd.brokers(), topic, parts);
     produce(&nd.brokers(), topic, parts, &messages(srv, 20, "a"));
     let w = Worker::start(&nd.brokers(), es, topic, &group, &index, &[]);
     wait_until("first batch indexed", Duration::from_secs(300), || {
@@ -158,8 +157,7 @@ fn poison_records_each_give_one_dead_letter_and_nothing_stalls() {
     let srv = images_server();
     let liar = lying_server();
     let (topic, group, index) = ("poison", "g-poison", "poison-idx");
-    create_topic(&nd.brokers(), topic, 1);
-    create_topic(&nd.brokers(), "poison.dlq", 1);
+    create_topics(&nd.brokers(), topic, 1);
     let b = nd.brokers();
 
     // (what, expected stage, expected class); a None stage means "indexed".
@@ -406,8 +404,7 @@ fn broker_restart_the_worker_resumes() {
     let nd = Noida::start("brk");
     let srv = images_server();
     let (topic, group, index, parts) = ("brk", "g-brk", "brk-idx", 2);
-    create_topic(&nd.brokers(), topic, parts);
-    create_topic(&nd.brokers(), "brk.dlq", 1);
+    create_topics(&nd.brokers(), topic, parts);
     produce(&nd.brokers(), topic, parts, &messages(&srv, 12, "a"));
     let w = Worker::start(&nd.brokers(), &nd.es_url(), topic, group, index, &[]);
     wait_until("first batch indexed", Duration::from_secs(300), || {
@@ -434,8 +431,7 @@ fn an_engine_fault_that_clears_loses_nothing() {
     let nd = Noida::start("engfail");
     let srv = images_server();
     let (topic, group, index) = ("engfail", "g-engfail", "engfail-idx");
-    create_topic(&nd.brokers(), topic, 1);
-    create_topic(&nd.brokers(), "engfail.dlq", 1);
+    create_topics(&nd.brokers(), topic, 1);
     produce(&nd.brokers(), topic, 1, &messages(&srv, 30, "e"));
     let w = Worker::start(
         &nd.brokers(),
@@ -471,8 +467,7 @@ fn an_engine_that_cannot_recover_ends_the_process_non_zero() {
         ("engdeadx", "exit:4", &[][..]),
     ] {
         let (group, index) = (format!("g-{name}"), format!("{name}-idx"));
-        create_topic(&nd.brokers(), name, 1);
-        create_topic(&nd.brokers(), &format!("{name}.dlq"), 1);
+        create_topics(&nd.brokers(), name, 1);
         produce(&nd.brokers(), name, 1, &messages(&srv, 16, name));
         let mut args = vec!["--test-engine-fault", fault, "--ocr-batch", "2"];
         args.extend_from_slice(extra);
@@ -517,14 +512,9 @@ fn ten_kill_9s_of_one_of_two_workers_lose_nothing_tansu() {
     let srv = images_server();
     let brokers = tansu.brokers();
     let (topic, group, index, parts, n) = ("kill9", "g-kill9", "kill9-idx", 4, 2000);
-    create_topic(&brokers, topic, parts);
-    create_topic(&brokers, "kill9.dlq", 1);
+    create_topics(&brokers, topic, parts);
     // One small image for all, so that 2 000 messages fit a CI run on two cores.
-    let values: Vec<String> = (0..n)
-        .map(|i| {
-            serde_json::json!({"url": srv.url("img/hello.png"), "id": format!("k-{i}")}).to_string()
-        })
-        .collect();
+    let values = same_image_messages(&srv.url("img/hello.png"), n, "k");
     produce(&brokers, topic, parts, &values);
     let extra = ["--max-messages", "50", "--ocr-batch", "16"];
     let start = |_: usize| Worker::start(&brokers, &nd.es_url(), topic, group, index, &extra);
@@ -584,13 +574,8 @@ fn read_ahead_is_bounded_and_commits_follow_the_work() {
     let nd = Noida::start("bound");
     let srv = images_server();
     let (topic, group, index, n) = ("bound", "g-bound", "bound-idx", 600);
-    create_topic(&nd.brokers(), topic, 1);
-    create_topic(&nd.brokers(), "bound.dlq", 1);
-    let values: Vec<String> = (0..n)
-        .map(|i| {
-            serde_json::json!({"url": srv.url("img/hello.png"), "id": format!("b-{i}")}).to_string()
-        })
-        .collect();
+    create_topics(&nd.brokers(), topic, 1);
+    let values = same_image_messages(&srv.url("img/hello.png"), n, "b");
     produce(&nd.brokers(), topic, 1, &values);
     let w = Worker::start(
         &nd.brokers(),
@@ -628,8 +613,7 @@ fn an_older_record_never_overwrites_a_newer_document() {
     let nd = Noida::start("order");
     let srv = images_server();
     let (topic, group, index) = ("order", "g-order", "order-idx");
-    create_topic(&nd.brokers(), topic, 2);
-    create_topic(&nd.brokers(), "order.dlq", 1);
+    create_topics(&nd.brokers(), topic, 2);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

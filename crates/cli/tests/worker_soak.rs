@@ -87,12 +87,9 @@ fn soak() {
     }));
     let url = srv.put("tiny.png", png(&tiny));
     let (topic, group, index, parts) = ("soak", "g-soak", "soak-idx", 4);
-    create_topic(&nd.brokers(), topic, parts);
-    create_topic(&nd.brokers(), "soak.dlq", 1);
+    create_topics(&nd.brokers(), topic, parts);
     let t = Instant::now();
-    let values: Vec<String> = (0..n)
-        .map(|i| serde_json::json!({"url": url, "id": format!("s-{i}")}).to_string())
-        .collect();
+    let values = same_image_messages(&url, n, "s");
     produce_many(&nd.brokers(), topic, parts, &values);
     println!(
         "produced {n} messages in {:.1} s",
@@ -161,11 +158,8 @@ fn memory_under_large_16_bit_images() {
     drop(img);
     let url = srv.put("big16.png", bytes);
     let (topic, group, index, n) = ("mem16", "g-mem16", "mem16-idx", 24);
-    create_topic(&nd.brokers(), topic, 2);
-    create_topic(&nd.brokers(), "mem16.dlq", 1);
-    let values: Vec<String> = (0..n)
-        .map(|i| serde_json::json!({"url": url, "id": format!("m-{i}")}).to_string())
-        .collect();
+    create_topics(&nd.brokers(), topic, 2);
+    let values = same_image_messages(&url, n, "m");
     produce(&nd.brokers(), topic, 2, &values);
     let wk = Worker::start(
         &nd.brokers(),

@@ -108,7 +108,7 @@ pub async fn run(
         http_stop.clone().cancelled_owned(),
     )
     .await?;
-    tracing::info!(%addr, worker = %cfg.worker_id, topic = %cfg.kafka.topic, dlq = %cfg.kafka.dlq_topic, es = %es::client::display_url(&cfg.es.url), index = %cfg.es.index, "ocrfleet worker starting");
+    tracing::info!(%addr, worker = %cfg.worker_id, topic = %cfg.kafka.topic, dlq = %cfg.kafka.dlq_topic, es = %fetch::redact_url(&cfg.es.url), index = %cfg.es.index, "ocrfleet worker starting");
     tokio::pin!(shutdown);
     let result = run_inner(&cfg, &metrics, &health, &mut shutdown).await;
     http_stop.cancel();

@@ -314,6 +314,19 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     });
 }
 
+/// Creates `topic` with `partitions` partitions and its dead-letter topic `{topic}.dlq` with one.
+pub fn create_topics(brokers: &str, topic: &str, partitions: i32) {
+    create_topic(brokers, topic, partitions);
+    create_topic(brokers, &format!("{topic}.dlq"), 1);
+}
+
+/// `n` messages for the same image URL, with ids `{tag}-{i}`.
+pub fn same_image_messages(url: &str, n: usize, tag: &str) -> Vec<String> {
+    (0..n)
+        .map(|i| serde_json::json!({"url": url, "id": format!("{tag}-{i}")}).to_string())
+        .collect()
+}
+
 /// Produces values round-robin over `partitions` partitions; returns (partition, offset) each.
 pub fn produce(brokers: &str, topic: &str, partitions: i32, values: &[String]) -> Vec<(i32, i64)> {
     let p: FutureProducer = ClientConfig::new()
@@ -1017,18 +1030,7 @@ pub fn committed(brokers: &str, group: &str, topic: &str, parts: i32) -> i64 {
 
 /// CRC-32 (IEEE), for hand-made PNG chunks.
 pub fn crc32(bytes: &[u8]) -> u32 {
-    let mut c = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        c ^= u32::from(b);
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-        }
-    }
-    !c
+    crc32fast::hash(bytes)
 }
 
 /// Fixture images with known text: (file name, a word that OCR must find in it).

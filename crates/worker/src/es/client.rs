@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use super::document::{index_template, TEMPLATE_VERSION};
 use crate::config::EsConfig;
+use crate::fetch::redact_url;
 use crate::metrics::Metrics;
 
 /// A client for one index.
@@ -29,22 +30,10 @@ pub struct EsClient {
     metrics: Metrics,
 }
 
-/// `url` without user info (for logs).
-pub fn display_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        Err(_) => "<unparsable URL>".into(),
-    }
-}
-
 impl EsClient {
     pub fn new(cfg: &EsConfig, metrics: Metrics) -> anyhow::Result<EsClient> {
         let url = url::Url::parse(&cfg.url)
-            .map_err(|e| anyhow::anyhow!("bad --es-url {:?}: {e}", display_url(&cfg.url)))?;
+            .map_err(|e| anyhow::anyhow!("bad --es-url {:?}: {e}", redact_url(&cfg.url)))?;
         let mut b = TransportBuilder::new(SingleNodeConnectionPool::new(url))
             .timeout(Duration::from_secs(60));
         if let Some(k) = &cfg.api_key {
@@ -160,23 +149,5 @@ impl EsClient {
             .with_label_values(&["index"])
             .observe(docs as f64);
         out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_never_reach_logs() {
-        assert_eq!(
-            display_url("https://elastic:hunter2@es.example:9200/"),
-            "https://es.example:9200/"
-        );
-        let shown = display_url("http://user:secret@[::1]:9200");
-        assert!(
-            !shown.contains("secret") && !shown.contains("user"),
-            "{shown}"
-        );
     }
 }

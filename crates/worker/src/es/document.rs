@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use ocrfleet_ocr::Line;
+use ocrfleet_ocr::{Line, Timings};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -41,16 +41,13 @@ pub struct SourceRef {
     pub timestamp: Option<i64>,
 }
 
-/// Milliseconds per stage for this image.
+/// Milliseconds per stage for this image: the download, then the engine's own [`Timings`]
+/// (with `decode` and `total` covering the worker's decode and the download too).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct DocTimings {
     pub fetch: f64,
-    pub decode: f64,
-    pub det: f64,
-    pub crop: f64,
-    pub cls: f64,
-    pub rec: f64,
-    pub total: f64,
+    #[serde(flatten)]
+    pub stages: Timings,
 }
 
 /// The indexed document (see the mapping in [`index_template`]).

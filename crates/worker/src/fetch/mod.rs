@@ -332,6 +332,20 @@ impl Fetcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_reach_logs() {
+        // The Elasticsearch URL is logged through the same redaction as image URLs.
+        assert_eq!(
+            redact_url("https://elastic:hunter2@es.example:9200/"),
+            "https://es.example:9200/"
+        );
+        let shown = redact_url("http://user:secret@[::1]:9200");
+        assert!(
+            !shown.contains("secret") && !shown.contains("user"),
+            "{shown}"
+        );
+    }
     use std::net::SocketAddr;
     use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -12,7 +12,6 @@
 //! the source is paused are paused at once (cooperative assignment adds partitions without
 //! revoking the others, so they would otherwise be consumed while everything else waits).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,8 +40,6 @@ pub struct SourceContext {
     pub assignment: Assignment,
     pub metrics: Metrics,
     pub health: Arc<Health>,
-    /// Whether the source has paused its partitions (new ones are paused on assignment).
-    pub paused: AtomicBool,
 }
 
 impl SourceContext {
@@ -133,21 +130,22 @@ impl ConsumerContext for SourceContext {
         if let Rebalance::Assign(tpl) = rebalance {
             // An assignment is an answer from the group coordinator: the broker is up.
             self.health.clear(Component::Broker, "connection");
-            {
+            let paused = {
                 let mut st = self.state();
                 for e in tpl.elements() {
                     st.tracker.assign(e.partition());
                     let g = st.tracker.generation(e.partition()).expect("just assigned");
                     self.assignment.assign(e.partition(), g);
                 }
-            }
-            if self.paused.load(Ordering::SeqCst) && tpl.count() > 0 {
+                st.is_paused()
+            };
+            if paused && tpl.count() > 0 {
                 if let Err(e) = consumer.pause(tpl) {
                     tracing::warn!(error = %e, "cannot pause newly assigned partitions");
                 }
             }
             self.metrics.rebalances.inc();
-            tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), paused = self.paused.load(Ordering::SeqCst), "partitions assigned");
+            tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), paused, "partitions assigned");
         }
     }
 }
@@ -190,7 +188,6 @@ pub fn context(
         assignment,
         metrics,
         health,
-        paused: AtomicBool::new(false),
     }
 }
 
@@ -254,9 +251,8 @@ pub fn run(
 
         // Pause or resume: read-ahead bound, infrastructure faults.
         let want = ctx.state().wants_pause(ctx.health.intake_blocked()) && stop_deadline.is_none();
-        if want != ctx.paused.load(Ordering::SeqCst) {
+        if want != ctx.state().is_paused() {
             set_paused(&consumer, want);
-            ctx.paused.store(want, Ordering::SeqCst);
             ctx.state().set_paused(want);
         }
 

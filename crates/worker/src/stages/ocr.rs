@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
-use ocrfleet_ocr::{EngineHandle, ImageText, OcrError};
+use ocrfleet_ocr::{EngineHandle, ImageText, OcrError, Timings};
 use tokio::sync::mpsc;
 
 use super::prepare::Ready;
@@ -192,12 +192,11 @@ fn document(cfg: &WorkerConfig, model: &str, r: Ready, text: ImageText) -> Docum
         attempts: r.attempts,
         timings_ms: DocTimings {
             fetch: r.fetch_ms,
-            decode: r.decode_ms,
-            det: t.det,
-            crop: t.crop,
-            cls: t.cls,
-            rec: t.rec,
-            total: r.fetch_ms + r.decode_ms + t.total,
+            stages: Timings {
+                decode: r.decode_ms,
+                total: r.fetch_ms + r.decode_ms + t.total,
+                ..t
+            },
         },
         processed_at: chrono::Utc::now().to_rfc3339(),
     };

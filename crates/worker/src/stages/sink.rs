@@ -102,10 +102,11 @@ impl<B: BulkApi> Indexer<B> {
             if group.is_empty() {
                 continue;
             }
-            let ndjson: Vec<u8> = group
+            let ndjson = group
                 .iter()
-                .flat_map(|&i| lines[i].iter().copied())
-                .collect();
+                .map(|&i| lines[i].as_slice())
+                .collect::<Vec<_>>()
+                .concat();
             let (status, body) = self.api.bulk(ndjson, group.len()).await;
             let fault = match bulk::classify(status, &body, group.len()) {
                 RequestOutcome::Items(items) => {
