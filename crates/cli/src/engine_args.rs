@@ -21,17 +21,24 @@ pub struct EngineArgs {
     /// Use the fp16 model variants made by models/make_fp16.py.
     #[arg(long)]
     pub fp16: bool,
+    /// Recogniser width buckets (pixels at height 48, ascending); empty picks by device.
+    #[arg(long, value_delimiter = ',')]
+    pub rec_widths: Vec<u32>,
 }
 
 impl EngineArgs {
     pub fn config(&self) -> EngineConfig {
-        EngineConfig {
+        let mut cfg = EngineConfig {
             models_dir: self.models_dir.clone(),
             model_set: self.model_set,
             device: self.device,
             intra_threads: self.threads,
             fp16: self.fp16,
             ..EngineConfig::default()
+        };
+        if !self.rec_widths.is_empty() {
+            cfg.rec.widths = self.rec_widths.clone();
         }
+        cfg
     }
 }

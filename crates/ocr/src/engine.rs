@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use fast_image_resize::Resizer;
 use image::RgbImage;
-use ndarray::{ArrayD, ArrayView4, ArrayViewD, Axis, Ix2};
+use ndarray::{ArrayD, ArrayView4, ArrayViewD, Axis, Ix1, Ix2};
 use ort::session::Session;
 use ort::value::TensorRef;
 
@@ -96,18 +96,41 @@ struct Crop {
     pixels: RgbImage,
 }
 
+/// What one model run returns, copied out of ONNX Runtime: its first output, or, for a
+/// recogniser with the argmax appended (`models/make_argmax.py`), its `scores` plus the
+/// `indices` of the best classes.
+struct RunOutput {
+    main: ArrayD<f32>,
+    indices: Option<ArrayD<i64>>,
+}
+
+/// One item's share of a [`RunOutput`].
+struct ItemOutput<'a> {
+    main: ArrayViewD<'a, f32>,
+    indices: Option<ArrayViewD<'a, i64>>,
+}
+
+impl RunOutput {
+    fn item(&self, i: usize) -> ItemOutput<'_> {
+        ItemOutput {
+            main: self.main.index_axis(Axis(0), i),
+            indices: self.indices.as_ref().map(|a| a.index_axis(Axis(0), i)),
+        }
+    }
+}
+
 /// The output of one model run: the whole batch, or per item after a failed batch.
 enum BatchOutput {
-    Whole(ArrayD<f32>),
-    PerItem(Vec<Result<ArrayD<f32>, OcrError>>),
+    Whole(RunOutput),
+    PerItem(Vec<Result<RunOutput, OcrError>>),
 }
 
 impl BatchOutput {
-    fn item(&self, i: usize) -> Result<ArrayViewD<'_, f32>, OcrError> {
+    fn item(&self, i: usize) -> Result<ItemOutput<'_>, OcrError> {
         match self {
-            BatchOutput::Whole(a) => Ok(a.index_axis(Axis(0), i)),
+            BatchOutput::Whole(a) => Ok(a.item(i)),
             BatchOutput::PerItem(v) => match &v[i] {
-                Ok(a) => Ok(a.index_axis(Axis(0), 0)),
+                Ok(a) => Ok(a.item(0)),
                 Err(e) => Err(e.clone()),
             },
         }
@@ -125,6 +148,7 @@ impl Engine {
         let mut cfg = cfg;
         // Resolve the device-dependent detector buckets once, so every plan uses the same.
         cfg.det.buckets = Some(cfg.det_buckets());
+        cfg.rec.widths = cfg.rec_widths();
         let env = runtime::environment(&cfg.ort_library_path())?;
         let det = ModelSessions::new(&cfg, &env, &cfg.model_path("det"))?;
         let cls = if cfg.cls.enabled {
@@ -181,7 +205,17 @@ impl Engine {
                 Device::Cuda(device) => EngineError::Cuda { device, message: m },
                 Device::Cpu => EngineError::Ort(m),
             })?;
-        let classes = *out.shape().last().unwrap_or(&0);
+        let classes = match &out.indices {
+            // The argmax model's class count is in its metadata (models/make_argmax.py).
+            Some(_) => self
+                .rec
+                .any()
+                .and_then(|s| s.metadata().ok())
+                .and_then(|m| m.custom("classes"))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0),
+            None => *out.main.shape().last().unwrap_or(&0),
+        };
         if classes != self.dict.len() {
             return Err(EngineError::Config(format!(
                 "recogniser has {classes} classes but its dictionary has {} entries",
@@ -418,9 +452,10 @@ impl Engine {
                 let share = ms(t) / chunk.len() as f64;
                 for (k, &i) in chunk.iter().enumerate() {
                     let t = Instant::now();
-                    let r = output.item(k).and_then(|map| {
+                    let r = output.item(k).and_then(|out| {
                         // [1, H, W] per image.
-                        let map = map
+                        let map = out
+                            .main
                             .index_axis(Axis(0), 0)
                             .into_dimensionality::<Ix2>()
                             .map_err(|e| OcrError::Inference {
@@ -474,8 +509,8 @@ impl Engine {
             );
             for (k, c) in chunk.iter_mut().enumerate() {
                 match output.item(k) {
-                    Ok(probs) => {
-                        let probs: Vec<f32> = probs.iter().copied().collect();
+                    Ok(out) => {
+                        let probs: Vec<f32> = out.main.iter().copied().collect();
                         if cls::should_rotate(&probs, thresh) {
                             image::imageops::rotate180_in_place(&mut c.pixels);
                         }
@@ -549,14 +584,8 @@ impl Engine {
                 &mut self.model_time.rec,
             );
             for (k, &(_, _, i)) in batch.iter().enumerate() {
-                match output.item(k).and_then(|p| {
-                    p.into_dimensionality::<Ix2>()
-                        .map_err(|e| OcrError::Inference {
-                            stage: Stage::Recognize,
-                            message: format!("unexpected recogniser output: {e}"),
-                        })
-                }) {
-                    Ok(probs) => texts[i] = Some(self.dict.decode(probs)),
+                match output.item(k).and_then(|out| self.decode_line(out)) {
+                    Ok(text) => texts[i] = Some(text),
                     Err(e) => {
                         failed[crops[i].image].get_or_insert(e);
                     }
@@ -569,6 +598,24 @@ impl Engine {
             start = end;
         }
         texts
+    }
+
+    /// CTC-decodes one line's recogniser output: `[T]` indices and scores from the argmax
+    /// model, or the `[T, C]` softmax.
+    fn decode_line(&self, out: ItemOutput<'_>) -> Result<(String, f32), OcrError> {
+        let bad = |e: ndarray::ShapeError| OcrError::Inference {
+            stage: Stage::Recognize,
+            message: format!("unexpected recogniser output: {e}"),
+        };
+        match out.indices {
+            Some(indices) => Ok(self.dict.decode_best(
+                indices.into_dimensionality::<Ix1>().map_err(bad)?,
+                out.main.into_dimensionality::<Ix1>().map_err(bad)?,
+            )),
+            None => Ok(self
+                .dict
+                .decode(out.main.into_dimensionality::<Ix2>().map_err(bad)?)),
+        }
     }
 
     /// Recognition only, on already cropped lines. Exposed for benchmarks.
@@ -683,15 +730,15 @@ fn infer(
     }
 }
 
-/// One ONNX Runtime run on an `[n, c, h, w]` f32 tensor; the first output, copied out. The
-/// seconds spent inside `run` are added to `busy`.
+/// One ONNX Runtime run on an `[n, c, h, w]` f32 tensor, its outputs copied out (see
+/// [`RunOutput`]). The seconds spent inside `run` are added to `busy`.
 fn run_model(
     session: &mut Session,
     tensor: &[f32],
     n: usize,
     chw: [usize; 3],
     busy: &mut f64,
-) -> Result<ArrayD<f32>, String> {
+) -> Result<RunOutput, String> {
     let view =
         ArrayView4::from_shape((n, chw[0], chw[1], chw[2]), tensor).map_err(|e| e.to_string())?;
     let input = TensorRef::from_array_view(view).map_err(|e| e.to_string())?;
@@ -699,14 +746,38 @@ fn run_model(
     let outputs = session.run(ort::inputs![input]);
     *busy += t.elapsed().as_secs_f64();
     let outputs = outputs.map_err(|e| e.to_string())?;
-    let out = outputs[0]
-        .try_extract_array::<f32>()
-        .map_err(|e| e.to_string())?;
-    if out.shape().first() != Some(&n) {
-        return Err(format!(
-            "model returned batch {:?} for {n} inputs",
-            out.shape().first()
-        ));
+    let (main, indices) = match (outputs.get("scores"), outputs.get("indices")) {
+        (Some(scores), Some(indices)) => (
+            scores
+                .try_extract_array::<f32>()
+                .map_err(|e| e.to_string())?,
+            Some(
+                indices
+                    .try_extract_array::<i64>()
+                    .map_err(|e| e.to_string())?
+                    .to_owned(),
+            ),
+        ),
+        _ => (
+            outputs[0]
+                .try_extract_array::<f32>()
+                .map_err(|e| e.to_string())?,
+            None,
+        ),
+    };
+    for shape in [main.shape()]
+        .into_iter()
+        .chain(indices.as_ref().map(|a| a.shape()))
+    {
+        if shape.first() != Some(&n) {
+            return Err(format!(
+                "model returned batch {:?} for {n} inputs",
+                shape.first()
+            ));
+        }
     }
-    Ok(out.to_owned())
+    Ok(RunOutput {
+        main: main.to_owned(),
+        indices,
+    })
 }

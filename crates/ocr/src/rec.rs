@@ -7,7 +7,7 @@
 
 use fast_image_resize::Resizer;
 use image::RgbImage;
-use ndarray::ArrayView2;
+use ndarray::{ArrayView1, ArrayView2};
 
 use crate::preprocess::{resize_to_height, width_at_height, write_planes};
 
@@ -61,10 +61,8 @@ impl Dictionary {
     /// repeats merged, blanks removed. The score is the mean probability of the kept steps
     /// (0 when nothing is kept).
     pub fn decode(&self, probs: ArrayView2<'_, f32>) -> (String, f32) {
-        let mut text = String::new();
-        let (mut sum, mut n) = (0f32, 0u32);
-        let mut prev = usize::MAX;
-        for row in probs.rows() {
+        self.collapse(probs.rows().into_iter().map(|row| {
+            // The first of equal maxima, as ONNX's ArgMax (select_last_index = 0).
             let (mut best, mut best_p) = (0usize, f32::MIN);
             for (i, &p) in row.iter().enumerate() {
                 if p > best_p {
@@ -72,6 +70,31 @@ impl Dictionary {
                     best_p = p;
                 }
             }
+            (best, best_p)
+        }))
+    }
+
+    /// The same decoding from the best class and its probability per step, as the
+    /// recogniser with the argmax appended returns them (`models/make_argmax.py`).
+    pub fn decode_best(
+        &self,
+        indices: ArrayView1<'_, i64>,
+        scores: ArrayView1<'_, f32>,
+    ) -> (String, f32) {
+        self.collapse(
+            indices
+                .iter()
+                .zip(scores)
+                .map(|(&i, &p)| (usize::try_from(i).unwrap_or(usize::MAX), p)),
+        )
+    }
+
+    /// CTC collapse of (best class, its probability) per time step.
+    fn collapse(&self, steps: impl Iterator<Item = (usize, f32)>) -> (String, f32) {
+        let mut text = String::new();
+        let (mut sum, mut n) = (0f32, 0u32);
+        let mut prev = usize::MAX;
+        for (best, best_p) in steps {
             if best != 0 && best != prev {
                 if let Some(c) = self.chars.get(best) {
                     text.push_str(c);
@@ -114,6 +137,13 @@ mod tests {
         ];
         let (text, score) = d.decode(p.view());
         assert_eq!(text, "aa b");
+        // The argmax model's form decodes to the same text and score.
+        let idx = ndarray::Array1::from(vec![1i64, 1, 0, 1, 3, 2]);
+        let best = ndarray::Array1::from(vec![0.8f32, 0.6, 0.9, 0.7, 1.0, 0.9]);
+        assert_eq!(
+            d.decode_best(idx.view(), best.view()),
+            (text.clone(), score)
+        );
         assert!((score - (0.8 + 0.7 + 1.0 + 0.9) / 4.0).abs() < 1e-6);
     }
 

@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use ocrfleet_ocr::ImageText;
+use ocrfleet_ocr::{Engine, EngineConfig, ImageText};
 use serde_json::Value;
 
 fn run_all(batch: usize, det_batch: usize) -> BTreeMap<String, ImageText> {
@@ -194,4 +194,37 @@ fn batch_sizes_1_4_16_give_the_same_lines() {
             }
         }
     }
+}
+
+/// The recogniser with the argmax appended (`models/make_argmax.py`, the default) returns 2
+/// values per time step instead of the softmax over every class; the text must not change.
+#[test]
+fn argmax_in_the_model_decodes_like_the_full_softmax() {
+    let images: Vec<(String, Vec<u8>)> = fixture_images();
+    let refs: Vec<&[u8]> = images.iter().map(|(_, b)| b.as_slice()).collect();
+    let run = |argmax: bool| {
+        let mut cfg = EngineConfig::with_models_dir(repo_root().join("models"));
+        cfg.intra_threads = 2;
+        cfg.rec.argmax_in_model = argmax;
+        let mut e = Engine::new(cfg).expect("engine starts (run models/fetch.sh first)");
+        e.recognize_bytes(&refs)
+    };
+    let (with, without) = (run(true), run(false));
+    let mut lines = 0;
+    for (((name, _), a), b) in images.iter().zip(with).zip(without) {
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.lines.len(), b.lines.len(), "{name}: line count");
+        for (la, lb) in a.lines.iter().zip(&b.lines) {
+            assert_eq!(la.text, lb.text, "{name}");
+            assert_eq!(la.bbox, lb.bbox, "{name}");
+            assert!(
+                (la.score - lb.score).abs() < 1e-6,
+                "{name}: {} vs {}",
+                la.score,
+                lb.score
+            );
+            lines += 1;
+        }
+    }
+    assert!(lines > 50, "the fixtures have text ({lines} lines)");
 }
