@@ -119,6 +119,11 @@ pub struct OcrBenchArgs {
     /// prints the pipeline's ratio against it.
     #[arg(long)]
     pub peer: Option<PathBuf>,
+    /// The replay device: record every model output during the warm-up, then answer every
+    /// measured run from the recording. All CPU stages run for real and the networks do not,
+    /// so the table shows the host's ceiling (what the CPU could feed a device).
+    #[arg(long)]
+    pub replay: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -235,6 +240,9 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
 
     // Warm-up, and the crops that the cls and rec stages are measured on.
     let warm_up = Instant::now();
+    if args.replay {
+        engine.record();
+    }
     let boxes = engine.detect(&images);
     let crops: Vec<RgbImage> = images
         .iter()
@@ -250,27 +258,49 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let warm = engine.recognize(&images);
+    if args.replay {
+        // The stage rows run cls and rec on unrotated crops, which the pipeline never saw.
+        engine.classify_lines(&crops);
+        engine.recognize_lines(&crops);
+    }
     let warm_up = warm_up.elapsed().as_secs_f64();
+    let recorded = if args.replay {
+        Some(engine.replay())
+    } else {
+        None
+    };
     let lines_per_pass: usize = warm
         .iter()
         .filter_map(|r| r.as_ref().ok())
         .map(|t| t.lines.len())
         .sum();
+    let all = |n: usize| {
+        if n == 0 {
+            "all".to_string()
+        } else {
+            n.to_string()
+        }
+    };
     println!(
-        "# ocrfleet bench ocr: {} images, {} crops, {} recognised lines per pass; device {}, models {}{}, threads {}, repeat {}, warm-up {:.1} s",
+        "# ocrfleet bench ocr: {} images, {} crops, {} recognised lines per pass; device {}, models {}{}, threads {}, host threads {}, repeat {}, warm-up {:.1} s",
         images.len(),
         crops.len(),
         lines_per_pass,
-        engine.provider(),
+        match recorded {
+            Some(n) => format!("replay of {} ({n} model items recorded; \"in run %\" is the replay's lookup)", engine.provider()),
+            None => engine.provider(),
+        },
         engine.model_version(),
         if defaults.fp16 { " fp16" } else { "" },
-        if defaults.intra_threads == 0 { "all".to_string() } else { defaults.intra_threads.to_string() },
+        all(defaults.intra_threads),
+        all(defaults.host_threads),
         args.repeat,
         warm_up
     );
 
     let wants = |s: &str| args.stages.iter().any(|x| x == s);
     let mut rows = Vec::new();
+    let mut costs = Vec::new();
     // Rows are printed as they are measured, so a run cut short still leaves its table.
     println!(
         "{:<9} {:>5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -306,14 +336,14 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
         if wants("pipeline") {
             engine.config_mut().det.batch_size = b;
             let mut lines = 0usize;
+            let mut cost = StageCost::default();
             let t = time_chunks(&mut engine, &images, b, args.repeat, |e, c| {
-                lines += e
-                    .recognize(c)
-                    .iter()
-                    .filter_map(|r| r.as_ref().ok())
-                    .map(|t| t.lines.len())
-                    .sum::<usize>();
+                for t in e.recognize(c).iter().filter_map(|r| r.as_ref().ok()) {
+                    lines += t.lines.len();
+                    cost.add(&t.timings);
+                }
             });
+            costs.push((b, cost));
             rows.push(Row::new(
                 "pipeline",
                 b,
@@ -323,6 +353,26 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
             ));
             print_row(rows.last());
             *engine.config_mut() = defaults.clone();
+        }
+    }
+
+    if !costs.is_empty() {
+        println!("\n# pipeline cost per image by stage, ms (summed over the host pool's threads; det and the models' share include their run or replay time)");
+        println!(
+            "{:<5} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "batch", "det", "crop", "cls", "rec", "total"
+        );
+        for (b, c) in &costs {
+            let n = c.images.max(1) as f64;
+            println!(
+                "{:<5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                b,
+                c.det / n,
+                c.crop / n,
+                c.cls / n,
+                c.rec / n,
+                (c.det + c.crop + c.cls + c.rec) / n
+            );
         }
     }
 
@@ -359,4 +409,24 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Per-stage milliseconds summed over images (from each result's [`ocrfleet_ocr::Timings`]).
+#[derive(Default)]
+struct StageCost {
+    images: usize,
+    det: f64,
+    crop: f64,
+    cls: f64,
+    rec: f64,
+}
+
+impl StageCost {
+    fn add(&mut self, t: &ocrfleet_ocr::Timings) {
+        self.images += 1;
+        self.det += t.det;
+        self.crop += t.crop;
+        self.cls += t.cls;
+        self.rec += t.rec;
+    }
 }

@@ -18,6 +18,9 @@ pub struct EngineArgs {
     /// ONNX Runtime intra-op threads per model (0 = all cores).
     #[arg(long, env = "OCRFLEET_THREADS", default_value_t = 0)]
     pub threads: usize,
+    /// Threads of the engine's host pool for its CPU stages (0 = all cores).
+    #[arg(long, env = "OCRFLEET_HOST_THREADS", default_value_t = 0)]
+    pub host_threads: usize,
     /// Use the fp16 model variants made by models/make_fp16.py.
     #[arg(long)]
     pub fp16: bool,
@@ -33,6 +36,7 @@ impl EngineArgs {
             model_set: self.model_set,
             device: self.device,
             intra_threads: self.threads,
+            host_threads: self.host_threads,
             fp16: self.fp16,
             ..EngineConfig::default()
         };

@@ -231,6 +231,10 @@ pub struct EngineConfig {
     pub device: Device,
     /// ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime pick (all cores).
     pub intra_threads: usize,
+    /// Threads of the engine's host pool, which runs the CPU stages (resize and normalise,
+    /// box extraction, crops, CTC decoding) data-parallel across images and lines; 0 means
+    /// one per core. On a GPU host these stages are what the device waits for.
+    pub host_threads: usize,
     /// Load `<name>.fp16.onnx` variants (made by `models/make_fp16.py`) instead of fp32.
     pub fp16: bool,
     /// Images with more decoded pixels than this are refused. Default 50 000 000.
@@ -297,6 +301,7 @@ impl Default for EngineConfig {
             model_set: ModelSet::V4,
             device: Device::Cpu,
             intra_threads: 0,
+            host_threads: 0,
             fp16: false,
             max_pixels: crate::decode::DEFAULT_MAX_PIXELS,
             ort_library: None,

@@ -13,7 +13,9 @@ use image::RgbImage;
 use ndarray::{ArrayD, ArrayView4, ArrayViewD, Axis, Ix1, Ix2};
 use ort::session::Session;
 use ort::value::TensorRef;
+use rayon::prelude::*;
 
+use crate::replay::Recording;
 use crate::sessions::ModelSessions;
 
 use crate::config::{Device, EngineConfig, FaultPlan};
@@ -33,11 +35,14 @@ pub struct Engine {
     cls: Option<ModelSessions>,
     rec: ModelSessions,
     dict: Dictionary,
-    resizer: Resizer,
+    /// The host pool: CPU stages run data-parallel on it (see [`EngineConfig::host_threads`]).
+    pool: rayon::ThreadPool,
     /// Wall time spent inside ONNX Runtime's `run`, per model: the device's busy time.
     model_time: ModelTime,
     /// Test-only injected fault (see [`EngineConfig::fault`]).
     fault: Option<FaultState>,
+    /// The replay device, when recording or replaying (see [`crate::replay`]).
+    recording: Option<Recording>,
 }
 
 /// Progress of an injected fault.
@@ -99,9 +104,10 @@ struct Crop {
 /// What one model run returns, copied out of ONNX Runtime: its first output, or, for a
 /// recogniser with the argmax appended (`models/make_argmax.py`), its `scores` plus the
 /// `indices` of the best classes.
-struct RunOutput {
-    main: ArrayD<f32>,
-    indices: Option<ArrayD<i64>>,
+#[derive(Clone)]
+pub(crate) struct RunOutput {
+    pub(crate) main: ArrayD<f32>,
+    pub(crate) indices: Option<ArrayD<i64>>,
 }
 
 /// One item's share of a [`RunOutput`].
@@ -120,7 +126,7 @@ impl RunOutput {
 }
 
 /// The output of one model run: the whole batch, or per item after a failed batch.
-enum BatchOutput {
+pub(crate) enum BatchOutput {
     Whole(RunOutput),
     PerItem(Vec<Result<RunOutput, OcrError>>),
 }
@@ -166,15 +172,21 @@ impl Engine {
                 path: rec_path.display().to_string(),
             })?;
         let dict = Dictionary::from_metadata(&character);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.host_threads)
+            .thread_name(|i| format!("ocr-host-{i}"))
+            .build()
+            .map_err(|e| EngineError::Config(format!("cannot start the host pool: {e}")))?;
         let mut engine = Engine {
             cfg,
             det,
             cls,
             rec,
             dict,
-            resizer: Resizer::new(),
+            pool,
             model_time: ModelTime::default(),
             fault: None,
+            recording: None,
         };
         engine.self_check()?;
         engine.fault = engine.cfg.fault.map(|plan| FaultState {
@@ -272,6 +284,26 @@ impl Engine {
         self.det.count() + self.rec.count() + self.cls.as_ref().map_or(0, ModelSessions::count)
     }
 
+    /// Starts recording every model output from now on (see [`crate::replay`]); forgets any
+    /// earlier recording.
+    pub fn record(&mut self) {
+        self.recording = Some(Recording::default());
+    }
+
+    /// Stops recording and answers every later model run from the recording instead of the
+    /// models (the replay device); returns the number of items recorded. An input that was
+    /// never recorded fails its image with an inference error.
+    pub fn replay(&mut self) -> usize {
+        let r = self.recording.get_or_insert_with(Recording::default);
+        r.replaying = true;
+        r.len()
+    }
+
+    /// Back to the real models; the recording is dropped.
+    pub fn stop_replay(&mut self) {
+        self.recording = None;
+    }
+
     /// Seconds spent inside ONNX Runtime's `run`, per model, since the engine started.
     pub fn model_time(&self) -> ModelTime {
         self.model_time
@@ -329,24 +361,33 @@ impl Engine {
         // 1. Detection.
         let boxes = self.detect_timed(images, &mut timings);
 
-        // 2. Crops, in each image's reading order.
-        let mut crops = Vec::new();
+        // 2. Crops, in each image's reading order (data-parallel over boxes).
+        let mut quads = Vec::new();
         for (i, b) in boxes.into_iter().enumerate() {
             match b {
-                Ok(quads) => {
-                    let t = Instant::now();
-                    for quad in quads {
-                        if let Some(pixels) = crop_quad(&images[i], &quad) {
-                            crops.push(Crop {
-                                image: i,
-                                quad,
-                                pixels,
-                            });
-                        }
-                    }
-                    timings[i].crop = ms(t);
-                }
+                Ok(qs) => quads.extend(qs.into_iter().map(|q| (i, q))),
                 Err(e) => failed[i] = Some(e),
+            }
+        }
+        let cut: Vec<(Option<Crop>, f64)> = self.pool.install(|| {
+            quads
+                .into_par_iter()
+                .map(|(image, quad)| {
+                    let t = Instant::now();
+                    let crop = crop_quad(&images[image], &quad).map(|pixels| Crop {
+                        image,
+                        quad,
+                        pixels,
+                    });
+                    (crop, ms(t))
+                })
+                .collect()
+        });
+        let mut crops = Vec::with_capacity(cut.len());
+        for (crop, t) in cut {
+            if let Some(c) = crop {
+                timings[c.image].crop += t;
+                crops.push(c);
             }
         }
 
@@ -429,18 +470,22 @@ impl Engine {
                 let run_n = self.det.padded_batch(chunk.len());
                 tensor.clear();
                 tensor.resize(slot * run_n, 0f32);
-                for (k, &i) in chunk.iter().enumerate() {
-                    let s = &shapes[i];
-                    let resized = crate::preprocess::resize(
-                        &mut self.resizer,
-                        &images[i],
-                        s.resized_w,
-                        s.resized_h,
-                    );
-                    let dst = &mut tensor[k * slot..(k + 1) * slot];
-                    crate::preprocess::write_planes(&resized, dst, tw, th);
-                    crate::preprocess::pad_with_background(&resized, dst, tw, th);
-                }
+                self.pool.install(|| {
+                    tensor
+                        .par_chunks_mut(slot)
+                        .zip(chunk.par_iter())
+                        .for_each_init(Resizer::new, |resizer, (dst, &i)| {
+                            let s = &shapes[i];
+                            let resized = crate::preprocess::resize(
+                                resizer,
+                                &images[i],
+                                s.resized_w,
+                                s.resized_h,
+                            );
+                            crate::preprocess::write_planes(&resized, dst, tw, th);
+                            crate::preprocess::pad_with_background(&resized, dst, tw, th);
+                        })
+                });
                 let output = infer(
                     &mut self.det,
                     Stage::Detect,
@@ -448,23 +493,33 @@ impl Engine {
                     (chunk.len(), run_n),
                     [3, th, tw],
                     &mut self.model_time.det,
+                    &mut self.recording,
                 );
                 let share = ms(t) / chunk.len() as f64;
-                for (k, &i) in chunk.iter().enumerate() {
-                    let t = Instant::now();
-                    let r = output.item(k).and_then(|out| {
-                        // [1, H, W] per image.
-                        let map = out
-                            .main
-                            .index_axis(Axis(0), 0)
-                            .into_dimensionality::<Ix2>()
-                            .map_err(|e| OcrError::Inference {
-                                stage: Stage::Detect,
-                                message: format!("unexpected detector output: {e}"),
-                            })?;
-                        Ok(boxes_from_map(map, &shapes[i], &cfg))
-                    });
-                    timings[i].det = share + ms(t);
+                let found: Vec<(Result<Vec<Quad>, OcrError>, f64)> = self.pool.install(|| {
+                    chunk
+                        .par_iter()
+                        .enumerate()
+                        .map(|(k, &i)| {
+                            let t = Instant::now();
+                            let r = output.item(k).and_then(|out| {
+                                // [1, H, W] per image.
+                                let map = out
+                                    .main
+                                    .index_axis(Axis(0), 0)
+                                    .into_dimensionality::<Ix2>()
+                                    .map_err(|e| OcrError::Inference {
+                                        stage: Stage::Detect,
+                                        message: format!("unexpected detector output: {e}"),
+                                    })?;
+                                Ok(boxes_from_map(map, &shapes[i], &cfg))
+                            });
+                            (r, ms(t))
+                        })
+                        .collect()
+                });
+                for (&i, (r, post)) in chunk.iter().zip(found) {
+                    timings[i].det = share + post;
                     out[i] = Some(r);
                 }
             }
@@ -492,13 +547,14 @@ impl Engine {
             let run_n = sessions.padded_batch(chunk.len());
             tensor.clear();
             tensor.resize(slot * run_n, 0f32);
-            for (k, c) in chunk.iter().enumerate() {
-                cls::fill(
-                    &mut self.resizer,
-                    &c.pixels,
-                    &mut tensor[k * slot..(k + 1) * slot],
-                );
-            }
+            self.pool.install(|| {
+                tensor
+                    .par_chunks_mut(slot)
+                    .zip(chunk.par_iter())
+                    .for_each_init(Resizer::new, |resizer, (dst, c)| {
+                        cls::fill(resizer, &c.pixels, dst)
+                    })
+            });
             let output = infer(
                 sessions,
                 Stage::Classify,
@@ -506,19 +562,26 @@ impl Engine {
                 (chunk.len(), run_n),
                 [3, h, w],
                 &mut self.model_time.cls,
+                &mut self.recording,
             );
-            for (k, c) in chunk.iter_mut().enumerate() {
-                match output.item(k) {
-                    Ok(out) => {
-                        let probs: Vec<f32> = out.main.iter().copied().collect();
-                        if cls::should_rotate(&probs, thresh) {
-                            image::imageops::rotate180_in_place(&mut c.pixels);
+            let errors: Vec<(usize, OcrError)> = self.pool.install(|| {
+                chunk
+                    .par_iter_mut()
+                    .enumerate()
+                    .filter_map(|(k, c)| match output.item(k) {
+                        Ok(out) => {
+                            let probs: Vec<f32> = out.main.iter().copied().collect();
+                            if cls::should_rotate(&probs, thresh) {
+                                image::imageops::rotate180_in_place(&mut c.pixels);
+                            }
+                            None
                         }
-                    }
-                    Err(e) => {
-                        failed[c.image].get_or_insert(e);
-                    }
-                }
+                        Err(e) => Some((c.image, e)),
+                    })
+                    .collect()
+            });
+            for (image, e) in errors {
+                failed[image].get_or_insert(e);
             }
             let share = ms(t) / chunk.len() as f64;
             for c in chunk.iter() {
@@ -567,14 +630,14 @@ impl Engine {
             let run_n = self.rec.padded_batch(batch.len());
             tensor.clear();
             tensor.resize(slot * run_n, 0f32);
-            for (k, &(_, _, i)) in batch.iter().enumerate() {
-                rec::fill(
-                    &mut self.resizer,
-                    &crops[i].pixels,
-                    bucket,
-                    &mut tensor[k * slot..(k + 1) * slot],
-                );
-            }
+            self.pool.install(|| {
+                tensor
+                    .par_chunks_mut(slot)
+                    .zip(batch.par_iter())
+                    .for_each_init(Resizer::new, |resizer, (dst, &(_, _, i))| {
+                        rec::fill(resizer, &crops[i].pixels, bucket, dst)
+                    })
+            });
             let output = infer(
                 &mut self.rec,
                 Stage::Recognize,
@@ -582,9 +645,16 @@ impl Engine {
                 (batch.len(), run_n),
                 [3, h, w],
                 &mut self.model_time.rec,
+                &mut self.recording,
             );
-            for (k, &(_, _, i)) in batch.iter().enumerate() {
-                match output.item(k).and_then(|out| self.decode_line(out)) {
+            let decoded: Vec<Result<(String, f32), OcrError>> = self.pool.install(|| {
+                (0..batch.len())
+                    .into_par_iter()
+                    .map(|k| output.item(k).and_then(|out| self.decode_line(out)))
+                    .collect()
+            });
+            for (&(_, _, i), r) in batch.iter().zip(decoded) {
+                match r {
                     Ok(text) => texts[i] = Some(text),
                     Err(e) => {
                         failed[crops[i].image].get_or_insert(e);
@@ -704,7 +774,21 @@ fn infer(
     (n, run_n): (usize, usize),
     chw: [usize; 3],
     busy: &mut f64,
+    recording: &mut Option<Recording>,
 ) -> BatchOutput {
+    if let Some(r) = recording.as_ref().filter(|r| r.replaying) {
+        let t = Instant::now();
+        let out = r.answer(stage, chw, tensor, n);
+        *busy += t.elapsed().as_secs_f64();
+        return out;
+    }
+    if let Some(r) = recording.as_mut() {
+        let out = infer(sessions, stage, tensor, (n, run_n), chw, busy, &mut None);
+        if let BatchOutput::Whole(o) = &out {
+            r.store(stage, chw, tensor, n, o);
+        }
+        return out;
+    }
     let mut run = |t: &[f32], n: usize| {
         sessions
             .get(&[n, chw[0], chw[1], chw[2]])

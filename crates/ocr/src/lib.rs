@@ -28,6 +28,7 @@ mod handle;
 pub mod output;
 pub mod preprocess;
 pub mod rec;
+mod replay;
 pub mod runtime;
 mod sessions;
 

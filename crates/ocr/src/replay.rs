@@ -1,0 +1,108 @@
+//! The replay device: model outputs recorded from a real run, answered again without the models.
+//!
+//! With it, every CPU stage of the engine (resize and normalise, box extraction, crops, the
+//! classifier's rotation, CTC decoding) runs for real while the networks' arithmetic is
+//! skipped, so a benchmark measures the host's ceiling: the images per second that the CPU
+//! stages could feed to an infinitely fast device (`ocrfleet bench ocr --replay`). Outputs are
+//! kept per item, keyed by a hash of the item's whole input tensor, so a replay may batch the
+//! items differently from the recording. Answering costs a hash of the input and a copy of
+//! the output, about what a device's host-to-device and device-to-host copies cost; it is
+//! counted as model time ("in run %").
+
+use std::collections::HashMap;
+use std::hash::Hasher;
+
+use ndarray::Axis;
+
+use crate::engine::{BatchOutput, RunOutput};
+use crate::error::{OcrError, Stage};
+
+/// Recorded outputs, per item.
+#[derive(Default)]
+pub(crate) struct Recording {
+    items: HashMap<u64, RunOutput>,
+    /// True once recording has stopped and runs are answered from `items`.
+    pub(crate) replaying: bool,
+}
+
+impl Recording {
+    /// Items recorded so far.
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// A hash of one item's input: model stage, shape and every value.
+    fn key(stage: Stage, chw: [usize; 3], slot: &[f32]) -> u64 {
+        // FxHash's step over the bit patterns (the std SipHash would take ~5 ms per 960×736
+        // page and inflate the replayed model time).
+        let mut h: u64 = (stage as u64)
+            ^ ((chw[0] as u64) << 8)
+            ^ ((chw[1] as u64) << 24)
+            ^ ((chw[2] as u64) << 40);
+        let mut mix = |x: u64| h = (h.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
+        let mut pairs = slot.chunks_exact(2);
+        for p in &mut pairs {
+            mix(u64::from(p[0].to_bits()) | (u64::from(p[1].to_bits()) << 32));
+        }
+        for r in pairs.remainder() {
+            mix(u64::from(r.to_bits()));
+        }
+        let mut s = std::collections::hash_map::DefaultHasher::new();
+        s.write_u64(h);
+        s.finish()
+    }
+
+    /// Stores the first `n` items of a real batch run.
+    pub(crate) fn store(
+        &mut self,
+        stage: Stage,
+        chw: [usize; 3],
+        tensor: &[f32],
+        n: usize,
+        out: &RunOutput,
+    ) {
+        let slot = chw.iter().product::<usize>();
+        for i in 0..n {
+            let item = RunOutput {
+                main: out
+                    .main
+                    .index_axis(Axis(0), i)
+                    .insert_axis(Axis(0))
+                    .to_owned(),
+                indices: out
+                    .indices
+                    .as_ref()
+                    .map(|a| a.index_axis(Axis(0), i).insert_axis(Axis(0)).to_owned()),
+            };
+            self.items.insert(
+                Self::key(stage, chw, &tensor[i * slot..(i + 1) * slot]),
+                item,
+            );
+        }
+    }
+
+    /// Answers the first `n` items of a batch from the recording; an input never recorded
+    /// fails its item.
+    pub(crate) fn answer(
+        &self,
+        stage: Stage,
+        chw: [usize; 3],
+        tensor: &[f32],
+        n: usize,
+    ) -> BatchOutput {
+        let slot = chw.iter().product::<usize>();
+        BatchOutput::PerItem(
+            (0..n)
+                .map(|i| {
+                    self.items
+                        .get(&Self::key(stage, chw, &tensor[i * slot..(i + 1) * slot]))
+                        .map(RunOutput::clone)
+                        .ok_or_else(|| OcrError::Inference {
+                            stage,
+                            message: "replay: this input was not recorded".into(),
+                        })
+                })
+                .collect(),
+        )
+    }
+}
