@@ -14,7 +14,7 @@ ArgMax keeps the first of equal maxima (select_last_index=0), like the engine's 
 decoded text is identical (tests/parity.rs checks both forms on every fixture). The class count
 is written to the metadata key "classes", which the engine checks against its dictionary.
 
-    .venv/bin/python models/make_argmax.py [--only-fp32] [v4|v6 ...]
+    .venv/bin/python models/make_argmax.py [--only-fp32 | --only-fp16] [v4|v6 ...]
 
 models/fetch.sh runs this and checks the result's sha256 against models/MANIFEST.tsv (the
 output is deterministic for the pinned onnx version).
@@ -86,10 +86,12 @@ def verify(src, dst):
 
 def main():
     args = sys.argv[1:]
-    only_fp32 = "--only-fp32" in args
-    sets = [a for a in args if a != "--only-fp32"] or ["v4"]
-    pairs = [("rec.onnx", "rec.argmax.onnx")]
-    if not only_fp32:
+    flags = {"--only-fp32", "--only-fp16"}
+    sets = [a for a in args if a not in flags] or ["v4"]
+    pairs = []
+    if "--only-fp16" not in args:
+        pairs.append(("rec.onnx", "rec.argmax.onnx"))
+    if "--only-fp32" not in args:
         pairs.append(("rec.fp16.onnx", "rec.fp16.argmax.onnx"))
     for s in sets:
         for src_name, dst_name in pairs:

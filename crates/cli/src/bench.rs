@@ -124,6 +124,14 @@ pub struct OcrBenchArgs {
     /// so the table shows the host's ceiling (what the CPU could feed a device).
     #[arg(long)]
     pub replay: bool,
+    /// With --replay, a simulated device: milliseconds per batch item that each det, cls and
+    /// rec run waits (e.g. 2.83,0.05,0.31, from the H200 model-only figures in the README).
+    #[arg(long, value_delimiter = ',', num_args = 3, requires = "replay")]
+    pub replay_device_ms: Vec<f64>,
+    /// Run fill, model and post-processing of neighbouring batches one after another instead
+    /// of overlapped (for comparison).
+    #[arg(long)]
+    pub no_overlap: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -227,7 +235,8 @@ fn time_chunks<T>(
 fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
     let files = collect_files(&args.images);
     anyhow::ensure!(!files.is_empty(), "no images under {:?}", args.images);
-    let cfg = args.engine.config();
+    let mut cfg = args.engine.config();
+    cfg.overlap = !args.no_overlap;
     let images: Vec<RgbImage> = files
         .iter()
         .filter_map(|f| {
@@ -265,7 +274,12 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
     }
     let warm_up = warm_up.elapsed().as_secs_f64();
     let recorded = if args.replay {
-        Some(engine.replay())
+        let ms = |i: usize| args.replay_device_ms.get(i).copied().unwrap_or(0.0);
+        Some(engine.replay_on_device(ocrfleet_ocr::ModelTime {
+            det: ms(0),
+            cls: ms(1),
+            rec: ms(2),
+        }))
     } else {
         None
     };
@@ -282,18 +296,20 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
         }
     };
     println!(
-        "# ocrfleet bench ocr: {} images, {} crops, {} recognised lines per pass; device {}, models {}{}, threads {}, host threads {}, repeat {}, warm-up {:.1} s",
+        "# ocrfleet bench ocr: {} images, {} crops, {} recognised lines per pass; device {}, models {}{}, threads {}, host threads {}, overlap {}, repeat {}, warm-up {:.1} s",
         images.len(),
         crops.len(),
         lines_per_pass,
         match recorded {
-            Some(n) => format!("replay of {} ({n} model items recorded; \"in run %\" is the replay's lookup)", engine.provider()),
+            Some(n) if args.replay_device_ms.is_empty() => format!("replay of {} ({n} model items recorded; \"in run %\" is the replay's lookup)", engine.provider()),
+            Some(n) => format!("replay of {} on a simulated device of {:?} ms per det/cls/rec item ({n} model items recorded; \"in run %\" is the simulated device's busy share)", engine.provider(), args.replay_device_ms),
             None => engine.provider(),
         },
         engine.model_version(),
         if defaults.fp16 { " fp16" } else { "" },
         all(defaults.intra_threads),
         all(defaults.host_threads),
+        if defaults.overlap { "on" } else { "off" },
         args.repeat,
         warm_up
     );

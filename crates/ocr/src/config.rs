@@ -235,6 +235,10 @@ pub struct EngineConfig {
     /// box extraction, crops, CTC decoding) data-parallel across images and lines; 0 means
     /// one per core. On a GPU host these stages are what the device waits for.
     pub host_threads: usize,
+    /// Overlap each model run with the host work of the neighbouring batches (fill the next
+    /// batch's tensor, post-process the previous batch's output) instead of running the three
+    /// one after another. Default true; false exists for measurements.
+    pub overlap: bool,
     /// Load `<name>.fp16.onnx` variants (made by `models/make_fp16.py`) instead of fp32.
     pub fp16: bool,
     /// Images with more decoded pixels than this are refused. Default 50 000 000.
@@ -302,6 +306,7 @@ impl Default for EngineConfig {
             device: Device::Cpu,
             intra_threads: 0,
             host_threads: 0,
+            overlap: true,
             fp16: false,
             max_pixels: crate::decode::DEFAULT_MAX_PIXELS,
             ort_library: None,

@@ -15,6 +15,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 use rayon::prelude::*;
 
+use crate::overlap::overlapped;
 use crate::replay::Recording;
 use crate::sessions::ModelSessions;
 
@@ -294,8 +295,17 @@ impl Engine {
     /// models (the replay device); returns the number of items recorded. An input that was
     /// never recorded fails its image with an inference error.
     pub fn replay(&mut self) -> usize {
+        self.replay_on_device(ModelTime::default())
+    }
+
+    /// [`Engine::replay`] on a simulated device: each answered run first waits
+    /// `per_item_ms` (det, cls, rec) times its padded batch size, as the calling thread waits
+    /// for a real device. Host work overlapped with that wait is hidden, as it would be on a
+    /// GPU; the share of wall time spent waiting is the simulated device's busy fraction.
+    pub fn replay_on_device(&mut self, per_item_ms: ModelTime) -> usize {
         let r = self.recording.get_or_insert_with(Recording::default);
         r.replaying = true;
+        r.latency_ms = per_item_ms;
         r.len()
     }
 
@@ -460,68 +470,86 @@ impl Engine {
         for (i, s) in shapes.iter().enumerate() {
             groups.entry(s.tensor_key()).or_default().push(i);
         }
-        let mut out: Vec<Option<Result<Vec<Quad>, OcrError>>> = vec![None; images.len()];
-        let mut tensor = Vec::new();
-        for ((th, tw), members) in groups {
-            let (th, tw) = (th as usize, tw as usize);
-            let slot = 3 * th * tw;
-            for chunk in members.chunks(cfg.batch_size) {
-                let t = Instant::now();
-                let run_n = self.det.padded_batch(chunk.len());
-                tensor.clear();
+        // Batches: (tensor height, width, member images, padded batch size).
+        let batches: Vec<(usize, usize, &[usize], usize)> = groups
+            .iter()
+            .flat_map(|(&(th, tw), members)| {
+                members
+                    .chunks(cfg.batch_size)
+                    .map(move |c| (th as usize, tw as usize, c))
+            })
+            .map(|(th, tw, c)| (th, tw, c, self.det.padded_batch(c.len())))
+            .collect();
+        let overlap = self.cfg.overlap;
+        let Engine {
+            det,
+            pool,
+            model_time,
+            recording,
+            ..
+        } = self;
+        let done = overlapped(
+            overlap,
+            pool,
+            &batches,
+            |&(th, tw, chunk, run_n), tensor| {
+                let slot = 3 * th * tw;
                 tensor.resize(slot * run_n, 0f32);
-                self.pool.install(|| {
-                    tensor
-                        .par_chunks_mut(slot)
-                        .zip(chunk.par_iter())
-                        .for_each_init(Resizer::new, |resizer, (dst, &i)| {
-                            let s = &shapes[i];
-                            let resized = crate::preprocess::resize(
-                                resizer,
-                                &images[i],
-                                s.resized_w,
-                                s.resized_h,
-                            );
-                            crate::preprocess::write_planes(&resized, dst, tw, th);
-                            crate::preprocess::pad_with_background(&resized, dst, tw, th);
-                        })
-                });
-                let output = infer(
-                    &mut self.det,
+                tensor
+                    .par_chunks_mut(slot)
+                    .zip(chunk.par_iter())
+                    .for_each_init(Resizer::new, |resizer, (dst, &i)| {
+                        let s = &shapes[i];
+                        let resized = crate::preprocess::resize(
+                            resizer,
+                            &images[i],
+                            s.resized_w,
+                            s.resized_h,
+                        );
+                        crate::preprocess::write_planes(&resized, dst, tw, th);
+                        crate::preprocess::pad_with_background(&resized, dst, tw, th);
+                    });
+            },
+            |&(th, tw, chunk, run_n), tensor| {
+                infer(
+                    det,
                     Stage::Detect,
-                    &tensor,
+                    tensor,
                     (chunk.len(), run_n),
                     [3, th, tw],
-                    &mut self.model_time.det,
-                    &mut self.recording,
-                );
-                let share = ms(t) / chunk.len() as f64;
-                let found: Vec<(Result<Vec<Quad>, OcrError>, f64)> = self.pool.install(|| {
-                    chunk
-                        .par_iter()
-                        .enumerate()
-                        .map(|(k, &i)| {
-                            let t = Instant::now();
-                            let r = output.item(k).and_then(|out| {
-                                // [1, H, W] per image.
-                                let map = out
-                                    .main
-                                    .index_axis(Axis(0), 0)
-                                    .into_dimensionality::<Ix2>()
-                                    .map_err(|e| OcrError::Inference {
-                                        stage: Stage::Detect,
-                                        message: format!("unexpected detector output: {e}"),
-                                    })?;
-                                Ok(boxes_from_map(map, &shapes[i], &cfg))
-                            });
-                            (r, ms(t))
-                        })
-                        .collect()
-                });
-                for (&i, (r, post)) in chunk.iter().zip(found) {
-                    timings[i].det = share + post;
-                    out[i] = Some(r);
-                }
+                    &mut model_time.det,
+                    recording,
+                )
+            },
+            |&(_, _, chunk, _), output| -> Vec<(Result<Vec<Quad>, OcrError>, f64)> {
+                chunk
+                    .par_iter()
+                    .enumerate()
+                    .map(|(k, &i)| {
+                        let t = Instant::now();
+                        let r = output.item(k).and_then(|out| {
+                            // [1, H, W] per image.
+                            let map = out
+                                .main
+                                .index_axis(Axis(0), 0)
+                                .into_dimensionality::<Ix2>()
+                                .map_err(|e| OcrError::Inference {
+                                    stage: Stage::Detect,
+                                    message: format!("unexpected detector output: {e}"),
+                                })?;
+                            Ok(boxes_from_map(map, &shapes[i], &cfg))
+                        });
+                        (r, ms(t))
+                    })
+                    .collect()
+            },
+        );
+        let mut out: Vec<Option<Result<Vec<Quad>, OcrError>>> = vec![None; images.len()];
+        for (&(_, _, chunk, _), d) in batches.iter().zip(done) {
+            let share = (d.fill_ms + d.run_ms) / chunk.len() as f64;
+            for (&i, (r, post)) in chunk.iter().zip(d.result) {
+                timings[i].det = share + post;
+                out[i] = Some(r);
             }
         }
         out.into_iter()
@@ -535,57 +563,78 @@ impl Engine {
         timings: &mut [Timings],
         failed: &mut [Option<OcrError>],
     ) {
-        let Some(sessions) = self.cls.as_mut() else {
+        let Engine {
+            cls: Some(sessions),
+            pool,
+            model_time,
+            recording,
+            cfg,
+            ..
+        } = self
+        else {
             return;
         };
         let (h, w) = (cls::HEIGHT as usize, cls::WIDTH as usize);
         let slot = 3 * h * w;
-        let thresh = self.cfg.cls.thresh;
-        let mut tensor = Vec::new();
-        for chunk in crops.chunks_mut(self.cfg.cls.batch_size) {
-            let t = Instant::now();
-            let run_n = sessions.padded_batch(chunk.len());
-            tensor.clear();
-            tensor.resize(slot * run_n, 0f32);
-            self.pool.install(|| {
+        let thresh = cfg.cls.thresh;
+        let overlap = cfg.overlap;
+        // Batches: (first crop, crop count, padded batch size).
+        let batches: Vec<(usize, usize, usize)> = (0..crops.len())
+            .step_by(cfg.cls.batch_size)
+            .map(|a| {
+                let n = cfg.cls.batch_size.min(crops.len() - a);
+                (a, n, sessions.padded_batch(n))
+            })
+            .collect();
+        let view: &[Crop] = crops;
+        // Each batch's answer per crop: turn it 180° or not (applied after the loop, which
+        // reads the crops while it runs).
+        let done = overlapped(
+            overlap,
+            pool,
+            &batches,
+            |&(a, n, run_n), tensor| {
+                tensor.resize(slot * run_n, 0f32);
                 tensor
                     .par_chunks_mut(slot)
-                    .zip(chunk.par_iter())
+                    .zip(view[a..a + n].par_iter())
                     .for_each_init(Resizer::new, |resizer, (dst, c)| {
                         cls::fill(resizer, &c.pixels, dst)
-                    })
-            });
-            let output = infer(
-                sessions,
-                Stage::Classify,
-                &tensor,
-                (chunk.len(), run_n),
-                [3, h, w],
-                &mut self.model_time.cls,
-                &mut self.recording,
-            );
-            let errors: Vec<(usize, OcrError)> = self.pool.install(|| {
-                chunk
-                    .par_iter_mut()
-                    .enumerate()
-                    .filter_map(|(k, c)| match output.item(k) {
-                        Ok(out) => {
+                    });
+            },
+            |&(_, n, run_n), tensor| {
+                infer(
+                    sessions,
+                    Stage::Classify,
+                    tensor,
+                    (n, run_n),
+                    [3, h, w],
+                    &mut model_time.cls,
+                    recording,
+                )
+            },
+            |&(_, n, _), output| -> Vec<Result<bool, OcrError>> {
+                (0..n)
+                    .map(|k| {
+                        output.item(k).map(|out| {
                             let probs: Vec<f32> = out.main.iter().copied().collect();
-                            if cls::should_rotate(&probs, thresh) {
-                                image::imageops::rotate180_in_place(&mut c.pixels);
-                            }
-                            None
-                        }
-                        Err(e) => Some((c.image, e)),
+                            cls::should_rotate(&probs, thresh)
+                        })
                     })
                     .collect()
-            });
-            for (image, e) in errors {
-                failed[image].get_or_insert(e);
-            }
-            let share = ms(t) / chunk.len() as f64;
-            for c in chunk.iter() {
+            },
+        );
+        for (&(a, n, _), d) in batches.iter().zip(done) {
+            let share = (d.fill_ms + d.run_ms) / n as f64;
+            for (c, turn) in crops[a..a + n].iter_mut().zip(d.result) {
                 timings[c.image].cls += share;
+                match turn {
+                    Ok(true) => image::imageops::rotate180_in_place(&mut c.pixels),
+                    Ok(false) => {}
+                    Err(e) => {
+                        failed[c.image].get_or_insert(e);
+                    }
+                }
             }
         }
     }
@@ -612,9 +661,9 @@ impl Engine {
             })
             .collect();
         order.sort_unstable();
-        let mut texts: Vec<Option<(String, f32)>> = vec![None; crops.len()];
-        let mut tensor = Vec::new();
-        let h = rec::HEIGHT as usize;
+        // Batches: runs of one bucket, at most the batch size; with their padded batch size.
+        let max = self.cfg.rec_batch_size();
+        let mut batches: Vec<(u32, &[(u32, u32, usize)], usize)> = Vec::new();
         let mut start = 0;
         while start < order.len() {
             let bucket = order[start].0;
@@ -622,38 +671,63 @@ impl Engine {
                 .iter()
                 .position(|o| o.0 != bucket)
                 .map_or(order.len(), |p| start + p)
-                .min(start + self.cfg.rec_batch_size());
+                .min(start + max);
             let batch = &order[start..end];
-            let w = bucket as usize;
-            let slot = 3 * h * w;
-            let t = Instant::now();
-            let run_n = self.rec.padded_batch(batch.len());
-            tensor.clear();
-            tensor.resize(slot * run_n, 0f32);
-            self.pool.install(|| {
+            batches.push((bucket, batch, self.rec.padded_batch(batch.len())));
+            start = end;
+        }
+        let h = rec::HEIGHT as usize;
+        let overlap = self.cfg.overlap;
+        let Engine {
+            rec,
+            pool,
+            model_time,
+            recording,
+            dict,
+            ..
+        } = self;
+        let dict = &*dict;
+        let done = overlapped(
+            overlap,
+            pool,
+            &batches,
+            |&(bucket, batch, run_n), tensor| {
+                let slot = 3 * h * bucket as usize;
+                tensor.resize(slot * run_n, 0f32);
                 tensor
                     .par_chunks_mut(slot)
                     .zip(batch.par_iter())
                     .for_each_init(Resizer::new, |resizer, (dst, &(_, _, i))| {
                         rec::fill(resizer, &crops[i].pixels, bucket, dst)
-                    })
-            });
-            let output = infer(
-                &mut self.rec,
-                Stage::Recognize,
-                &tensor,
-                (batch.len(), run_n),
-                [3, h, w],
-                &mut self.model_time.rec,
-                &mut self.recording,
-            );
-            let decoded: Vec<Result<(String, f32), OcrError>> = self.pool.install(|| {
+                    });
+            },
+            |&(bucket, batch, run_n), tensor| {
+                infer(
+                    rec,
+                    Stage::Recognize,
+                    tensor,
+                    (batch.len(), run_n),
+                    [3, h, bucket as usize],
+                    &mut model_time.rec,
+                    recording,
+                )
+            },
+            |&(_, batch, _), output| -> Vec<(Result<(String, f32), OcrError>, f64)> {
                 (0..batch.len())
                     .into_par_iter()
-                    .map(|k| output.item(k).and_then(|out| self.decode_line(out)))
+                    .map(|k| {
+                        let t = Instant::now();
+                        let r = output.item(k).and_then(|out| decode_line(dict, out));
+                        (r, ms(t))
+                    })
                     .collect()
-            });
-            for (&(_, _, i), r) in batch.iter().zip(decoded) {
+            },
+        );
+        let mut texts: Vec<Option<(String, f32)>> = vec![None; crops.len()];
+        for (&(_, batch, _), d) in batches.iter().zip(done) {
+            let share = (d.fill_ms + d.run_ms) / batch.len() as f64;
+            for (&(_, _, i), (r, decode_ms)) in batch.iter().zip(d.result) {
+                timings[crops[i].image].rec += share + decode_ms;
                 match r {
                     Ok(text) => texts[i] = Some(text),
                     Err(e) => {
@@ -661,31 +735,8 @@ impl Engine {
                     }
                 }
             }
-            let share = ms(t) / batch.len() as f64;
-            for &(_, _, i) in batch {
-                timings[crops[i].image].rec += share;
-            }
-            start = end;
         }
         texts
-    }
-
-    /// CTC-decodes one line's recogniser output: `[T]` indices and scores from the argmax
-    /// model, or the `[T, C]` softmax.
-    fn decode_line(&self, out: ItemOutput<'_>) -> Result<(String, f32), OcrError> {
-        let bad = |e: ndarray::ShapeError| OcrError::Inference {
-            stage: Stage::Recognize,
-            message: format!("unexpected recogniser output: {e}"),
-        };
-        match out.indices {
-            Some(indices) => Ok(self.dict.decode_best(
-                indices.into_dimensionality::<Ix1>().map_err(bad)?,
-                out.main.into_dimensionality::<Ix1>().map_err(bad)?,
-            )),
-            None => Ok(self
-                .dict
-                .decode(out.main.into_dimensionality::<Ix2>().map_err(bad)?)),
-        }
     }
 
     /// Recognition only, on already cropped lines. Exposed for benchmarks.
@@ -719,6 +770,22 @@ impl Engine {
                 None => Ok(c.pixels != *orig),
             })
             .collect()
+    }
+}
+
+/// CTC-decodes one line's recogniser output: `[T]` indices and scores from the argmax model,
+/// or the `[T, C]` softmax.
+fn decode_line(dict: &Dictionary, out: ItemOutput<'_>) -> Result<(String, f32), OcrError> {
+    let bad = |e: ndarray::ShapeError| OcrError::Inference {
+        stage: Stage::Recognize,
+        message: format!("unexpected recogniser output: {e}"),
+    };
+    match out.indices {
+        Some(indices) => Ok(dict.decode_best(
+            indices.into_dimensionality::<Ix1>().map_err(bad)?,
+            out.main.into_dimensionality::<Ix1>().map_err(bad)?,
+        )),
+        None => Ok(dict.decode(out.main.into_dimensionality::<Ix2>().map_err(bad)?)),
     }
 }
 
@@ -778,7 +845,7 @@ fn infer(
 ) -> BatchOutput {
     if let Some(r) = recording.as_ref().filter(|r| r.replaying) {
         let t = Instant::now();
-        let out = r.answer(stage, chw, tensor, n);
+        let out = r.answer(stage, chw, tensor, (n, run_n));
         *busy += t.elapsed().as_secs_f64();
         return out;
     }

@@ -26,6 +26,7 @@ mod engine;
 pub mod error;
 mod handle;
 pub mod output;
+mod overlap;
 pub mod preprocess;
 pub mod rec;
 mod replay;

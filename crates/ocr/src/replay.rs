@@ -23,6 +23,9 @@ pub(crate) struct Recording {
     items: HashMap<u64, RunOutput>,
     /// True once recording has stopped and runs are answered from `items`.
     pub(crate) replaying: bool,
+    /// A simulated device: milliseconds per batch item that answering a det, cls or rec run
+    /// waits, as the calling thread waits for a device (zero: answer at once).
+    pub(crate) latency_ms: crate::ModelTime,
 }
 
 impl Recording {
@@ -81,15 +84,25 @@ impl Recording {
         }
     }
 
-    /// Answers the first `n` items of a batch from the recording; an input never recorded
-    /// fails its item.
+    /// Answers the first `n` items of a batch padded to `run_n` from the recording, after the
+    /// simulated device's time for `run_n` items; an input never recorded fails its item.
     pub(crate) fn answer(
         &self,
         stage: Stage,
         chw: [usize; 3],
         tensor: &[f32],
-        n: usize,
+        (n, run_n): (usize, usize),
     ) -> BatchOutput {
+        let per_item = match stage {
+            Stage::Detect => self.latency_ms.det,
+            Stage::Classify => self.latency_ms.cls,
+            _ => self.latency_ms.rec,
+        };
+        if per_item > 0.0 {
+            std::thread::sleep(std::time::Duration::from_secs_f64(
+                per_item * run_n as f64 / 1000.0,
+            ));
+        }
         let slot = chw.iter().product::<usize>();
         BatchOutput::PerItem(
             (0..n)
