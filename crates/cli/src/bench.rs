@@ -126,7 +126,7 @@ pub struct OcrBenchArgs {
     pub replay: bool,
     /// With --replay, a simulated device: milliseconds per batch item that each det, cls and
     /// rec run waits (e.g. 2.83,0.05,0.31, from the H200 model-only figures in the README).
-    #[arg(long, value_delimiter = ',', num_args = 3, requires = "replay")]
+    #[arg(long, value_delimiter = ',', requires = "replay")]
     pub replay_device_ms: Vec<f64>,
     /// Run fill, model and post-processing of neighbouring batches one after another instead
     /// of overlapped (for comparison).
@@ -235,6 +235,10 @@ fn time_chunks<T>(
 fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
     let files = collect_files(&args.images);
     anyhow::ensure!(!files.is_empty(), "no images under {:?}", args.images);
+    anyhow::ensure!(
+        matches!(args.replay_device_ms.len(), 0 | 3),
+        "--replay-device-ms takes three numbers: det,cls,rec"
+    );
     let mut cfg = args.engine.config();
     cfg.overlap = !args.no_overlap;
     let images: Vec<RgbImage> = files
@@ -353,12 +357,15 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
             engine.config_mut().det.batch_size = b;
             let mut lines = 0usize;
             let mut cost = StageCost::default();
+            let cpu0 = process_cpu_seconds();
             let t = time_chunks(&mut engine, &images, b, args.repeat, |e, c| {
                 for t in e.recognize(c).iter().filter_map(|r| r.as_ref().ok()) {
                     lines += t.lines.len();
                     cost.add(&t.timings);
                 }
             });
+            cost.cpu_secs = process_cpu_seconds() - cpu0;
+            cost.wall_secs = t.0;
             costs.push((b, cost));
             rows.push(Row::new(
                 "pipeline",
@@ -373,21 +380,24 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
     }
 
     if !costs.is_empty() {
-        println!("\n# pipeline cost per image by stage, ms (summed over the host pool's threads; det and the models' share include their run or replay time)");
+        println!("\n# pipeline cost per image by stage, ms summed over threads (det, cls and rec include their share of the batch's tensor fill and model run or replay); process CPU per image and images per second per busy core from /proc/self/stat");
         println!(
-            "{:<5} {:>8} {:>8} {:>8} {:>8} {:>8}",
-            "batch", "det", "crop", "cls", "rec", "total"
+            "{:<5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>10}",
+            "batch", "det", "crop", "cls", "rec", "total", "CPU ms", "cores", "img/s/core"
         );
         for (b, c) in &costs {
             let n = c.images.max(1) as f64;
             println!(
-                "{:<5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                "{:<5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>7.2} {:>10.1}",
                 b,
                 c.det / n,
                 c.crop / n,
                 c.cls / n,
                 c.rec / n,
-                (c.det + c.crop + c.cls + c.rec) / n
+                (c.det + c.crop + c.cls + c.rec) / n,
+                1000.0 * c.cpu_secs / n,
+                c.cpu_secs / c.wall_secs.max(1e-9),
+                n / c.cpu_secs.max(1e-9)
             );
         }
     }
@@ -431,6 +441,9 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
 #[derive(Default)]
 struct StageCost {
     images: usize,
+    /// CPU seconds of the whole process (user + system) and wall seconds during the row.
+    cpu_secs: f64,
+    wall_secs: f64,
     det: f64,
     crop: f64,
     cls: f64,
@@ -445,4 +458,22 @@ impl StageCost {
         self.cls += t.cls;
         self.rec += t.rec;
     }
+}
+
+/// User + system CPU seconds of this process so far, from `/proc/self/stat` (clock ticks of
+/// 1/100 s, Linux's USER_HZ); 0 where that file does not exist.
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at field 3 (state);
+    // utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() / 100.0
 }

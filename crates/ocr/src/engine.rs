@@ -663,7 +663,7 @@ impl Engine {
         order.sort_unstable();
         // Batches: runs of one bucket, at most the batch size; with their padded batch size.
         let max = self.cfg.rec_batch_size();
-        let mut batches: Vec<(u32, &[(u32, u32, usize)], usize)> = Vec::new();
+        let mut batches: Vec<RecBatch<'_>> = Vec::new();
         let mut start = 0;
         while start < order.len() {
             let bucket = order[start].0;
@@ -712,7 +712,7 @@ impl Engine {
                     recording,
                 )
             },
-            |&(_, batch, _), output| -> Vec<(Result<(String, f32), OcrError>, f64)> {
+            |&(_, batch, _), output| -> Vec<(LineResult, f64)> {
                 (0..batch.len())
                     .into_par_iter()
                     .map(|k| {
@@ -772,6 +772,11 @@ impl Engine {
             .collect()
     }
 }
+
+/// A recogniser batch: its bucket width, its (bucket, width, crop) entries, its padded size.
+type RecBatch<'a> = (u32, &'a [(u32, u32, usize)], usize);
+/// One line's text and score, or why it failed.
+type LineResult = Result<(String, f32), OcrError>;
 
 /// CTC-decodes one line's recogniser output: `[T]` indices and scores from the argmax model,
 /// or the `[T, C]` softmax.

@@ -109,7 +109,7 @@ impl Recording {
                 .map(|i| {
                     self.items
                         .get(&Self::key(stage, chw, &tensor[i * slot..(i + 1) * slot]))
-                        .map(RunOutput::clone)
+                        .cloned()
                         .ok_or_else(|| OcrError::Inference {
                             stage,
                             message: "replay: this input was not recorded".into(),

@@ -6,7 +6,10 @@ mod common;
 use common::*;
 use ocrfleet_ocr::{Engine, EngineConfig, ImageText, OcrError, Stage};
 
-fn lines(r: &[Result<ImageText, OcrError>]) -> Vec<Vec<(String, [[i32; 2]; 4], f32)>> {
+/// Per image: its lines' text, box and score.
+type Lines = Vec<Vec<(String, [[i32; 2]; 4], f32)>>;
+
+fn lines(r: &[Result<ImageText, OcrError>]) -> Lines {
     r.iter()
         .map(|t| {
             t.as_ref()
