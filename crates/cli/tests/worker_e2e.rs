@@ -68,6 +68,16 @@ fn happy_path_indexes_everything_commits_and_exits_cleanly_on_sigterm() {
     assert_eq!(w.metric("ocrfleet_messages_consumed_total"), n as f64);
     assert_eq!(w.metric("ocrfleet_messages_dead_lettered_total"), 0.0);
     assert!(w.metric("ocrfleet_bytes_downloaded_total") > 0.0);
+    let metrics = w.metrics();
+    for stage in ["det", "crop", "cls", "rec"] {
+        let line = format!("ocrfleet_engine_stage_seconds_total{{stage=\"{stage}\"}}");
+        let v: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{line} missing from /metrics"));
+        assert!(v > 0.0, "{line} is {v}");
+    }
     assert!(w
         .metrics()
         .contains("ocrfleet_batch_size_bucket{stage=\"ocr\""));
@@ -407,25 +417,21 @@ fn second_worker_joins(brokers: &str, es: &str, name: &str, check_lag: bool) {
     );
     create_topics(brokers, &topic, parts);
     produce(brokers, &topic, parts, &good_messages(&srv, n, name));
-    let a = Worker::start(
-        brokers,
-        es,
-        &topic,
-        &group,
-        &index,
-        &["--max-messages", "20"],
-    );
+    // noida-db's group coordinator was seen (CI, 2026-11-27) to hold a JoinGroup for the whole
+    // rebalance timeout (max.poll.interval.ms, 5 min by default) when a member's commits were in
+    // flight as the second member joined; twice that outlasts the test. A short rebalance timeout
+    // bounds each such wait; the worker's poll loop never blocks for long, so it is safe.
+    let args = [
+        "--max-messages",
+        "20",
+        "--kafka-option",
+        "session.timeout.ms=10000,max.poll.interval.ms=20000",
+    ];
+    let a = Worker::start(brokers, es, &topic, &group, &index, &args);
     wait_until("worker A made progress", Duration::from_secs(300), || {
         es_count(es, &index).unwrap_or(0) >= 20
     });
-    let b = Worker::start(
-        brokers,
-        es,
-        &topic,
-        &group,
-        &index,
-        &["--max-messages", "20"],
-    );
+    let b = Worker::start(brokers, es, &topic, &group, &index, &args);
     wait_until(
         "everything indexed by A and B",
         Duration::from_secs(600),

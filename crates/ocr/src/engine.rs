@@ -368,36 +368,20 @@ impl Engine {
         let mut timings = vec![Timings::default(); images.len()];
         let mut failed: Vec<Option<OcrError>> = vec![None; images.len()];
 
-        // 1. Detection.
-        let boxes = self.detect_timed(images, &mut timings);
-
-        // 2. Crops, in each image's reading order (data-parallel over boxes).
-        let mut quads = Vec::new();
-        for (i, b) in boxes.into_iter().enumerate() {
-            match b {
-                Ok(qs) => quads.extend(qs.into_iter().map(|q| (i, q))),
-                Err(e) => failed[i] = Some(e),
-            }
-        }
-        let cut: Vec<(Option<Crop>, f64)> = self.pool.install(|| {
-            quads
-                .into_par_iter()
-                .map(|(image, quad)| {
-                    let t = Instant::now();
-                    let crop = crop_quad(&images[image], &quad).map(|pixels| Crop {
-                        image,
+        // 1. Detection, and 2. the crops in each image's reading order: cut on the host pool
+        // while the detector runs the next batch.
+        let detected = self.detect_timed(images, &mut timings, true);
+        let mut crops = Vec::new();
+        for (i, d) in detected.into_iter().enumerate() {
+            match d {
+                Ok(found) => crops.extend(found.into_iter().filter_map(|(quad, pixels)| {
+                    pixels.map(|pixels| Crop {
+                        image: i,
                         quad,
                         pixels,
-                    });
-                    (crop, ms(t))
-                })
-                .collect()
-        });
-        let mut crops = Vec::with_capacity(cut.len());
-        for (crop, t) in cut {
-            if let Some(c) = crop {
-                timings[c.image].crop += t;
-                crops.push(c);
+                    })
+                })),
+                Err(e) => failed[i] = Some(e),
             }
         }
 
@@ -451,14 +435,20 @@ impl Engine {
     /// Detection only: boxes per image in reading order. Exposed for benchmarks and tests.
     pub fn detect(&mut self, images: &[RgbImage]) -> Vec<Result<Vec<Quad>, OcrError>> {
         let mut timings = vec![Timings::default(); images.len()];
-        self.detect_timed(images, &mut timings)
+        self.detect_timed(images, &mut timings, false)
+            .into_iter()
+            .map(|r| r.map(|found| found.into_iter().map(|(q, _)| q).collect()))
+            .collect()
     }
 
+    /// Boxes per image in reading order, each with its crop when `cut` (a degenerate box has
+    /// none).
     fn detect_timed(
         &mut self,
         images: &[RgbImage],
         timings: &mut [Timings],
-    ) -> Vec<Result<Vec<Quad>, OcrError>> {
+        cut: bool,
+    ) -> Vec<Result<Found, OcrError>> {
         let cfg = self.cfg.det.clone();
         let buckets = cfg.buckets.clone().unwrap_or_default();
         let shapes: Vec<DetShape> = images
@@ -521,7 +511,7 @@ impl Engine {
                     recording,
                 )
             },
-            |&(_, _, chunk, _), output| -> Vec<(Result<Vec<Quad>, OcrError>, f64)> {
+            |&(_, _, chunk, _), output| -> Vec<(Result<Found, OcrError>, f64, f64)> {
                 chunk
                     .par_iter()
                     .enumerate()
@@ -539,16 +529,28 @@ impl Engine {
                                 })?;
                             Ok(boxes_from_map(map, &shapes[i], &cfg))
                         });
-                        (r, ms(t))
+                        let post = ms(t);
+                        let t = Instant::now();
+                        let r = r.map(|quads| {
+                            quads
+                                .into_par_iter()
+                                .map(|q| {
+                                    let pixels = cut.then(|| crop_quad(&images[i], &q)).flatten();
+                                    (q, pixels)
+                                })
+                                .collect()
+                        });
+                        (r, post, ms(t))
                     })
                     .collect()
             },
         );
-        let mut out: Vec<Option<Result<Vec<Quad>, OcrError>>> = vec![None; images.len()];
+        let mut out: Vec<Option<Result<Found, OcrError>>> = vec![None; images.len()];
         for (&(_, _, chunk, _), d) in batches.iter().zip(done) {
             let share = (d.fill_ms + d.run_ms) / chunk.len() as f64;
-            for (&i, (r, post)) in chunk.iter().zip(d.result) {
+            for (&i, (r, post, crop)) in chunk.iter().zip(d.result) {
                 timings[i].det = share + post;
+                timings[i].crop = crop;
                 out[i] = Some(r);
             }
         }
@@ -773,6 +775,8 @@ impl Engine {
     }
 }
 
+/// Boxes found in one image, in reading order, each with its crop when one was cut.
+type Found = Vec<(Quad, Option<RgbImage>)>;
 /// A recogniser batch: its bucket width, its (bucket, width, crop) entries, its padded size.
 type RecBatch<'a> = (u32, &'a [(u32, u32, usize)], usize);
 /// One line's text and score, or why it failed.

@@ -217,6 +217,8 @@ settings! {
     models_dir: PathBuf, "models-dir", "OCRFLEET_MODELS_DIR", "models";
     /// ONNX Runtime intra-op threads per model (0 = all cores).
     threads: usize, "threads", "OCRFLEET_THREADS", "0";
+    /// Threads of the engine's host pool, which runs its CPU stages (resize, boxes, crops, decoding) beside the model runs (0 = all cores).
+    host_threads: usize, "host-threads", "OCRFLEET_HOST_THREADS", "0";
     /// When the engine fails its health probe this long (a lost GPU, say), the worker exits non-zero so that a fresh process is started; meanwhile intake pauses and nothing is dead-lettered.
     engine_fault_timeout: HumanDuration, "engine-fault-timeout", "OCRFLEET_ENGINE_FAULT_TIMEOUT", "2m";
     /// Address of the /metrics, /healthz and /readyz server.
@@ -383,6 +385,7 @@ impl WorkerConfig {
             model_set: a.models.expect("defaulted"),
             device: a.device.expect("defaulted"),
             intra_threads: a.threads.expect("defaulted"),
+            host_threads: a.host_threads.expect("defaulted"),
             ..EngineConfig::default()
         };
         Ok(WorkerConfig {

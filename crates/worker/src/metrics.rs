@@ -8,8 +8,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    exponential_buckets, Counter, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Counter, CounterVec, Gauge, Histogram, HistogramOpts, HistogramVec,
+    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the worker exports.
@@ -25,6 +25,7 @@ pub struct Metrics {
     pub busy_ratio: Gauge,
     pub device_busy_ratio: Gauge,
     pub device_seconds: Counter,
+    pub engine_stage_seconds: CounterVec,
     pub bytes_downloaded: IntCounter,
     pub lag: IntGaugeVec,
     pub rebalances: IntCounter,
@@ -68,6 +69,11 @@ impl Metrics {
             busy_ratio: Gauge::new("ocrfleet_inference_busy_ratio", "Fraction of wall time the inference thread was busy, over the last 10 s").unwrap(),
             device_busy_ratio: Gauge::new("ocrfleet_device_busy_ratio", "Fraction of wall time spent inside ONNX Runtime's run (all models), over the last 10 s: the device's busy fraction").unwrap(),
             device_seconds: Counter::new("ocrfleet_device_seconds_total", "Seconds spent inside ONNX Runtime's run (all models)").unwrap(),
+            engine_stage_seconds: CounterVec::new(
+                Opts::new("ocrfleet_engine_stage_seconds_total", "Engine work per stage (det, crop, cls, rec), summed over images and host threads: each image's share of its batches' tensor fill and model run, plus its own post-processing"),
+                &["stage"],
+            )
+            .unwrap(),
             bytes_downloaded: IntCounter::new("ocrfleet_bytes_downloaded_total", "Image bytes downloaded").unwrap(),
             lag: IntGaugeVec::new(Opts::new("ocrfleet_consumer_lag", "Consumer lag per partition (librdkafka statistics)"), &["topic", "partition"]).unwrap(),
             rebalances: IntCounter::new("ocrfleet_rebalances_total", "Consumer group rebalances seen (assign or revoke)").unwrap(),
@@ -88,6 +94,7 @@ impl Metrics {
             Box::new(m.busy_ratio.clone()),
             Box::new(m.device_busy_ratio.clone()),
             Box::new(m.device_seconds.clone()),
+            Box::new(m.engine_stage_seconds.clone()),
             Box::new(m.bytes_downloaded.clone()),
             Box::new(m.lag.clone()),
             Box::new(m.rebalances.clone()),

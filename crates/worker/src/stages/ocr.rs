@@ -56,6 +56,23 @@ pub async fn ocr_stage(
             .stage_seconds
             .with_label_values(&["ocr"])
             .observe(t.elapsed().as_secs_f64());
+        for t in results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|t| t.timings)
+        {
+            for (stage, ms) in [
+                ("det", t.det),
+                ("crop", t.crop),
+                ("cls", t.cls),
+                ("rec", t.rec),
+            ] {
+                metrics
+                    .engine_stage_seconds
+                    .with_label_values(&[stage])
+                    .inc_by(ms.max(0.0) / 1000.0);
+            }
+        }
         for (ready, result) in batch.into_iter().zip(results) {
             let outcome = match result {
                 Ok(text) => Outcome::Doc(Box::new(document(
