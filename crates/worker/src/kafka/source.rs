@@ -166,6 +166,18 @@ pub fn consumer(
         .set("heartbeat.interval.ms", "2000")
         .set("max.poll.interval.ms", "300000")
         .set("statistics.interval.ms", "5000");
+    // `--kafka-option` overrides these defaults (timeouts, assignment strategy), except the
+    // settings that at-least-once delivery depends on.
+    for (k, v) in &cfg.kafka.options {
+        if matches!(
+            k.as_str(),
+            "group.id" | "enable.auto.commit" | "enable.auto.offset.store"
+        ) {
+            tracing::warn!(option = %k, "--kafka-option ignored for the consumer: the worker owns this setting (use --group for the group)");
+        } else {
+            c.set(k, v);
+        }
+    }
     let consumer: BaseConsumer<SourceContext> = c.create_with_context(ctx)?;
     consumer.subscribe(&[cfg.kafka.topic.as_str()])?;
     Ok(consumer)
