@@ -20,9 +20,9 @@ real=${1:-}
 cargo build --release -p ocrfleet --features cuda
 rm -rf .gpu-run .gpu-extra && mkdir -p .gpu-run/models/v4 .gpu-extra/v6 .gpu-extra/v4
 strip -o .gpu-run/ocrfleet target/release/ocrfleet
-cp models/v4/{det,cls,rec,rec.argmax}.onnx .gpu-run/models/v4/
-cp models/v6/{det,cls,rec,rec.argmax}.onnx .gpu-extra/v6/
-cp models/v4/*.fp16.onnx .gpu-extra/v4/
+cp models/v4/{det,cls,rec.argmax}.onnx .gpu-run/models/v4/
+cp models/v6/{det,cls,rec.argmax}.onnx .gpu-extra/v6/
+cp models/v4/{det,cls}.fp16.onnx models/v4/rec.fp16.argmax.onnx .gpu-extra/v4/
 cp "$(.venv/bin/python -c 'import noida_db, os; print(os.path.dirname(noida_db.__file__))')/noida-db" .gpu-extra/
 .venv/bin/python tests/bench/make_pages.py .gpu-run/pages --count 40
 if [ -n "$real" ]; then
