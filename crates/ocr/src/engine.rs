@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use crate::overlap::overlapped;
 use crate::replay::Recording;
-use crate::sessions::ModelSessions;
+use crate::sessions::{batch_sizes, ModelSessions};
 
 use crate::config::{Device, EngineConfig, FaultPlan};
 use crate::crop::crop_quad;
@@ -153,8 +153,8 @@ impl Engine {
     pub fn new(cfg: EngineConfig) -> Result<Engine, EngineError> {
         cfg.validate().map_err(EngineError::Config)?;
         let mut cfg = cfg;
-        // Resolve the device-dependent detector buckets once, so every plan uses the same.
-        cfg.det.buckets = Some(cfg.det_buckets());
+        // Resolve the device-dependent detector canvases once, so every plan uses the same.
+        cfg.det.canvases = Some(cfg.det_canvases());
         cfg.rec.widths = cfg.rec_widths();
         let env = runtime::environment(&cfg.ort_library_path())?;
         let det = ModelSessions::new(&cfg, &env, &cfg.model_path("det"))?;
@@ -283,6 +283,89 @@ impl Engine {
     /// [`EngineConfig::session_per_shape`].
     pub fn session_count(&self) -> usize {
         self.det.count() + self.rec.count() + self.cls.as_ref().map_or(0, ModelSessions::count)
+    }
+
+    /// Makes and runs once, on zeros, every input shape that the current settings can produce:
+    /// detector canvases × batch sizes, classifier batch sizes, recogniser widths × batch sizes
+    /// (see [`crate::sessions`]). Afterwards no image pays for a session or a cuDNN plan, which
+    /// cost 75–900 ms per shape on an H200. Does nothing unless each shape has its own session
+    /// (CUDA). An error, such as running out of device memory, means the engine cannot serve;
+    /// so does a model with more shapes than [`EngineConfig::max_sessions_per_model`].
+    pub fn warm_up(&mut self) -> Result<WarmUp, EngineError> {
+        if !self.det.per_shape() {
+            return Ok(WarmUp::default());
+        }
+        let t = Instant::now();
+        let cfg = &self.cfg;
+        let det: Vec<[usize; 4]> = cfg
+            .det
+            .canvases
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|&[w, h]| {
+                batch_sizes(cfg.det.batch_size)
+                    .into_iter()
+                    .map(move |b| [b, 3, h as usize, w as usize])
+            })
+            .collect();
+        let cls: Vec<[usize; 4]> = batch_sizes(cfg.cls.batch_size)
+            .into_iter()
+            .map(|b| [b, 3, cls::HEIGHT as usize, cls::WIDTH as usize])
+            .collect();
+        let rec: Vec<[usize; 4]> = cfg
+            .rec
+            .widths
+            .iter()
+            .flat_map(|&w| {
+                batch_sizes(cfg.rec_batch_size())
+                    .into_iter()
+                    .map(move |b| [b, 3, rec::HEIGHT as usize, w as usize])
+            })
+            .collect();
+        let cap = cfg.max_sessions_per_model;
+        let device = cfg.device;
+        let mut shapes = 0;
+        for (name, sessions, list) in [
+            ("det", Some(&mut self.det), det),
+            ("cls", self.cls.as_mut(), cls),
+            ("rec", Some(&mut self.rec), rec),
+        ] {
+            let Some(sessions) = sessions else { continue };
+            if list.len() > cap {
+                return Err(EngineError::Config(format!(
+                    "{name} has {} input shapes but max_sessions_per_model is {cap}: raise it, or use fewer canvases, widths or batch sizes",
+                    list.len()
+                )));
+            }
+            for shape in list {
+                let [n, c, h, w] = shape;
+                let zeros = vec![0f32; n * c * h * w];
+                sessions
+                    .get(&shape)
+                    .and_then(|s| run_model(s, &zeros, n, [c, h, w], &mut 0.0))
+                    .map_err(|m| {
+                        let message = format!("warm-up of {name} at {shape:?}: {m}");
+                        match device {
+                            Device::Cuda(device) => EngineError::Cuda { device, message },
+                            Device::Cpu => EngineError::Ort(message),
+                        }
+                    })?;
+                shapes += 1;
+            }
+        }
+        let done = WarmUp {
+            shapes,
+            sessions: self.session_count(),
+            seconds: t.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            shapes = done.shapes,
+            sessions = done.sessions,
+            seconds = format!("{:.1}", done.seconds),
+            "OCR engine warmed up: every input shape has its session and plans"
+        );
+        Ok(done)
     }
 
     /// Starts recording every model output from now on (see [`crate::replay`]); forgets any
@@ -450,10 +533,10 @@ impl Engine {
         cut: bool,
     ) -> Vec<Result<Found, OcrError>> {
         let cfg = self.cfg.det.clone();
-        let buckets = cfg.buckets.clone().unwrap_or_default();
+        let canvases = cfg.canvases.clone().unwrap_or_default();
         let shapes: Vec<DetShape> = images
             .iter()
-            .map(|im| DetShape::plan(im.width(), im.height(), &cfg, &buckets))
+            .map(|im| DetShape::plan(im.width(), im.height(), &cfg, &canvases))
             .collect();
         // Group by tensor shape; BTreeMap keeps the order deterministic.
         let mut groups: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
@@ -468,7 +551,7 @@ impl Engine {
                     .chunks(cfg.batch_size)
                     .map(move |c| (th as usize, tw as usize, c))
             })
-            .map(|(th, tw, c)| (th, tw, c, self.det.padded_batch(c.len())))
+            .map(|(th, tw, c)| (th, tw, c, self.det.padded_batch(c.len(), cfg.batch_size)))
             .collect();
         let overlap = self.cfg.overlap;
         let Engine {
@@ -585,7 +668,7 @@ impl Engine {
             .step_by(cfg.cls.batch_size)
             .map(|a| {
                 let n = cfg.cls.batch_size.min(crops.len() - a);
-                (a, n, sessions.padded_batch(n))
+                (a, n, sessions.padded_batch(n, cfg.cls.batch_size))
             })
             .collect();
         let view: &[Crop] = crops;
@@ -675,7 +758,7 @@ impl Engine {
                 .map_or(order.len(), |p| start + p)
                 .min(start + max);
             let batch = &order[start..end];
-            batches.push((bucket, batch, self.rec.padded_batch(batch.len())));
+            batches.push((bucket, batch, self.rec.padded_batch(batch.len(), max)));
             start = end;
         }
         let h = rec::HEIGHT as usize;
@@ -777,6 +860,17 @@ impl Engine {
 
 /// Boxes found in one image, in reading order, each with its crop when one was cut.
 type Found = Vec<(Quad, Option<RgbImage>)>;
+/// What [`Engine::warm_up`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WarmUp {
+    /// Input shapes made and run once (0 when shapes share one session, as on CPU).
+    pub shapes: usize,
+    /// Sessions alive afterwards, all models.
+    pub sessions: usize,
+    /// Wall time of the warm-up.
+    pub seconds: f64,
+}
+
 /// A recogniser batch: its bucket width, its (bucket, width, crop) entries, its padded size.
 type RecBatch<'a> = (u32, &'a [(u32, u32, usize)], usize);
 /// One line's text and score, or why it failed.

@@ -16,7 +16,7 @@ use image::RgbImage;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::EngineConfig;
-use crate::engine::Engine;
+use crate::engine::{Engine, WarmUp};
 use crate::error::{EngineError, OcrError};
 use crate::output::ImageText;
 
@@ -43,10 +43,12 @@ pub struct EngineHandle {
     device_nanos: Arc<AtomicU64>,
     provider: Arc<str>,
     model_version: &'static str,
+    warm_up: WarmUp,
 }
 
 impl EngineHandle {
-    /// Starts the engine thread and waits until the models are loaded. `queue` bounds the
+    /// Starts the engine thread and waits until the models are loaded and warmed up
+    /// ([`Engine::warm_up`]). `queue` bounds the
     /// number of batches waiting for the engine.
     pub fn spawn(cfg: EngineConfig, queue: usize) -> Result<EngineHandle, EngineError> {
         let (tx, mut rx) = mpsc::channel::<Job>(queue.max(1));
@@ -58,9 +60,14 @@ impl EngineHandle {
         std::thread::Builder::new()
             .name("ocr-engine".into())
             .spawn(move || {
-                let mut engine = match Engine::new(cfg) {
-                    Ok(e) => {
-                        let _ = ready_tx.send(Ok((e.provider(), e.model_version())));
+                // Ready only once warmed up, so the caller's readiness means every input
+                // shape already has its session.
+                let mut engine = match Engine::new(cfg).and_then(|mut e| {
+                    let w = e.warm_up()?;
+                    Ok((e, w))
+                }) {
+                    Ok((e, w)) => {
+                        let _ = ready_tx.send(Ok((e.provider(), e.model_version(), w)));
                         e
                     }
                     Err(e) => {
@@ -94,7 +101,7 @@ impl EngineHandle {
                 }
             })
             .map_err(|e| EngineError::Config(format!("cannot start engine thread: {e}")))?;
-        let (provider, model_version) = ready_rx
+        let (provider, model_version, warm_up) = ready_rx
             .recv()
             .map_err(|_| EngineError::Config("engine thread exited during start-up".into()))??;
         Ok(EngineHandle {
@@ -103,6 +110,7 @@ impl EngineHandle {
             device_nanos,
             provider: provider.into(),
             model_version,
+            warm_up,
         })
     }
 
@@ -168,6 +176,11 @@ impl EngineHandle {
     /// The model set's version string.
     pub fn model_version(&self) -> &'static str {
         self.model_version
+    }
+
+    /// What the start-up warm-up did.
+    pub fn warm_up(&self) -> WarmUp {
+        self.warm_up
     }
 
     /// True while the engine thread is alive.

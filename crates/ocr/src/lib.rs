@@ -34,7 +34,7 @@ pub mod runtime;
 mod sessions;
 
 pub use config::{ClsConfig, DetConfig, Device, EngineConfig, FaultPlan, ModelSet, RecConfig};
-pub use engine::{Engine, Model, ModelTime};
+pub use engine::{Engine, Model, ModelTime, WarmUp};
 pub use error::{DecodeError, EngineError, OcrError, Stage};
 pub use handle::EngineHandle;
 pub use output::{ImageText, Line, Timings};

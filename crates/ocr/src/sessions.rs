@@ -5,9 +5,13 @@
 //! whenever a run's shape differs from the previous one. Measured on an H200 with ONNX Runtime
 //! 1.31.1 and PP-OCRv4: det at batch 1 over 40 page shapes, all seen before, took 81 ms a call
 //! and kept the GPU 0–10 % busy, against 4.8 ms a call at one fixed shape. A session per shape
-//! (batch size included) keeps every plan built once. Batch sizes are padded up to a power of
-//! two so that few shapes exist; the padding items are zeros and their outputs are dropped.
-//! On CPU there is no such cost, so one session serves every shape and nothing is padded.
+//! (batch size included) keeps every plan built once. So that few shapes exist, and all of them
+//! can be made and run once at start ([`crate::Engine::warm_up`]), a batch of `n` items is
+//! padded up to the next of three sizes, `1`, `⌈B/4⌉` and `B` for a model's batch size `B`
+//! ([`batch_sizes`]); the padding items are zeros and their outputs are dropped. The detector
+//! pads images to a few fixed canvases ([`crate::DetConfig::canvases`]) and the recogniser to
+//! a few widths, for the same reason. On CPU there is no such cost, so one session serves every
+//! shape and nothing is padded.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +21,17 @@ use ort::session::Session;
 use crate::config::EngineConfig;
 use crate::error::EngineError;
 use crate::runtime;
+
+/// The batch sizes that runs are padded to when each shape has its own session: `1`, `⌈B/4⌉`
+/// and `B`. A partial batch then costs at most 4× its own items' compute, and each model shape
+/// has at most three batch sizes to make and warm up (a power-of-two ladder would have 6 at
+/// `B` = 32).
+pub(crate) fn batch_sizes(max: usize) -> Vec<usize> {
+    let max = max.max(1);
+    let mut v = vec![1, max.div_ceil(4), max];
+    v.dedup();
+    v
+}
 
 /// The sessions of one model file.
 pub(crate) struct ModelSessions {
@@ -64,12 +79,17 @@ impl ModelSessions {
         })
     }
 
-    /// The batch size a run of `n` items is padded to.
-    pub(crate) fn padded_batch(&self, n: usize) -> usize {
+    /// The batch size a run of `n` items is padded to, for a model whose batch size is `max`.
+    pub(crate) fn padded_batch(&self, n: usize, max: usize) -> usize {
         match self.mode {
             Mode::Shared(_) => n,
-            Mode::PerShape { .. } => n.max(1).next_power_of_two(),
+            Mode::PerShape { .. } => batch_sizes(max).into_iter().find(|&s| s >= n).unwrap_or(n),
         }
+    }
+
+    /// True when each input shape has its own session (and so is worth warming up).
+    pub(crate) fn per_shape(&self) -> bool {
+        matches!(self.mode, Mode::PerShape { .. })
     }
 
     /// Any session, for metadata.
@@ -131,5 +151,20 @@ impl ModelSessions {
                 Ok(&mut entry.1)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_sizes;
+
+    #[test]
+    fn three_batch_sizes_at_most() {
+        assert_eq!(batch_sizes(0), vec![1]);
+        assert_eq!(batch_sizes(1), vec![1]);
+        assert_eq!(batch_sizes(3), vec![1, 3]);
+        assert_eq!(batch_sizes(8), vec![1, 2, 8]);
+        assert_eq!(batch_sizes(32), vec![1, 8, 32]);
+        assert_eq!(batch_sizes(64), vec![1, 16, 64]);
     }
 }

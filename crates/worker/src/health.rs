@@ -38,6 +38,8 @@ pub struct Health {
     faults: Mutex<BTreeMap<(Component, &'static str), Fault>>,
     blocking: AtomicUsize,
     started: AtomicBool,
+    /// What start-up is doing, for `/readyz` until it is done.
+    phase: Mutex<&'static str>,
     up: IntGaugeVec,
     count: IntCounterVec,
 }
@@ -71,6 +73,7 @@ impl Health {
             faults: Mutex::new(BTreeMap::new()),
             blocking: AtomicUsize::new(0),
             started: AtomicBool::new(false),
+            phase: Mutex::new("not ready yet"),
             up,
             count,
         }
@@ -142,6 +145,11 @@ impl Health {
         self.blocking.load(Ordering::SeqCst) > 0
     }
 
+    /// Says what start-up is doing now (shown by `/readyz` until [`Health::set_started`]).
+    pub fn set_phase(&self, phase: &'static str) {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase;
+    }
+
     /// Marks start-up complete (engine loaded, index template in place, topics checked).
     pub fn set_started(&self) {
         self.started.store(true, Ordering::SeqCst);
@@ -162,7 +170,8 @@ impl Health {
         let faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
         let mut s = String::new();
         if !self.started.load(Ordering::SeqCst) {
-            s.push_str("starting: not ready yet\n");
+            let phase = *self.phase.lock().unwrap_or_else(|p| p.into_inner());
+            s.push_str(&format!("starting: {phase}\n"));
         }
         for c in Component::ALL {
             let open: Vec<String> = faults

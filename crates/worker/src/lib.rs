@@ -146,14 +146,20 @@ async fn run_inner(
     let kafka_cfg = cfg.kafka.clone();
     let topics = [cfg.kafka.topic.clone(), cfg.kafka.dlq_topic.clone()];
     let startup = cfg.startup_timeout;
+    health.set_phase("checking the Kafka topics");
     tokio::task::spawn_blocking(move || {
         kafka::check_topics(&kafka_cfg, &[&topics[0], &topics[1]], startup)
     })
     .await??;
     let engine_cfg = cfg.engine.clone();
+    health.set_phase("loading the OCR models and warming up every input shape");
     let engine = tokio::task::spawn_blocking(move || EngineHandle::spawn(engine_cfg, 2))
         .await?
         .context("cannot start the OCR engine")?;
+    let warm = engine.warm_up();
+    metrics.engine_warmup_seconds.set(warm.seconds);
+    metrics.engine_sessions.set(warm.sessions as i64);
+    health.set_phase("installing the Elasticsearch index template");
     let es = es::client::EsClient::new(&cfg.es, metrics.clone())?;
     let mut delays = retry::unbounded(Duration::from_millis(500));
     loop {

@@ -24,9 +24,9 @@ pub struct DetShape {
 }
 
 impl DetShape {
-    /// Plans the detector input for an image of `w`×`h`; `buckets` are the side lengths the
-    /// tensor is padded up to (empty: none, see [`DetConfig::buckets`]).
-    pub fn plan(w: u32, h: u32, cfg: &DetConfig, buckets: &[u32]) -> DetShape {
+    /// Plans the detector input for an image of `w`×`h`; `canvases` are the fixed `[width,
+    /// height]` shapes the tensor is padded up to (empty: none, see [`DetConfig::canvases`]).
+    pub fn plan(w: u32, h: u32, cfg: &DetConfig, canvases: &[[u32; 2]]) -> DetShape {
         let limit = f64::from(cfg.limit_side_len);
         let long = f64::from(w.max(h));
         let ratio = if long > limit { limit / long } else { 1.0 };
@@ -38,14 +38,21 @@ impl DetShape {
         let resized_w = round32(f64::from(w));
         let resized_h = round32(f64::from(h));
         let m = cfg.pad_multiple.max(32);
-        let bucket = |v: u32| buckets.iter().copied().find(|&b| b >= v).unwrap_or(v);
+        let (own_w, own_h) = (resized_w.div_ceil(m) * m, resized_h.div_ceil(m) * m);
+        // The smallest canvas that holds the tensor (ties: the narrower), else its own shape.
+        let [tensor_w, tensor_h] = canvases
+            .iter()
+            .copied()
+            .filter(|&[cw, ch]| cw >= own_w && ch >= own_h)
+            .min_by_key(|&[cw, ch]| (u64::from(cw) * u64::from(ch), cw))
+            .unwrap_or([own_w, own_h]);
         DetShape {
             src_w: w,
             src_h: h,
             resized_w,
             resized_h,
-            tensor_w: bucket(resized_w.div_ceil(m) * m),
-            tensor_h: bucket(resized_h.div_ceil(m) * m),
+            tensor_w,
+            tensor_h,
         }
     }
 
@@ -83,18 +90,44 @@ mod tests {
     }
 
     #[test]
-    fn buckets_pad_each_side_up() {
+    fn canvases_hold_the_image_in_the_smallest_shape() {
         let cfg = DetConfig::default();
-        let b = DetConfig::CUDA_BUCKETS;
-        let s = DetShape::plan(1000, 754, &cfg, &b); // a FUNSD-like page, landscape
+        let c = DetConfig::cuda_canvases(960);
+        assert_eq!(
+            c,
+            vec![
+                [288, 480],
+                [384, 480],
+                [480, 288],
+                [480, 384],
+                [480, 480],
+                [544, 960],
+                [736, 960],
+                [960, 544],
+                [960, 736],
+                [960, 960]
+            ]
+        );
+        let s = DetShape::plan(1000, 754, &cfg, &c); // a FUNSD-like page, landscape
         assert_eq!((s.resized_w, s.resized_h), (960, 736));
         assert_eq!(s.tensor_key(), (736, 960));
-        let s = DetShape::plan(1240, 1000, &cfg, &b); // 774 → 768 → bucket 832
+        let s = DetShape::plan(1240, 1000, &cfg, &c); // 774 → 768 → 960×960
         assert_eq!((s.resized_w, s.resized_h), (960, 768));
-        assert_eq!(s.tensor_key(), (832, 960));
-        let s = DetShape::plan(300, 40, &cfg, &b);
-        assert_eq!(s.tensor_key(), (96, 320));
-        let s = DetShape::plan(1200, 1200, &cfg, &[64, 128]); // past the last bucket
+        assert_eq!(s.tensor_key(), (960, 960));
+        let s = DetShape::plan(1700, 2200, &cfg, &c); // a portrait letter scan
+        assert_eq!((s.resized_w, s.resized_h), (736, 960));
+        assert_eq!(s.tensor_key(), (960, 736));
+        let s = DetShape::plan(300, 40, &cfg, &c); // a single line
+        assert_eq!(s.tensor_key(), (480, 288));
+        let s = DetShape::plan(600, 500, &cfg, &c); // 608×512 fits no 480 canvas
+        assert_eq!(s.tensor_key(), (544, 960));
+        // Every image fits the limit×limit canvas, so there is never a shape outside the set.
+        for (w, h) in [(1, 1), (959, 961), (5000, 37), (37, 5000), (961, 959)] {
+            let s = DetShape::plan(w, h, &cfg, &c);
+            assert!(c.contains(&[s.tensor_w, s.tensor_h]), "{w}×{h}: {s:?}");
+            assert!(s.tensor_w >= s.resized_w && s.tensor_h >= s.resized_h);
+        }
+        let s = DetShape::plan(1200, 1200, &cfg, &[[64, 64]]); // no canvas holds it
         assert_eq!(s.tensor_key(), (960, 960));
     }
 }
