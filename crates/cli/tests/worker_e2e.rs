@@ -68,6 +68,9 @@ fn happy_path_indexes_everything_commits_and_exits_cleanly_on_sigterm() {
     assert_eq!(w.metric("ocrfleet_messages_consumed_total"), n as f64);
     assert_eq!(w.metric("ocrfleet_messages_dead_lettered_total"), 0.0);
     assert!(w.metric("ocrfleet_bytes_downloaded_total") > 0.0);
+    // On CPU every shape shares one session per model, so there is nothing to warm up.
+    assert_eq!(w.metric("ocrfleet_engine_sessions"), 3.0);
+    assert_eq!(w.metric("ocrfleet_engine_warmup_seconds"), 0.0);
     let metrics = w.metrics();
     for stage in ["det", "crop", "cls", "rec"] {
         let line = format!("ocrfleet_engine_stage_seconds_total{{stage=\"{stage}\"}}");

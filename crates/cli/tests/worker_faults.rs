@@ -363,6 +363,37 @@ fn elasticsearch_401_for_30s_pauses_the_worker_and_loses_nothing() {
     recovered_cleanly(&nd, &w, topic, parts, 40);
 }
 
+/// Elasticsearch refuses the key from the start: the worker stays not ready and `/readyz` says
+/// which start-up step waits and why; once the key works it starts and indexes everything.
+#[test]
+fn elasticsearch_refusing_at_start_keeps_the_worker_starting_and_says_why() {
+    let _g = serial();
+    let nd = Noida::start("es401start");
+    let proxy = EsProxy::start(nd.es_url());
+    let srv = images_server();
+    let (topic, group, parts) = ("es401start", "g-es401start", 2);
+    let index = format!("{topic}-idx");
+    create_topics(&nd.brokers(), topic, parts);
+    produce(&nd.brokers(), topic, parts, &messages(&srv, 10, "a"));
+    proxy.fail(401);
+    let w = Worker::start(&nd.brokers(), &proxy.url(), topic, &group, &index, &[]);
+    wait_until(
+        "readyz names the waiting step and the fault",
+        Duration::from_secs(120),
+        || {
+            let (status, body) = w.readyz();
+            status == 503
+                && body.contains("starting: installing the Elasticsearch index template")
+                && body.contains("401")
+        },
+    );
+    assert_eq!(w.metric("ocrfleet_messages_consumed_total"), 0.0);
+    assert!(w.healthy(), "alive while it waits");
+    proxy.fail(0);
+    recovered_cleanly(&nd, &w, topic, parts, 10);
+    assert!(!w.readyz().1.contains("starting"));
+}
+
 /// Elasticsearch is stopped for 60 s while messages keep arriving.
 #[test]
 fn elasticsearch_down_60s_holds_commits_and_everything_is_indexed_after_it_returns() {

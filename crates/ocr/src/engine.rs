@@ -293,7 +293,10 @@ impl Engine {
     /// so does a model with more shapes than [`EngineConfig::max_sessions_per_model`].
     pub fn warm_up(&mut self) -> Result<WarmUp, EngineError> {
         if !self.det.per_shape() {
-            return Ok(WarmUp::default());
+            return Ok(WarmUp {
+                sessions: self.session_count(),
+                ..WarmUp::default()
+            });
         }
         let t = Instant::now();
         let cfg = &self.cfg;
@@ -865,7 +868,7 @@ type Found = Vec<(Quad, Option<RgbImage>)>;
 pub struct WarmUp {
     /// Input shapes made and run once (0 when shapes share one session, as on CPU).
     pub shapes: usize,
-    /// Sessions alive afterwards, all models.
+    /// Sessions alive afterwards, all models (3 when shapes share one session).
     pub sessions: usize,
     /// Wall time of the warm-up.
     pub seconds: f64,
