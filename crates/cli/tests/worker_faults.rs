@@ -376,7 +376,7 @@ fn elasticsearch_refusing_at_start_keeps_the_worker_starting_and_says_why() {
     create_topics(&nd.brokers(), topic, parts);
     produce(&nd.brokers(), topic, parts, &messages(&srv, 10, "a"));
     proxy.fail(401);
-    let w = Worker::start(&nd.brokers(), &proxy.url(), topic, &group, &index, &[]);
+    let w = Worker::start(&nd.brokers(), &proxy.url(), topic, group, &index, &[]);
     wait_until(
         "readyz names the waiting step and the fault",
         Duration::from_secs(120),
