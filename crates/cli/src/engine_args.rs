@@ -10,7 +10,7 @@ pub struct EngineArgs {
     #[arg(long, env = "OCRFLEET_DEVICE", default_value = "cpu")]
     pub device: Device,
     /// Model set: v4 (PP-OCRv4 mobile, default) or v6 (PP-OCRv6 small).
-    #[arg(long = "models", env = "OCRFLEET_MODEL_SET", default_value = "v4")]
+    #[arg(long = "models", env = "OCRFLEET_MODELS", default_value = "v4")]
     pub model_set: ModelSet,
     /// Folder with v4/, v6/ and lib/ as installed by models/fetch.sh.
     #[arg(long, env = "OCRFLEET_MODELS_DIR", default_value = "models")]
@@ -22,7 +22,7 @@ pub struct EngineArgs {
     #[arg(long, env = "OCRFLEET_HOST_THREADS", default_value_t = 0)]
     pub host_threads: usize,
     /// Use the fp16 model variants made by models/make_fp16.py.
-    #[arg(long)]
+    #[arg(long, env = "OCRFLEET_FP16")]
     pub fp16: bool,
     /// Recogniser width buckets (pixels at height 48, ascending); empty picks by device.
     #[arg(long, value_delimiter = ',')]
