@@ -79,6 +79,10 @@ pub struct ProduceCmd {
     /// CA certificate (PEM) for Kafka TLS.
     #[arg(long, env = "OCRFLEET_KAFKA_SSL_CA_LOCATION")]
     pub kafka_ssl_ca_location: Option<PathBuf>,
+    /// How long to wait for the brokers at start and for each message's delivery; past it the
+    /// command says so and exits non-zero.
+    #[arg(long, default_value = "30s")]
+    pub delivery_timeout: ocrfleet_worker::config::HumanDuration,
 }
 
 pub fn run_produce(cmd: ProduceCmd) -> anyhow::Result<ExitCode> {
@@ -127,6 +131,7 @@ pub fn run_produce(cmd: ProduceCmd) -> anyhow::Result<ExitCode> {
         &kafka,
         &cmd.topic,
         input,
+        cmd.delivery_timeout.0,
         |c| {
             pb.set_message(format!(
                 "sent {} invalid {} failed {}",

@@ -10,8 +10,11 @@ pub mod source;
 pub mod state;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -46,6 +49,63 @@ impl Assignment {
             .unwrap_or_else(|p| p.into_inner())
             .get(&partition)
             == Some(&generation)
+    }
+}
+
+/// A client context for short-lived clients (the `produce` command, start-up checks) that keeps
+/// librdkafka from flooding the log: an unreachable broker makes it report every connection
+/// attempt, several times each (the `produce` command wrote 517 error lines in 60 s). Errors
+/// and warnings are logged at most once per [`QuietContext::EVERY`], with the number held back;
+/// librdkafka's notices and debug lines go to `debug`.
+#[derive(Default)]
+pub struct QuietContext {
+    /// When the last line was logged, and how many were held back since.
+    last: Mutex<Option<(Instant, u64)>>,
+}
+
+impl QuietContext {
+    pub const EVERY: Duration = Duration::from_secs(10);
+
+    /// True when a line may be logged now; the count held back before it comes along.
+    fn admit(&self) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match *last {
+            Some((at, held)) if at.elapsed() < Self::EVERY => {
+                *last = Some((at, held + 1));
+                None
+            }
+            Some((_, held)) => {
+                *last = Some((Instant::now(), 0));
+                Some(held)
+            }
+            None => {
+                *last = Some((Instant::now(), 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+impl ClientContext for QuietContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use RDKafkaLogLevel::*;
+        if matches!(level, Emerg | Alert | Critical | Error | Warning) {
+            if let Some(held) = self.admit() {
+                tracing::warn!(
+                    facility = fac,
+                    held_back = held,
+                    "librdkafka: {log_message}"
+                );
+            }
+        } else {
+            tracing::debug!(facility = fac, "librdkafka: {log_message}");
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if let Some(held) = self.admit() {
+            tracing::error!(held_back = held, "Kafka: {error}: {reason}");
+        }
     }
 }
 

@@ -8,9 +8,10 @@
 use std::io::BufRead;
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::config::KafkaConfig;
+use crate::kafka::QuietContext;
 use crate::message;
 
 /// Final counts.
@@ -43,9 +44,10 @@ pub async fn ensure_topic(
     partitions: i32,
 ) -> anyhow::Result<bool> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
-    let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
+    let admin: AdminClient<QuietContext> = kafka
+        .client_config()
+        .create_with_context(QuietContext::default())?;
     let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     match admin.create_topics(&[t], &opts).await?.pop() {
@@ -57,18 +59,48 @@ pub async fn ensure_topic(
 }
 
 /// Reads lines from `input` and sends them to `topic`, calling `progress` after each line.
+/// Before reading any input it checks, within `delivery_timeout`, that the brokers answer and
+/// the topic exists; afterwards each message is delivered or counted as failed within
+/// `delivery_timeout` (librdkafka's `message.timeout.ms`), so the command always ends.
 pub async fn produce(
     kafka: &KafkaConfig,
     topic: &str,
     input: impl BufRead,
+    delivery_timeout: Duration,
     mut progress: impl FnMut(&ProduceCounts),
 ) -> anyhow::Result<ProduceCounts> {
-    let producer: FutureProducer = kafka
+    let producer: FutureProducer<QuietContext> = kafka
         .client_config()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .create()?;
+        .set(
+            "message.timeout.ms",
+            delivery_timeout.as_millis().max(1).to_string(),
+        )
+        .create_with_context(QuietContext::default())?;
+    let client = producer.clone();
+    let wanted = topic.to_owned();
+    let md = tokio::task::spawn_blocking(move || {
+        client
+            .client()
+            .fetch_metadata(Some(&wanted), delivery_timeout)
+    })
+    .await?;
+    match md {
+        Err(e) => anyhow::bail!(
+            "cannot reach Kafka at {} within {delivery_timeout:?}: {e}; nothing was sent (check --brokers, or raise --delivery-timeout)",
+            kafka.brokers
+        ),
+        Ok(md) => {
+            if let Some(err) = md.topics().iter().find_map(|t| t.error()) {
+                anyhow::bail!(
+                    "topic {topic} is not available: {:?}; nothing was sent (create it, or pass --create-partitions N)",
+                    rdkafka::types::RDKafkaRespErr::from(err)
+                );
+            }
+        }
+    }
     let mut counts = ProduceCounts::default();
     let mut pending = futures::stream::FuturesUnordered::new();
     use futures::StreamExt;
