@@ -96,7 +96,7 @@ pub async fn produce(
             if let Some(err) = md.topics().iter().find_map(|t| t.error()) {
                 anyhow::bail!(
                     "topic {topic} is not available: {:?}; nothing was sent (create it, or pass --create-partitions N)",
-                    rdkafka::types::RDKafkaRespErr::from(err)
+                    err
                 );
             }
         }
