@@ -29,6 +29,12 @@ pub fn run_worker(cmd: WorkerCmd) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut cfg = WorkerConfig::load(cmd.settings, cmd.config.as_deref())?;
+    for name in ocrfleet_worker::config::unknown_env(std::env::vars()) {
+        tracing::warn!(
+            variable = %name,
+            "{name} is not a worker setting and is ignored (see `ocrfleet worker --print-reference`)"
+        );
+    }
     if let Some(plan) = cmd.test_engine_fault {
         tracing::warn!(?plan, "test-only engine fault injection is on");
         cfg.engine.fault = Some(plan);

@@ -9,9 +9,15 @@ use std::time::{Duration, Instant};
 
 /// Runs `ocrfleet args` with `stdin`, and gives back (exit code, stdout, stderr). A command
 /// still running after `guard` is killed and the test fails: that is a hang, not a slow run.
-fn run(args: &[&str], stdin: &str, guard: Duration) -> (Option<i32>, String, String) {
+fn run(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &str,
+    guard: Duration,
+) -> (Option<i32>, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ocrfleet"))
         .args(args)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdin(Stdio::piped())
@@ -58,6 +64,7 @@ fn produce_to_an_unreachable_broker_ends_non_zero_with_one_clear_error() {
             "--delivery-timeout",
             "3s",
         ],
+        &[],
         "https://example.com/a.png\n",
         Duration::from_secs(90),
     );
@@ -69,6 +76,8 @@ fn produce_to_an_unreachable_broker_ends_non_zero_with_one_clear_error() {
     assert!(err.lines().count() <= 5, "too many lines:\n{err}");
 }
 
+/// Also: an `OCRFLEET_*` variable that names no setting (here an old name of `--models`) is
+/// warned about instead of ignored silently.
 #[test]
 fn a_worker_that_never_reaches_a_broker_exits_non_zero_after_its_startup_timeout() {
     let (code, _out, err) = run(
@@ -81,6 +90,7 @@ fn a_worker_that_never_reaches_a_broker_exits_non_zero_after_its_startup_timeout
             "--http-addr",
             "127.0.0.1:0",
         ],
+        &[("OCRFLEET_MODEL_SET", "v6")],
         "",
         Duration::from_secs(90),
     );
@@ -89,5 +99,9 @@ fn a_worker_that_never_reaches_a_broker_exits_non_zero_after_its_startup_timeout
         err.contains("cannot read metadata of topic") && err.contains("127.0.0.1:1"),
         "{err}"
     );
-    assert!(err.lines().count() <= 6, "too many lines:\n{err}");
+    assert!(
+        err.contains("OCRFLEET_MODEL_SET is not a worker setting"),
+        "{err}"
+    );
+    assert!(err.lines().count() <= 7, "too many lines:\n{err}");
 }

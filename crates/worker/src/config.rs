@@ -72,6 +72,7 @@ macro_rules! settings {
             $(
                 #[doc = concat!($($doc, "\n"),+)]
                 #[arg(long = $flag, env = $env, hide_env_values = true, help = help_text(concat!($($doc),+), $default))]
+                #[serde(rename = $flag)]
                 pub $name: Option<$ty>,
             )*
         }
@@ -132,10 +133,35 @@ where
     }
 }
 
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for List<T> {
+/// In a TOML file a list is an array (`fetch-allow = ["10.0.0.0/8"]`) or, as on the command line,
+/// one comma-separated string (`kafka-option = "a=b,c=d"`).
+impl<'de, T> Deserialize<'de> for List<T>
+where
+    T: Deserialize<'de> + FromStr,
+    T::Err: fmt::Display,
+{
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Vec::<T>::deserialize(d).map(List)
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form<T> {
+            Many(Vec<T>),
+            One(String),
+        }
+        match Form::<T>::deserialize(d)? {
+            Form::Many(v) => Ok(List(v)),
+            Form::One(s) => s.parse().map_err(serde::de::Error::custom),
+        }
     }
+}
+
+/// Environment variables that start with `OCRFLEET_` but name no setting (a typo, or a name
+/// from an older release): the worker warns about each, since it would otherwise ignore them
+/// silently.
+pub fn unknown_env<I: IntoIterator<Item = (String, String)>>(vars: I) -> Vec<String> {
+    vars.into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("OCRFLEET_") && !REFERENCE.iter().any(|r| r.env == k))
+        .collect()
 }
 
 settings! {
@@ -526,6 +552,38 @@ mod tests {
             (r("models"), r("fp16")),
             ("OCRFLEET_MODELS", "OCRFLEET_FP16")
         );
+    }
+
+    #[test]
+    fn toml_keys_are_the_flag_names_and_lists_take_a_string_too() {
+        for r in REFERENCE {
+            // A wrong type is fine here; an unknown key is not.
+            if let Err(e) = toml::from_str::<WorkerArgs>(&format!("{} = \"x\"", r.flag)) {
+                assert!(!e.to_string().contains("unknown field"), "{}: {e}", r.flag);
+            }
+        }
+        let a: WorkerArgs = toml::from_str("kafka-option = \"a=b,c=d\"").unwrap();
+        assert_eq!(a.kafka_options.unwrap().0, vec!["a=b", "c=d"]);
+        let a: WorkerArgs =
+            toml::from_str("kafka-option = [\"a=b\"]\nfetch-allow = \"10.0.0.0/8\"").unwrap();
+        assert_eq!(a.kafka_options.unwrap().0, vec!["a=b"]);
+        assert_eq!(
+            a.fetch_allow.unwrap().0,
+            vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]
+        );
+        assert!(toml::from_str::<WorkerArgs>("fetch-allow = \"nonsense\"").is_err());
+    }
+
+    #[test]
+    fn unknown_environment_settings_are_named() {
+        let vars = [
+            ("OCRFLEET_MODEL_SET", "v6"),
+            ("OCRFLEET_MODELS", "v6"),
+            ("OCRFLEET_FP16", "true"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(unknown_env(vars), vec!["OCRFLEET_MODEL_SET"]);
     }
 
     #[test]
