@@ -67,11 +67,26 @@ fn happy_path_indexes_everything_commits_and_exits_cleanly_on_sigterm() {
     assert_eq!(w.metric("ocrfleet_messages_indexed_total"), n as f64);
     assert_eq!(w.metric("ocrfleet_messages_consumed_total"), n as f64);
     assert_eq!(w.metric("ocrfleet_messages_dead_lettered_total"), 0.0);
-    assert!(w.metric("ocrfleet_bytes_downloaded_total") > 0.0);
+    assert!(w.metric("ocrfleet_downloaded_bytes_total") > 0.0);
     // On CPU every shape shares one session per model, so there is nothing to warm up.
     assert_eq!(w.metric("ocrfleet_engine_sessions"), 3.0);
     assert_eq!(w.metric("ocrfleet_engine_warmup_seconds"), 0.0);
     let metrics = w.metrics();
+    let build = metrics
+        .lines()
+        .find(|l| l.starts_with("ocrfleet_build_info{"))
+        .expect("ocrfleet_build_info");
+    for label in [
+        "onnxruntime=\"1.32.0\"",
+        "models=\"PP-OCRv4-mobile\"",
+        "device=\"CPUExecutionProvider\"",
+        "fp16=\"false\"",
+    ] {
+        assert!(build.contains(label), "{label} missing: {build}");
+    }
+    assert!(build.ends_with(" 1"), "{build}");
+    assert!(w.metric("process_resident_memory_bytes") > 0.0);
+    assert!(w.metric("process_open_fds") > 0.0);
     for stage in ["det", "crop", "cls", "rec"] {
         let line = format!("ocrfleet_engine_stage_seconds_total{{stage=\"{stage}\"}}");
         let v: f64 = metrics

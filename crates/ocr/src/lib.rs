@@ -38,3 +38,12 @@ pub use engine::{Engine, Model, ModelTime, WarmUp};
 pub use error::{DecodeError, EngineError, OcrError, Stage};
 pub use handle::EngineHandle;
 pub use output::{ImageText, Line, Timings};
+
+/// True when this build can use CUDA (the `cuda` feature).
+pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// The version of the ONNX Runtime library loaded by the first engine (e.g. `1.32.0`, from the
+/// library's `OrtGetApiBase()->GetVersionString()`), or `unknown` before any engine started.
+pub fn runtime_version() -> String {
+    runtime::version().unwrap_or_else(|| "unknown".to_owned())
+}

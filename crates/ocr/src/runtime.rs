@@ -44,7 +44,37 @@ pub fn environment(library: &Path) -> Result<Environment, EngineError> {
         .build()
         .map_err(EngineError::from)?;
     let _ = ENV.set(env.clone());
+    let _ = VERSION.set(read_version(library));
     Ok(env)
+}
+
+/// The loaded library's version, once [`environment`] has run.
+pub(crate) fn version() -> Option<String> {
+    VERSION.get().cloned().flatten()
+}
+
+static VERSION: OnceLock<Option<String>> = OnceLock::new();
+
+/// `OrtGetApiBase()->GetVersionString()` of the library at `path` (already loaded by ort, so
+/// opening it again only takes a reference).
+fn read_version(path: &Path) -> Option<String> {
+    // SAFETY: the library is ONNX Runtime, already loaded and initialised by `ort::init_from`;
+    // OrtGetApiBase takes no arguments and returns a pointer to a static struct whose
+    // GetVersionString returns a static NUL-terminated string.
+    unsafe {
+        let lib = libloading::Library::new(path).ok()?;
+        let get: libloading::Symbol<'_, unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
+            lib.get(b"OrtGetApiBase").ok()?;
+        let base = get();
+        if base.is_null() {
+            return None;
+        }
+        let s = ((*base).GetVersionString)();
+        if s.is_null() {
+            return None;
+        }
+        std::ffi::CStr::from_ptr(s).to_str().ok().map(str::to_owned)
+    }
 }
 
 /// Creates a session for `model` on the configured device.

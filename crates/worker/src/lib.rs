@@ -157,6 +157,17 @@ async fn run_inner(
         .await?
         .context("cannot start the OCR engine")?;
     let warm = engine.warm_up();
+    metrics
+        .build_info
+        .with_label_values(&[
+            env!("CARGO_PKG_VERSION"),
+            if ocrfleet_ocr::CUDA_BUILT { "cuda" } else { "" },
+            &ocrfleet_ocr::runtime_version(),
+            cfg.engine.model_set.version(),
+            if cfg.engine.fp16 { "true" } else { "false" },
+            engine.provider(),
+        ])
+        .set(1);
     metrics.engine_warmup_seconds.set(warm.seconds);
     metrics.engine_sessions.set(warm.sessions as i64);
     health.set_phase("installing the Elasticsearch index template");

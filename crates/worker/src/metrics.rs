@@ -27,6 +27,7 @@ pub struct Metrics {
     pub device_seconds: Counter,
     pub engine_stage_seconds: CounterVec,
     pub engine_warmup_seconds: Gauge,
+    pub build_info: IntGaugeVec,
     pub engine_sessions: IntGauge,
     pub bytes_downloaded: IntCounter,
     pub lag: IntGaugeVec,
@@ -76,9 +77,14 @@ impl Metrics {
                 &["stage"],
             )
             .unwrap(),
+            build_info: IntGaugeVec::new(
+                Opts::new("ocrfleet_build_info", "Always 1: the worker's version, build features, ONNX Runtime version, model set, fp16 and device"),
+                &["version", "features", "onnxruntime", "models", "fp16", "device"],
+            )
+            .unwrap(),
             engine_warmup_seconds: Gauge::new("ocrfleet_engine_warmup_seconds", "Seconds the engine spent at start making and running every input shape once (0 on CPU, where shapes share one session)").unwrap(),
             engine_sessions: IntGauge::new("ocrfleet_engine_sessions", "ONNX Runtime sessions alive after warm-up, all models (one per input shape on CUDA)").unwrap(),
-            bytes_downloaded: IntCounter::new("ocrfleet_bytes_downloaded_total", "Image bytes downloaded").unwrap(),
+            bytes_downloaded: IntCounter::new("ocrfleet_downloaded_bytes_total", "Image bytes downloaded").unwrap(),
             lag: IntGaugeVec::new(Opts::new("ocrfleet_consumer_lag", "Consumer lag per partition (librdkafka statistics)"), &["topic", "partition"]).unwrap(),
             rebalances: IntCounter::new("ocrfleet_rebalances_total", "Consumer group rebalances seen (assign or revoke)").unwrap(),
             in_flight: IntGauge::new("ocrfleet_messages_in_flight", "Messages received and not yet indexed or dead-lettered").unwrap(),
@@ -100,6 +106,9 @@ impl Metrics {
             Box::new(m.device_seconds.clone()),
             Box::new(m.engine_stage_seconds.clone()),
             Box::new(m.engine_warmup_seconds.clone()),
+            Box::new(m.build_info.clone()),
+            // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
             Box::new(m.engine_sessions.clone()),
             Box::new(m.bytes_downloaded.clone()),
             Box::new(m.lag.clone()),
