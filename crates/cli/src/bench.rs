@@ -467,20 +467,12 @@ impl StageCost {
     }
 }
 
-/// User + system CPU seconds of this process so far, from `/proc/self/stat` (clock ticks of
-/// 1/100 s, Linux's USER_HZ); 0 where that file does not exist.
+/// User + system CPU seconds of this process so far, from `/proc/self/stat` through procfs (the
+/// crate behind the worker's process metrics, which also reads the clock-tick rate); 0 where
+/// that file does not exist.
 fn process_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the command name (which may hold spaces) start at field 3 (state);
-    // utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    f.iter().sum::<f64>() / 100.0
+    procfs::process::Process::myself()
+        .and_then(|p| p.stat())
+        .map(|s| (s.utime + s.stime) as f64 / procfs::ticks_per_second() as f64)
+        .unwrap_or(0.0)
 }
