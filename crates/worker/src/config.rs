@@ -290,13 +290,45 @@ pub struct KafkaConfig {
     pub sasl_username: Option<String>,
     pub sasl_password: Option<Secret>,
     pub ssl_ca_location: Option<PathBuf>,
-    /// Extra librdkafka settings (key, value), applied last.
+    /// Extra librdkafka settings (key, value): they override the connection settings and each
+    /// client's defaults, but not the settings a client owns (see [`KafkaConfig::client_config_with`]).
     pub options: Vec<(String, String)>,
 }
 
 impl KafkaConfig {
-    /// librdkafka settings shared by the consumer and the producers.
+    /// librdkafka settings shared by the consumer and the producers, with `--kafka-option`s.
     pub fn client_config(&self) -> rdkafka::ClientConfig {
+        self.client_config_with(&[], &[])
+    }
+
+    /// One client's settings, in order of precedence from low to high: the connection settings,
+    /// the client's `defaults`, the operator's `--kafka-option`s, and the settings the client
+    /// `owns` because its delivery guarantees depend on them (an option for one of those is
+    /// ignored with a warning).
+    pub fn client_config_with(
+        &self,
+        defaults: &[(&str, String)],
+        owns: &[(&str, String)],
+    ) -> rdkafka::ClientConfig {
+        let mut c = self.connection();
+        for (k, v) in defaults {
+            c.set(*k, v);
+        }
+        for (k, v) in &self.options {
+            if owns.iter().any(|(o, _)| o == k) {
+                tracing::warn!(option = %k, "--kafka-option ignored: the worker owns this setting");
+            } else {
+                c.set(k, v);
+            }
+        }
+        for (k, v) in owns {
+            c.set(*k, v);
+        }
+        c
+    }
+
+    /// Brokers, security and credentials.
+    fn connection(&self) -> rdkafka::ClientConfig {
         let mut c = rdkafka::ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("security.protocol", &self.security_protocol);
@@ -311,9 +343,6 @@ impl KafkaConfig {
         }
         if let Some(ca) = &self.ssl_ca_location {
             c.set("ssl.ca.location", ca.display().to_string());
-        }
-        for (k, v) in &self.options {
-            c.set(k, v);
         }
         c
     }
@@ -584,6 +613,26 @@ mod tests {
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
         assert_eq!(unknown_env(vars), vec!["OCRFLEET_MODEL_SET"]);
+    }
+
+    #[test]
+    fn kafka_options_beat_client_defaults_but_not_owned_settings() {
+        let mut k = WorkerConfig::load(WorkerArgs::default(), None)
+            .unwrap()
+            .kafka;
+        k.options = vec![
+            ("session.timeout.ms".into(), "45000".into()),
+            ("enable.auto.commit".into(), "true".into()),
+            ("bootstrap.servers".into(), "other:9092".into()),
+        ];
+        let c = k.client_config_with(
+            &[("session.timeout.ms", "10000".into())],
+            &[("enable.auto.commit", "false".into())],
+        );
+        assert_eq!(c.get("session.timeout.ms"), Some("45000"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("bootstrap.servers"), Some("other:9092"));
+        assert_eq!(k.client_config().get("enable.auto.commit"), Some("true"));
     }
 
     #[test]

@@ -70,11 +70,17 @@ impl DeadLetter {
     pub fn new(cfg: &WorkerConfig, metrics: Metrics) -> anyhow::Result<DeadLetter> {
         let producer: FutureProducer = cfg
             .kafka
-            .client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", "30000")
-            .set("client.id", format!("ocrfleet-dlq-{}", cfg.worker_id))
+            .client_config_with(
+                &[
+                    ("message.timeout.ms", "30000".into()),
+                    ("client.id", format!("ocrfleet-dlq-{}", cfg.worker_id)),
+                ],
+                // A dead letter must not be lost or written twice.
+                &[
+                    ("enable.idempotence", "true".into()),
+                    ("acks", "all".into()),
+                ],
+            )
             .create()?;
         Ok(DeadLetter {
             producer,

@@ -155,29 +155,24 @@ pub fn consumer(
     cfg: &WorkerConfig,
     ctx: SourceContext,
 ) -> anyhow::Result<BaseConsumer<SourceContext>> {
-    let mut c = cfg.kafka.client_config();
-    c.set("group.id", &cfg.kafka.group)
-        .set("client.id", format!("ocrfleet-{}", cfg.worker_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "2000")
-        .set("max.poll.interval.ms", "300000")
-        .set("statistics.interval.ms", "5000");
-    // `--kafka-option` overrides these defaults (timeouts, assignment strategy), except the
-    // settings that at-least-once delivery depends on.
-    for (k, v) in &cfg.kafka.options {
-        if matches!(
-            k.as_str(),
-            "group.id" | "enable.auto.commit" | "enable.auto.offset.store"
-        ) {
-            tracing::warn!(option = %k, "--kafka-option ignored for the consumer: the worker owns this setting (use --group for the group)");
-        } else {
-            c.set(k, v);
-        }
-    }
+    // `--kafka-option` may change the timeouts and the assignment strategy, but not what
+    // at-least-once delivery depends on (use --group for the group).
+    let c = cfg.kafka.client_config_with(
+        &[
+            ("client.id", format!("ocrfleet-{}", cfg.worker_id)),
+            ("auto.offset.reset", "earliest".into()),
+            ("partition.assignment.strategy", "cooperative-sticky".into()),
+            ("session.timeout.ms", "10000".into()),
+            ("heartbeat.interval.ms", "2000".into()),
+            ("max.poll.interval.ms", "300000".into()),
+            ("statistics.interval.ms", "5000".into()),
+        ],
+        &[
+            ("group.id", cfg.kafka.group.clone()),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+        ],
+    );
     let consumer: BaseConsumer<SourceContext> = c.create_with_context(ctx)?;
     consumer.subscribe(&[cfg.kafka.topic.as_str()])?;
     Ok(consumer)
