@@ -197,10 +197,14 @@ def check_rendered(repo, name, docs, flags, envs):
     svc = by_kind.get("Service", [{}])[0]
     if not any(p.get("name") == "http" and p.get("targetPort") == "http" for p in svc.get("spec", {}).get("ports", [])):
         problem(w, "Service must expose port 'http' -> targetPort http")
+    # The ServiceMonitor is an optional component (k8s/components/prometheus-operator): the
+    # overlays must apply on a cluster without its CRD, and the example uses it.
     sm = by_kind.get("ServiceMonitor", [])
-    if not sm or sm[0]["spec"]["endpoints"][0].get("port") != "http" or sm[0]["spec"]["endpoints"][0].get("path") != "/metrics":
+    if (name == "gpu-sasl-tls.yaml") != bool(sm):
+        problem(w, "a ServiceMonitor belongs in the example only (the overlays must apply without the Prometheus Operator)")
+    if sm and (sm[0]["spec"]["endpoints"][0].get("port") != "http" or sm[0]["spec"]["endpoints"][0].get("path") != "/metrics"):
         problem(w, "ServiceMonitor must scrape port http, path /metrics")
-    elif not all(svc["metadata"]["labels"].get(k) == v for k, v in sm[0]["spec"]["selector"]["matchLabels"].items()):
+    elif sm and not all(svc["metadata"]["labels"].get(k) == v for k, v in sm[0]["spec"]["selector"]["matchLabels"].items()):
         problem(w, "ServiceMonitor selector does not match the Service's labels")
     np_ = by_kind.get("NetworkPolicy", [{}])[0].get("spec", {})
     ing_ports = [p.get("port") for r in np_.get("ingress", []) for p in r.get("ports", [])]
