@@ -268,8 +268,8 @@ pub struct EngineConfig {
     /// Path of libonnxruntime.so; when unset, `ORT_DYLIB_PATH`, then
     /// `<models_dir>/lib/libonnxruntime.so`.
     pub ort_library: Option<PathBuf>,
-    /// One ONNX Runtime session per input shape (batch size included), batch sizes padded to a
-    /// power of two. `None` picks by device: on CUDA yes, on CPU no. Why: ONNX Runtime's CUDA
+    /// One ONNX Runtime session per input shape (batch size included), batch sizes padded to
+    /// 1, ⌈B/4⌉ or B (see [`crate::Engine::warm_up`]). `None` picks by device: on CUDA yes, on CPU no. Why: ONNX Runtime's CUDA
     /// Conv (cuDNN 9 frontend) rebuilds its execution plans whenever the input shape differs
     /// from the previous run's; measured on an H200, det at batch 1 over 40 page shapes took
     /// 81 ms a call against 4.8 ms at a fixed shape. A session per shape keeps each plan.

@@ -139,9 +139,19 @@ impl ConsumerContext for SourceContext {
                 }
                 st.is_paused()
             };
-            if paused && tpl.count() > 0 {
-                if let Err(e) = consumer.pause(tpl) {
-                    tracing::warn!(error = %e, "cannot pause newly assigned partitions");
+            if tpl.count() > 0 {
+                // librdkafka keeps a partition's pause flag across revocation and re-assignment
+                // (librdkafka#1849), so a partition paused earlier by the read-ahead bound and
+                // assigned back while the source runs would never be fetched again: a silent
+                // stall, seen as the noida join test never finishing in CI. Every assignment
+                // therefore sets the flag explicitly, one way or the other.
+                let r = if paused {
+                    consumer.pause(tpl)
+                } else {
+                    consumer.resume(tpl)
+                };
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, paused, "cannot set the pause state of newly assigned partitions");
                 }
             }
             self.metrics.rebalances.inc();
