@@ -214,10 +214,7 @@ impl Engine {
             .rec
             .get(&[1, chw[0], chw[1], chw[2]])
             .and_then(|s| run_model(s, &input, 1, chw, &mut 0.0))
-            .map_err(|m| match self.cfg.device {
-                Device::Cuda(device) => EngineError::Cuda { device, message: m },
-                Device::Cpu => EngineError::Ort(m),
-            })?;
+            .map_err(|m| device_error(self.cfg.device, m))?;
         let classes = match &out.indices {
             // The argmax model's class count is in its metadata (models/make_argmax.py).
             Some(_) => self
@@ -348,11 +345,7 @@ impl Engine {
                     .get(&shape)
                     .and_then(|s| run_model(s, &zeros, n, [c, h, w], &mut 0.0))
                     .map_err(|m| {
-                        let message = format!("warm-up of {name} at {shape:?}: {m}");
-                        match device {
-                            Device::Cuda(device) => EngineError::Cuda { device, message },
-                            Device::Cpu => EngineError::Ort(message),
-                        }
+                        device_error(device, format!("warm-up of {name} at {shape:?}: {m}"))
                     })?;
                 shapes += 1;
             }
@@ -618,13 +611,17 @@ impl Engine {
                         let post = ms(t);
                         let t = Instant::now();
                         let r = r.map(|quads| {
-                            quads
-                                .into_par_iter()
-                                .map(|q| {
-                                    let pixels = cut.then(|| crop_quad(&images[i], &q)).flatten();
-                                    (q, pixels)
-                                })
-                                .collect()
+                            if cut {
+                                quads
+                                    .into_par_iter()
+                                    .map(|q| {
+                                        let pixels = crop_quad(&images[i], &q);
+                                        (q, pixels)
+                                    })
+                                    .collect()
+                            } else {
+                                quads.into_iter().map(|q| (q, None)).collect()
+                            }
                         });
                         (r, post, ms(t))
                     })
@@ -858,6 +855,14 @@ impl Engine {
                 None => Ok(c.pixels != *orig),
             })
             .collect()
+    }
+}
+
+/// A model run that failed outside any one image: on CUDA a device error, else ONNX Runtime's.
+fn device_error(device: Device, message: String) -> EngineError {
+    match device {
+        Device::Cuda(device) => EngineError::Cuda { device, message },
+        Device::Cpu => EngineError::Ort(message),
     }
 }
 

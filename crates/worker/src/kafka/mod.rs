@@ -109,16 +109,21 @@ impl ClientContext for QuietContext {
     }
 }
 
+/// The metadata check of [`check_topics`] runs on a consumer with librdkafka's default hooks.
+impl rdkafka::consumer::ConsumerContext for QuietContext {}
+
 /// Start-up check: the brokers answer and both topics exist and may be described. Fails with a
 /// message that says what to do. (Whether the dead-letter topic may be *written* shows at the
 /// first dead letter: a refusal then is an infrastructure fault, which pauses the worker and
 /// turns `/readyz` to 503 instead of losing the record.)
 pub fn check_topics(cfg: &KafkaConfig, topics: &[&str], timeout: Duration) -> anyhow::Result<()> {
-    let c: BaseConsumer = cfg.client_config().create()?;
+    let c: BaseConsumer<QuietContext> = cfg
+        .client_config()
+        .create_with_context(QuietContext::default())?;
     for topic in topics {
         let md = c.fetch_metadata(Some(topic), timeout).map_err(|e| {
             anyhow::anyhow!(
-                "cannot read metadata of topic {topic:?} from Kafka at {} within {timeout:?}: {e}; check --brokers and the network",
+                "cannot reach Kafka at {}: cannot read metadata of topic {topic:?} within {timeout:?}: {e}; check --brokers and the network",
                 cfg.brokers
             )
         })?;

@@ -8,7 +8,7 @@
 use std::io::BufRead;
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::config::KafkaConfig;
 use crate::kafka::QuietContext;
@@ -79,28 +79,12 @@ pub async fn produce(
             delivery_timeout.as_millis().max(1).to_string(),
         )
         .create_with_context(QuietContext::default())?;
-    let client = producer.clone();
-    let wanted = topic.to_owned();
-    let md = tokio::task::spawn_blocking(move || {
-        client
-            .client()
-            .fetch_metadata(Some(&wanted), delivery_timeout)
+    let (checked, wanted) = (kafka.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        super::check_topics(&checked, &[wanted.as_str()], delivery_timeout)
     })
-    .await?;
-    match md {
-        Err(e) => anyhow::bail!(
-            "cannot reach Kafka at {} within {delivery_timeout:?}: {e}; nothing was sent (check --brokers, or raise --delivery-timeout)",
-            kafka.brokers
-        ),
-        Ok(md) => {
-            if let Some(err) = md.topics().iter().find_map(|t| t.error()) {
-                anyhow::bail!(
-                    "topic {topic} is not available: {:?}; nothing was sent (create it, or pass --create-partitions N)",
-                    err
-                );
-            }
-        }
-    }
+    .await?
+    .map_err(|e| e.context("nothing was sent (the check waits --delivery-timeout)"))?;
     let mut counts = ProduceCounts::default();
     let mut pending = futures::stream::FuturesUnordered::new();
     use futures::StreamExt;
