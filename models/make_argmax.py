@@ -7,9 +7,12 @@ per step. This graph surgery adds
 
     indices = ArgMax(softmax, axis=2, keepdims=0)     int64 [N, T]
     scores  = ReduceMax(softmax, axes=[2], keepdims=0) float [N, T]
+    space   = Gather(softmax, C - 1, axis=2)           float [N, T]
 
-and makes them the only outputs, so the device returns 2 values per step instead of C (a v4
-line of 80 steps: 4 KB instead of 2 MB), and the host no longer scans C classes per step.
+and makes them the only outputs, so the device returns 3 values per step instead of C (a v4
+line of 80 steps: 5 KB instead of 2 MB), and the host no longer scans C classes per step.
+`space` is the probability of the last class, the space: where the model all but read a space
+that it then dropped, the engine puts it back (crates/ocr/src/words.rs).
 ArgMax keeps the first of equal maxima (select_last_index=0), like the engine's own scan, so the
 decoded text is identical (tests/parity.rs checks both forms on every fixture). The class count
 is written to the metadata key "classes", which the engine checks against its dictionary.
@@ -51,7 +54,12 @@ def add_argmax(model):
         reducemax = helper.make_node(
             "ReduceMax", [probs.name], ["scores"], name="ocrfleet_max", axes=[2], keepdims=0
         )
-    graph.node.extend([argmax, reducemax])
+    last = helper.make_tensor("ocrfleet_space_class", TensorProto.INT64, [], [classes - 1])
+    graph.initializer.append(last)
+    space = helper.make_node(
+        "Gather", [probs.name, "ocrfleet_space_class"], ["space"], name="ocrfleet_space", axis=2
+    )
+    graph.node.extend([argmax, reducemax, space])
     batch = dims[0].dim_param or "N"
     steps = dims[1].dim_param or "T"
     del graph.output[:]
@@ -59,6 +67,7 @@ def add_argmax(model):
         [
             helper.make_tensor_value_info("indices", TensorProto.INT64, [batch, steps]),
             helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, steps]),
+            helper.make_tensor_value_info("space", TensorProto.FLOAT, [batch, steps]),
         ]
     )
     kept = [p for p in model.metadata_props if p.key != "classes"]
@@ -79,8 +88,9 @@ def verify(src, dst):
     before = ort.InferenceSession(src, opts)
     after = ort.InferenceSession(dst, opts)
     probs = before.run(None, {before.get_inputs()[0].name: x})[0]
-    indices, scores = after.run(None, {after.get_inputs()[0].name: x})
-    if not (np.array_equal(indices, probs.argmax(axis=2)) and np.array_equal(scores, probs.max(axis=2))):
+    indices, scores, space = after.run(None, {after.get_inputs()[0].name: x})
+    if not (np.array_equal(indices, probs.argmax(axis=2)) and np.array_equal(scores, probs.max(axis=2))
+            and np.array_equal(space, probs[:, :, -1])):
         raise SystemExit(f"{dst}: argmax outputs differ from the original model's")
 
 

@@ -2,6 +2,11 @@
 
     python3 tests/bench/e2e.py [--copies 6] [--threads 2] [--ocr-batch 16] [--device cuda:0]
         [--images DIR] [--bin PATH] [--models-dir DIR] [--noida PATH] [--tansu PATH]
+        [--search-recall GROUND_TRUTH]
+
+With --copies 1 --images .eval/images --search-recall .eval/ground_truth.json it also measures
+search recall on the real evaluation set (tests/eval/fetch.py): for each labelled word of four
+or more Latin letters, whether a `match` query finds that image's document.
 
 Starts a Kafka-protocol broker (tansu by default; noida-db with --kafka noida), noida-db for the
 Elasticsearch protocol, and a local image server on loopback,
@@ -59,6 +64,45 @@ def total(ms, name):
     return sum(v for k, v in ms.items() if k == name or k.startswith(name + "{"))
 
 
+def es(url, path, body):
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"})
+    return json.load(urllib.request.urlopen(req, timeout=30))
+
+
+def search_recall(ground_truth, url, index, doc_ids):
+    """For every labelled word of four or more Latin letters, whether a `match` query finds the
+    word's own document: on `text` alone (the cjk analyzer), and on `text` or `text.grams`
+    (a bool `should` of both, as a search service would query them)."""
+    es(url, f"/{index}/_refresh", {})
+    gt = json.load(open(ground_truth, encoding="utf-8"))
+    fields = {"text": ["text"], "text + text.grams": ["text", "text.grams"]}
+    found = {k: {} for k in fields}
+    total_words = {}
+    for g in gt:
+        name = os.path.basename(g["image"])
+        if name not in doc_ids:
+            continue
+        words = sorted({w.lower() for line in g["lines"] for w in re.findall(r"[A-Za-z]{4,}", line["text"])})
+        total_words[g["source"]] = total_words.get(g["source"], 0) + len(words)
+        for label, fs in fields.items():
+            for w in words:
+                q = {"size": 0, "query": {"bool": {
+                    "filter": [{"ids": {"values": [doc_ids[name]]}}],
+                    "should": [{"match": {f: w}} for f in fs], "minimum_should_match": 1}}}
+                hit = es(url, f"/{index}/_search", q)["hits"]["total"]["value"] > 0
+                found[label][g["source"]] = found[label].get(g["source"], 0) + hit
+    print(f"\nsearch recall: labelled words of 4+ Latin letters whose `match` query finds their document")
+    print(f"{'source':<14} {'words':>6} " + " ".join(f"{k:>18}" for k in fields))
+    for src in sorted(total_words) + ["all"]:
+        n = sum(total_words.values()) if src == "all" else total_words[src]
+        cells = []
+        for k in fields:
+            hit = sum(found[k].values()) if src == "all" else found[k].get(src, 0)
+            cells.append(f"{hit / max(1, n):>18.3f}")
+        print(f"{src:<14} {n:>6} " + " ".join(cells))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--copies", type=int, default=6)
@@ -78,6 +122,8 @@ def main():
                     help="seconds to wait for the worker; past it, the figures so far are printed as partial")
     ap.add_argument("--no-engine-only", action="store_true", help="skip the engine-only comparison run")
     ap.add_argument("--worker-arg", action="append", default=[], help="extra flag for the worker (repeatable)")
+    ap.add_argument("--search-recall", metavar="GROUND_TRUTH",
+                    help="after indexing, query Elasticsearch for every labelled word (search_recall)")
     a = ap.parse_args()
     BIN, IMAGES = a.bin, a.images
     exts = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -178,6 +224,9 @@ def main():
         bs = ms.get('ocrfleet_batch_size_sum{stage="ocr"}', 0) / max(ms.get('ocrfleet_batch_size_count{stage="ocr"}', 1), 1)
         print(f"\nmean images per engine call: {bs:.1f}; wall {wall:.1f} s "
               "(fetch/decode run concurrently, so their busy/wall can exceed 1)")
+        if a.search_recall:
+            search_recall(a.search_recall, f"http://127.0.0.1:{eport}", "bench",
+                          {f: f"0-{f}" for f in files})
     finally:
         if worker and worker.poll() is None:
             worker.kill()

@@ -24,6 +24,9 @@ pub struct EngineArgs {
     /// Use the fp16 model variants made by models/make_fp16.py.
     #[arg(long, env = "OCRFLEET_FP16")]
     pub fp16: bool,
+    /// Detector input limit: the longer side is scaled down to at most this many pixels.
+    #[arg(long, env = "OCRFLEET_DET_LIMIT", default_value_t = EngineConfig::default().det.limit_side_len)]
+    pub det_limit: u32,
     /// Recogniser width buckets (pixels at height 48, ascending); empty picks by device.
     #[arg(long, value_delimiter = ',')]
     pub rec_widths: Vec<u32>,
@@ -40,6 +43,7 @@ impl EngineArgs {
             fp16: self.fp16,
             ..EngineConfig::default()
         };
+        cfg.det.limit_side_len = self.det_limit;
         if !self.rec_widths.is_empty() {
             cfg.rec.widths = self.rec_widths.clone();
         }

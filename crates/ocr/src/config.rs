@@ -214,6 +214,9 @@ pub struct RecConfig {
     /// 6,625 per step), so the device copies and the host scans 3,000× less. The decoded text
     /// is identical (tests/parity.rs). Default true.
     pub argmax_in_model: bool,
+    /// Put back the spaces between Latin words that the recogniser dropped, from its CTC
+    /// alignment (see [`crate::words`]).
+    pub spaces: crate::words::SpaceRule,
 }
 
 impl RecConfig {
@@ -237,6 +240,7 @@ impl Default for RecConfig {
             batch_size: 0,
             drop_score: 0.5,
             argmax_in_model: true,
+            spaces: crate::words::SpaceRule::default(),
         }
     }
 }

@@ -15,11 +15,34 @@ use imageproc::geometric_transformations::Projection;
 
 use crate::det::postprocess::Quad;
 
-/// Crops `quad` (TL, TR, BR, BL) out of `img`. Returns `None` for a degenerate box.
-pub fn crop_quad(img: &RgbImage, quad: &Quad) -> Option<RgbImage> {
+/// The crop's width and height: the longer of each pair of opposite sides.
+fn size(quad: &Quad) -> (u32, u32) {
     let d = |a: [f32; 2], b: [f32; 2]| ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt();
     let w = d(quad[0], quad[1]).max(d(quad[2], quad[3])) as u32;
     let h = d(quad[0], quad[3]).max(d(quad[1], quad[2])) as u32;
+    (w, h)
+}
+
+/// Whether [`crop_quad`] turns the crop of a `w`×`h` box (a vertical text line).
+fn turns(w: u32, h: u32) -> bool {
+    h as f32 / w as f32 >= 1.5
+}
+
+/// The corners of `quad`'s crop in image pixels, in the order of the crop's own pixels
+/// (top-left, top-right, bottom-right, bottom-left): the quad itself, or for a crop that
+/// [`crop_quad`] turns a quarter counter-clockwise, its corners one place on.
+pub fn frame(quad: &Quad) -> Quad {
+    let (w, h) = size(quad);
+    if w > 0 && turns(w, h) {
+        [quad[1], quad[2], quad[3], quad[0]]
+    } else {
+        *quad
+    }
+}
+
+/// Crops `quad` (TL, TR, BR, BL) out of `img`. Returns `None` for a degenerate box.
+pub fn crop_quad(img: &RgbImage, quad: &Quad) -> Option<RgbImage> {
+    let (w, h) = size(quad);
     if w == 0 || h == 0 {
         return None;
     }
@@ -33,7 +56,7 @@ pub fn crop_quad(img: &RgbImage, quad: &Quad) -> Option<RgbImage> {
     let projection = Projection::from_control_points(from, to)?;
     let mut out = RgbImage::new(w, h);
     warp_bicubic_replicate(img, projection, &mut out);
-    if h as f32 / w as f32 >= 1.5 {
+    if turns(w, h) {
         // np.rot90: a quarter turn counter-clockwise.
         out = image::imageops::rotate270(&out);
     }
@@ -152,9 +175,17 @@ mod tests {
 
     #[test]
     fn tall_crops_are_turned() {
-        let img = RgbImage::from_pixel(50, 80, image::Rgb([9, 9, 9]));
+        let mut img = RgbImage::from_pixel(50, 80, image::Rgb([9, 9, 9]));
+        // A mark at the quad's top-right corner ends up at the turned crop's top-left, where
+        // the frame puts the quad's top-right corner.
+        img.put_pixel(9, 0, image::Rgb([200, 0, 0]));
         let q = [[0.0, 0.0], [10.0, 0.0], [10.0, 60.0], [0.0, 60.0]];
-        assert_eq!(crop_quad(&img, &q).unwrap().dimensions(), (60, 10));
+        let c = crop_quad(&img, &q).unwrap();
+        assert_eq!(c.dimensions(), (60, 10));
+        assert_eq!(c.get_pixel(0, 0).0, [200, 0, 0]);
+        assert_eq!(frame(&q), [q[1], q[2], q[3], q[0]]);
+        let wide = [[0.0, 0.0], [60.0, 0.0], [60.0, 10.0], [0.0, 10.0]];
+        assert_eq!(frame(&wide), wide);
     }
 
     #[test]

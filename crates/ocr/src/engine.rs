@@ -25,7 +25,7 @@ use crate::det::postprocess::{boxes_from_map, Quad};
 use crate::det::DetShape;
 use crate::error::{EngineError, OcrError, Stage};
 use crate::output::{ImageText, Line, Timings};
-use crate::rec::Dictionary;
+use crate::rec::{Decoded, Dictionary};
 use crate::{cls, decode, rec, runtime};
 
 /// A loaded PP-OCR pipeline. Not `Sync`: ONNX Runtime's `run` takes `&mut`, so one engine
@@ -99,22 +99,27 @@ impl ModelTime {
 struct Crop {
     image: usize,
     quad: Quad,
+    /// The crop's corners in the image, in the order of its pixels ([`crate::crop::frame`]),
+    /// turned with it by the classifier.
+    frame: Quad,
     pixels: RgbImage,
 }
 
 /// What one model run returns, copied out of ONNX Runtime: its first output, or, for a
 /// recogniser with the argmax appended (`models/make_argmax.py`), its `scores` plus the
-/// `indices` of the best classes.
+/// `indices` of the best classes and the space class's probability per step (`space`).
 #[derive(Clone)]
 pub(crate) struct RunOutput {
     pub(crate) main: ArrayD<f32>,
     pub(crate) indices: Option<ArrayD<i64>>,
+    pub(crate) space: Option<ArrayD<f32>>,
 }
 
 /// One item's share of a [`RunOutput`].
 struct ItemOutput<'a> {
     main: ArrayViewD<'a, f32>,
     indices: Option<ArrayViewD<'a, i64>>,
+    space: Option<ArrayViewD<'a, f32>>,
 }
 
 impl RunOutput {
@@ -122,6 +127,7 @@ impl RunOutput {
         ItemOutput {
             main: self.main.index_axis(Axis(0), i),
             indices: self.indices.as_ref().map(|a| a.index_axis(Axis(0), i)),
+            space: self.space.as_ref().map(|a| a.index_axis(Axis(0), i)),
         }
     }
 }
@@ -457,6 +463,7 @@ impl Engine {
                     pixels.map(|pixels| Crop {
                         image: i,
                         quad,
+                        frame: crate::crop::frame(&quad),
                         pixels,
                     })
                 })),
@@ -474,16 +481,20 @@ impl Engine {
 
         // 5. Assembly.
         let mut lines: Vec<Vec<Line>> = vec![Vec::new(); images.len()];
-        for (crop, text) in crops.iter().zip(texts) {
-            if let Some((text, score)) = text {
-                if !text.is_empty() && score >= self.cfg.rec.drop_score {
-                    lines[crop.image].push(Line {
-                        text,
-                        score,
-                        bbox: crop.quad.map(|p| [p[0] as i32, p[1] as i32]),
-                    });
-                }
+        let rec_cfg = &self.cfg.rec;
+        for (crop, decoded) in crops.iter().zip(texts) {
+            let Some(decoded) = decoded else { continue };
+            if decoded.text.is_empty() || decoded.score < rec_cfg.drop_score {
+                continue;
             }
+            let decoded = crate::words::recover_spaces(decoded, &rec_cfg.spaces);
+            let words = crate::words::words(&decoded, &placement(crop, &rec_cfg.widths, &decoded));
+            lines[crop.image].push(Line {
+                text: decoded.text,
+                score: decoded.score,
+                bbox: crop.quad.map(|p| [p[0] as i32, p[1] as i32]),
+                words,
+            });
         }
         images
             .iter()
@@ -714,7 +725,11 @@ impl Engine {
             for (c, turn) in crops[a..a + n].iter_mut().zip(d.result) {
                 timings[c.image].cls += share;
                 match turn {
-                    Ok(true) => image::imageops::rotate180_in_place(&mut c.pixels),
+                    Ok(true) => {
+                        image::imageops::rotate180_in_place(&mut c.pixels);
+                        let [tl, tr, br, bl] = c.frame;
+                        c.frame = [br, bl, tl, tr];
+                    }
                     Ok(false) => {}
                     Err(e) => {
                         failed[c.image].get_or_insert(e);
@@ -729,7 +744,7 @@ impl Engine {
         crops: &[Crop],
         timings: &mut [Timings],
         failed: &mut [Option<OcrError>],
-    ) -> Vec<Option<(String, f32)>> {
+    ) -> Vec<Option<Decoded>> {
         let widths = self.cfg.rec.widths.clone();
         // Sort crop indices by (bucket, width) so each batch has one shape and similar widths.
         let mut order: Vec<(u32, u32, usize)> = crops
@@ -808,7 +823,7 @@ impl Engine {
                     .collect()
             },
         );
-        let mut texts: Vec<Option<(String, f32)>> = vec![None; crops.len()];
+        let mut texts: Vec<Option<Decoded>> = vec![None; crops.len()];
         for (&(_, batch, _), d) in batches.iter().zip(done) {
             let share = (d.fill_ms + d.run_ms) / batch.len() as f64;
             for (&(_, _, i), (r, decode_ms)) in batch.iter().zip(d.result) {
@@ -835,7 +850,7 @@ impl Engine {
             .zip(failed)
             .map(|(t, f)| match f {
                 Some(e) => Err(e),
-                None => Ok(t.unwrap_or_default()),
+                None => Ok(t.map(|d| (d.text, d.score)).unwrap_or_default()),
             })
             .collect()
     }
@@ -882,21 +897,39 @@ pub struct WarmUp {
 /// A recogniser batch: its bucket width, its (bucket, width, crop) entries, its padded size.
 type RecBatch<'a> = (u32, &'a [(u32, u32, usize)], usize);
 /// One line's text and score, or why it failed.
-type LineResult = Result<(String, f32), OcrError>;
+type LineResult = Result<Decoded, OcrError>;
 
 /// CTC-decodes one line's recogniser output: `[T]` indices and scores from the argmax model,
 /// or the `[T, C]` softmax.
-fn decode_line(dict: &Dictionary, out: ItemOutput<'_>) -> Result<(String, f32), OcrError> {
+fn decode_line(dict: &Dictionary, out: ItemOutput<'_>) -> LineResult {
     let bad = |e: ndarray::ShapeError| OcrError::Inference {
         stage: Stage::Recognize,
         message: format!("unexpected recogniser output: {e}"),
     };
     match out.indices {
-        Some(indices) => Ok(dict.decode_best(
-            indices.into_dimensionality::<Ix1>().map_err(bad)?,
-            out.main.into_dimensionality::<Ix1>().map_err(bad)?,
-        )),
+        Some(indices) => {
+            let space = match out.space {
+                Some(s) => Some(s.into_dimensionality::<Ix1>().map_err(bad)?),
+                None => None,
+            };
+            Ok(dict.decode_best(
+                indices.into_dimensionality::<Ix1>().map_err(bad)?,
+                out.main.into_dimensionality::<Ix1>().map_err(bad)?,
+                space,
+            ))
+        }
         None => Ok(dict.decode(out.main.into_dimensionality::<Ix2>().map_err(bad)?)),
+    }
+}
+
+/// Where a crop's recogniser input sat in the image (for word boxes).
+fn placement(crop: &Crop, widths: &[u32], decoded: &Decoded) -> crate::words::Placement {
+    let (w, h) = crop.pixels.dimensions();
+    let bucket = rec::bucket_width(w, h, widths);
+    crate::words::Placement {
+        frame: crop.frame,
+        content_px: crate::preprocess::width_at_height(w, h, rec::HEIGHT, bucket) as f32,
+        step_px: bucket as f32 / decoded.steps.max(1) as f32,
     }
 }
 
@@ -908,6 +941,7 @@ fn as_crops(lines: &[RgbImage]) -> Vec<Crop> {
         .map(|(i, p)| Crop {
             image: i,
             quad: [[0.0; 2]; 4],
+            frame: [[0.0; 2]; 4],
             pixels: p.clone(),
         })
         .collect()
@@ -1027,6 +1061,16 @@ fn run_model(
             None,
         ),
     };
+    // Recognisers made before `space` was added have no such output (models/make_argmax.py).
+    let space = match (&indices, outputs.get("space")) {
+        (Some(_), Some(space)) => Some(
+            space
+                .try_extract_array::<f32>()
+                .map_err(|e| e.to_string())?
+                .to_owned(),
+        ),
+        _ => None,
+    };
     for shape in [main.shape()]
         .into_iter()
         .chain(indices.as_ref().map(|a| a.shape()))
@@ -1041,5 +1085,6 @@ fn run_model(
     Ok(RunOutput {
         main: main.to_owned(),
         indices,
+        space,
     })
 }

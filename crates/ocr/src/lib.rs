@@ -32,12 +32,14 @@ pub mod rec;
 mod replay;
 pub mod runtime;
 mod sessions;
+pub mod words;
 
 pub use config::{ClsConfig, DetConfig, Device, EngineConfig, FaultPlan, ModelSet, RecConfig};
 pub use engine::{Engine, Model, ModelTime, WarmUp};
 pub use error::{DecodeError, EngineError, OcrError, Stage};
 pub use handle::EngineHandle;
 pub use output::{ImageText, Line, Timings};
+pub use words::{SpaceRule, Word};
 
 /// True when this build can use CUDA (the `cuda` feature).
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");

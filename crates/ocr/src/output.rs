@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::words::Word;
+
 /// One recognised text line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Line {
@@ -11,6 +13,10 @@ pub struct Line {
     /// Corners in original image pixels: top-left, top-right, bottom-right, bottom-left.
     #[serde(rename = "box")]
     pub bbox: [[i32; 2]; 4],
+    /// The line's words with their boxes, from the recogniser's alignment (see
+    /// [`crate::words`]): split at spaces and where the script changes between CJK and others.
+    #[serde(default)]
+    pub words: Vec<Word>,
 }
 
 /// Milliseconds spent per stage on this image. Batched stages are shared out: an image's

@@ -31,6 +31,32 @@ pub fn fill(resizer: &mut Resizer, crop: &RgbImage, bucket: u32, slot: &mut [f32
     write_planes(&img, slot, bucket as usize, HEIGHT as usize);
 }
 
+/// One character of a decoded line and where the recogniser read it: the first and last time
+/// step of its run of equal best classes. A time step covers `input width / steps` pixels of
+/// the recogniser's input (8 for PP-OCR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Glyph {
+    /// Byte range of the character in [`Decoded::text`].
+    pub start: usize,
+    pub end: usize,
+    pub first: u32,
+    pub last: u32,
+}
+
+/// A decoded line: its text, its score, and the time steps of each character.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Decoded {
+    pub text: String,
+    /// Mean probability of the kept steps (0 when nothing is kept).
+    pub score: f32,
+    /// One per dictionary symbol kept, in order.
+    pub glyphs: Vec<Glyph>,
+    /// Time steps of the recogniser's output for this line.
+    pub steps: u32,
+    /// The space class's probability at each step (empty when the model does not say).
+    pub space: Vec<f32>,
+}
+
 /// The character table: index 0 is the CTC blank, then the model's `character` metadata
 /// lines, then a space.
 #[derive(Debug, Clone)]
@@ -60,8 +86,14 @@ impl Dictionary {
     /// Greedy CTC decoding of one line's `[T, C]` probabilities: best class per step,
     /// repeats merged, blanks removed. The score is the mean probability of the kept steps
     /// (0 when nothing is kept).
-    pub fn decode(&self, probs: ArrayView2<'_, f32>) -> (String, f32) {
-        self.collapse(probs.rows().into_iter().map(|row| {
+    pub fn decode(&self, probs: ArrayView2<'_, f32>) -> Decoded {
+        let space_class = self.chars.len() - 1;
+        let space = probs
+            .rows()
+            .into_iter()
+            .map(|row| row.get(space_class).copied().unwrap_or(0.0))
+            .collect();
+        let mut d = self.collapse(probs.rows().into_iter().map(|row| {
             // The first of equal maxima, as ONNX's ArgMax (select_last_index = 0).
             let (mut best, mut best_p) = (0usize, f32::MIN);
             for (i, &p) in row.iter().enumerate() {
@@ -71,41 +103,60 @@ impl Dictionary {
                 }
             }
             (best, best_p)
-        }))
+        }));
+        d.space = space;
+        d
     }
 
     /// The same decoding from the best class and its probability per step, as the
-    /// recogniser with the argmax appended returns them (`models/make_argmax.py`).
+    /// recogniser with the argmax appended returns them (`models/make_argmax.py`), with the
+    /// space class's probability per step when the model returns it.
     pub fn decode_best(
         &self,
         indices: ArrayView1<'_, i64>,
         scores: ArrayView1<'_, f32>,
-    ) -> (String, f32) {
-        self.collapse(
+        space: Option<ArrayView1<'_, f32>>,
+    ) -> Decoded {
+        let mut d = self.collapse(
             indices
                 .iter()
                 .zip(scores)
                 .map(|(&i, &p)| (usize::try_from(i).unwrap_or(usize::MAX), p)),
-        )
+        );
+        d.space = space.map(|s| s.to_vec()).unwrap_or_default();
+        d
     }
 
     /// CTC collapse of (best class, its probability) per time step.
-    fn collapse(&self, steps: impl Iterator<Item = (usize, f32)>) -> (String, f32) {
-        let mut text = String::new();
+    fn collapse(&self, steps: impl Iterator<Item = (usize, f32)>) -> Decoded {
+        let mut d = Decoded::default();
         let (mut sum, mut n) = (0f32, 0u32);
         let mut prev = usize::MAX;
-        for (best, best_p) in steps {
-            if best != 0 && best != prev {
+        for (t, (best, best_p)) in steps.enumerate() {
+            let t = t as u32;
+            d.steps = t + 1;
+            if best != 0 && best == prev {
+                if let Some(g) = d.glyphs.last_mut() {
+                    g.last = t;
+                }
+            } else if best != 0 {
                 if let Some(c) = self.chars.get(best) {
-                    text.push_str(c);
+                    let start = d.text.len();
+                    d.text.push_str(c);
+                    d.glyphs.push(Glyph {
+                        start,
+                        end: d.text.len(),
+                        first: t,
+                        last: t,
+                    });
                     sum += best_p;
                     n += 1;
                 }
             }
             prev = best;
         }
-        let score = if n == 0 { 0.0 } else { sum / n as f32 };
-        (text, score)
+        d.score = if n == 0 { 0.0 } else { sum / n as f32 };
+        d
     }
 }
 
@@ -135,15 +186,22 @@ mod tests {
             [0.0, 0.0, 0.0, 1.0], // space
             [0.1, 0.0, 0.9, 0.0], // b
         ];
-        let (text, score) = d.decode(p.view());
+        let decoded = d.decode(p.view());
+        let (text, score) = (decoded.text.clone(), decoded.score);
         assert_eq!(text, "aa b");
+        // Each character with the time steps of its run: "a" at 0..=1, "a" at 3, " " at 4, "b" at 5.
+        let runs: Vec<(u32, u32)> = decoded.glyphs.iter().map(|g| (g.first, g.last)).collect();
+        assert_eq!(runs, [(0, 1), (3, 3), (4, 4), (5, 5)]);
+        assert_eq!(decoded.steps, 6);
         // The argmax model's form decodes to the same text and score.
         let idx = ndarray::Array1::from(vec![1i64, 1, 0, 1, 3, 2]);
         let best = ndarray::Array1::from(vec![0.8f32, 0.6, 0.9, 0.7, 1.0, 0.9]);
+        let space = ndarray::Array1::from(vec![0.0f32, 0.0, 0.0, 0.0, 1.0, 0.0]);
         assert_eq!(
-            d.decode_best(idx.view(), best.view()),
-            (text.clone(), score)
+            d.decode_best(idx.view(), best.view(), Some(space.view())),
+            decoded
         );
+        assert_eq!(decoded.space, space.to_vec());
         assert!((score - (0.8 + 0.7 + 1.0 + 0.9) / 4.0).abs() < 1e-6);
     }
 
@@ -151,6 +209,8 @@ mod tests {
     fn all_blank_is_empty_with_zero_score() {
         let d = Dictionary::from_metadata("a");
         let p = array![[0.9, 0.1, 0.0], [0.8, 0.2, 0.0]];
-        assert_eq!(d.decode(p.view()), (String::new(), 0.0));
+        let decoded = d.decode(p.view());
+        assert_eq!((decoded.text.as_str(), decoded.score), ("", 0.0));
+        assert!(decoded.glyphs.is_empty());
     }
 }

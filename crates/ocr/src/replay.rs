@@ -75,6 +75,10 @@ impl Recording {
                     .indices
                     .as_ref()
                     .map(|a| a.index_axis(Axis(0), i).insert_axis(Axis(0)).to_owned()),
+                space: out
+                    .space
+                    .as_ref()
+                    .map(|a| a.index_axis(Axis(0), i).insert_axis(Axis(0)).to_owned()),
             };
             self.items.insert(
                 Self::key(stage, chw, &tensor[i * slot..(i + 1) * slot]),

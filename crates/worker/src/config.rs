@@ -241,6 +241,8 @@ settings! {
     models: ModelSet, "models", "OCRFLEET_MODELS", "v4";
     /// Load the fp16 model variants (installed by models/fetch.sh; made by models/make_fp16.py): for CUDA, where they were 5-15 % faster.
     fp16: bool, "fp16", "OCRFLEET_FP16", "false";
+    /// Detector input limit: the longer side of an image is scaled down to at most this many pixels.
+    det_limit: u32, "det-limit", "OCRFLEET_DET_LIMIT", "960";
     /// Folder with v4/, v6/ and lib/ (models/fetch.sh).
     models_dir: PathBuf, "models-dir", "OCRFLEET_MODELS_DIR", "models";
     /// ONNX Runtime intra-op threads per model (0 = all cores).
@@ -446,6 +448,8 @@ impl WorkerConfig {
             fp16: a.fp16.expect("defaulted"),
             ..EngineConfig::default()
         };
+        let mut engine = engine;
+        engine.det.limit_side_len = a.det_limit.expect("defaulted");
         Ok(WorkerConfig {
             kafka: KafkaConfig {
                 brokers: a.brokers.clone().expect("defaulted"),

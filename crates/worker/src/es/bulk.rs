@@ -8,6 +8,7 @@
 //! | HTTP 2xx, item 2xx | indexed |
 //! | HTTP 2xx, item 409 `version_conflict_engine_exception` | superseded: a newer record's document is there (external versioning); finished, not a failure |
 //! | HTTP 2xx, item 429 or 5xx, or no item result | retry that item (infrastructure) |
+//! | HTTP 2xx, item 400 `strict_dynamic_mapping_exception` | the index's mapping is older than the worker's documents (a field the worker writes is unknown to it): infrastructure, retry; see [`crate::es::document::additive_mapping`] |
 //! | HTTP 2xx, item other 4xx (mapping, parse) | the record is bad: dead letter, stage `index` |
 //! | HTTP 413 | the request is too large: split it; one document alone → dead letter, class `too_large` |
 //! | anything else (transport error, 5xx, 429, 400, 401, 403, 404, ...) | infrastructure fault: retry the whole request, never dead-letter |
@@ -128,6 +129,14 @@ pub fn classify(status: Result<u16, String>, body: &[u8], n: usize) -> RequestOu
                     200..=299 => ItemOutcome::Indexed,
                     409 if kind == "version_conflict_engine_exception" => ItemOutcome::Superseded,
                     429 => ItemOutcome::Retry(format!("item 429 {kind}: {reason}")),
+                    // Producers cannot add fields (`metadata` is `flattened`), so an unknown
+                    // field is one of the worker's own: the index predates its documents, and
+                    // every document would fail the same way.
+                    400 if kind == "strict_dynamic_mapping_exception" => ItemOutcome::Retry(format!(
+                        "the index's mapping is older than this worker's documents (item 400 {kind}: {reason}); \
+                         the worker adds new fields at start-up when its role may (`manage` on the index), \
+                         else roll over to a new index (deploy/docs/production.md)"
+                    )),
                     s if s >= 500 || s == 0 => {
                         ItemOutcome::Retry(format!("item {s} {kind}: {reason}"))
                     }
@@ -208,6 +217,18 @@ mod tests {
             matches!(r[6], ItemOutcome::Retry(_)),
             "missing item result is retried"
         );
+    }
+
+    #[test]
+    fn an_index_older_than_the_documents_is_retried_not_dead_lettered() {
+        let body = json!({"errors": true, "items": [
+            {"index": {"_id": "a", "status": 400, "error": {"type": "strict_dynamic_mapping_exception",
+                "reason": "mapping set to strict, dynamic introduction of [words] within [lines] is not allowed"}}}
+        ]});
+        match &items(200, body, 1)[0] {
+            ItemOutcome::Retry(r) => assert!(r.contains("older than this worker"), "{r}"),
+            other => panic!("expected a retry, got {other:?}"),
+        }
     }
 
     #[test]

@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 use elasticsearch::auth::Credentials;
 use elasticsearch::cert::{Certificate, CertificateValidation};
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
-use elasticsearch::indices::{IndicesGetIndexTemplateParts, IndicesPutIndexTemplateParts};
+use elasticsearch::indices::{
+    IndicesGetIndexTemplateParts, IndicesPutIndexTemplateParts, IndicesPutMappingParts,
+};
 use elasticsearch::{BulkParts, Elasticsearch};
 use serde_json::Value;
 
-use super::document::{index_template, TEMPLATE_VERSION};
+use super::document::{additive_mapping, index_template, TEMPLATE_VERSION};
 use crate::config::EsConfig;
 use crate::fetch::redact_url;
 use crate::metrics::Metrics;
@@ -94,7 +96,41 @@ impl EsClient {
             "index template {:?} reads back with version {version:?}, expected {TEMPLATE_VERSION}",
             self.index
         );
+        self.add_new_fields().await;
         Ok(())
+    }
+
+    /// Adds the fields that newer templates brought to an index made by an older one
+    /// ([`additive_mapping`]), so that its documents are not refused. Best effort: an index
+    /// that does not exist yet will be made from the template; a role without `manage` on the
+    /// index gets a warning, and documents then wait on the retry path (never the dead-letter
+    /// topic) until the index is rolled over or the mapping is updated.
+    async fn add_new_fields(&self) {
+        let r = self
+            .client
+            .indices()
+            .put_mapping(IndicesPutMappingParts::Index(&[&self.index]))
+            .body(additive_mapping())
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status_code().is_success() => {
+                tracing::debug!(index = %self.index, "index mapping has every field of this worker's documents")
+            }
+            Ok(r) if r.status_code().as_u16() == 404 => {}
+            Ok(r) => {
+                let code = r.status_code().as_u16();
+                let text = r.text().await.unwrap_or_default();
+                tracing::warn!(
+                    index = %self.index,
+                    "could not add this worker's new fields to the existing index (HTTP {code}: {}); \
+                     if the index predates template version {TEMPLATE_VERSION}, documents will wait \
+                     until its mapping is updated or it is rolled over (deploy/docs/production.md)",
+                    crate::failure::truncate(&text, 300)
+                );
+            }
+            Err(e) => tracing::warn!(index = %self.index, "could not update the index mapping: {e}"),
+        }
     }
 
     /// The readiness probe: Elasticsearch answers, and accepts our credentials.

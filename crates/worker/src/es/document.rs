@@ -20,7 +20,24 @@ use crate::envelope::Envelope;
 
 /// Version of the index template this worker writes; bump when the mapping changes.
 /// 2: `metadata` is `flattened` (one mapping field however many keys producers send).
-pub const TEMPLATE_VERSION: u64 = 2;
+/// 3: `lines.words` (stored, not indexed) and the `text.grams` subfield.
+pub const TEMPLATE_VERSION: u64 = 3;
+
+/// The `text.grams` subfield's analyzer: lower-cased 4- to 12-grams of letters and digits, so
+/// that a search for a word finds it where OCR glued it to a neighbour or a number
+/// ("ANNUALREPORT2025"). It is searched with the standard analyzer (a query word is one term,
+/// which must be one of the document's grams). Words of more than 12 letters are found through
+/// `text` only. Defined in the index settings, so an index made before version 3 has no such
+/// subfield (see [`additive_mapping`]).
+pub const GRAMS: (usize, usize) = (4, 12);
+
+/// The fields added since an index could have been made by an earlier template, which
+/// `PUT <index>/_mapping` can add to an existing index in place: `lines.words` (version 3).
+/// The `text.grams` subfield needs an analyzer in the index settings, which an open index
+/// cannot take; an older index gets it only by rolling over to a new index.
+pub fn additive_mapping() -> Value {
+    json!({"properties": {"lines": {"properties": {"words": {"type": "object", "enabled": false}}}}})
+}
 
 /// A document ready for Elasticsearch, with the message it came from.
 #[derive(Debug)]
@@ -73,13 +90,28 @@ pub struct DocBody {
 
 /// The index template body (strict mapping).
 pub fn index_template(index: &str) -> Value {
-    let cjk = json!({"type": "text", "analyzer": "cjk", "fields": {"std": {"type": "text", "analyzer": "standard"}}});
+    let cjk = json!({"type": "text", "analyzer": "cjk", "fields": {
+        "std": {"type": "text", "analyzer": "standard"},
+        "grams": {"type": "text", "analyzer": "ocrfleet_grams", "search_analyzer": "standard"}
+    }});
     let f = json!({"type": "float"});
     json!({
         "index_patterns": [index, format!("{index}-*")],
         "priority": 200,
         "_meta": {"managed_by": "ocrfleet", "version": TEMPLATE_VERSION},
         "template": {
+            "settings": {
+                "index": {"max_ngram_diff": GRAMS.1 - GRAMS.0},
+                "analysis": {
+                    "tokenizer": {"ocrfleet_grams": {
+                        "type": "ngram", "min_gram": GRAMS.0, "max_gram": GRAMS.1,
+                        "token_chars": ["letter", "digit"]
+                    }},
+                    "analyzer": {"ocrfleet_grams": {
+                        "type": "custom", "tokenizer": "ocrfleet_grams", "filter": ["lowercase"]
+                    }}
+                }
+            },
             "mappings": {
                 "dynamic": "strict",
                 "properties": {
@@ -89,7 +121,8 @@ pub fn index_template(index: &str) -> Value {
                     "lines": {"properties": {
                         "text": {"type": "text", "analyzer": "cjk"},
                         "score": f,
-                        "box": {"type": "integer"}
+                        "box": {"type": "integer"},
+                        "words": {"type": "object", "enabled": false}
                     }},
                     "width": {"type": "integer"},
                     "height": {"type": "integer"},
@@ -164,6 +197,10 @@ mod tests {
                 text: "发票".into(),
                 score: 0.9,
                 bbox: [[0, 0], [1, 0], [1, 1], [0, 1]],
+                words: vec![ocrfleet_ocr::Word {
+                    text: "发票".into(),
+                    bbox: [[0, 0], [1, 0], [1, 1], [0, 1]],
+                }],
             }],
             width: 10,
             height: 5,
