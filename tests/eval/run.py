@@ -36,6 +36,7 @@ def main():
     ap.add_argument("--limits", nargs="+", type=int, default=[960])
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "ocrfleet"))
+    ap.add_argument("--models-dir", default=os.path.join(ROOT, "models"))
     ap.add_argument("--out", default=None)
     ap.add_argument("--name", default="", help="suffix of the output files, for A/B runs")
     args = ap.parse_args(argv)
@@ -51,7 +52,7 @@ def main():
             name = f"{model}-{limit}{args.name}"
             out = os.path.join(out_dir, f"{name}.ndjson")
             cmd = [args.bin, "ocr", "--ndjson", "--models", model, "--det-limit", str(limit),
-                   "--threads", str(args.threads), "--models-dir", os.path.join(ROOT, "models"),
+                   "--threads", str(args.threads), "--models-dir", args.models_dir,
                    *extra, os.path.join(args.data, "images")]
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.monotonic()

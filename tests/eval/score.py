@@ -101,7 +101,7 @@ HEADER = (f"{'output / source':<28} {'imgs':>4} {'labels':>6} {'CER':>8} {'CER c
           f"{'P':>6} {'R':>6} {'F1':>6} {'exact':>6} {'exact sp':>8} {'words':>6} {'word box':>8}")
 
 
-def iou(a, b):
+def box_iou(a, b):
     it = inter(a, b)
     return it / (area(a) + area(b) - it) if it else 0.0
 
@@ -144,7 +144,7 @@ def score_image(gt_lines, pred_lines, tallies, source=""):
             cands = pred_words.get(w["text"].strip().lower())
             if cands:
                 box_n += 1
-                box_ok += max(iou(rect(w["box"]), c) for c in cands) >= 0.5
+                box_ok += max(box_iou(rect(w["box"]), c) for c in cands) >= 0.5
     gt_words = [w for _, text in gts for w in words(text) if len(w) >= 4 and w.isalpha()]
     extra = sum(len(squash(t)) for t in stray)
     err += extra

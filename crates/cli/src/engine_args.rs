@@ -9,8 +9,13 @@ pub struct EngineArgs {
     /// Inference device: cpu, cuda or cuda:N. CUDA never falls back to CPU silently.
     #[arg(long, env = "OCRFLEET_DEVICE", default_value = "cpu")]
     pub device: Device,
-    /// Model set: v4 (PP-OCRv4 mobile, default) or v6 (PP-OCRv6 small).
-    #[arg(long = "models", env = "OCRFLEET_MODELS", default_value = "v4")]
+    /// Model set: v4det-v6rec (PP-OCRv4 mobile detector, PP-OCRv6 small recogniser; the default,
+    /// best on real documents), v4 (PP-OCRv4 mobile) or v6 (PP-OCRv6 small).
+    #[arg(
+        long = "models",
+        env = "OCRFLEET_MODELS",
+        default_value = "v4det-v6rec"
+    )]
     pub model_set: ModelSet,
     /// Folder with v4/, v6/ and lib/ as installed by models/fetch.sh.
     #[arg(long, env = "OCRFLEET_MODELS_DIR", default_value = "models")]
@@ -27,6 +32,13 @@ pub struct EngineArgs {
     /// Detector input limit: the longer side is scaled down to at most this many pixels.
     #[arg(long, env = "OCRFLEET_DET_LIMIT", default_value_t = EngineConfig::default().det.limit_side_len)]
     pub det_limit: u32,
+    /// Scale images whose long side is shorter than this up to it for detection (0 = never).
+    #[arg(long, env = "OCRFLEET_DET_UPSCALE_TO", default_value_t = EngineConfig::default().det.upscale_to)]
+    pub det_upscale_to: u32,
+    /// Put back the spaces between Latin words that the recogniser dropped, from its CTC
+    /// alignment (true or false).
+    #[arg(long, env = "OCRFLEET_WORD_SPACES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub word_spaces: bool,
     /// Recogniser width buckets (pixels at height 48, ascending); empty picks by device.
     #[arg(long, value_delimiter = ',')]
     pub rec_widths: Vec<u32>,
@@ -44,6 +56,8 @@ impl EngineArgs {
             ..EngineConfig::default()
         };
         cfg.det.limit_side_len = self.det_limit;
+        cfg.rec.spaces.enabled = self.word_spaces;
+        cfg.det.upscale_to = self.det_upscale_to;
         if !self.rec_widths.is_empty() {
             cfg.rec.widths = self.rec_widths.clone();
         }

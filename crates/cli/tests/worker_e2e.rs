@@ -110,6 +110,33 @@ fn happy_path_indexes_everything_commits_and_exits_cleanly_on_sigterm() {
             "search {word:?} should find every {img} document"
         );
     }
+    // Part of a word, which the `text` field cannot find, is found through `text.grams` (the
+    // subfield for words that OCR glued to a neighbour).
+    let hello = (0..n).filter(|i| i % IMAGES.len() == 2).count();
+    assert!(es_search(&nd.es_url(), index, "hell").is_empty());
+    assert_eq!(
+        es_search_field(&nd.es_url(), index, "text.grams", "hell").len(),
+        hello
+    );
+    // Each line carries its words with boxes inside the image.
+    let doc = es_get(&nd.es_url(), index, "h-0").expect("document with explicit id");
+    let (w_img, h_img) = (
+        doc["_source"]["width"].as_i64().unwrap(),
+        doc["_source"]["height"].as_i64().unwrap(),
+    );
+    for line in doc["_source"]["lines"].as_array().unwrap() {
+        let words = line["words"].as_array().unwrap();
+        assert!(!words.is_empty(), "{line}");
+        let joined: String = words.iter().map(|w| w["text"].as_str().unwrap()).collect();
+        let squashed: String = line["text"].as_str().unwrap().split_whitespace().collect();
+        assert_eq!(joined, squashed, "the words are the line's text: {line}");
+        for w in words {
+            for p in w["box"].as_array().unwrap() {
+                let (x, y) = (p[0].as_i64().unwrap(), p[1].as_i64().unwrap());
+                assert!((0..=w_img).contains(&x) && (0..=h_img).contains(&y), "{w}");
+            }
+        }
+    }
     // Explicit ids are used as document ids; others use topic-partition-offset.
     let doc = es_get(&nd.es_url(), index, "h-0").expect("document with explicit id");
     assert_eq!(doc["_source"]["metadata"]["n"], 0);
@@ -273,13 +300,15 @@ fn elasticsearch_rejections_are_dead_lettered_and_the_rest_indexed() {
     // An index that exists already with an older mapping (an operator's, or a previous template
     // version) where `message_id` is an integer: documents whose id is not a number are refused
     // item by item (HTTP 400 inside a 200 bulk answer), the others are indexed.
-    let mut mapping =
-        ocrfleet_worker::es::document::index_template(index)["template"]["mappings"].clone();
+    let template = ocrfleet_worker::es::document::index_template(index);
+    let mut mapping = template["template"]["mappings"].clone();
     mapping["properties"]["message_id"] = serde_json::json!({"type": "integer"});
     let (s, body) = blocking_json(
         "PUT",
         &format!("{}/{index}", nd.es_url()),
-        Some(serde_json::json!({"mappings": mapping})),
+        Some(
+            serde_json::json!({"settings": template["template"]["settings"], "mappings": mapping}),
+        ),
     )
     .unwrap();
     assert_eq!(s, 200, "{body}");
@@ -316,6 +345,58 @@ fn elasticsearch_rejections_are_dead_lettered_and_the_rest_indexed() {
         w.ready(),
         "item-level rejections are not an infrastructure fault"
     );
+}
+
+#[test]
+fn an_index_made_by_the_previous_template_gets_the_new_fields_and_nothing_is_dead_lettered() {
+    let _g = serial();
+    let nd = Noida::start("oldmap");
+    let srv = images_server();
+    let (topic, group, index) = ("oldmap", "g-oldmap", "oldmap-idx");
+    create_topics(&nd.brokers(), topic, 1);
+    // Template version 2's index: strict, no `lines.words`, no `text.grams` (nor its analyzer).
+    let mut mapping =
+        ocrfleet_worker::es::document::index_template(index)["template"]["mappings"].clone();
+    mapping["properties"]["lines"]["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("words");
+    mapping["properties"]["text"]["fields"]
+        .as_object_mut()
+        .unwrap()
+        .remove("grams");
+    let (s, body) = blocking_json(
+        "PUT",
+        &format!("{}/{index}", nd.es_url()),
+        Some(serde_json::json!({"mappings": mapping})),
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{body}");
+    // Without the worker's start-up mapping update, a document with words is refused.
+    let (s, body) = blocking_json(
+        "POST",
+        &format!("{}/{index}/_doc/probe", nd.es_url()),
+        Some(serde_json::json!({"lines": [{"text": "a", "words": [{"text": "a"}]}]})),
+    )
+    .unwrap();
+    assert_eq!(s, 400, "{body}");
+    let url = srv.url("img/hello.png");
+    let msgs: Vec<String> = (0..6)
+        .map(|i| serde_json::json!({"url": url, "id": format!("old{i}")}).to_string())
+        .collect();
+    produce(&nd.brokers(), topic, 1, &msgs);
+    let w = Worker::start(&nd.brokers(), &nd.es_url(), topic, group, index, &[]);
+    wait_until("all indexed", Duration::from_secs(300), || {
+        es_count(&nd.es_url(), index) == Some(6)
+    });
+    assert_eq!(w.metric("ocrfleet_messages_dead_lettered_total"), 0.0);
+    let doc = es_get(&nd.es_url(), index, "old0").expect("document");
+    let words = &doc["_source"]["lines"][0]["words"];
+    assert!(
+        words.as_array().is_some_and(|w| !w.is_empty()),
+        "the document keeps its words: {doc}"
+    );
+    assert!(w.ready());
 }
 
 #[test]

@@ -58,14 +58,22 @@ impl<'de> Deserialize<'de> for Device {
 }
 
 /// Which PP-OCR weights to load (see `models/MANIFEST.tsv`).
+///
+/// The default, `v4det-v6rec`, won on the real-document evaluation set (README "Which models"):
+/// PP-OCRv6's recogniser reads better than v4's (and keeps more word spaces), while v6's
+/// detector lost on low-resolution receipt photos and costs 5× v4's on a GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum ModelSet {
-    /// PP-OCRv4 mobile det/rec + v2.0 cls, from rapidocr_onnxruntime 1.4.4 (the default).
-    #[default]
+    /// PP-OCRv4 mobile det/rec + v2.0 cls, from rapidocr_onnxruntime 1.4.4.
+    #[serde(rename = "v4")]
     V4,
     /// PP-OCRv6 small det/rec + v2.0 cls, from rapidocr 3.10.0.
+    #[serde(rename = "v6")]
     V6,
+    /// PP-OCRv4 mobile det + v2.0 cls with the PP-OCRv6 small recogniser (the default).
+    #[default]
+    #[serde(rename = "v4det-v6rec")]
+    V4DetV6Rec,
 }
 
 impl FromStr for ModelSet {
@@ -74,17 +82,32 @@ impl FromStr for ModelSet {
         match s {
             "v4" => Ok(ModelSet::V4),
             "v6" => Ok(ModelSet::V6),
-            o => Err(format!("unknown model set {o:?}: expected v4 or v6")),
+            "v4det-v6rec" => Ok(ModelSet::V4DetV6Rec),
+            o => Err(format!(
+                "unknown model set {o:?}: expected v4det-v6rec (the default), v4 or v6"
+            )),
         }
     }
 }
 
-impl ModelSet {
-    /// The folder name under the models directory.
-    pub fn dir_name(self) -> &'static str {
-        match self {
+impl std::fmt::Display for ModelSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
             ModelSet::V4 => "v4",
             ModelSet::V6 => "v6",
+            ModelSet::V4DetV6Rec => "v4det-v6rec",
+        })
+    }
+}
+
+impl ModelSet {
+    /// The folder under the models directory that holds `model` (`det`, `cls` or `rec`).
+    pub fn dir_name(self, model: &str) -> &'static str {
+        match (self, model) {
+            (ModelSet::V4, _) => "v4",
+            (ModelSet::V6, _) => "v6",
+            (ModelSet::V4DetV6Rec, "rec") => "v6",
+            (ModelSet::V4DetV6Rec, _) => "v4",
         }
     }
 
@@ -93,6 +116,7 @@ impl ModelSet {
         match self {
             ModelSet::V4 => "PP-OCRv4-mobile",
             ModelSet::V6 => "PP-OCRv6-small",
+            ModelSet::V4DetV6Rec => "PP-OCRv4-mobile-det+PP-OCRv6-small-rec",
         }
     }
 }
@@ -103,6 +127,10 @@ impl ModelSet {
 pub struct DetConfig {
     /// The long side is resized down to at most this many pixels (never up). Default 960.
     pub limit_side_len: u32,
+    /// Images whose long side is shorter than this are scaled up to it (at most to
+    /// `limit_side_len`) for detection; the crops are still cut from the original. 0 = never
+    /// (PaddleOCR's `limit_type=max`). Default 0.
+    pub upscale_to: u32,
     /// Each side of the detector input is padded up to a multiple of this (≥ 32). Padding depends
     /// only on the image itself, so results never depend on batch-mates. 32 = no padding beyond
     /// PaddleOCR's own rounding; larger values give fewer distinct shapes (fewer cuDNN searches on
@@ -160,6 +188,7 @@ impl Default for DetConfig {
     fn default() -> Self {
         Self {
             limit_side_len: 960,
+            upscale_to: 0,
             pad_multiple: 32,
             thresh: 0.3,
             box_thresh: 0.6,
@@ -328,7 +357,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             models_dir: PathBuf::from("models"),
-            model_set: ModelSet::V4,
+            model_set: ModelSet::default(),
             device: Device::Cpu,
             intra_threads: 0,
             host_threads: 0,
@@ -356,7 +385,9 @@ impl EngineConfig {
             ""
         };
         let file = format!("{name}{fp16}{argmax}.onnx");
-        self.models_dir.join(self.model_set.dir_name()).join(file)
+        self.models_dir
+            .join(self.model_set.dir_name(name))
+            .join(file)
     }
 
     /// The ONNX Runtime library to load.
@@ -492,8 +523,17 @@ mod tests {
     #[test]
     fn model_paths() {
         let mut c = EngineConfig::with_models_dir("/m");
+        // The default set: v4's detector and classifier, v6's recogniser.
         assert_eq!(c.model_path("det"), PathBuf::from("/m/v4/det.onnx"));
+        assert_eq!(c.model_path("cls"), PathBuf::from("/m/v4/cls.onnx"));
+        assert_eq!(c.model_path("rec"), PathBuf::from("/m/v6/rec.argmax.onnx"));
+        c.model_set = ModelSet::V4;
         assert_eq!(c.model_path("rec"), PathBuf::from("/m/v4/rec.argmax.onnx"));
+        for s in ["v4", "v6", "v4det-v6rec"] {
+            let set: ModelSet = s.parse().unwrap();
+            assert_eq!(set.to_string(), s);
+            assert_eq!(serde_json::to_value(set).unwrap(), s);
+        }
         c.fp16 = true;
         c.model_set = ModelSet::V6;
         assert_eq!(

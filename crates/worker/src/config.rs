@@ -237,12 +237,14 @@ settings! {
     ocr_batch: usize, "ocr-batch", "OCRFLEET_OCR_BATCH", "16";
     /// Inference device: cpu, cuda or cuda:N (no silent fallback).
     device: Device, "device", "OCRFLEET_DEVICE", "cpu";
-    /// Model set: v4 or v6.
-    models: ModelSet, "models", "OCRFLEET_MODELS", "v4";
+    /// Model set: v4det-v6rec (PP-OCRv4 detector, PP-OCRv6 recogniser: best on real documents), v4 or v6.
+    models: ModelSet, "models", "OCRFLEET_MODELS", "v4det-v6rec";
     /// Load the fp16 model variants (installed by models/fetch.sh; made by models/make_fp16.py): for CUDA, where they were 5-15 % faster.
     fp16: bool, "fp16", "OCRFLEET_FP16", "false";
     /// Detector input limit: the longer side of an image is scaled down to at most this many pixels.
     det_limit: u32, "det-limit", "OCRFLEET_DET_LIMIT", "960";
+    /// Put back the spaces between Latin words that the recogniser dropped, from its CTC alignment.
+    word_spaces: bool, "word-spaces", "OCRFLEET_WORD_SPACES", "true";
     /// Folder with v4/, v6/ and lib/ (models/fetch.sh).
     models_dir: PathBuf, "models-dir", "OCRFLEET_MODELS_DIR", "models";
     /// ONNX Runtime intra-op threads per model (0 = all cores).
@@ -450,6 +452,7 @@ impl WorkerConfig {
         };
         let mut engine = engine;
         engine.det.limit_side_len = a.det_limit.expect("defaulted");
+        engine.rec.spaces.enabled = a.word_spaces.expect("defaulted");
         Ok(WorkerConfig {
             kafka: KafkaConfig {
                 brokers: a.brokers.clone().expect("defaulted"),
@@ -575,7 +578,10 @@ mod tests {
     #[test]
     fn model_set_and_fp16_reach_the_engine() {
         let c = WorkerConfig::load(WorkerArgs::default(), None).unwrap();
-        assert_eq!((c.engine.model_set, c.engine.fp16), (ModelSet::V4, false));
+        assert_eq!(
+            (c.engine.model_set, c.engine.fp16),
+            (ModelSet::V4DetV6Rec, false)
+        );
         let f = std::env::temp_dir().join(format!("ocrfleet-cfg-fp16-{}.toml", std::process::id()));
         std::fs::write(&f, "models = \"v6\"\nfp16 = true\n").unwrap();
         let c = WorkerConfig::load(WorkerArgs::default(), Some(&f)).unwrap();

@@ -275,10 +275,15 @@ pub fn es_count(es: &str, index: &str) -> Option<u64> {
 
 /// Elasticsearch: ids of documents whose `text` matches `word`.
 pub fn es_search(es: &str, index: &str, word: &str) -> Vec<String> {
+    es_search_field(es, index, "text", word)
+}
+
+/// Elasticsearch: ids of the documents whose `field` matches `word`.
+pub fn es_search_field(es: &str, index: &str, field: &str, word: &str) -> Vec<String> {
     let (_, v) = blocking_json(
         "POST",
         &format!("{es}/{index}/_search"),
-        Some(serde_json::json!({"size": 1000, "query": {"match": {"text": word}}})),
+        Some(serde_json::json!({"size": 1000, "query": {"match": {field: word}}})),
     )
     .unwrap();
     v["hits"]["hits"]

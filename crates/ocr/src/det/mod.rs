@@ -29,7 +29,14 @@ impl DetShape {
     pub fn plan(w: u32, h: u32, cfg: &DetConfig, canvases: &[[u32; 2]]) -> DetShape {
         let limit = f64::from(cfg.limit_side_len);
         let long = f64::from(w.max(h));
-        let ratio = if long > limit { limit / long } else { 1.0 };
+        let up = f64::from(cfg.upscale_to.min(cfg.limit_side_len));
+        let ratio = if long > limit {
+            limit / long
+        } else if long < up {
+            up / long
+        } else {
+            1.0
+        };
         // Python's int() truncates, then round() is round-half-to-even.
         let round32 = |v: f64| -> u32 {
             let v = (v * ratio).trunc();

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use geo::{Area, BooleanOps, Coord, LineString, Polygon};
-use ocrfleet_ocr::{Engine, EngineConfig, Line};
+use ocrfleet_ocr::{Engine, EngineConfig, Line, ModelSet};
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -19,9 +19,12 @@ pub fn fixtures() -> PathBuf {
     repo_root().join("tests/fixtures")
 }
 
-/// The default engine on CPU with `threads` intra-op threads.
+/// The PP-OCRv4 engine on CPU with `threads` intra-op threads: v4 is the set that Python
+/// RapidOCR 1.4.4 runs, which the fixtures' expectations (`rapidocr_expected.json`) come from.
+/// The default set (v4det-v6rec) has its own test in `parity.rs`.
 pub fn engine(threads: usize) -> Engine {
     let mut cfg = EngineConfig::with_models_dir(repo_root().join("models"));
+    cfg.model_set = ModelSet::V4;
     cfg.intra_threads = threads;
     Engine::new(cfg).expect("engine starts (run models/fetch.sh first)")
 }

@@ -129,7 +129,9 @@ impl EsClient {
                     crate::failure::truncate(&text, 300)
                 );
             }
-            Err(e) => tracing::warn!(index = %self.index, "could not update the index mapping: {e}"),
+            Err(e) => {
+                tracing::warn!(index = %self.index, "could not update the index mapping: {e}")
+            }
         }
     }
 
