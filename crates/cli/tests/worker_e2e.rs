@@ -78,7 +78,7 @@ fn happy_path_indexes_everything_commits_and_exits_cleanly_on_sigterm() {
         .expect("ocrfleet_build_info");
     for label in [
         "onnxruntime=\"1.32.0\"",
-        "models=\"PP-OCRv4-mobile\"",
+        "models=\"PP-OCRv4-mobile-det+PP-OCRv6-small-rec\"",
         "device=\"CPUExecutionProvider\"",
         "fp16=\"false\"",
     ] {
