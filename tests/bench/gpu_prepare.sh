@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares everything tests/bench/gpu.sh needs on the GPU host, which builds nothing, reaches no
 # registry and takes at most 64 MiB per call. Run here, in the project's root, after
-# `bash tests/run.sh` and `models/fetch.sh v6` (which also makes the argmax and fp16 variants; needs a .venv with
+# `bash tests/run.sh` (whose `models/fetch.sh` installs v4 and v6 and makes the argmax and fp16 variants; needs a .venv with
 # noida-db, pillow, numpy, onnx and onnxruntime):
 #   bash tests/bench/gpu_prepare.sh [REAL_PAGES_DIR]
 # Fills the git-ignored folders

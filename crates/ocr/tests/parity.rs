@@ -14,11 +14,8 @@ use ocrfleet_ocr::words::is_cjk;
 use ocrfleet_ocr::{Engine, EngineConfig, ImageText, ModelSet};
 use serde_json::Value;
 
-/// The fixtures through the v4 engine, without the word-space recovery (RapidOCR has none).
-fn run_all(batch: usize, det_batch: usize) -> BTreeMap<String, ImageText> {
-    let mut e = engine(2);
-    e.config_mut().det.batch_size = det_batch;
-    e.config_mut().rec.spaces.enabled = false;
+/// The fixtures through `e`, `batch` images per call.
+fn read_fixtures(e: &mut Engine, batch: usize) -> BTreeMap<String, ImageText> {
     let imgs = fixture_images();
     let mut out = BTreeMap::new();
     for chunk in imgs.chunks(batch) {
@@ -31,6 +28,14 @@ fn run_all(batch: usize, det_batch: usize) -> BTreeMap<String, ImageText> {
         }
     }
     out
+}
+
+/// The fixtures through the v4 engine, without the word-space recovery (RapidOCR has none).
+fn run_all(batch: usize, det_batch: usize) -> BTreeMap<String, ImageText> {
+    let mut e = engine(2);
+    e.config_mut().det.batch_size = det_batch;
+    e.config_mut().rec.spaces.enabled = false;
+    read_fixtures(&mut e, batch)
 }
 
 #[test]
@@ -316,15 +321,7 @@ fn errors_with_spaces(got: &BTreeMap<String, ImageText>) -> (usize, usize) {
 #[test]
 fn word_spaces_only_add_spaces_between_latin_characters_and_help() {
     let without = run_all(8, 8);
-    let mut e = engine(2);
-    let imgs = fixture_images();
-    let mut with = BTreeMap::new();
-    for chunk in imgs.chunks(8) {
-        let refs: Vec<&[u8]> = chunk.iter().map(|(_, b)| b.as_slice()).collect();
-        for ((name, _), r) in chunk.iter().zip(e.recognize_bytes(&refs)) {
-            with.insert(name.clone(), r.unwrap());
-        }
-    }
+    let with = read_fixtures(&mut engine(2), 8);
     let squash = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>();
     let mut added = 0;
     for (name, a) in &with {
@@ -374,14 +371,7 @@ fn the_default_model_set_reads_the_fixtures() {
     assert_eq!(cfg.model_set, ModelSet::V4DetV6Rec);
     cfg.intra_threads = 2;
     let mut e = Engine::new(cfg).expect("engine starts (run models/fetch.sh first)");
-    let imgs = fixture_images();
-    let mut got = BTreeMap::new();
-    for chunk in imgs.chunks(8) {
-        let refs: Vec<&[u8]> = chunk.iter().map(|(_, b)| b.as_slice()).collect();
-        for ((name, _), r) in chunk.iter().zip(e.recognize_bytes(&refs)) {
-            got.insert(name.clone(), r.unwrap());
-        }
-    }
+    let got = read_fixtures(&mut e, 8);
     let truth: Value = serde_json::from_str(
         &std::fs::read_to_string(fixtures().join("ground_truth.json")).unwrap(),
     )
