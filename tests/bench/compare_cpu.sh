@@ -19,6 +19,6 @@ for i in 1 2; do
 done
 python3 -c 'import json,sys; rows=[json.loads(l) for l in open(sys.argv[1]) if l.strip()]; print(json.dumps(max(rows, key=lambda r: r["img_per_s"])))' "$peer.all" > "$peer"
 rm -f "$peer.all"
-./target/release/ocrfleet bench ocr --images "$images" --threads "$threads" --repeat 3 \
+./target/release/ocrfleet bench ocr --models v4 --images "$images" --threads "$threads" --repeat 3 \
   --batch-sizes "${BATCH_SIZES:-1,2,4,8,16,32,64}" --peer "$peer"
 rm -f "$peer"

@@ -124,7 +124,7 @@ def main():
     ap.add_argument("--ocr-batch", type=int, default=16)
     ap.add_argument("--kafka", choices=["tansu", "noida"], default="tansu")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--models", default="v4", help="model set (v4 or v6)")
+    ap.add_argument("--models", default="v4det-v6rec", help="model set (v4det-v6rec, v4 or v6)")
     ap.add_argument("--partitions", type=int, default=3)
     ap.add_argument("--images", default=os.path.join(ROOT, "tests/fixtures/images"))
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/ocrfleet"))

@@ -51,7 +51,7 @@ s_real() {
   [ -e $run/models/v6 ] && ocr 40 --models v6 --images $run/real --repeat 2 --batch-sizes 8,32 --stages pipeline
 }
 s_e2e() {
-  timeout 100 python3 tests/bench/e2e.py --deadline 80 --kafka noida --noida $noida --bin "$bin" \
+  timeout 100 python3 tests/bench/e2e.py --deadline 80 --kafka noida --noida $noida --bin "$bin" --models v4 \
     --models-dir $run/models --images $pages --copies 20 --partitions 12 --device "$dev" \
     --threads 4 --ocr-batch 32 --no-engine-only --worker-arg=--fetch-concurrency=128 \
     --worker-log "$out/worker.log" 2>>"$out/stderr.log" | tee -a "$out/results.txt"

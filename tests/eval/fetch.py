@@ -35,9 +35,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LANG = {"funsd": "en", "xfund_zh": "zh", "wildreceipt": "en"}
 
 
-def read_manifest():
+def read_manifest(name="MANIFEST.tsv"):
     rows = []
-    with open(os.path.join(HERE, "MANIFEST.tsv"), encoding="utf-8") as f:
+    with open(os.path.join(HERE, name), encoding="utf-8") as f:
         for line in f:
             if line.startswith("#") or not line.strip():
                 continue
