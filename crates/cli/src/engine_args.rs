@@ -42,6 +42,19 @@ pub struct EngineArgs {
     /// Recogniser width buckets (pixels at height 48, ascending); empty picks by device.
     #[arg(long, value_delimiter = ',')]
     pub rec_widths: Vec<u32>,
+    /// Tuning (tests/eval/run.py): a detected box is kept when the mean text probability
+    /// inside it reaches this.
+    #[arg(long, default_value_t = EngineConfig::default().det.box_thresh)]
+    pub det_box_thresh: f32,
+    /// Tuning: how far a detected box is grown (distance = area × ratio / perimeter).
+    #[arg(long, default_value_t = EngineConfig::default().det.unclip_ratio)]
+    pub det_unclip_ratio: f32,
+    /// Tuning: lines whose recognition score is below this are dropped.
+    #[arg(long, default_value_t = EngineConfig::default().rec.drop_score)]
+    pub rec_drop_score: f32,
+    /// Tuning: the classifier turns a crop 180° when it says so with at least this confidence.
+    #[arg(long, default_value_t = EngineConfig::default().cls.thresh)]
+    pub cls_thresh: f32,
 }
 
 impl EngineArgs {
@@ -58,6 +71,10 @@ impl EngineArgs {
         cfg.det.limit_side_len = self.det_limit;
         cfg.rec.spaces.enabled = self.word_spaces;
         cfg.det.upscale_to = self.det_upscale_to;
+        cfg.det.box_thresh = self.det_box_thresh;
+        cfg.det.unclip_ratio = self.det_unclip_ratio;
+        cfg.rec.drop_score = self.rec_drop_score;
+        cfg.cls.thresh = self.cls_thresh;
         if !self.rec_widths.is_empty() {
             cfg.rec.widths = self.rec_widths.clone();
         }
