@@ -140,7 +140,10 @@ pub struct DetConfig {
     pub thresh: f32,
     /// Minimum mean probability inside a box. Default 0.6.
     pub box_thresh: f32,
-    /// Box expansion ratio (distance = area × ratio / perimeter). Default 1.5.
+    /// Box expansion ratio (distance = area × ratio / perimeter). Default 1.3 (PaddleOCR's is
+    /// 1.5): on the real evaluation set, with the classifier at 0.99, case-insensitive CER 0.172
+    /// at 1.3, 0.176 at 1.4 and 0.191 at 1.5, detection F1 0.726, 0.720 and 0.714; 1.8 was much
+    /// worse (README "Accuracy on real documents"; 1.2 and below not measured).
     pub unclip_ratio: f32,
     /// Boxes whose short side (in detector pixels) is below this are dropped. Default 3.
     pub min_size: f32,
@@ -192,7 +195,7 @@ impl Default for DetConfig {
             pad_multiple: 32,
             thresh: 0.3,
             box_thresh: 0.6,
-            unclip_ratio: 1.5,
+            unclip_ratio: 1.3,
             min_size: 3.0,
             max_candidates: 1000,
             batch_size: 8,
@@ -208,7 +211,9 @@ pub struct ClsConfig {
     /// Run the classifier at all. Default true.
     pub enabled: bool,
     /// A crop is turned 180° only when the classifier says so with at least this confidence.
-    /// Default 0.9.
+    /// Default 0.99 (PaddleOCR's is 0.9): at 0.9 the classifier turned upright lines of real
+    /// forms and receipts, and the evaluation set's CER fell from 0.204 to 0.194 at 0.98 and
+    /// 0.191 at 0.99; the upside-down fixture is still turned.
     pub thresh: f32,
     /// Crops per classifier run (all 3×48×192). Default 64.
     pub batch_size: usize,
@@ -218,7 +223,7 @@ impl Default for ClsConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            thresh: 0.9,
+            thresh: 0.99,
             batch_size: 64,
         }
     }

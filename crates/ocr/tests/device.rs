@@ -54,8 +54,7 @@ fn warmed_up_shape_policy_makes_no_new_session_and_gives_the_same_lines() {
     let refs: Vec<&[u8]> = images.iter().map(|(_, b)| b.as_slice()).collect();
     let plain = common::engine(2).recognize_bytes(&refs);
 
-    let mut cfg = EngineConfig::with_models_dir(repo_root().join("models"));
-    cfg.intra_threads = 2;
+    let mut cfg = common::rapidocr_config(2);
     cfg.session_per_shape = Some(true);
     let canvases = ocrfleet_ocr::DetConfig::cuda_canvases(960);
     cfg.det.canvases = Some(canvases.clone());

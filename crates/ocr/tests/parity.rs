@@ -247,9 +247,7 @@ fn fp16_models_read_like_fp32() {
     let images: Vec<(String, Vec<u8>)> = fixture_images();
     let refs: Vec<&[u8]> = images.iter().map(|(_, b)| b.as_slice()).collect();
     let run = |fp16: bool| {
-        let mut cfg = EngineConfig::with_models_dir(repo_root().join("models"));
-        cfg.model_set = ModelSet::V4;
-        cfg.intra_threads = 2;
+        let mut cfg = rapidocr_config(2);
         cfg.fp16 = fp16;
         let mut e = Engine::new(cfg).expect("engine starts (run models/fetch.sh first)");
         e.recognize_bytes(&refs)
@@ -362,9 +360,10 @@ fn word_spaces_only_add_spaces_between_latin_characters_and_help() {
     assert!(err_with < err_without, "{err_with} vs {err_without}");
 }
 
-/// The default set (PP-OCRv4 detector, PP-OCRv6 recogniser) reads the fixtures. Measured: 1
-/// of 1,323 characters wrong with spaces ignored (v4: 0; v6 alone: 43, its detector misses the
-/// 46-character Chinese line), 23 of 1,537 with spaces counted (v4: 40).
+/// The default settings (PP-OCRv4 detector, PP-OCRv6 recogniser, unclip 1.3, classifier 0.99)
+/// read the fixtures. Measured: 2 of 1,323 characters wrong with spaces ignored (v4 with
+/// RapidOCR's settings: 0; v6 alone: 43, its detector misses the 46-character Chinese line), 28
+/// of 1,537 with spaces counted (v4: 40).
 #[test]
 fn the_default_model_set_reads_the_fixtures() {
     let mut cfg = EngineConfig::with_models_dir(repo_root().join("models"));

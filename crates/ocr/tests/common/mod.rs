@@ -19,14 +19,22 @@ pub fn fixtures() -> PathBuf {
     repo_root().join("tests/fixtures")
 }
 
-/// The PP-OCRv4 engine on CPU with `threads` intra-op threads: v4 is the set that Python
-/// RapidOCR 1.4.4 runs, which the fixtures' expectations (`rapidocr_expected.json`) come from.
-/// The default set (v4det-v6rec) has its own test in `parity.rs`.
-pub fn engine(threads: usize) -> Engine {
+/// The PP-OCRv4 configuration on CPU with `threads` intra-op threads: v4 is the set that Python
+/// RapidOCR 1.4.4 runs, which the fixtures' expectations (`rapidocr_expected.json`) come from,
+/// with RapidOCR's (and PaddleOCR's) box growth and classifier threshold; the defaults differ.
+/// The default settings have their own test in `parity.rs`.
+pub fn rapidocr_config(threads: usize) -> EngineConfig {
     let mut cfg = EngineConfig::with_models_dir(repo_root().join("models"));
     cfg.model_set = ModelSet::V4;
+    cfg.det.unclip_ratio = 1.5;
+    cfg.cls.thresh = 0.9;
     cfg.intra_threads = threads;
-    Engine::new(cfg).expect("engine starts (run models/fetch.sh first)")
+    cfg
+}
+
+/// An engine with [`rapidocr_config`].
+pub fn engine(threads: usize) -> Engine {
+    Engine::new(rapidocr_config(threads)).expect("engine starts (run models/fetch.sh first)")
 }
 
 /// Fixture images, sorted by name.
