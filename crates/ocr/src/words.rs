@@ -103,7 +103,7 @@ pub fn recover_spaces(d: Decoded, rule: &SpaceRule) -> Decoded {
         score: d.score,
         glyphs: Vec::with_capacity(d.glyphs.len() + 4),
         steps: d.steps,
-        space: d.space.clone(),
+        space: Vec::new(),
     };
     for (i, g) in d.glyphs.iter().enumerate() {
         if i > 0 {
@@ -133,6 +133,7 @@ pub fn recover_spaces(d: Decoded, rule: &SpaceRule) -> Decoded {
             ..*g
         });
     }
+    out.space = d.space;
     out
 }
 

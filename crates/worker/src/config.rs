@@ -443,7 +443,7 @@ impl WorkerConfig {
     fn resolve(a: WorkerArgs) -> anyhow::Result<WorkerConfig> {
         let topic = a.topic.clone().expect("defaulted");
         let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
-        let engine = EngineConfig {
+        let mut engine = EngineConfig {
             models_dir: a.models_dir.clone().expect("defaulted"),
             model_set: a.models.expect("defaulted"),
             device: a.device.expect("defaulted"),
@@ -452,7 +452,6 @@ impl WorkerConfig {
             fp16: a.fp16.expect("defaulted"),
             ..EngineConfig::default()
         };
-        let mut engine = engine;
         engine.det.limit_side_len = a.det_limit.expect("defaulted");
         engine.rec.spaces.enabled = a.word_spaces.expect("defaulted");
         engine.det.upscale_to = a.det_upscale_to.expect("defaulted");
