@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod engine_args;
 mod ocr_cmd;
+mod replay_cmd;
 mod worker_cmd;
 
 /// Kafka-driven fleet of batched PP-OCR workers.
@@ -40,6 +41,8 @@ enum Command {
     Worker(Box<worker_cmd::WorkerCmd>),
     /// Publish image URLs (one per line, or JSON messages) to the source topic.
     Produce(worker_cmd::ProduceCmd),
+    /// Re-publish dead letters to the source topic (filter by stage, class, time, partition).
+    Replay(replay_cmd::ReplayCmd),
     /// Benchmarks that print tables.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Worker(cmd) => worker_cmd::run_worker(*cmd),
         Command::Produce(cmd) => worker_cmd::run_produce(cmd),
+        Command::Replay(cmd) => replay_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

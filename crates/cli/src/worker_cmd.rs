@@ -52,20 +52,14 @@ pub fn run_worker(cmd: WorkerCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Connection to Kafka for the short-lived commands (`produce`, `replay`), under the worker's
+/// flag names and variables.
 #[derive(clap::Args)]
-pub struct ProduceCmd {
-    /// File of URLs or JSON messages, one per line; `-` or nothing reads standard input.
-    pub input: Option<PathBuf>,
+#[command(next_help_heading = "Kafka")]
+pub struct KafkaArgs {
     /// Kafka bootstrap servers.
     #[arg(long, env = "OCRFLEET_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
-    /// Topic to publish to.
-    #[arg(long, env = "OCRFLEET_KAFKA_TOPIC", default_value = "ocr.requests")]
-    pub topic: String,
-    /// Create the topic and its dead-letter topic (<topic>.dlq) with this many partitions if
-    /// they do not exist yet.
-    #[arg(long)]
-    pub create_partitions: Option<i32>,
     /// Kafka security.protocol.
     #[arg(
         long,
@@ -85,31 +79,56 @@ pub struct ProduceCmd {
     /// CA certificate (PEM) for Kafka TLS.
     #[arg(long, env = "OCRFLEET_KAFKA_SSL_CA_LOCATION")]
     pub kafka_ssl_ca_location: Option<PathBuf>,
+}
+
+impl KafkaArgs {
+    /// The connection settings, for `topic`.
+    pub fn config(&self, topic: &str) -> anyhow::Result<KafkaConfig> {
+        let password = match &self.kafka_sasl_password_file {
+            Some(p) => Some(ocrfleet_worker::config::Secret::from(
+                std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?
+                    .trim_end()
+                    .to_owned(),
+            )),
+            None => None,
+        };
+        Ok(KafkaConfig {
+            brokers: self.brokers.clone(),
+            topic: topic.to_owned(),
+            group: String::new(),
+            dlq_topic: String::new(),
+            security_protocol: self.kafka_security_protocol.clone(),
+            sasl_mechanism: self.kafka_sasl_mechanism.clone(),
+            sasl_username: self.kafka_sasl_username.clone(),
+            sasl_password: password,
+            ssl_ca_location: self.kafka_ssl_ca_location.clone(),
+            options: Vec::new(),
+        })
+    }
+}
+
+#[derive(clap::Args)]
+pub struct ProduceCmd {
+    /// File of URLs or JSON messages, one per line; `-` or nothing reads standard input.
+    pub input: Option<PathBuf>,
+    /// Topic to publish to.
+    #[arg(long, env = "OCRFLEET_KAFKA_TOPIC", default_value = "ocr.requests")]
+    pub topic: String,
+    /// Create the topic and its dead-letter topic (<topic>.dlq) with this many partitions each
+    /// if they do not exist yet.
+    #[arg(long)]
+    pub create_partitions: Option<i32>,
     /// How long to wait for the brokers at start and for each message's delivery; past it the
     /// command says so and exits non-zero.
-    #[arg(long, default_value = "30s")]
-    pub delivery_timeout: ocrfleet_worker::config::HumanDuration,
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub delivery_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
 pub fn run_produce(cmd: ProduceCmd) -> anyhow::Result<ExitCode> {
-    let password = match &cmd.kafka_sasl_password_file {
-        Some(p) => Some(ocrfleet_worker::config::Secret(
-            std::fs::read_to_string(p)?.trim_end().to_owned(),
-        )),
-        None => None,
-    };
-    let kafka = KafkaConfig {
-        brokers: cmd.brokers.clone(),
-        topic: cmd.topic.clone(),
-        group: String::new(),
-        dlq_topic: String::new(),
-        security_protocol: cmd.kafka_security_protocol.clone(),
-        sasl_mechanism: cmd.kafka_sasl_mechanism.clone(),
-        sasl_username: cmd.kafka_sasl_username.clone(),
-        sasl_password: password,
-        ssl_ca_location: cmd.kafka_ssl_ca_location.clone(),
-        options: Vec::new(),
-    };
+    let kafka = cmd.kafka.config(&cmd.topic)?;
     let input: Box<dyn BufRead> = match cmd.input.as_deref() {
         None => Box::new(std::io::stdin().lock()),
         Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdin().lock()),
@@ -127,9 +146,9 @@ pub fn run_produce(cmd: ProduceCmd) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     if let Some(p) = cmd.create_partitions {
-        for (t, n) in [(cmd.topic.clone(), p), (format!("{}.dlq", cmd.topic), 1)] {
-            if rt.block_on(ocrfleet_worker::kafka::produce::ensure_topic(&kafka, &t, n))? {
-                eprintln!("created topic {t} with {n} partition(s)");
+        for t in [cmd.topic.clone(), format!("{}.dlq", cmd.topic)] {
+            if rt.block_on(ocrfleet_worker::kafka::produce::ensure_topic(&kafka, &t, p))? {
+                eprintln!("created topic {t} with {p} partition(s)");
             }
         }
     }
@@ -137,7 +156,7 @@ pub fn run_produce(cmd: ProduceCmd) -> anyhow::Result<ExitCode> {
         &kafka,
         &cmd.topic,
         input,
-        cmd.delivery_timeout.0,
+        cmd.delivery_timeout,
         |c| {
             pb.set_message(format!(
                 "sent {} invalid {} failed {}",

@@ -14,9 +14,12 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use ipnet::IpNet;
 use ocrfleet_ocr::{Device, EngineConfig, ModelSet};
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-/// A duration written as `100ms`, `30s`, `5m`.
+/// A duration written as `100ms`, `30s`, `5m`: parsed by `humantime` on the command line and
+/// in the environment, and by `humantime-serde` in the TOML file. (A newtype, because the
+/// `settings!` table needs one type that both clap and serde take as it is.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
@@ -31,26 +34,38 @@ impl FromStr for HumanDuration {
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        humantime_serde::deserialize(d).map(HumanDuration)
     }
 }
 
-/// A secret value: never printed by `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-pub struct Secret(pub String);
+/// A secret value (`secrecy`): never printed by `Debug`, zeroed when dropped. A newtype only so
+/// that clap can parse it from a flag or variable like every other setting.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(SecretString::from(s))
+    }
+}
 
 impl FromStr for Secret {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_owned()))
+        Ok(Secret(SecretString::from(s)))
     }
 }
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
+        self.0.fmt(f)
     }
 }
 
@@ -345,7 +360,7 @@ impl KafkaConfig {
             c.set("sasl.username", u);
         }
         if let Some(p) = &self.sasl_password {
-            c.set("sasl.password", &p.0);
+            c.set("sasl.password", p.expose());
         }
         if let Some(ca) = &self.ssl_ca_location {
             c.set("ssl.ca.location", ca.display().to_string());
@@ -400,7 +415,9 @@ fn secret(
         Some(p) => {
             let s = std::fs::read_to_string(&p)
                 .map_err(|e| anyhow::anyhow!("cannot read {what} file {}: {e}", p.display()))?;
-            Ok(Some(Secret(s.trim_end_matches(['\n', '\r']).to_owned())))
+            Ok(Some(Secret::from(
+                s.trim_end_matches(['\n', '\r']).to_owned(),
+            )))
         }
         None => Ok(None),
     }
@@ -654,7 +671,7 @@ mod tests {
 
     #[test]
     fn secrets_are_not_printed() {
-        let s = Secret("hunter2".into());
+        let s = Secret::from("hunter2".to_owned());
         assert!(!format!("{s:?}").contains("hunter2"));
         let c = WorkerConfig::load(
             WorkerArgs {

@@ -122,11 +122,46 @@ pub fn parse(value: Option<&[u8]>) -> Result<Request, ParseError> {
     Ok(Request { url, id, metadata })
 }
 
-/// The document id: the request's id, else the message's coordinates.
-pub fn document_id(id: Option<&str>, topic: &str, partition: i32, offset: i64) -> String {
-    match id {
-        Some(id) => id.to_owned(),
-        None => format!("{topic}-{partition}-{offset}"),
+/// The document id: the request's id, else the original record's coordinates when `ocrfleet
+/// replay` re-published it (`replayed_of`), else the message's coordinates. A replayed message
+/// thus gets the document its original would have had, however often it is replayed.
+pub fn document_id(
+    id: Option<&str>,
+    replayed_of: Option<&str>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> String {
+    match (id, replayed_of) {
+        (Some(id), _) => id.to_owned(),
+        (None, Some(of)) => of.to_owned(),
+        (None, None) => format!("{topic}-{partition}-{offset}"),
+    }
+}
+
+/// Where a record re-published by `ocrfleet replay` came from: its `ocrfleet.replay.of` and
+/// `ocrfleet.replay.timestamp` headers (see `kafka::replay`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReplayOrigin {
+    pub of: Option<String>,
+    pub timestamp_ms: Option<i64>,
+}
+
+impl ReplayOrigin {
+    pub fn read(headers: &[(Vec<u8>, Option<Vec<u8>>)]) -> ReplayOrigin {
+        use crate::kafka::dlq::headers as h;
+        let get = |name: &str| {
+            headers
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name.as_bytes())
+                .and_then(|(_, v)| std::str::from_utf8(v.as_deref()?).ok())
+                .filter(|v| !v.is_empty() && v.len() <= 512)
+        };
+        ReplayOrigin {
+            of: get(h::REPLAY_OF).map(str::to_owned),
+            timestamp_ms: get(h::REPLAY_TIMESTAMP).and_then(|t| t.parse().ok()),
+        }
     }
 }
 
@@ -204,7 +239,35 @@ mod tests {
 
     #[test]
     fn ids() {
-        assert_eq!(document_id(Some("abc"), "t", 1, 2), "abc");
-        assert_eq!(document_id(None, "t", 1, 2), "t-1-2");
+        assert_eq!(document_id(Some("abc"), None, "t", 1, 2), "abc");
+        assert_eq!(document_id(None, None, "t", 1, 2), "t-1-2");
+        assert_eq!(document_id(Some("abc"), Some("t-0-9"), "t", 1, 2), "abc");
+        assert_eq!(document_id(None, Some("t-0-9"), "t", 1, 2), "t-0-9");
+    }
+
+    #[test]
+    fn replay_origin_from_headers() {
+        let hs = |pairs: &[(&str, &str)]| -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec())))
+                .collect()
+        };
+        assert_eq!(
+            ReplayOrigin::read(&hs(&[("x", "y")])),
+            ReplayOrigin::default()
+        );
+        assert_eq!(
+            ReplayOrigin::read(&hs(&[
+                ("ocrfleet.replay.of", "t-0-9"),
+                ("ocrfleet.replay.timestamp", "1700000000000"),
+            ])),
+            ReplayOrigin {
+                of: Some("t-0-9".into()),
+                timestamp_ms: Some(1_700_000_000_000)
+            }
+        );
+        let r = ReplayOrigin::read(&hs(&[("ocrfleet.replay.timestamp", "soon")]));
+        assert_eq!(r.timestamp_ms, None);
     }
 }

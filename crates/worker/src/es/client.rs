@@ -39,12 +39,12 @@ impl EsClient {
         let mut b = TransportBuilder::new(SingleNodeConnectionPool::new(url))
             .timeout(Duration::from_secs(60));
         if let Some(k) = &cfg.api_key {
-            b = b.auth(Credentials::EncodedApiKey(k.0.clone()));
+            b = b.auth(Credentials::EncodedApiKey(k.expose().to_owned()));
         } else if let Some(u) = &cfg.username {
             let p = cfg
                 .password
                 .as_ref()
-                .map(|p| p.0.clone())
+                .map(|p| p.expose().to_owned())
                 .unwrap_or_default();
             b = b.auth(Credentials::Basic(u.clone(), p));
         }

@@ -1,11 +1,12 @@
 //! Everything that talks to Kafka: the [`source`] (a consumer-group member on its own thread,
 //! with its pure [`state`] and [`offsets`]), the [`dlq`] producer, start-up checks, and the
-//! `ocrfleet produce` command ([`produce`]).
+//! `ocrfleet produce` and `ocrfleet replay` commands ([`produce`], [`replay`]).
 
 pub mod dlq;
 pub mod headers;
 pub mod offsets;
 pub mod produce;
+pub mod replay;
 pub mod source;
 pub mod state;
 

@@ -170,8 +170,10 @@ async fn wait_for_engine(
 
 fn document(cfg: &WorkerConfig, model: &str, r: Ready, text: ImageText) -> Document {
     let e = &r.envelope;
+    let replay = message::ReplayOrigin::read(&e.headers);
     let id = message::document_id(
         r.request.id.as_deref(),
+        replay.of.as_deref(),
         &cfg.kafka.topic,
         e.partition,
         e.offset,
@@ -218,7 +220,9 @@ fn document(cfg: &WorkerConfig, model: &str, r: Ready, text: ImageText) -> Docum
         processed_at: chrono::Utc::now().to_rfc3339(),
     };
     Document {
-        version: r.envelope.timestamp_ms,
+        // A replayed record is versioned by its original's timestamp, so that it cannot
+        // overwrite a document written since by a newer record for the same id.
+        version: replay.timestamp_ms.or(r.envelope.timestamp_ms),
         envelope: r.envelope,
         id,
         body,

@@ -1,0 +1,169 @@
+//! `ocrfleet replay`: re-publish dead letters to the source topic once their fault is fixed
+//! (the rules are in `ocrfleet_worker::kafka::replay`).
+
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use ocrfleet_worker::kafka::replay::{self, Counts, Filter, Options};
+
+use crate::worker_cmd::KafkaArgs;
+
+#[derive(clap::Args)]
+pub struct ReplayCmd {
+    /// Source topic: where dead letters go back to (unless their header names another topic).
+    #[arg(long, env = "OCRFLEET_KAFKA_TOPIC", default_value = "ocr.requests")]
+    pub topic: String,
+    /// Dead-letter topic to read (default: <topic>.dlq).
+    #[arg(long, env = "OCRFLEET_KAFKA_DLQ_TOPIC")]
+    pub dlq_topic: Option<String>,
+    /// Publish to this topic instead of each record's source topic.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only these stages (parse, fetch, decode, ocr, index), comma-separated.
+    #[arg(long, value_delimiter = ',', help_heading = "Filters")]
+    pub stage: Vec<String>,
+    /// Only classes that start with one of these (e.g. http_5,timeout), comma-separated.
+    #[arg(long, value_delimiter = ',', help_heading = "Filters")]
+    pub class: Vec<String>,
+    /// Only dead letters written at or after this time: RFC 3339 (2026-11-27T10:00:00Z) or a
+    /// duration ago (2h).
+    #[arg(long, value_parser = parse_time, help_heading = "Filters")]
+    pub since: Option<DateTime<Utc>>,
+    /// Only dead letters written before this time (same forms as --since).
+    #[arg(long, value_parser = parse_time, help_heading = "Filters")]
+    pub until: Option<DateTime<Utc>>,
+    /// Only dead letters of these source partitions, comma-separated.
+    #[arg(long, value_delimiter = ',', help_heading = "Filters")]
+    pub source_partition: Vec<i32>,
+    /// Count what would be replayed, by stage and class, and send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long to wait for the brokers, for each delivery, and for the next record.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+/// RFC 3339, or a duration meaning "that long ago".
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let ago = humantime::parse_duration(s).map_err(|_| {
+        format!("{s:?} is neither an RFC 3339 time (2026-11-27T10:00:00Z) nor a duration (2h)")
+    })?;
+    chrono::Duration::from_std(ago)
+        .ok()
+        .and_then(|d| Utc::now().checked_sub_signed(d))
+        .ok_or_else(|| format!("{s:?} is too long ago"))
+}
+
+pub fn run(cmd: ReplayCmd) -> anyhow::Result<ExitCode> {
+    let kafka = cmd.kafka.config(&cmd.topic)?;
+    let opts = Options {
+        dlq_topic: cmd
+            .dlq_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", cmd.topic)),
+        source_topic: cmd.topic.clone(),
+        to: cmd.to.clone(),
+        filter: Filter {
+            stages: cmd.stage,
+            classes: cmd.class,
+            since: cmd.since,
+            until: cmd.until,
+            source_partitions: cmd.source_partition,
+        },
+        dry_run: cmd.dry_run,
+        timeout: cmd.timeout,
+    };
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} dead letters read, {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let counts = rt.block_on(replay::replay(&kafka, &opts, |c| {
+        pb.set_length(c.total);
+        pb.set_position(c.read);
+        pb.set_message(format!("{} matching, {} replayed", c.matched, c.replayed));
+    }))?;
+    pb.finish_and_clear();
+    print!("{}", summary(&opts, &counts));
+    Ok(if counts.failed > 0 || counts.minimal > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The final report: matching dead letters by stage and class, then one line of totals.
+fn summary(opts: &Options, c: &Counts) -> String {
+    let mut s = String::new();
+    if !c.by_class.is_empty() {
+        s.push_str(&format!(
+            "{:<8} {:<28} {:>8}\n",
+            "stage", "class", "matching"
+        ));
+        for ((stage, class), n) in &c.by_class {
+            s.push_str(&format!("{stage:<8} {class:<28} {n:>8}\n"));
+        }
+    }
+    let target = opts
+        .to
+        .clone()
+        .unwrap_or_else(|| "their source topic".to_owned());
+    if opts.dry_run {
+        s.push_str(&format!(
+            "dry run on {}: read {} of {}, {} matching would be replayed to {target}{}\n",
+            opts.dlq_topic,
+            c.read,
+            c.total,
+            c.matched - c.minimal,
+            minimal_note(c)
+        ));
+    } else {
+        s.push_str(&format!(
+            "replayed from {} to {target}: read {} of {}, matching {}, replayed {}, failed {}{}\n",
+            opts.dlq_topic,
+            c.read,
+            c.total,
+            c.matched,
+            c.replayed,
+            c.failed,
+            minimal_note(c)
+        ));
+    }
+    s
+}
+
+fn minimal_note(c: &Counts) -> String {
+    if c.minimal == 0 {
+        String::new()
+    } else {
+        format!(
+            "; {} minimal dead letter(s) have no payload and cannot be replayed (their originals are listed above)",
+            c.minimal
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(
+            parse_time("2026-11-27T10:00:00Z").unwrap().to_rfc3339(),
+            "2026-11-27T10:00:00+00:00"
+        );
+        let ago = Utc::now() - parse_time("2h").unwrap();
+        assert!((7190..=7210).contains(&ago.num_seconds()), "{ago}");
+        assert!(parse_time("yesterday").is_err());
+    }
+}

@@ -1,0 +1,479 @@
+//! `ocrfleet replay`: reads the dead-letter topic and re-publishes the original records to the
+//! source topic once the fault that sent them there is fixed.
+//!
+//! - **What is read.** A snapshot: every partition of the dead-letter topic from its low to its
+//!   high watermark as they were at start. Records that arrive meanwhile are left for the next
+//!   run. Nothing is committed (no consumer group is joined), so the dead-letter topic stays as
+//!   it was; a second run reads the same records again.
+//! - **Filters** (all optional, all must match): stage, class (prefix), the time the record was
+//!   dead-lettered (`ocrfleet.error.time`, else the record's timestamp), source partition.
+//! - **What is sent.** The original key, value and headers, minus every `ocrfleet.error.*`,
+//!   `ocrfleet.source.*` and `ocrfleet.replay.*` header, `ocrfleet.worker` and
+//!   `ocrfleet.dlq.minimal`, plus three replay headers:
+//!   - `ocrfleet.replay.count`: 1 on the first replay, one more on each replay of a record that
+//!     failed again, so such a record is recognisable in the dead-letter topic;
+//!   - `ocrfleet.replay.of`: `<topic>-<partition>-<offset>` of the original record (kept
+//!     across replays);
+//!   - `ocrfleet.replay.timestamp`: the original record's timestamp (kept across replays).
+//!
+//!   The worker takes its document id and version from the last two when the message has no
+//!   `id` of its own, so a replayed message gets the document its original would have had, a
+//!   second replay overwrites it instead of adding one, and a replay cannot overwrite a newer
+//!   record's document for the same id (external versioning, see `es::document`).
+//! - **Minimal dead letters** (sent without key and value because Kafka refused the full
+//!   record as too large) cannot be replayed: they are counted and listed with the original's
+//!   coordinates, and the run exits non-zero.
+//! - **Target.** `--to`, else the record's `ocrfleet.source.topic`, else the source topic.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::dlq::headers as h;
+use super::headers::{raw_headers, RawHeader};
+use super::QuietContext;
+use crate::config::KafkaConfig;
+
+/// Which dead letters to replay; an empty list or `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub stages: Vec<String>,
+    /// Class prefixes (`http_4` matches `http_404` and `http_410`).
+    pub classes: Vec<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub source_partitions: Vec<i32>,
+}
+
+/// What one dead letter says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Letter {
+    pub stage: String,
+    pub class: String,
+    pub time: Option<DateTime<Utc>>,
+    pub source_topic: Option<String>,
+    pub source_partition: Option<i32>,
+    pub source_offset: Option<i64>,
+    pub minimal: bool,
+}
+
+fn header<'a>(hs: &'a [RawHeader], name: &str) -> Option<&'a str> {
+    hs.iter()
+        .rev()
+        .find(|(k, _)| k == name.as_bytes())
+        .and_then(|(_, v)| v.as_deref())
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+impl Letter {
+    /// Reads the `ocrfleet.*` headers; `timestamp_ms` (the record's) stands in for a missing
+    /// error time.
+    pub fn read(hs: &[RawHeader], timestamp_ms: Option<i64>) -> Letter {
+        let time = header(hs, h::TIME)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .or_else(|| timestamp_ms.and_then(DateTime::from_timestamp_millis));
+        Letter {
+            stage: header(hs, h::STAGE).unwrap_or("unknown").to_owned(),
+            class: header(hs, h::CLASS).unwrap_or("unknown").to_owned(),
+            time,
+            source_topic: header(hs, h::TOPIC).map(str::to_owned),
+            source_partition: header(hs, h::PARTITION).and_then(|p| p.parse().ok()),
+            source_offset: header(hs, h::OFFSET).and_then(|p| p.parse().ok()),
+            minimal: header(hs, h::MINIMAL) == Some("true"),
+        }
+    }
+
+    pub fn matches(&self, f: &Filter) -> bool {
+        (f.stages.is_empty() || f.stages.iter().any(|s| *s == self.stage))
+            && (f.classes.is_empty() || f.classes.iter().any(|c| self.class.starts_with(c)))
+            && f.since.is_none_or(|s| self.time.is_some_and(|t| t >= s))
+            && f.until.is_none_or(|u| self.time.is_some_and(|t| t < u))
+            && (f.source_partitions.is_empty()
+                || self
+                    .source_partition
+                    .is_some_and(|p| f.source_partitions.contains(&p)))
+    }
+
+    /// `<topic>-<partition>-<offset>` of the record that was dead-lettered.
+    fn coordinates(&self) -> String {
+        format!(
+            "{}-{}-{}",
+            self.source_topic.as_deref().unwrap_or("?"),
+            self.source_partition.map_or("?".into(), |p| p.to_string()),
+            self.source_offset.map_or("?".into(), |o| o.to_string())
+        )
+    }
+}
+
+/// The headers of the replayed record: the original's, without the dead-letter and replay
+/// headers, plus the new replay headers (see the module documentation).
+pub fn replay_headers(hs: &[RawHeader]) -> Vec<RawHeader> {
+    let drop = |k: &[u8]| {
+        let k = String::from_utf8_lossy(k);
+        k.starts_with("ocrfleet.error.")
+            || k.starts_with("ocrfleet.source.")
+            || k.starts_with("ocrfleet.replay.")
+            || k == h::WORKER
+            || k == h::MINIMAL
+    };
+    let count = header(hs, h::REPLAY_COUNT)
+        .and_then(|c| c.parse::<u64>().ok())
+        .unwrap_or(0)
+        + 1;
+    let of = header(hs, h::REPLAY_OF).map(str::to_owned).or_else(|| {
+        Some(format!(
+            "{}-{}-{}",
+            header(hs, h::TOPIC)?,
+            header(hs, h::PARTITION)?,
+            header(hs, h::OFFSET)?
+        ))
+    });
+    let ts = header(hs, h::REPLAY_TIMESTAMP)
+        .or_else(|| header(hs, h::TIMESTAMP))
+        .map(str::to_owned);
+    let mut out: Vec<RawHeader> = hs.iter().filter(|(k, _)| !drop(k)).cloned().collect();
+    out.push((h::REPLAY_COUNT.into(), Some(count.to_string().into_bytes())));
+    if let Some(of) = of {
+        out.push((h::REPLAY_OF.into(), Some(of.into_bytes())));
+    }
+    if let Some(ts) = ts {
+        out.push((h::REPLAY_TIMESTAMP.into(), Some(ts.into_bytes())));
+    }
+    out
+}
+
+/// The settings of one run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub dlq_topic: String,
+    /// Where records go when neither `to` nor the record names a topic.
+    pub source_topic: String,
+    pub to: Option<String>,
+    pub filter: Filter,
+    pub dry_run: bool,
+    /// Start-up check and per-record delivery limit; also how long a read may wait for the
+    /// next record before the run fails.
+    pub timeout: Duration,
+}
+
+/// Counts of one run, with matching dead letters by (stage, class).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Records in the snapshot.
+    pub total: u64,
+    pub read: u64,
+    pub matched: u64,
+    pub replayed: u64,
+    pub failed: u64,
+    /// Matching minimal dead letters (no payload to replay).
+    pub minimal: u64,
+    pub by_class: BTreeMap<(String, String), u64>,
+}
+
+/// Reads the snapshot and replays what matches (or only counts it, with `dry_run`).
+pub async fn replay(
+    kafka: &KafkaConfig,
+    opts: &Options,
+    mut progress: impl FnMut(&Counts),
+) -> anyhow::Result<Counts> {
+    let mut wanted = vec![opts.dlq_topic.clone()];
+    if !opts.dry_run {
+        wanted.push(opts.to.clone().unwrap_or_else(|| opts.source_topic.clone()));
+    }
+    let (checked, timeout) = (kafka.clone(), opts.timeout);
+    tokio::task::spawn_blocking(move || {
+        let names: Vec<&str> = wanted.iter().map(String::as_str).collect();
+        super::check_topics(&checked, &names, timeout)
+    })
+    .await?
+    .map_err(|e| e.context("nothing was replayed"))?;
+
+    let consumer: StreamConsumer<QuietContext> = kafka
+        .client_config_with(
+            &[],
+            &[
+                // A group id is required by librdkafka, but partitions are assigned, never
+                // subscribed, and nothing is committed: the group is never joined.
+                (
+                    "group.id",
+                    format!("ocrfleet-replay-{}", std::process::id()),
+                ),
+                ("enable.auto.commit", "false".into()),
+                ("enable.auto.offset.store", "false".into()),
+            ],
+        )
+        .create_with_context(QuietContext::default())?;
+    let md = consumer.fetch_metadata(Some(&opts.dlq_topic), opts.timeout)?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    // The snapshot: [low, high) per partition.
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    let mut counts = Counts::default();
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(&opts.dlq_topic, p, opts.timeout)?;
+        if high > low {
+            tpl.add_partition_offset(&opts.dlq_topic, p, Offset::Offset(low))?;
+            ends.insert(p, high);
+            counts.total += (high - low) as u64;
+        }
+    }
+    progress(&counts);
+    if ends.is_empty() {
+        return Ok(counts);
+    }
+    consumer.assign(&tpl)?;
+
+    let producer: Option<FutureProducer<QuietContext>> = if opts.dry_run {
+        None
+    } else {
+        Some(
+            kafka
+                .client_config_with(
+                    &[
+                        ("linger.ms", "5".into()),
+                        ("message.timeout.ms", opts.timeout.as_millis().to_string()),
+                    ],
+                    &[
+                        ("enable.idempotence", "true".into()),
+                        ("acks", "all".into()),
+                    ],
+                )
+                .create_with_context(QuietContext::default())?,
+        )
+    };
+    let mut pending = futures::stream::FuturesUnordered::new();
+    while !ends.is_empty() {
+        let m = match tokio::time::timeout(opts.timeout, consumer.recv()).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => anyhow::bail!("reading {:?} failed: {e}", opts.dlq_topic),
+            Err(_) => anyhow::bail!(
+                "no record from {:?} within {:?} although {} partition(s) have more (read {} of {})",
+                opts.dlq_topic,
+                opts.timeout,
+                ends.len(),
+                counts.read,
+                counts.total
+            ),
+        };
+        let (p, o) = (m.partition(), m.offset());
+        match ends.get(&p) {
+            Some(&end) if o < end => {}
+            // Past the snapshot (records deleted by retention make offsets jump).
+            _ => {
+                ends.remove(&p);
+                continue;
+            }
+        }
+        if o + 1 >= ends[&p] {
+            ends.remove(&p);
+        }
+        counts.read += 1;
+        let hs = raw_headers(&m);
+        let letter = Letter::read(&hs, m.timestamp().to_millis());
+        if letter.matches(&opts.filter) {
+            counts.matched += 1;
+            *counts
+                .by_class
+                .entry((letter.stage.clone(), letter.class.clone()))
+                .or_default() += 1;
+            if letter.minimal {
+                counts.minimal += 1;
+                tracing::warn!(dlq_partition = p, dlq_offset = o, original = %letter.coordinates(), "a minimal dead letter has no payload to replay; the original is still at these coordinates until retention removes it");
+            } else if let Some(producer) = &producer {
+                let topic = opts
+                    .to
+                    .clone()
+                    .or(letter.source_topic.clone())
+                    .unwrap_or_else(|| opts.source_topic.clone());
+                let key = m.key().map(<[u8]>::to_vec);
+                let value = m.payload().map(<[u8]>::to_vec);
+                let headers = replay_headers(&hs);
+                let producer = producer.clone();
+                pending.push(async move {
+                    let mut oh = OwnedHeaders::new();
+                    for (k, v) in &headers {
+                        oh = oh.insert(Header {
+                            key: &String::from_utf8_lossy(k),
+                            value: v.as_deref(),
+                        });
+                    }
+                    let mut rec: FutureRecord<'_, [u8], [u8]> =
+                        FutureRecord::to(&topic).headers(oh);
+                    if let Some(k) = &key {
+                        rec = rec.key(k.as_slice());
+                    }
+                    if let Some(v) = &value {
+                        rec = rec.payload(v.as_slice());
+                    }
+                    producer
+                        .send(rec, Duration::from_secs(0))
+                        .await
+                        .map(|_| ())
+                        .map_err(|(e, _)| format!("{e}"))
+                });
+                if pending.len() >= 1000 {
+                    if let Some(r) = pending.next().await {
+                        tally(&mut counts, r);
+                    }
+                }
+            }
+        }
+        progress(&counts);
+    }
+    while let Some(r) = pending.next().await {
+        tally(&mut counts, r);
+        progress(&counts);
+    }
+    Ok(counts)
+}
+
+fn tally(c: &mut Counts, r: Result<(), String>) {
+    match r {
+        Ok(()) => c.replayed += 1,
+        Err(e) => {
+            c.failed += 1;
+            tracing::warn!(error = %e, "replay send failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hs(pairs: &[(&str, &str)]) -> Vec<RawHeader> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec())))
+            .collect()
+    }
+
+    fn dead_letter() -> Vec<RawHeader> {
+        hs(&[
+            ("trace", "abc"),
+            (h::STAGE, "fetch"),
+            (h::CLASS, "http_404"),
+            (h::MESSAGE, "not found"),
+            (h::TOPIC, "ocr.requests"),
+            (h::PARTITION, "2"),
+            (h::OFFSET, "41"),
+            (h::TIMESTAMP, "1700000000000"),
+            (h::ATTEMPTS, "1"),
+            (h::WORKER, "w1"),
+            (h::TIME, "2026-11-27T10:00:00+00:00"),
+        ])
+    }
+
+    #[test]
+    fn first_replay_keeps_the_producer_headers_and_names_the_original() {
+        let out = replay_headers(&dead_letter());
+        assert_eq!(
+            out,
+            hs(&[
+                ("trace", "abc"),
+                (h::REPLAY_COUNT, "1"),
+                (h::REPLAY_OF, "ocr.requests-2-41"),
+                (h::REPLAY_TIMESTAMP, "1700000000000"),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_replayed_record_that_failed_again_keeps_its_origin_and_counts_up() {
+        // The second dead letter: the replayed record's headers plus new error headers for
+        // the replayed record's own coordinates.
+        let mut second = replay_headers(&dead_letter());
+        second.extend(hs(&[
+            (h::STAGE, "fetch"),
+            (h::CLASS, "http_404"),
+            (h::TOPIC, "ocr.requests"),
+            (h::PARTITION, "0"),
+            (h::OFFSET, "977"),
+            (h::TIMESTAMP, "1800000000000"),
+        ]));
+        let out = replay_headers(&second);
+        assert_eq!(header(&out, h::REPLAY_COUNT), Some("2"));
+        assert_eq!(header(&out, h::REPLAY_OF), Some("ocr.requests-2-41"));
+        assert_eq!(header(&out, h::REPLAY_TIMESTAMP), Some("1700000000000"));
+        assert_eq!(out.iter().filter(|(k, _)| k == b"trace").count(), 1);
+        assert_eq!(out.len(), 4, "{out:?}");
+    }
+
+    #[test]
+    fn filters() {
+        let l = Letter::read(&dead_letter(), None);
+        assert_eq!(l.stage, "fetch");
+        assert_eq!(l.source_partition, Some(2));
+        assert!(l.matches(&Filter::default()));
+        let at = |s: &str| Some(DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc));
+        for (f, want) in [
+            (
+                Filter {
+                    stages: vec!["decode".into(), "fetch".into()],
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    stages: vec!["decode".into()],
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    classes: vec!["http_4".into()],
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    classes: vec!["timeout".into()],
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    since: at("2026-11-27T09:00:00Z"),
+                    until: at("2026-11-27T11:00:00Z"),
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    until: at("2026-11-27T10:00:00Z"),
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    source_partitions: vec![0, 1],
+                    ..Filter::default()
+                },
+                false,
+            ),
+        ] {
+            assert_eq!(l.matches(&f), want, "{f:?}");
+        }
+        // Without an error-time header the record's timestamp is the time.
+        let l = Letter::read(&hs(&[(h::STAGE, "parse")]), Some(1_700_000_000_000));
+        assert_eq!(l.time, DateTime::from_timestamp_millis(1_700_000_000_000));
+        assert_eq!(l.class, "unknown");
+    }
+}
