@@ -49,10 +49,15 @@ enum Command {
 }
 
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
+    // Colour only on a terminal, and never with NO_COLOR set (https://no-color.org).
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -60,8 +65,38 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// `--version`: the build's features and the ONNX Runtime library it would load (the
+/// default `models/lib`, or `ORT_DYLIB_PATH`), with that library's own version.
+fn long_version() -> String {
+    let features = if ocrfleet_ocr::CUDA_BUILT {
+        "cuda"
+    } else {
+        "none (CPU only; build with --features cuda for GPUs)"
+    };
+    let lib = ocrfleet_ocr::EngineConfig::default().ort_library_path();
+    let ort = match ocrfleet_ocr::runtime::read_version(&lib) {
+        Some(v) => format!("{v} ({})", lib.display()),
+        None => format!(
+            "not found at {} (models/fetch.sh installs it; ORT_DYLIB_PATH or --models-dir point elsewhere)",
+            lib.display()
+        ),
+    };
+    format!(
+        "{}\nfeatures: {features}\nonnxruntime: {ort}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = Cli::command();
+    if std::env::args().any(|a| a == "--version") {
+        command = command.long_version(long_version());
+    }
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Ocr(args) => ocr_cmd::run(args),

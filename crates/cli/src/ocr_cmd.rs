@@ -1,8 +1,12 @@
 //! `ocrfleet ocr PATHS...`: OCR files and directories, print text or NDJSON.
 //!
-//! Exit code 0 whatever the images hold: an unreadable or undecodable file is reported in the
-//! output (an `error` object in NDJSON) and the run goes on. Only unusable arguments (or an
-//! engine that cannot start) give a non-zero exit.
+//! An unreadable or undecodable file is reported in the output (an `error` object in NDJSON)
+//! and the run goes on. At the end a summary line goes to stderr when any file failed or more
+//! than one was read. Exit code: 0 when every file was read, 1 when any failed, 2 for unusable
+//! arguments or an engine that cannot start.
+//!
+//! Above 8 files a progress bar is drawn on stderr when stderr is a terminal; output is written
+//! while the bar is cleared, so that no stale bar is left between output lines.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,9 +27,10 @@ pub struct OcrArgs {
     /// Print one JSON object per image instead of readable text.
     #[arg(long)]
     pub ndjson: bool,
-    /// Images per engine call (detection batches group same-shape images within it).
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
+    /// Images per engine call (detection batches group same-shape images within it); the
+    /// worker's setting of the same name.
+    #[arg(long = "ocr-batch", alias = "batch-size", default_value_t = 16)]
+    pub ocr_batch: usize,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -80,9 +85,8 @@ pub fn run(args: OcrArgs) -> anyhow::Result<ExitCode> {
     } else {
         ProgressBar::hidden()
     };
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    for chunk in files.chunks(args.batch_size.max(1)) {
+    let (mut ok, mut failed) = (0usize, 0usize);
+    for chunk in files.chunks(args.ocr_batch.max(1)) {
         let mut results: Vec<Option<Result<ImageText, (String, String)>>> = vec![None; chunk.len()];
         let mut bytes = Vec::new();
         let mut slots = Vec::new();
@@ -99,15 +103,33 @@ pub fn run(args: OcrArgs) -> anyhow::Result<ExitCode> {
         for (i, r) in slots.into_iter().zip(engine.recognize_bytes(&refs)) {
             results[i] = Some(r.map_err(|e: OcrError| (e.stage().to_string(), e.to_string())));
         }
+        let mut buf = Vec::new();
         for (f, r) in chunk.iter().zip(results) {
             let r = r.expect("every file has a result");
-            write_result(&mut out, f, &r, args.ndjson)?;
+            if r.is_ok() {
+                ok += 1;
+            } else {
+                failed += 1;
+            }
+            write_result(&mut buf, f, &r, args.ndjson)?;
         }
-        out.flush()?;
+        // The bar is cleared while the chunk's output is written, then drawn again below it.
+        progress.suspend(|| -> std::io::Result<()> {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&buf)?;
+            out.flush()
+        })?;
         progress.inc(chunk.len() as u64);
     }
     progress.finish_and_clear();
-    Ok(ExitCode::SUCCESS)
+    if failed > 0 || files.len() > 1 {
+        eprintln!("ocr: {} file(s): {ok} read, {failed} failed", files.len());
+    }
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn write_result(

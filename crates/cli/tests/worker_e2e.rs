@@ -158,7 +158,15 @@ fn happy_path_indexes_everything_commits_and_exits_cleanly_on_sigterm() {
         "graceful exit code; log:\n{}",
         w.log_tail()
     );
-    assert!(w.log_tail().contains("left the consumer group"));
+    let log = w.log_tail();
+    assert!(log.contains("left the consumer group"));
+    // One summary line on exit (issue 10).
+    assert!(
+        log.contains(&format!(
+            "worker stopped: consumed {n}, indexed {n}, superseded 0, dead-lettered 0 in "
+        )),
+        "{log}"
+    );
 }
 
 #[test]

@@ -55,12 +55,14 @@ pub(crate) fn version() -> Option<String> {
 
 static VERSION: OnceLock<Option<String>> = OnceLock::new();
 
-/// `OrtGetApiBase()->GetVersionString()` of the library at `path` (already loaded by ort, so
-/// opening it again only takes a reference).
-fn read_version(path: &Path) -> Option<String> {
-    // SAFETY: the library is ONNX Runtime, already loaded and initialised by `ort::init_from`;
+/// `OrtGetApiBase()->GetVersionString()` of the ONNX Runtime library at `path` (when ort has
+/// loaded it already, opening it again only takes a reference). `None` when there is no such
+/// library or it has no such symbol.
+pub fn read_version(path: &Path) -> Option<String> {
+    // SAFETY: the library is ONNX Runtime (its exported OrtGetApiBase is checked for);
     // OrtGetApiBase takes no arguments and returns a pointer to a static struct whose
-    // GetVersionString returns a static NUL-terminated string.
+    // GetVersionString returns a static NUL-terminated string. Loading it runs no code of
+    // ours and ONNX Runtime's initialisers only set up static state.
     unsafe {
         let lib = libloading::Library::new(path).ok()?;
         let get: libloading::Symbol<'_, unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =

@@ -72,6 +72,8 @@ impl fmt::Debug for Secret {
 /// One row of the configuration reference.
 #[derive(Debug, Clone, Copy)]
 pub struct Setting {
+    /// The group it is listed under in `--help` and the reference.
+    pub section: &'static str,
     pub flag: &'static str,
     pub env: &'static str,
     pub default: &'static str,
@@ -79,48 +81,51 @@ pub struct Setting {
 }
 
 macro_rules! settings {
-    ($( $(#[doc = $doc:literal])+ $name:ident : $ty:ty, $flag:literal, $env:literal, $default:literal; )*) => {
+    ($( $section:literal { $( $(#[doc = $doc:literal])+ $name:ident : $ty:ty, $flag:literal, $env:literal, $default:literal; )* } )*) => {
         /// Worker settings as given (file, environment or flags); `None` means "not given".
         #[derive(clap::Args, Debug, Default, Clone, Deserialize)]
         #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
         pub struct WorkerArgs {
-            $(
+            $( $(
                 #[doc = concat!($($doc, "\n"),+)]
-                #[arg(long = $flag, env = $env, hide_env_values = true, help = help_text(concat!($($doc),+), $default))]
+                #[arg(long = $flag, env = $env, hide_env = true, help = help_text(concat!($($doc),+), $env, $default), help_heading = $section)]
                 #[serde(rename = $flag)]
                 pub $name: Option<$ty>,
-            )*
+            )* )*
         }
 
         impl WorkerArgs {
             /// Fills every setting not given here from `lower` (a lower-precedence source).
             pub fn or(self, lower: WorkerArgs) -> WorkerArgs {
-                WorkerArgs { $( $name: self.$name.or(lower.$name), )* }
+                WorkerArgs { $( $( $name: self.$name.or(lower.$name), )* )* }
             }
 
             /// Fills every setting still unset with its documented default.
             pub fn with_defaults(self) -> Result<WorkerArgs, String> {
-                Ok(WorkerArgs { $( $name: match self.$name {
+                Ok(WorkerArgs { $( $( $name: match self.$name {
                     Some(v) => Some(v),
                     None if $default.is_empty() => None,
                     None => Some(parse_default::<$ty>($flag, $default)?),
-                }, )* })
+                }, )* )* })
             }
         }
 
         /// Every setting: flag (also the TOML key), environment variable, default, meaning.
         pub const REFERENCE: &[Setting] = &[
-            $( Setting { flag: $flag, env: $env, default: $default, doc: concat!($($doc),+).trim_ascii() }, )*
+            $( $( Setting { section: $section, flag: $flag, env: $env, default: $default, doc: concat!($($doc),+).trim_ascii() }, )* )*
         ];
     };
 }
 
-fn help_text(doc: &str, default: &str) -> String {
+/// A flag's help: its text, then `[env: …]` and `[default: …]` in the order clap gives them for
+/// the other commands' flags (clap's own `[env]` is hidden, because the default has to be
+/// written here: a setting is an `Option` so that the layers can tell "not given" apart).
+fn help_text(doc: &str, env: &str, default: &str) -> String {
     let doc = doc.trim();
     if default.is_empty() {
-        doc.to_owned()
+        format!("{doc} [env: {env}]")
     } else {
-        format!("{doc} [default: {default}]")
+        format!("{doc} [env: {env}] [default: {default}]")
     }
 }
 
@@ -180,104 +185,116 @@ pub fn unknown_env<I: IntoIterator<Item = (String, String)>>(vars: I) -> Vec<Str
 }
 
 settings! {
-    /// Kafka bootstrap servers, comma-separated.
-    brokers: String, "brokers", "OCRFLEET_KAFKA_BROKERS", "127.0.0.1:9092";
-    /// Source topic of image-URL messages.
-    topic: String, "topic", "OCRFLEET_KAFKA_TOPIC", "ocr.requests";
-    /// Consumer group id.
-    group: String, "group", "OCRFLEET_KAFKA_GROUP", "ocrfleet";
-    /// Dead-letter topic (default: <topic>.dlq).
-    dlq_topic: String, "dlq-topic", "OCRFLEET_KAFKA_DLQ_TOPIC", "";
-    /// Kafka security.protocol: plaintext, ssl, sasl_plaintext or sasl_ssl.
-    kafka_security_protocol: String, "kafka-security-protocol", "OCRFLEET_KAFKA_SECURITY_PROTOCOL", "plaintext";
-    /// Kafka SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
-    kafka_sasl_mechanism: String, "kafka-sasl-mechanism", "OCRFLEET_KAFKA_SASL_MECHANISM", "";
-    /// Kafka SASL username.
-    kafka_sasl_username: String, "kafka-sasl-username", "OCRFLEET_KAFKA_SASL_USERNAME", "";
-    /// Kafka SASL password (prefer the _FILE variant).
-    kafka_sasl_password: Secret, "kafka-sasl-password", "OCRFLEET_KAFKA_SASL_PASSWORD", "";
-    /// File holding the Kafka SASL password.
-    kafka_sasl_password_file: PathBuf, "kafka-sasl-password-file", "OCRFLEET_KAFKA_SASL_PASSWORD_FILE", "";
-    /// CA certificate (PEM) for Kafka TLS.
-    kafka_ssl_ca_location: PathBuf, "kafka-ssl-ca-location", "OCRFLEET_KAFKA_SSL_CA_LOCATION", "";
-    /// Extra librdkafka settings for the consumer and producers, as key=value, comma-separated (e.g. fetch.wait.max.ms=500).
-    kafka_options: List<String>, "kafka-option", "OCRFLEET_KAFKA_OPTIONS", "";
-    /// Messages per chunk taken from Kafka.
-    max_messages: usize, "max-messages", "OCRFLEET_MAX_MESSAGES", "1000";
-    /// A chunk is closed after this long even if not full (the online micro-batch window).
-    linger: HumanDuration, "linger", "OCRFLEET_LINGER", "100ms";
-    /// Messages taken from Kafka and not yet indexed or dead-lettered, at most (0 = two chunks). At the bound the source pauses its partitions.
-    max_in_flight: usize, "max-in-flight", "OCRFLEET_MAX_IN_FLIGHT", "0";
-    /// How long start-up waits for Kafka to answer the topic check before it fails.
-    startup_timeout: HumanDuration, "startup-timeout", "OCRFLEET_STARTUP_TIMEOUT", "30s";
-    /// Elasticsearch URL.
-    es_url: String, "es-url", "OCRFLEET_ES_URL", "http://127.0.0.1:9200";
-    /// Elasticsearch index (an index template of the same name is created or verified at start).
-    es_index: String, "es-index", "OCRFLEET_ES_INDEX", "ocrfleet";
-    /// Elasticsearch API key (base64 id:key; prefer the _FILE variant).
-    es_api_key: Secret, "es-api-key", "OCRFLEET_ES_API_KEY", "";
-    /// File holding the Elasticsearch API key.
-    es_api_key_file: PathBuf, "es-api-key-file", "OCRFLEET_ES_API_KEY_FILE", "";
-    /// Elasticsearch basic-auth user.
-    es_username: String, "es-username", "OCRFLEET_ES_USERNAME", "";
-    /// Elasticsearch basic-auth password (prefer the _FILE variant).
-    es_password: Secret, "es-password", "OCRFLEET_ES_PASSWORD", "";
-    /// File holding the Elasticsearch password.
-    es_password_file: PathBuf, "es-password-file", "OCRFLEET_ES_PASSWORD_FILE", "";
-    /// CA certificate (PEM) for Elasticsearch TLS.
-    es_ca_cert: PathBuf, "es-ca-cert", "OCRFLEET_ES_CA_CERT", "";
-    /// Documents per bulk request at most.
-    es_bulk_docs: usize, "es-bulk-docs", "OCRFLEET_ES_BULK_DOCS", "500";
-    /// Bytes per bulk request at most (a larger document is sent alone; HTTP 413 splits a request).
-    es_bulk_bytes: ByteSize, "es-bulk-bytes", "OCRFLEET_ES_BULK_BYTES", "8MiB";
-    /// Concurrent image downloads.
-    fetch_concurrency: usize, "fetch-concurrency", "OCRFLEET_FETCH_CONCURRENCY", "64";
-    /// TCP/TLS connect time-out per attempt.
-    fetch_connect_timeout: HumanDuration, "fetch-connect-timeout", "OCRFLEET_FETCH_CONNECT_TIMEOUT", "5s";
-    /// Total time-out per download attempt (headers and body).
-    fetch_timeout: HumanDuration, "fetch-timeout", "OCRFLEET_FETCH_TIMEOUT", "30s";
-    /// Attempts per download (time-outs, 5xx and 429 are retried with exponential backoff and jitter).
-    fetch_attempts: usize, "fetch-attempts", "OCRFLEET_FETCH_ATTEMPTS", "4";
-    /// First retry delay; doubles per attempt.
-    fetch_backoff: HumanDuration, "fetch-backoff", "OCRFLEET_FETCH_BACKOFF", "200ms";
-    /// Largest image body accepted.
-    fetch_max_bytes: ByteSize, "fetch-max-bytes", "OCRFLEET_FETCH_MAX_BYTES", "20MiB";
-    /// Redirects followed at most.
-    fetch_max_redirects: usize, "fetch-max-redirects", "OCRFLEET_FETCH_MAX_REDIRECTS", "5";
-    /// Networks allowed despite the SSRF guard (e.g. 127.0.0.0/8 for a local stack); comma-separated CIDRs.
-    fetch_allow: List<IpNet>, "fetch-allow", "OCRFLEET_FETCH_ALLOW", "";
-    /// Upper bound on decoded image bytes held at once (RGB, 3 bytes per pixel).
-    memory_budget: ByteSize, "memory-budget", "OCRFLEET_MEMORY_BUDGET", "2GiB";
-    /// Images per OCR engine call.
-    ocr_batch: usize, "ocr-batch", "OCRFLEET_OCR_BATCH", "16";
-    /// Inference device: cpu, cuda or cuda:N (no silent fallback).
-    device: Device, "device", "OCRFLEET_DEVICE", "cpu";
-    /// Model set: v4det-v6rec (PP-OCRv4 detector, PP-OCRv6 recogniser: best on real documents), v4 or v6.
-    models: ModelSet, "models", "OCRFLEET_MODELS", "v4det-v6rec";
-    /// Load the fp16 model variants (installed by models/fetch.sh; made by models/make_fp16.py): for CUDA, where they were 5-15 % faster.
-    fp16: bool, "fp16", "OCRFLEET_FP16", "false";
-    /// Detector input limit: the longer side of an image is scaled down to at most this many pixels.
-    det_limit: u32, "det-limit", "OCRFLEET_DET_LIMIT", "960";
-    /// Images whose long side is shorter than this are scaled up to it for detection (0 = never).
-    det_upscale_to: u32, "det-upscale-to", "OCRFLEET_DET_UPSCALE_TO", "0";
-    /// Put back the spaces between Latin words that the recogniser dropped, from its CTC alignment.
-    word_spaces: bool, "word-spaces", "OCRFLEET_WORD_SPACES", "true";
-    /// Folder with v4/, v6/ and lib/ (models/fetch.sh).
-    models_dir: PathBuf, "models-dir", "OCRFLEET_MODELS_DIR", "models";
-    /// ONNX Runtime intra-op threads per model (0 = all cores).
-    threads: usize, "threads", "OCRFLEET_THREADS", "0";
-    /// Threads of the engine's host pool, which runs its CPU stages (resize, boxes, crops, decoding) beside the model runs (0 = all cores).
-    host_threads: usize, "host-threads", "OCRFLEET_HOST_THREADS", "0";
-    /// When the engine fails its health probe this long (a lost GPU, say), the worker exits non-zero so that a fresh process is started; meanwhile intake pauses and nothing is dead-lettered.
-    engine_fault_timeout: HumanDuration, "engine-fault-timeout", "OCRFLEET_ENGINE_FAULT_TIMEOUT", "2m";
-    /// Address of the /metrics, /healthz and /readyz server.
-    http_addr: std::net::SocketAddr, "http-addr", "OCRFLEET_HTTP_ADDR", "0.0.0.0:9464";
-    /// On SIGTERM/SIGINT, in-flight work gets this long to finish before it is dropped uncommitted.
-    shutdown_grace: HumanDuration, "shutdown-grace", "OCRFLEET_SHUTDOWN_GRACE", "30s";
-    /// Stop (as on SIGTERM) once no message has arrived for this long and nothing is in flight.
-    exit_when_idle: HumanDuration, "exit-when-idle", "OCRFLEET_EXIT_WHEN_IDLE", "";
-    /// Worker id in dead-letter headers and documents (default: host name).
-    worker_id: String, "worker-id", "OCRFLEET_WORKER_ID", "";
+    "Kafka" {
+        /// Kafka bootstrap servers, comma-separated.
+        brokers: String, "brokers", "OCRFLEET_KAFKA_BROKERS", "127.0.0.1:9092";
+        /// Source topic of image-URL messages.
+        topic: String, "topic", "OCRFLEET_KAFKA_TOPIC", "ocr.requests";
+        /// Consumer group id.
+        group: String, "group", "OCRFLEET_KAFKA_GROUP", "ocrfleet";
+        /// Kafka security.protocol: plaintext, ssl, sasl_plaintext or sasl_ssl.
+        kafka_security_protocol: String, "kafka-security-protocol", "OCRFLEET_KAFKA_SECURITY_PROTOCOL", "plaintext";
+        /// Kafka SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+        kafka_sasl_mechanism: String, "kafka-sasl-mechanism", "OCRFLEET_KAFKA_SASL_MECHANISM", "";
+        /// Kafka SASL username.
+        kafka_sasl_username: String, "kafka-sasl-username", "OCRFLEET_KAFKA_SASL_USERNAME", "";
+        /// Kafka SASL password (prefer the _FILE variant).
+        kafka_sasl_password: Secret, "kafka-sasl-password", "OCRFLEET_KAFKA_SASL_PASSWORD", "";
+        /// File holding the Kafka SASL password.
+        kafka_sasl_password_file: PathBuf, "kafka-sasl-password-file", "OCRFLEET_KAFKA_SASL_PASSWORD_FILE", "";
+        /// CA certificate (PEM) for Kafka TLS.
+        kafka_ssl_ca_location: PathBuf, "kafka-ssl-ca-location", "OCRFLEET_KAFKA_SSL_CA_LOCATION", "";
+        /// Extra librdkafka settings for the consumer and producers, as key=value, comma-separated (e.g. fetch.wait.max.ms=500).
+        kafka_options: List<String>, "kafka-option", "OCRFLEET_KAFKA_OPTIONS", "";
+        /// Messages per chunk taken from Kafka.
+        max_messages: usize, "max-messages", "OCRFLEET_MAX_MESSAGES", "1000";
+        /// A chunk is closed after this long even if not full (the online micro-batch window).
+        linger: HumanDuration, "linger", "OCRFLEET_LINGER", "100ms";
+        /// Messages taken from Kafka and not yet indexed or dead-lettered, at most (0 = two chunks). At the bound the source pauses its partitions.
+        max_in_flight: usize, "max-in-flight", "OCRFLEET_MAX_IN_FLIGHT", "0";
+        /// How long start-up waits for Kafka to answer the topic check before it fails.
+        startup_timeout: HumanDuration, "startup-timeout", "OCRFLEET_STARTUP_TIMEOUT", "30s";
+    }
+    "Dead letters" {
+        /// Dead-letter topic (default: <topic>.dlq).
+        dlq_topic: String, "dlq-topic", "OCRFLEET_KAFKA_DLQ_TOPIC", "";
+    }
+    "Fetch" {
+        /// Concurrent image downloads.
+        fetch_concurrency: usize, "fetch-concurrency", "OCRFLEET_FETCH_CONCURRENCY", "64";
+        /// TCP/TLS connect time-out per attempt.
+        fetch_connect_timeout: HumanDuration, "fetch-connect-timeout", "OCRFLEET_FETCH_CONNECT_TIMEOUT", "5s";
+        /// Total time-out per download attempt (headers and body).
+        fetch_timeout: HumanDuration, "fetch-timeout", "OCRFLEET_FETCH_TIMEOUT", "30s";
+        /// Attempts per download (time-outs, 5xx and 429 are retried with exponential backoff and jitter).
+        fetch_attempts: usize, "fetch-attempts", "OCRFLEET_FETCH_ATTEMPTS", "4";
+        /// First retry delay; doubles per attempt.
+        fetch_backoff: HumanDuration, "fetch-backoff", "OCRFLEET_FETCH_BACKOFF", "200ms";
+        /// Largest image body accepted.
+        fetch_max_bytes: ByteSize, "fetch-max-bytes", "OCRFLEET_FETCH_MAX_BYTES", "20MiB";
+        /// Redirects followed at most.
+        fetch_max_redirects: usize, "fetch-max-redirects", "OCRFLEET_FETCH_MAX_REDIRECTS", "5";
+        /// Networks allowed despite the SSRF guard (e.g. 127.0.0.0/8 for a local stack); comma-separated CIDRs.
+        fetch_allow: List<IpNet>, "fetch-allow", "OCRFLEET_FETCH_ALLOW", "";
+    }
+    "OCR" {
+        /// Upper bound on decoded image bytes held at once (RGB, 3 bytes per pixel).
+        memory_budget: ByteSize, "memory-budget", "OCRFLEET_MEMORY_BUDGET", "2GiB";
+        /// Images per OCR engine call.
+        ocr_batch: usize, "ocr-batch", "OCRFLEET_OCR_BATCH", "16";
+        /// Inference device: cpu, cuda or cuda:N (no silent fallback).
+        device: Device, "device", "OCRFLEET_DEVICE", "cpu";
+        /// Model set: v4det-v6rec (PP-OCRv4 detector, PP-OCRv6 recogniser: best on real documents), v4 or v6.
+        models: ModelSet, "models", "OCRFLEET_MODELS", "v4det-v6rec";
+        /// Load the fp16 model variants (installed by models/fetch.sh; made by models/make_fp16.py): for CUDA, where they were 5-15 % faster.
+        fp16: bool, "fp16", "OCRFLEET_FP16", "false";
+        /// Detector input limit: the longer side of an image is scaled down to at most this many pixels.
+        det_limit: u32, "det-limit", "OCRFLEET_DET_LIMIT", "960";
+        /// Images whose long side is shorter than this are scaled up to it for detection (0 = never).
+        det_upscale_to: u32, "det-upscale-to", "OCRFLEET_DET_UPSCALE_TO", "0";
+        /// Put back the spaces between Latin words that the recogniser dropped, from its CTC alignment.
+        word_spaces: bool, "word-spaces", "OCRFLEET_WORD_SPACES", "true";
+        /// Folder with v4/, v6/ and lib/ (models/fetch.sh).
+        models_dir: PathBuf, "models-dir", "OCRFLEET_MODELS_DIR", "models";
+        /// ONNX Runtime intra-op threads per model (0 = all cores).
+        threads: usize, "threads", "OCRFLEET_THREADS", "0";
+        /// Threads of the engine's host pool, which runs its CPU stages (resize, boxes, crops, decoding) beside the model runs (0 = all cores).
+        host_threads: usize, "host-threads", "OCRFLEET_HOST_THREADS", "0";
+        /// When the engine fails its health probe this long (a lost GPU, say), the worker exits non-zero so that a fresh process is started; meanwhile intake pauses and nothing is dead-lettered.
+        engine_fault_timeout: HumanDuration, "engine-fault-timeout", "OCRFLEET_ENGINE_FAULT_TIMEOUT", "2m";
+    }
+    "Elasticsearch" {
+        /// Elasticsearch URL.
+        es_url: String, "es-url", "OCRFLEET_ES_URL", "http://127.0.0.1:9200";
+        /// Elasticsearch index (an index template of the same name is created or verified at start).
+        es_index: String, "es-index", "OCRFLEET_ES_INDEX", "ocrfleet";
+        /// Elasticsearch API key (base64 id:key; prefer the _FILE variant).
+        es_api_key: Secret, "es-api-key", "OCRFLEET_ES_API_KEY", "";
+        /// File holding the Elasticsearch API key.
+        es_api_key_file: PathBuf, "es-api-key-file", "OCRFLEET_ES_API_KEY_FILE", "";
+        /// Elasticsearch basic-auth user.
+        es_username: String, "es-username", "OCRFLEET_ES_USERNAME", "";
+        /// Elasticsearch basic-auth password (prefer the _FILE variant).
+        es_password: Secret, "es-password", "OCRFLEET_ES_PASSWORD", "";
+        /// File holding the Elasticsearch password.
+        es_password_file: PathBuf, "es-password-file", "OCRFLEET_ES_PASSWORD_FILE", "";
+        /// CA certificate (PEM) for Elasticsearch TLS.
+        es_ca_cert: PathBuf, "es-ca-cert", "OCRFLEET_ES_CA_CERT", "";
+        /// Documents per bulk request at most.
+        es_bulk_docs: usize, "es-bulk-docs", "OCRFLEET_ES_BULK_DOCS", "500";
+        /// Bytes per bulk request at most (a larger document is sent alone; HTTP 413 splits a request).
+        es_bulk_bytes: ByteSize, "es-bulk-bytes", "OCRFLEET_ES_BULK_BYTES", "8MiB";
+    }
+    "HTTP and process" {
+        /// Address of the /metrics, /healthz and /readyz server.
+        http_addr: std::net::SocketAddr, "http-addr", "OCRFLEET_HTTP_ADDR", "0.0.0.0:9464";
+        /// On SIGTERM/SIGINT, in-flight work gets this long to finish before it is dropped uncommitted.
+        shutdown_grace: HumanDuration, "shutdown-grace", "OCRFLEET_SHUTDOWN_GRACE", "30s";
+        /// Stop (as on SIGTERM) once no message has arrived for this long and nothing is in flight.
+        exit_when_idle: HumanDuration, "exit-when-idle", "OCRFLEET_EXIT_WHEN_IDLE", "";
+        /// Worker id in dead-letter headers and documents (default: host name).
+        worker_id: String, "worker-id", "OCRFLEET_WORKER_ID", "";
+    }
 }
 
 /// Fully resolved settings.
@@ -545,7 +562,12 @@ impl WorkerConfig {
 pub fn reference_markdown() -> String {
     let mut s =
         String::from("| flag / TOML key | environment | default | meaning |\n|---|---|---|---|\n");
+    let mut section = "";
     for r in REFERENCE {
+        if r.section != section {
+            section = r.section;
+            s.push_str(&format!("| **{section}** | | | |\n"));
+        }
         let default = if r.default.is_empty() {
             "—".to_string()
         } else {
