@@ -91,7 +91,7 @@ impl Letter {
     }
 
     pub fn matches(&self, f: &Filter) -> bool {
-        (f.stages.is_empty() || f.stages.iter().any(|s| *s == self.stage))
+        (f.stages.is_empty() || f.stages.contains(&self.stage))
             && (f.classes.is_empty() || f.classes.iter().any(|c| self.class.starts_with(c)))
             && f.since.is_none_or(|s| self.time.is_some_and(|t| t >= s))
             && f.until.is_none_or(|u| self.time.is_some_and(|t| t < u))
