@@ -577,6 +577,129 @@ fn a_second_worker_joining_mid_run_loses_nothing_tansu() {
     second_worker_joins(&tansu.brokers(), &nd.es_url(), "joint", false);
 }
 
+/// Index lifecycle (issue 10): with nothing there, the worker creates `<index>-000001` behind
+/// the write alias `<index>` and writes through it; an older ocrfleet template is upgraded with
+/// the operator's settings kept, and a current one is left alone on the next start.
+#[test]
+fn the_worker_writes_through_an_alias_and_keeps_an_operators_template_settings() {
+    let _g = serial();
+    let nd = Noida::start("alias");
+    let srv = images_server();
+    let (topic, group, index) = ("alias", "g-alias", "alias-idx");
+    let es = nd.es_url();
+    create_topics(&nd.brokers(), topic, 1);
+    // Template version 2 as a worker of that version left it, plus an operator's settings.
+    let mut older = ocrfleet_worker::es::document::index_template(index);
+    older["_meta"]["version"] = serde_json::json!(2);
+    older["_meta"]["owner"] = serde_json::json!("search-team");
+    older["template"]["settings"]["index"]["number_of_replicas"] = serde_json::json!("0");
+    older["template"]["settings"]["index"]["refresh_interval"] = serde_json::json!("5s");
+    let (s, body) =
+        blocking_json("PUT", &format!("{es}/_index_template/{index}"), Some(older)).unwrap();
+    assert_eq!(s, 200, "{body}");
+    produce(&nd.brokers(), topic, 1, &good_messages(&srv, 4, "al"));
+    let mut w = Worker::start(&nd.brokers(), &es, topic, group, index, &[]);
+    wait_until(
+        "indexed through the alias",
+        Duration::from_secs(300),
+        || es_count(&es, index) == Some(4),
+    );
+    let (s, aliases) = blocking_json("GET", &format!("{es}/_alias/{index}"), None).unwrap();
+    assert_eq!(s, 200, "{aliases}");
+    assert_eq!(
+        aliases,
+        serde_json::json!({format!("{index}-000001"): {"aliases": {index: {"is_write_index": true}}}})
+    );
+    let template = |es: &str| {
+        let (s, t) = blocking_json("GET", &format!("{es}/_index_template/{index}"), None).unwrap();
+        assert_eq!(s, 200, "{t}");
+        t["index_templates"][0]["index_template"].clone()
+    };
+    let t = template(&es);
+    assert_eq!(t["_meta"]["version"], 3, "upgraded: {t}");
+    assert_eq!(t["_meta"]["owner"], "search-team", "{t}");
+    let settings = &t["template"]["settings"]["index"];
+    assert_eq!(settings["number_of_replicas"], "0", "{t}");
+    assert_eq!(settings["refresh_interval"], "5s", "{t}");
+    assert!(
+        settings["analysis"]["analyzer"]["ocrfleet_grams"].is_object(),
+        "{t}"
+    );
+    w.sigterm();
+    assert_eq!(w.wait(Duration::from_secs(60)), 0);
+
+    // The operator changes the current template; a restart leaves it as it is.
+    let mut edited = t.clone();
+    edited["template"]["settings"]["index"]["number_of_replicas"] = serde_json::json!("2");
+    let (s, body) = blocking_json(
+        "PUT",
+        &format!("{es}/_index_template/{index}"),
+        Some(edited),
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{body}");
+    produce(&nd.brokers(), topic, 1, &good_messages(&srv, 2, "al2"));
+    let w = Worker::start(&nd.brokers(), &es, topic, group, index, &[]);
+    wait_until(
+        "indexed after the restart",
+        Duration::from_secs(300),
+        || es_count(&es, index) == Some(6),
+    );
+    let t = template(&es);
+    assert_eq!(
+        t["template"]["settings"]["index"]["number_of_replicas"], "2",
+        "the operator's change survives a restart: {t}"
+    );
+    assert!(w
+        .log_tail()
+        .contains("index template is current; left as it is"));
+}
+
+/// `--manage-template false`: the worker changes nothing in Elasticsearch. While the index is
+/// missing it waits, not ready, consuming nothing and dead-lettering nothing; once the operator
+/// creates it, everything is indexed.
+#[test]
+fn without_template_management_a_missing_index_is_waited_for_not_dead_lettered() {
+    let _g = serial();
+    let nd = Noida::start("nomanage");
+    let srv = images_server();
+    let (topic, group, index) = ("nomanage", "g-nomanage", "nomanage-idx");
+    let es = nd.es_url();
+    create_topics(&nd.brokers(), topic, 1);
+    produce(&nd.brokers(), topic, 1, &good_messages(&srv, 3, "nm"));
+    let w = Worker::start(
+        &nd.brokers(),
+        &es,
+        topic,
+        group,
+        index,
+        &["--manage-template", "false"],
+    );
+    wait_until(
+        "readyz says what is missing",
+        Duration::from_secs(120),
+        || {
+            let (status, body) = w.readyz();
+            status == 503 && body.contains("--manage-template is false")
+        },
+    );
+    assert!(w.healthy(), "alive while it waits");
+    assert_eq!(w.metric("ocrfleet_messages_consumed_total"), 0.0);
+    let (s, _) = blocking_json("GET", &format!("{es}/_index_template/{index}"), None).unwrap();
+    assert_eq!(s, 404, "no template installed");
+    // The operator creates the index (here with ocrfleet's mapping).
+    let body = ocrfleet_worker::es::document::index_template(index)["template"].clone();
+    let (s, r) = blocking_json("PUT", &format!("{es}/{index}"), Some(body)).unwrap();
+    assert_eq!(s, 200, "{r}");
+    wait_until(
+        "indexed once the index exists",
+        Duration::from_secs(300),
+        || es_count(&es, index) == Some(3),
+    );
+    wait_until("ready", Duration::from_secs(60), || w.ready());
+    assert_eq!(w.metric("ocrfleet_messages_dead_lettered_total"), 0.0);
+}
+
 #[test]
 fn readme_configuration_reference_matches_the_flags() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ocrfleet"))

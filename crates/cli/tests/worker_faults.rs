@@ -383,7 +383,7 @@ fn elasticsearch_refusing_at_start_keeps_the_worker_starting_and_says_why() {
         || {
             let (status, body) = w.readyz();
             status == 503
-                && body.contains("starting: installing the Elasticsearch index template")
+                && body.contains("starting: preparing the Elasticsearch index")
                 && body.contains("401")
         },
     );

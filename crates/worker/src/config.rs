@@ -266,8 +266,10 @@ settings! {
     "Elasticsearch" {
         /// Elasticsearch URL.
         es_url: String, "es-url", "OCRFLEET_ES_URL", "http://127.0.0.1:9200";
-        /// Elasticsearch index (an index template of the same name is created or verified at start).
+        /// Elasticsearch index or write alias. When neither exists the worker creates <es-index>-000001 with <es-index> as its write alias (with --manage-template).
         es_index: String, "es-index", "OCRFLEET_ES_INDEX", "ocrfleet";
+        /// Install the index template (named like --es-index) when missing or older than this worker's, keeping an operator's settings; create the first index and its alias; add new fields. With false the worker changes nothing in Elasticsearch and waits, not ready, until the index or alias exists.
+        manage_template: bool, "manage-template", "OCRFLEET_MANAGE_TEMPLATE", "true";
         /// Elasticsearch API key (base64 id:key; prefer the _FILE variant).
         es_api_key: Secret, "es-api-key", "OCRFLEET_ES_API_KEY", "";
         /// File holding the Elasticsearch API key.
@@ -389,7 +391,10 @@ impl KafkaConfig {
 #[derive(Debug, Clone)]
 pub struct EsConfig {
     pub url: String,
+    /// The index or write alias written to.
     pub index: String,
+    /// See `--manage-template`.
+    pub manage_template: bool,
     pub api_key: Option<Secret>,
     pub username: Option<String>,
     pub password: Option<Secret>,
@@ -522,6 +527,7 @@ impl WorkerConfig {
             es: EsConfig {
                 url: a.es_url.clone().expect("defaulted"),
                 index: a.es_index.clone().expect("defaulted"),
+                manage_template: a.manage_template.expect("defaulted"),
                 api_key: secret(
                     a.es_api_key.clone(),
                     a.es_api_key_file.clone(),

@@ -170,11 +170,11 @@ async fn run_inner(
         .set(1);
     metrics.engine_warmup_seconds.set(warm.seconds);
     metrics.engine_sessions.set(warm.sessions as i64);
-    health.set_phase("installing the Elasticsearch index template");
+    health.set_phase("preparing the Elasticsearch index (template, write alias)");
     let es = es::client::EsClient::new(&cfg.es, metrics.clone())?;
     let mut delays = retry::unbounded(Duration::from_millis(500));
     loop {
-        match es.ensure_template().await {
+        match es.prepare(cfg.es.manage_template).await {
             Ok(()) => break,
             Err(e) => {
                 health.fault(Component::Elasticsearch, "template", format!("{e:#}"));

@@ -2,11 +2,12 @@
 //! readiness probe, and one bulk request at a time. Retries and their fault reporting live in
 //! the sink stage; this file only talks HTTP.
 //!
-//! Privileges: everything here works with the least-privilege role of
-//! `deploy/docs/production.md` (`manage_index_templates` on the cluster; `create_index`,
-//! `index`, `write` on the indices). The readiness probe is `GET _index_template/<index>`,
-//! which that role allows (the old `HEAD /` needed `monitor`, so pods never became Ready), and
-//! which fails with 401 when an API key has expired.
+//! Privileges: everything here works with the least-privilege roles of
+//! `deploy/docs/production.md`: with `--manage-template` (the default), `manage_index_templates`
+//! on the cluster and `manage`, `index` on `<index>*`; without it, `index` and
+//! `view_index_metadata` on the index or alias only. The readiness probe is `HEAD /<index>`,
+//! which both allow (the old `HEAD /` needed `monitor`, so pods never became Ready), and which
+//! fails with 401 when an API key has expired.
 
 use std::time::{Duration, Instant};
 
@@ -14,15 +15,23 @@ use elasticsearch::auth::Credentials;
 use elasticsearch::cert::{Certificate, CertificateValidation};
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use elasticsearch::indices::{
-    IndicesGetIndexTemplateParts, IndicesPutIndexTemplateParts, IndicesPutMappingParts,
+    IndicesCreateParts, IndicesExistsAliasParts, IndicesExistsParts, IndicesGetIndexTemplateParts,
+    IndicesPutIndexTemplateParts, IndicesPutMappingParts,
 };
 use elasticsearch::{BulkParts, Elasticsearch};
 use serde_json::Value;
 
-use super::document::{additive_mapping, index_template, TEMPLATE_VERSION};
+use super::document::{additive_mapping, plan_template, TemplatePlan, TEMPLATE_VERSION};
 use crate::config::EsConfig;
 use crate::fetch::redact_url;
 use crate::metrics::Metrics;
+
+/// What `--es-index` names.
+enum Target {
+    Alias,
+    Index,
+    Missing,
+}
 
 /// A client for one index.
 #[derive(Clone)]
@@ -64,13 +73,82 @@ impl EsClient {
         &self.index
     }
 
-    /// Creates or updates the index template, then reads it back.
-    pub async fn ensure_template(&self) -> anyhow::Result<()> {
+    /// Start-up: makes sure `--es-index` can be written (see `--manage-template`). With
+    /// `manage`: the template is installed when missing or older (an operator's settings kept,
+    /// [`plan_template`]) and left alone otherwise; when neither an index nor an alias of that
+    /// name exists, `<index>-000001` is created with `<index>` as its write alias; the fields
+    /// newer templates brought are added to the existing index. Without `manage` nothing is
+    /// changed, and a missing index or alias is an error (the caller reports it and retries).
+    pub async fn prepare(&self, manage: bool) -> anyhow::Result<()> {
+        if manage {
+            self.ensure_template().await?;
+        }
+        match self.target().await? {
+            Target::Alias => {
+                tracing::info!(alias = %self.index, "writing through the alias")
+            }
+            Target::Index => tracing::info!(
+                index = %self.index,
+                "writing to a concrete index (not an alias): to roll over later, see deploy/docs/production.md"
+            ),
+            Target::Missing if manage => self.create_first_index().await?,
+            Target::Missing => anyhow::bail!(
+                "neither an index nor an alias named {:?} exists, and --manage-template is false: create it (deploy/docs/production.md)",
+                self.index
+            ),
+        }
+        if manage {
+            self.add_new_fields().await;
+        }
+        Ok(())
+    }
+
+    async fn ensure_template(&self) -> anyhow::Result<()> {
+        let r = self
+            .client
+            .indices()
+            .get_index_template(IndicesGetIndexTemplateParts::Name(&self.index))
+            .send()
+            .await?;
+        let found: Option<Value> = match r.status_code().as_u16() {
+            404 => None,
+            c if (200..300).contains(&c) => {
+                let v: Value = r.json().await?;
+                Some(v["index_templates"][0]["index_template"].clone())
+            }
+            code => {
+                let text = r.text().await.unwrap_or_default();
+                anyhow::bail!(
+                    "cannot read the index template {:?} (HTTP {code}): {}",
+                    self.index,
+                    crate::failure::truncate(&text, 500)
+                );
+            }
+        };
+        let from = found.as_ref().and_then(|f| f["_meta"]["version"].as_u64());
+        match plan_template(&self.index, found.as_ref()) {
+            TemplatePlan::Keep => {
+                tracing::info!(template = %self.index, version = TEMPLATE_VERSION, "index template is current; left as it is (settings added since are kept)");
+                Ok(())
+            }
+            TemplatePlan::Foreign(why) => {
+                tracing::warn!(template = %self.index, "{why}");
+                Ok(())
+            }
+            TemplatePlan::Put(body) => {
+                self.put_template(body).await?;
+                tracing::info!(template = %self.index, from = ?from, to = TEMPLATE_VERSION, "index template installed (an older one's settings, composed_of, aliases and _meta kept)");
+                Ok(())
+            }
+        }
+    }
+
+    async fn put_template(&self, body: Value) -> anyhow::Result<()> {
         let r = self
             .client
             .indices()
             .put_index_template(IndicesPutIndexTemplateParts::Name(&self.index))
-            .body(index_template(&self.index))
+            .body(body)
             .send()
             .await?;
         if !r.status_code().is_success() {
@@ -96,8 +174,68 @@ impl EsClient {
             "index template {:?} reads back with version {version:?}, expected {TEMPLATE_VERSION}",
             self.index
         );
-        self.add_new_fields().await;
         Ok(())
+    }
+
+    /// Whether `--es-index` names an alias, an index, or nothing yet.
+    async fn target(&self) -> anyhow::Result<Target> {
+        let alias = self
+            .client
+            .indices()
+            .exists_alias(IndicesExistsAliasParts::Name(&[&self.index]))
+            .send()
+            .await?
+            .status_code()
+            .as_u16();
+        if alias == 200 {
+            return Ok(Target::Alias);
+        }
+        let index = self
+            .client
+            .indices()
+            .exists(IndicesExistsParts::Index(&[&self.index]))
+            .send()
+            .await?
+            .status_code()
+            .as_u16();
+        match (alias, index) {
+            (_, 200) => Ok(Target::Index),
+            (404, 404) => Ok(Target::Missing),
+            (a, i) => anyhow::bail!(
+                "cannot tell whether {:?} exists: HTTP {a} for the alias, {i} for the index",
+                self.index
+            ),
+        }
+    }
+
+    /// Creates `<index>-000001` with `<index>` as its write alias; a concurrent start that made
+    /// it first is fine.
+    async fn create_first_index(&self) -> anyhow::Result<()> {
+        let first = format!("{}-000001", self.index);
+        let r = self
+            .client
+            .indices()
+            .create(IndicesCreateParts::Index(&first))
+            .body(serde_json::json!({"aliases": {&self.index: {"is_write_index": true}}}))
+            .send()
+            .await?;
+        let code = r.status_code().as_u16();
+        if (200..300).contains(&code) {
+            tracing::info!(index = %first, alias = %self.index, "created the first index and its write alias");
+            return Ok(());
+        }
+        let text = r.text().await.unwrap_or_default();
+        if code == 400
+            && text.contains("resource_already_exists_exception")
+            && matches!(self.target().await?, Target::Alias)
+        {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "cannot create index {first:?} with write alias {:?} (HTTP {code}): {}",
+            self.index,
+            crate::failure::truncate(&text, 500)
+        )
     }
 
     /// Adds the fields that newer templates brought to an index made by an older one
@@ -135,25 +273,28 @@ impl EsClient {
         }
     }
 
-    /// The readiness probe: Elasticsearch answers, and accepts our credentials.
+    /// The readiness probe: Elasticsearch answers, accepts our credentials, and the index or
+    /// alias exists (`HEAD /<index>`, which needs `view_index_metadata` or `manage` on it; a
+    /// 401 shows an expired API key).
     pub async fn probe(&self) -> Result<(), String> {
         match self
             .client
             .indices()
-            .get_index_template(IndicesGetIndexTemplateParts::Name(&self.index))
+            .exists(IndicesExistsParts::Index(&[&self.index]))
             .send()
             .await
         {
             Ok(r) if r.status_code().is_success() => Ok(()),
-            Ok(r) => {
-                let code = r.status_code().as_u16();
-                let body = r.bytes().await.unwrap_or_default();
-                Err(format!(
-                    "readiness probe GET _index_template/{}: HTTP {code} {}",
-                    self.index,
-                    crate::failure::truncate(&String::from_utf8_lossy(&body), 200)
-                ))
-            }
+            Ok(r) => Err(format!(
+                "readiness probe HEAD /{}: HTTP {}{}",
+                self.index,
+                r.status_code().as_u16(),
+                if r.status_code().as_u16() == 404 {
+                    " (the index or alias is gone)"
+                } else {
+                    ""
+                }
+            )),
             Err(e) => Err(format!("readiness probe: {e}")),
         }
     }

@@ -100,8 +100,10 @@ pub fn index_template(index: &str) -> Value {
         "priority": 200,
         "_meta": {"managed_by": "ocrfleet", "version": TEMPLATE_VERSION},
         "template": {
-            "settings": {
-                "index": {"max_ngram_diff": GRAMS.1 - GRAMS.0},
+            // In the nested `index.*` form that Elasticsearch gives back, so that an
+            // operator's settings can be merged in (see [`upgraded_template`]).
+            "settings": {"index": {
+                "max_ngram_diff": GRAMS.1 - GRAMS.0,
                 "analysis": {
                     "tokenizer": {"ocrfleet_grams": {
                         "type": "ngram", "min_gram": GRAMS.0, "max_gram": GRAMS.1,
@@ -111,7 +113,7 @@ pub fn index_template(index: &str) -> Value {
                         "type": "custom", "tokenizer": "ocrfleet_grams", "filter": ["lowercase"]
                     }}
                 }
-            },
+            }},
             "mappings": {
                 "dynamic": "strict",
                 "properties": {
@@ -146,6 +148,79 @@ pub fn index_template(index: &str) -> Value {
             }
         }
     })
+}
+
+/// What to do with the index template found at start (`found`: the `index_template` object of
+/// `GET _index_template/<name>`, or `None` when there is none).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TemplatePlan {
+    /// Install this body (none there, or ocrfleet's of an older version).
+    Put(Value),
+    /// Leave it: ocrfleet's of this version, whatever settings an operator added since.
+    Keep,
+    /// Leave it, and say why: not made by ocrfleet, or by a newer worker.
+    Foreign(String),
+}
+
+/// Decides about the template found at start. An older ocrfleet template is replaced by this
+/// worker's, with the operator's additions kept: every setting this worker does not set
+/// (replicas, shards, `index.lifecycle.*`, refresh interval...), `composed_of`, the
+/// template's aliases, and extra `_meta` keys. The mappings are this worker's.
+pub fn plan_template(index: &str, found: Option<&Value>) -> TemplatePlan {
+    let ours = index_template(index);
+    let Some(found) = found else {
+        return TemplatePlan::Put(ours);
+    };
+    if found["_meta"]["managed_by"] != "ocrfleet" {
+        return TemplatePlan::Foreign(format!(
+            "index template {index:?} was not made by ocrfleet (no _meta.managed_by: ocrfleet); it is left as it is and must map this worker's documents (template version {TEMPLATE_VERSION})"
+        ));
+    }
+    match found["_meta"]["version"].as_u64() {
+        Some(v) if v == TEMPLATE_VERSION => TemplatePlan::Keep,
+        Some(v) if v > TEMPLATE_VERSION => TemplatePlan::Foreign(format!(
+            "index template {index:?} has version {v}, newer than this worker's {TEMPLATE_VERSION} (a newer worker installed it); it is left as it is"
+        )),
+        _ => TemplatePlan::Put(upgraded_template(found, ours)),
+    }
+}
+
+/// `ours` with `found`'s operator additions merged in (see [`plan_template`]).
+pub fn upgraded_template(found: &Value, mut ours: Value) -> Value {
+    let settings = merge(
+        found["template"]["settings"].clone(),
+        ours["template"]["settings"].take(),
+    );
+    ours["template"]["settings"] = settings;
+    if let Some(a) = found["template"].get("aliases").filter(|a| !a.is_null()) {
+        ours["template"]["aliases"] = a.clone();
+    }
+    if let Some(c) = found
+        .get("composed_of")
+        .filter(|c| c.as_array().is_some_and(|c| !c.is_empty()))
+    {
+        ours["composed_of"] = c.clone();
+    }
+    let meta = merge(found["_meta"].clone(), ours["_meta"].take());
+    ours["_meta"] = meta;
+    ours
+}
+
+/// `base` with `over` laid on top: objects are merged key by key, anything else is replaced.
+fn merge(base: Value, over: Value) -> Value {
+    match (base, over) {
+        (Value::Object(mut b), Value::Object(o)) => {
+            for (k, v) in o {
+                let merged = match b.remove(&k) {
+                    Some(old) => merge(old, v),
+                    None => v,
+                };
+                b.insert(k, merged);
+            }
+            Value::Object(b)
+        }
+        (_, over) => over,
+    }
 }
 
 #[cfg(test)]
@@ -248,5 +323,59 @@ mod tests {
         assert_eq!(m["dynamic"], "strict");
         assert_eq!(m["properties"]["text"]["analyzer"], "cjk");
         assert_eq!(m["properties"]["metadata"]["type"], "flattened");
+    }
+
+    #[test]
+    fn template_plans() {
+        assert!(matches!(plan_template("x", None), TemplatePlan::Put(_)));
+        let mut current = index_template("x");
+        current["template"]["settings"]["index"]["number_of_replicas"] = json!("0");
+        assert_eq!(plan_template("x", Some(&current)), TemplatePlan::Keep);
+        let foreign = json!({"index_patterns": ["x"], "template": {}});
+        assert!(matches!(
+            plan_template("x", Some(&foreign)),
+            TemplatePlan::Foreign(_)
+        ));
+        let mut newer = index_template("x");
+        newer["_meta"]["version"] = json!(TEMPLATE_VERSION + 1);
+        assert!(matches!(
+            plan_template("x", Some(&newer)),
+            TemplatePlan::Foreign(_)
+        ));
+    }
+
+    #[test]
+    fn an_older_template_is_upgraded_with_the_operators_settings_kept() {
+        // Version 2 as Elasticsearch gives it back, plus what an operator added to it.
+        let older = json!({
+            "index_patterns": ["x", "x-*"],
+            "composed_of": ["ilm-policy"],
+            "_meta": {"managed_by": "ocrfleet", "version": 2, "team": "search"},
+            "template": {
+                "settings": {"index": {
+                    "number_of_replicas": "2",
+                    "lifecycle": {"name": "ocr-30d", "rollover_alias": "x"},
+                    "max_ngram_diff": "1"
+                }},
+                "aliases": {"x-read": {}},
+                "mappings": {"dynamic": "strict", "properties": {"url": {"type": "keyword"}}}
+            }
+        });
+        let TemplatePlan::Put(t) = plan_template("x", Some(&older)) else {
+            panic!("an older template is replaced");
+        };
+        let s = &t["template"]["settings"]["index"];
+        assert_eq!(s["number_of_replicas"], "2");
+        assert_eq!(s["lifecycle"]["name"], "ocr-30d");
+        assert_eq!(s["max_ngram_diff"], json!(GRAMS.1 - GRAMS.0), "ours win");
+        assert!(s["analysis"]["analyzer"]["ocrfleet_grams"].is_object());
+        assert_eq!(t["composed_of"], json!(["ilm-policy"]));
+        assert_eq!(t["template"]["aliases"], json!({"x-read": {}}));
+        assert_eq!(t["_meta"]["version"], json!(TEMPLATE_VERSION));
+        assert_eq!(t["_meta"]["team"], "search");
+        assert_eq!(
+            t["template"]["mappings"],
+            index_template("x")["template"]["mappings"]
+        );
     }
 }
