@@ -236,6 +236,8 @@ settings! {
         fetch_max_redirects: usize, "fetch-max-redirects", "OCRFLEET_FETCH_MAX_REDIRECTS", "5";
         /// Networks allowed despite the SSRF guard (e.g. 127.0.0.0/8 for a local stack); comma-separated CIDRs.
         fetch_allow: List<IpNet>, "fetch-allow", "OCRFLEET_FETCH_ALLOW", "";
+        /// PEM file of extra CA certificates to trust for image hosts (a private CA, or a TLS-inspecting corporate proxy's), besides the built-in Mozilla roots.
+        fetch_ca_cert: PathBuf, "fetch-ca-cert", "OCRFLEET_FETCH_CA_CERT", "";
     }
     "OCR" {
         /// Upper bound on decoded image bytes held at once (RGB, 3 bytes per pixel).
@@ -413,6 +415,8 @@ pub struct FetchConfig {
     pub max_bytes: u64,
     pub max_redirects: usize,
     pub allow: Vec<IpNet>,
+    /// Extra trusted CA certificates (PEM) for image hosts.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Default for FetchConfig {
@@ -476,6 +480,7 @@ impl WorkerConfig {
             max_bytes: a.fetch_max_bytes.map_or(20 << 20, |b| b.as_u64()),
             max_redirects: a.fetch_max_redirects.unwrap_or(5),
             allow: a.fetch_allow.clone().map(|l| l.0).unwrap_or_default(),
+            ca_cert: a.fetch_ca_cert.clone(),
         }
     }
 

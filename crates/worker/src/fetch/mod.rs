@@ -241,7 +241,24 @@ impl Fetcher {
         let guard = Guard::new(cfg.allow.clone());
         let redirect_guard = guard.clone();
         let max_redirects = cfg.max_redirects;
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &cfg.ca_cert {
+            let pem = std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("cannot read --fetch-ca-cert {}: {e}", path.display())
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                anyhow::anyhow!("--fetch-ca-cert {} is not PEM: {e}", path.display())
+            })?;
+            anyhow::ensure!(
+                !certs.is_empty(),
+                "--fetch-ca-cert {} holds no certificate",
+                path.display()
+            );
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let client = builder
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.timeout)
             .pool_max_idle_per_host(cfg.concurrency)
@@ -360,6 +377,7 @@ mod tests {
             max_bytes: 1 << 20,
             max_redirects,
             allow: vec!["127.0.0.0/8".parse().unwrap()],
+            ca_cert: None,
         }
     }
 

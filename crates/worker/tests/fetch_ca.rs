@@ -1,0 +1,114 @@
+//! `--fetch-ca-cert`: an image host whose certificate comes from a private CA (as behind a
+//! TLS-inspecting corporate proxy) is refused with the built-in roots and fetched once the CA
+//! file is given. Real TLS on loopback: a CA and a server certificate made by `rcgen`, served
+//! by rustls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ocrfleet_worker::config::FetchConfig;
+use ocrfleet_worker::fetch::{FetchError, Fetcher};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls;
+
+/// A private CA (PEM) and an HTTPS server on 127.0.0.2 with a certificate it signed, which
+/// answers every request with `body`.
+async fn private_tls_server(body: &'static [u8]) -> (String, u16) {
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "ocrfleet test private CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.2".parse().unwrap()));
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &ca).unwrap();
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf_cert.der().clone()],
+            rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der()).into(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A handshake the client refuses ends here.
+                let Ok(mut tls) = acceptor.accept(sock).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tls.write_all(reply.as_bytes()).await;
+                let _ = tls.write_all(body).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (ca.pem(), port)
+}
+
+fn fetcher(ca_cert: Option<std::path::PathBuf>) -> anyhow::Result<Fetcher> {
+    Fetcher::new(FetchConfig {
+        concurrency: 2,
+        connect_timeout: Duration::from_secs(5),
+        timeout: Duration::from_secs(10),
+        attempts: 1,
+        backoff: Duration::from_millis(10),
+        max_bytes: 1 << 20,
+        max_redirects: 0,
+        allow: vec!["127.0.0.2/32".parse().unwrap()],
+        ca_cert,
+    })
+}
+
+#[tokio::test]
+async fn a_private_ca_is_trusted_only_when_given() {
+    let (ca_pem, port) = private_tls_server(b"image bytes").await;
+    let url = format!("https://127.0.0.2:{port}/a.png");
+
+    match fetcher(None).unwrap().fetch(&url).await {
+        Err((FetchError::Connect(m), _)) => {
+            assert!(m.to_lowercase().contains("certificate"), "{m}")
+        }
+        Err((e, _)) => panic!("expected a certificate error, got {e} ({})", e.class()),
+        Ok(_) => panic!("a private CA must not be trusted by default"),
+    }
+
+    let dir = std::env::temp_dir().join(format!("ocrfleet-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ca.pem");
+    std::fs::write(&file, &ca_pem).unwrap();
+    let got = fetcher(Some(file.clone()))
+        .unwrap()
+        .fetch(&url)
+        .await
+        .expect("fetched with the private CA trusted");
+    assert_eq!(got.bytes, b"image bytes");
+
+    // A file that holds no certificate is a start-up error, not a silent no-op.
+    std::fs::write(&file, "not a certificate\n").unwrap();
+    let err = fetcher(Some(file)).err().expect("refused").to_string();
+    assert!(err.contains("--fetch-ca-cert"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
