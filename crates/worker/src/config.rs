@@ -268,7 +268,7 @@ settings! {
     "Elasticsearch" {
         /// Elasticsearch URL.
         es_url: String, "es-url", "OCRFLEET_ES_URL", "http://127.0.0.1:9200";
-        /// Elasticsearch index or write alias. When neither exists the worker creates <es-index>-000001 with <es-index> as its write alias (with --manage-template).
+        /// Elasticsearch write alias (or index). When neither exists, NAME-000001 is created with NAME as its write alias (with --manage-template).
         es_index: String, "es-index", "OCRFLEET_ES_INDEX", "ocrfleet";
         /// Install the index template (named like --es-index) when missing or older than this worker's, keeping an operator's settings; create the first index and its alias; add new fields. With false the worker changes nothing in Elasticsearch and waits, not ready, until the index or alias exists.
         manage_template: bool, "manage-template", "OCRFLEET_MANAGE_TEMPLATE", "true";
