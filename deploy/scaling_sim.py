@@ -15,7 +15,8 @@ Deployment of workers scaled by KEDA + the HPA it creates:
   --activation-lag; scales it back to 0 after --cooldown s at or below that lag (min 0 only).
 * HPA (every --hpa-sync s): desired = ceil(lag / lagThreshold), the lag capped at
   lagThreshold * P (KEDA's allowIdleConsumers=false), 10 % tolerance, clamped to
-  [max(min,1), max]; scale-up at most max(+4 pods, +100 %) per sync; scale-down uses the
+  [max(min,1), max], then rounded up to a divisor of P (KEDA's
+  ensureEvenDistributionOfPartitions; --no-even-distribution turns it off); scale-up at most max(+4 pods, +100 %) per sync; scale-down uses the
   highest recommendation of the last --scale-down-window s and removes at most 2 pods a minute
   (the behaviour in k8s/base/scaledobject.yaml).
 * A new pod consumes --startup s after it is created (scheduling, image pull, model load and
@@ -137,6 +138,9 @@ class Sim:
         else:
             raw = math.ceil(metric / a.lag_threshold)
         raw = min(max(raw, lo), hi)
+        if a.even_distribution:
+            # KEDA's ensureEvenDistributionOfPartitions: the next divisor of P at or above raw.
+            raw = min([d for d in range(raw, hi + 1) if self.P % d == 0] or [hi])
         self.history.append((self.t, raw))
         self.history = [(t, r) for t, r in self.history if t > self.t - a.scale_down_window]
         if raw > cur:
@@ -229,7 +233,8 @@ def report(a):
     out.append(f"Parameters: pod throughput {a.pod_ips:g} img/s per pod"
                f"{' (PLACEHOLDER, pass --pod-ips)' if a.pod_ips == DEFAULT_POD_IPS else ''}, "
                f"{a.partitions} partitions, lagThreshold {a.lag_threshold}, activationLagThreshold "
-               f"{a.activation_lag}, replicas {a.min_replicas}..{a.max_replicas}, pollingInterval "
+               f"{a.activation_lag}, even distribution {'on' if a.even_distribution else 'off'}, "
+               f"replicas {a.min_replicas}..{a.max_replicas}, pollingInterval "
                f"{a.polling_interval}s, HPA sync {a.hpa_sync}s, pod start-up {a.startup}s, cooldown "
                f"{a.cooldown}s, scale-down window {a.scale_down_window}s, rebalance pause "
                f"{a.rebalance_pause}s, commit delay {a.commit_delay}s, job {a.images} images.")
@@ -291,7 +296,9 @@ def parse(argv):
                    help="images per second one pod processes (PLACEHOLDER default: measure it)")
     p.add_argument("--partitions", type=int, default=12)
     p.add_argument("--lag-threshold", type=int, default=2000, help="KEDA lagThreshold (target lag per replica)")
-    p.add_argument("--activation-lag", type=int, default=100, help="KEDA activationLagThreshold")
+    p.add_argument("--activation-lag", type=int, default=0, help="KEDA activationLagThreshold")
+    p.add_argument("--even-distribution", action=argparse.BooleanOptionalAction, default=True,
+                   help="KEDA ensureEvenDistributionOfPartitions: replica counts are divisors of P")
     p.add_argument("--min-replicas", type=int, default=0)
     p.add_argument("--max-replicas", type=int, default=12)
     p.add_argument("--polling-interval", type=int, default=15, help="KEDA pollingInterval (s)")
@@ -333,7 +340,19 @@ def self_test():
     b = parse(["--pod-ips", "100", "--min-replicas", "1"])
     s, d = autoscaled(b, burst(100_000), 100_000)
     assert s.replicas == 1 and s.first_ready == 0
-    print("scaling_sim self-test: 4 static drains, burst and spread scenarios OK")
+    # Even distribution: no replica count that is not a divisor of 12 is ever asked for.
+    s, d = autoscaled(a, spread(100_000, 900), 100_000)
+    assert all(12 % rep == 0 for _, _, rep, _ in s.series if rep), s.series
+    c = parse(["--pod-ips", "100", "--no-even-distribution"])
+    s, d = autoscaled(c, spread(100_000, 900), 100_000)
+    assert any(12 % rep for _, _, rep, _ in s.series if rep), "without it, 5, 7... occur"
+    # A trickle of 50 messages at zero: woken with activation 0, stranded with 100.
+    s, d = autoscaled(a, burst(50), 50)
+    assert d is not None and d < a.polling_interval + a.startup + 60, d
+    t = parse(["--pod-ips", "100", "--activation-lag", "100"])
+    s = Sim(t, burst(50))
+    assert s.run(50, limit=3600) is None and s.peak == 0
+    print("scaling_sim self-test: 4 static drains, burst, spread, even-distribution and trickle scenarios OK")
 
 
 def main(argv):

@@ -241,6 +241,13 @@ def check_rendered(repo, name, docs, flags, envs):
                 problem(w, f"trigger offsetResetPolicy must match the worker's auto.offset.reset ({reset.group(1)})")
             if m.get("allowIdleConsumers") == "true":
                 problem(w, "allowIdleConsumers=true would start consumers with no partition")
+            if m.get("ensureEvenDistributionOfPartitions") == "true" and PARTITIONS % s["maxReplicaCount"]:
+                problem(w, f"maxReplicaCount {s['maxReplicaCount']} is not a divisor of the {PARTITIONS} partitions, which ensureEvenDistributionOfPartitions needs")
+            if s.get("minReplicaCount", 0) == 0 and int(m.get("activationLagThreshold", "0")) > 0:
+                problem(w, "a deployment that scales to zero with activationLagThreshold > 0 strands a trickle below it")
+        fb = s.get("fallback")
+        if fb and fb.get("behavior", "static") == "static":
+            problem(w, f"a static fallback of {fb.get('replicas')} replicas shrinks a draining fleet (or keeps idle GPU pods) when KEDA cannot read Kafka: omit it, or use behavior currentReplicas")
             auth = t.get("authenticationRef", {}).get("name")
             if auth and auth not in {d["metadata"]["name"] for d in by_kind.get("TriggerAuthentication", [])}:
                 problem(w, f"trigger authenticationRef {auth!r} has no TriggerAuthentication")
