@@ -326,8 +326,8 @@ def check_image(repo, rendered_env_ort):
             problem("deploy/Dockerfile", f"expected {need!r}")
     stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", df, re.M | re.I))
     for ref in re.findall(r"^FROM\s+(\S+)", df, re.M):
-        if ref in stages or re.fullmatch(r"[a-z]+-\$\{VARIANT\}", ref):
-            continue  # an earlier stage, possibly chosen by VARIANT
+        if ref in stages or re.fullmatch(r"[a-z]+-\$\{VARIANT\}", ref) or ref == "scratch":
+            continue  # an earlier stage, possibly chosen by VARIANT, or the empty image
         name, _, tag = ref.rpartition(":") if ":" in ref.split("/")[-1] else (ref, "", "")
         if not tag or tag == "latest" or "$" in ref:
             problem("deploy/Dockerfile", f"base image {ref} needs an explicit, fixed tag")
