@@ -3,55 +3,12 @@
 //! wrote 517 error lines in 60 s and never ended). No servers needed: port 1 on loopback refuses
 //! every connection.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-/// Runs `ocrfleet args` with `stdin`, and gives back (exit code, stdout, stderr). A command
-/// still running after `guard` is killed and the test fails: that is a hang, not a slow run.
-fn run(
-    args: &[&str],
-    env: &[(&str, &str)],
-    stdin: &str,
-    guard: Duration,
-) -> (Option<i32>, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ocrfleet"))
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(env!("CARGO_MANIFEST_DIR").to_owned() + "/../..")
-        .env("RUST_LOG", "info")
-        .env_remove("NO_COLOR")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ocrfleet");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t.elapsed() > guard {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "`ocrfleet {}` did not end within {guard:?}; stderr:\n{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use std::process::Command;
+use std::time::Duration;
+
+use common::run_cli as run;
 
 #[test]
 fn produce_to_an_unreachable_broker_ends_non_zero_with_one_clear_error() {

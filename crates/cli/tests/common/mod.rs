@@ -1042,3 +1042,50 @@ pub fn crc32(bytes: &[u8]) -> u32 {
 pub fn fixtures_dir() -> PathBuf {
     repo_root().join("tests/fixtures/images")
 }
+
+/// Runs `ocrfleet args` with `stdin`, and gives back (exit code, stdout, stderr). A command
+/// still running after `guard` is killed and the test fails: that is a hang, not a slow run.
+pub fn run_cli(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &str,
+    guard: Duration,
+) -> (Option<i32>, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ocrfleet"))
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(repo_root())
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ocrfleet");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > guard {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "`ocrfleet {}` did not end within {guard:?}; stderr:\n{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -53,6 +53,40 @@ impl Assignment {
     }
 }
 
+/// Deliveries in flight for the short-lived producers (`produce`, `replay`): at most
+/// [`InFlight::MAX`] at once, so that a large input neither fills librdkafka's queue nor holds
+/// every future in memory.
+pub(crate) struct InFlight<F: std::future::Future> {
+    pending: futures::stream::FuturesUnordered<F>,
+}
+
+impl<F: std::future::Future> InFlight<F> {
+    pub const MAX: usize = 1000;
+
+    pub fn new() -> Self {
+        InFlight {
+            pending: futures::stream::FuturesUnordered::new(),
+        }
+    }
+
+    /// Adds a delivery; at the bound, waits for one to finish and returns its result.
+    pub async fn push(&mut self, f: F) -> Option<F::Output> {
+        use futures::StreamExt;
+        self.pending.push(f);
+        if self.pending.len() >= Self::MAX {
+            self.pending.next().await
+        } else {
+            None
+        }
+    }
+
+    /// The next finished delivery, or `None` when none is left.
+    pub async fn next(&mut self) -> Option<F::Output> {
+        use futures::StreamExt;
+        self.pending.next().await
+    }
+}
+
 /// A client context for short-lived clients (the `produce` command, start-up checks) that keeps
 /// librdkafka from flooding the log: an unreachable broker makes it report every connection
 /// attempt, several times each (the `produce` command wrote 517 error lines in 60 s). Errors

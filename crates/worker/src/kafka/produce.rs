@@ -86,8 +86,7 @@ pub async fn produce(
     .await?
     .map_err(|e| e.context("nothing was sent (the check waits --delivery-timeout)"))?;
     let mut counts = ProduceCounts::default();
-    let mut pending = futures::stream::FuturesUnordered::new();
-    use futures::StreamExt;
+    let mut pending = super::InFlight::new();
     for (n, line) in input.lines().enumerate() {
         let line = line?;
         match encode_line(&line) {
@@ -99,7 +98,7 @@ pub async fn produce(
             Some(Ok((key, value))) => {
                 let producer = producer.clone();
                 let topic = topic.to_owned();
-                pending.push(async move {
+                let done = pending.push(async move {
                     let mut rec = FutureRecord::<String, String>::to(&topic).payload(&value);
                     if let Some(k) = &key {
                         rec = rec.key(k);
@@ -110,10 +109,8 @@ pub async fn produce(
                         .map(|_| ())
                         .map_err(|(e, _)| e)
                 });
-                if pending.len() >= 1000 {
-                    if let Some(r) = pending.next().await {
-                        tally(&mut counts, r);
-                    }
+                if let Some(r) = done.await {
+                    tally(&mut counts, r);
                 }
             }
         }

@@ -29,7 +29,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -252,7 +251,7 @@ pub async fn replay(
                 .create_with_context(QuietContext::default())?,
         )
     };
-    let mut pending = futures::stream::FuturesUnordered::new();
+    let mut pending = super::InFlight::new();
     while !ends.is_empty() {
         let m = match tokio::time::timeout(opts.timeout, consumer.recv()).await {
             Ok(Ok(m)) => m,
@@ -300,7 +299,7 @@ pub async fn replay(
                 let value = m.payload().map(<[u8]>::to_vec);
                 let headers = replay_headers(&hs);
                 let producer = producer.clone();
-                pending.push(async move {
+                let done = pending.push(async move {
                     let mut oh = OwnedHeaders::new();
                     for (k, v) in &headers {
                         oh = oh.insert(Header {
@@ -316,16 +315,16 @@ pub async fn replay(
                     if let Some(v) = &value {
                         rec = rec.payload(v.as_slice());
                     }
+                    // Waits up to 30 s for room in librdkafka's queue; delivery itself is
+                    // bounded by message.timeout.ms (--timeout).
                     producer
-                        .send(rec, Duration::from_secs(0))
+                        .send(rec, Duration::from_secs(30))
                         .await
                         .map(|_| ())
                         .map_err(|(e, _)| format!("{e}"))
                 });
-                if pending.len() >= 1000 {
-                    if let Some(r) = pending.next().await {
-                        tally(&mut counts, r);
-                    }
+                if let Some(r) = done.await {
+                    tally(&mut counts, r);
                 }
             }
         }
