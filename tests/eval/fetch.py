@@ -2,6 +2,7 @@
 """Fetches the real-document evaluation set and writes its ground truth.
 
     python3 tests/eval/fetch.py [--out .eval] [--mirror DIR]
+    python3 tests/eval/fetch.py --manifest SPACES_MANIFEST.tsv --out .eval-heldout   # held out
 
 60 human-labelled real images: 30 FUNSD forms (scanned, English), 15 XFUND-zh forms (scanned,
 Chinese) and 15 WildReceipt receipts (phone photos, English). Their licences do not allow the
@@ -15,6 +16,10 @@ checksum, and writes:
     OUT/ground_truth.json        [{"image", "source", "lang", "width", "height",
                                    "lines": [{"text", "box": [[x, y] * 4],
                                               "words": [{"text", "box"}] (FUNSD only)}]}]
+
+With --manifest SPACES_MANIFEST.tsv it fetches the 60 FUNSD *training* forms instead (the
+space study's data, which the evaluation set never includes): a held-out set on which
+choices made on the evaluation set can be checked.
 
 Boxes are quads in pixel coordinates, clockwise from the top-left corner. Labels that are empty
 or only '#' are skipped. CI does not need this set; `tests/eval/run.sh` uses it.
@@ -32,7 +37,7 @@ import urllib.request
 from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-LANG = {"funsd": "en", "xfund_zh": "zh", "wildreceipt": "en"}
+LANG = {"funsd": "en", "funsd_train": "en", "xfund_zh": "zh", "wildreceipt": "en"}
 
 
 def read_manifest(name="MANIFEST.tsv"):
@@ -97,8 +102,8 @@ def labelled(text):
 def labels(source, row, files):
     """(text, quad, words) of each label of one image; words (FUNSD only) are (text, quad)."""
     rect = lambda b: [[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]]]
-    if source == "funsd":
-        form = json.loads(files[("funsd", "labels", row["image"])])["form"]
+    if source in ("funsd", "funsd_train"):
+        form = json.loads(files[(source, "labels", row["image"])])["form"]
         return [(e["text"], rect(e["box"]),
                  [(w["text"], rect(w["box"])) for w in e.get("words", []) if labelled(w["text"])])
                 for e in form]
@@ -120,8 +125,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.path.join(HERE, "..", "..", ".eval"))
     ap.add_argument("--mirror", help="read the files from local bare git mirrors instead")
+    ap.add_argument("--manifest", default="MANIFEST.tsv",
+                    help="file list in tests/eval (SPACES_MANIFEST.tsv: the held-out FUNSD training forms)")
     args = ap.parse_args()
-    rows = read_manifest()
+    rows = read_manifest(args.manifest)
     os.makedirs(os.path.join(args.out, "images"), exist_ok=True)
     cache = os.path.join(args.out, ".raw")
     files = {}
