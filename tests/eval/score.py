@@ -51,7 +51,7 @@ def inter(a, b):
     return area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
 
 
-SPACED = {"funsd"}
+SPACED = {"funsd", "funsd_train"}
 
 
 def squash(s):
