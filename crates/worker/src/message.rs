@@ -151,12 +151,7 @@ impl ReplayOrigin {
     pub fn read(headers: &[(Vec<u8>, Option<Vec<u8>>)]) -> ReplayOrigin {
         use crate::kafka::dlq::headers as h;
         let get = |name: &str| {
-            headers
-                .iter()
-                .rev()
-                .find(|(k, _)| k == name.as_bytes())
-                .and_then(|(_, v)| std::str::from_utf8(v.as_deref()?).ok())
-                .filter(|v| !v.is_empty() && v.len() <= 512)
+            crate::kafka::headers::value(headers, name).filter(|v| !v.is_empty() && v.len() <= 512)
         };
         ReplayOrigin {
             of: get(h::REPLAY_OF).map(str::to_owned),

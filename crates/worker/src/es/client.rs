@@ -137,7 +137,14 @@ impl EsClient {
             }
             TemplatePlan::Put(body) => {
                 self.put_template(body).await?;
-                tracing::info!(template = %self.index, from = ?from, to = TEMPLATE_VERSION, "index template installed (an older one's settings, composed_of, aliases and _meta kept)");
+                match from {
+                    None => {
+                        tracing::info!(template = %self.index, version = TEMPLATE_VERSION, "index template installed")
+                    }
+                    Some(v) => {
+                        tracing::info!(template = %self.index, from = v, to = TEMPLATE_VERSION, "index template upgraded (the older one's settings, composed_of, aliases and _meta kept)")
+                    }
+                }
                 Ok(())
             }
         }

@@ -14,6 +14,14 @@ use rdkafka::message::BorrowedMessage;
 /// A header: key bytes (as stored, up to any NUL) and value (`None` for a null value).
 pub type RawHeader = (Vec<u8>, Option<Vec<u8>>);
 
+/// The value of the last header named `name`, when it is present, not null and UTF-8.
+pub fn value<'a>(hs: &'a [RawHeader], name: &str) -> Option<&'a str> {
+    hs.iter()
+        .rev()
+        .find(|(k, _)| k == name.as_bytes())
+        .and_then(|(_, v)| std::str::from_utf8(v.as_deref()?).ok())
+}
+
 /// All headers of `m`, in order.
 pub fn raw_headers(m: &BorrowedMessage<'_>) -> Vec<RawHeader> {
     let mut hdrs: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();

@@ -35,7 +35,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::dlq::headers as h;
-use super::headers::{raw_headers, RawHeader};
+use super::headers::{raw_headers, value as header, RawHeader};
 use super::QuietContext;
 use crate::config::KafkaConfig;
 
@@ -60,14 +60,6 @@ pub struct Letter {
     pub source_partition: Option<i32>,
     pub source_offset: Option<i64>,
     pub minimal: bool,
-}
-
-fn header<'a>(hs: &'a [RawHeader], name: &str) -> Option<&'a str> {
-    hs.iter()
-        .rev()
-        .find(|(k, _)| k == name.as_bytes())
-        .and_then(|(_, v)| v.as_deref())
-        .and_then(|v| std::str::from_utf8(v).ok())
 }
 
 impl Letter {
