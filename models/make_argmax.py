@@ -1,5 +1,5 @@
 """Appends the CTC argmax to the recognisers: models/<set>/rec.argmax.onnx (and
-rec.fp16.argmax.onnx where rec.fp16.onnx exists).
+rec.fp16.argmax.onnx and rec.fused.argmax.onnx where rec.fp16.onnx / rec.fused.onnx exist).
 
 The PP-OCR recogniser ends in a softmax over every class at every time step: [N, T, C] floats
 with C = 6,625 (v4) or 18,710 (v6). The engine needs only the best class and its probability
@@ -17,7 +17,7 @@ ArgMax keeps the first of equal maxima (select_last_index=0), like the engine's 
 decoded text is identical (tests/parity.rs checks both forms on every fixture). The class count
 is written to the metadata key "classes", which the engine checks against its dictionary.
 
-    .venv/bin/python models/make_argmax.py [--only-fp32 | --only-fp16] [v4|v6 ...]
+    .venv/bin/python models/make_argmax.py [--only-fp32 | --only-fp16 | --only-fused] [v4|v6 ...]
 
 models/fetch.sh runs this and checks the result's sha256 against models/MANIFEST.tsv (the
 output is deterministic for the pinned onnx version).
@@ -94,15 +94,17 @@ def verify(src, dst):
         raise SystemExit(f"{dst}: argmax outputs differ from the original model's")
 
 
+VARIANTS = {
+    "--only-fp32": ("rec.onnx", "rec.argmax.onnx"),
+    "--only-fp16": ("rec.fp16.onnx", "rec.fp16.argmax.onnx"),
+    "--only-fused": ("rec.fused.onnx", "rec.fused.argmax.onnx"),
+}
+
+
 def main():
     args = sys.argv[1:]
-    flags = {"--only-fp32", "--only-fp16"}
-    sets = [a for a in args if a not in flags] or ["v4"]
-    pairs = []
-    if "--only-fp16" not in args:
-        pairs.append(("rec.onnx", "rec.argmax.onnx"))
-    if "--only-fp32" not in args:
-        pairs.append(("rec.fp16.onnx", "rec.fp16.argmax.onnx"))
+    sets = [a for a in args if a not in VARIANTS] or ["v4"]
+    pairs = [VARIANTS[a] for a in args if a in VARIANTS] or list(VARIANTS.values())
     for s in sets:
         for src_name, dst_name in pairs:
             src = os.path.join(HERE, s, src_name)

@@ -314,7 +314,11 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
             None => engine.provider(),
         },
         engine.model_version(),
-        if defaults.fp16 { " fp16" } else { "" },
+        match (defaults.fp16, defaults.fused) {
+            (true, _) => " fp16",
+            (false, true) => " fused",
+            (false, false) => "",
+        },
         all(defaults.intra_threads),
         all(defaults.host_threads),
         if defaults.overlap { "on" } else { "off" },

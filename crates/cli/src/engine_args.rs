@@ -29,6 +29,10 @@ pub struct EngineArgs {
     /// Use the fp16 model variants made by models/make_fp16.py.
     #[arg(long, env = "OCRFLEET_FP16")]
     pub fp16: bool,
+    /// Load the fused fp32 graphs made by models/make_fused.py (same networks, element-wise
+    /// chains folded into the convolutions); false loads the downloaded graphs as they are.
+    #[arg(long, env = "OCRFLEET_FUSED_GRAPHS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub fused_graphs: bool,
     /// Detector input limit: the longer side is scaled down to at most this many pixels.
     #[arg(long, env = "OCRFLEET_DET_LIMIT", default_value_t = EngineConfig::default().det.limit_side_len)]
     pub det_limit: u32,
@@ -66,6 +70,7 @@ impl EngineArgs {
             intra_threads: self.threads,
             host_threads: self.host_threads,
             fp16: self.fp16,
+            fused: self.fused_graphs,
             ..EngineConfig::default()
         };
         cfg.det.limit_side_len = self.det_limit;

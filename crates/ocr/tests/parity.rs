@@ -237,6 +237,44 @@ fn argmax_in_the_model_decodes_like_the_full_softmax() {
     assert!(lines > 50, "the fixtures have text ({lines} lines)");
 }
 
+/// The fused graphs (`models/make_fused.py`, the default) are the same networks with the
+/// exporter's element-wise chains folded into the convolutions: every model set must read every
+/// fixture exactly as the downloaded graphs do (same lines, boxes and text; scores within
+/// float rounding).
+#[test]
+fn fused_graphs_read_like_the_downloaded_ones() {
+    let images: Vec<(String, Vec<u8>)> = fixture_images();
+    let refs: Vec<&[u8]> = images.iter().map(|(_, b)| b.as_slice()).collect();
+    for set in [ModelSet::V4, ModelSet::V6, ModelSet::V4DetV6Rec] {
+        let run = |fused: bool| {
+            let mut cfg = EngineConfig::with_models_dir(repo_root().join("models"));
+            cfg.intra_threads = 2;
+            cfg.model_set = set;
+            cfg.fused = fused;
+            let mut e = Engine::new(cfg).expect("engine starts (run models/fetch.sh first)");
+            e.recognize_bytes(&refs)
+        };
+        let (fused, downloaded) = (run(true), run(false));
+        let mut lines = 0;
+        for (((name, _), a), b) in images.iter().zip(fused).zip(downloaded) {
+            let (a, b) = (a.unwrap(), b.unwrap());
+            assert_eq!(a.lines.len(), b.lines.len(), "{set}: {name}: line count");
+            for (la, lb) in a.lines.iter().zip(&b.lines) {
+                assert_eq!(la.text, lb.text, "{set}: {name}");
+                assert_eq!(la.bbox, lb.bbox, "{set}: {name}");
+                assert!(
+                    (la.score - lb.score).abs() < 1e-4,
+                    "{set}: {name}: {} vs {}",
+                    la.score,
+                    lb.score
+                );
+                lines += 1;
+            }
+        }
+        assert!(lines > 50, "{set}: the fixtures have text ({lines} lines)");
+    }
+}
+
 /// The fp16 models (models/make_fp16.py, installed by models/fetch.sh) read the fixtures like
 /// fp32: the same lines in the same places, and the same characters on all but at most two
 /// lines. Measured: 85 of 86 lines have the same characters ('天' read as '大' twice in one
