@@ -43,6 +43,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     ap.add_argument("--repeat", type=int, default=3, help="timed passes over the set")
     ap.add_argument("--json", action="store_true", help="print one JSON line")
+    ap.add_argument("--fused", action="store_true",
+                    help="run ocrfleet's fused graphs (models/v4/*.fused.onnx, models/make_fused.py) "
+                    "instead of the wheel's, to see what the graph rewrite gives the peer")
     args = ap.parse_args()
 
     names = sorted(n for n in os.listdir(args.dir) if n.lower().endswith(EXTS))
@@ -53,7 +56,10 @@ def main():
         with open(os.path.join(args.dir, n), "rb") as f:
             blobs.append(f.read())
 
-    engine = rapidocr_config.build_engine(args.threads)
+    fused = None
+    if args.fused:
+        fused = {k: os.path.join(ROOT, "models", "v4", f"{k}.fused.onnx") for k in ("det", "cls", "rec")}
+    engine = rapidocr_config.build_engine(args.threads, fused)
     for b in blobs:  # warm-up
         engine(b)
 
@@ -76,7 +82,7 @@ def main():
 
     lat_ms = sorted(x * 1000.0 for x in latencies)
     out = {
-        "engine": "rapidocr_onnxruntime 1.4.4",
+        "engine": "rapidocr_onnxruntime 1.4.4" + (" (fused graphs)" if args.fused else ""),
         "threads": args.threads,
         "repeat": args.repeat,
         "images": len(names),

@@ -306,7 +306,7 @@ pub struct EngineConfig {
     /// same networks with the exporter's chains of element-wise nodes (learnable affine
     /// blocks, hardswish) folded into the convolutions or fused into single nodes. Outputs
     /// equal the originals' up to float rounding (2e-6 measured; the fixtures read identically,
-    /// tests/parity.rs). On CPU, PP-OCRv4's recogniser runs 1.8x as fast at one thread (README
+    /// tests/parity.rs). On CPU, PP-OCRv4 reads pages about twice as fast at one thread (README
     /// "Fused graphs"). Default true; false loads the downloaded graphs as they are.
     pub fused: bool,
     /// Images with more decoded pixels than this are refused. Default 50 000 000.

@@ -250,7 +250,7 @@ settings! {
         models: ModelSet, "models", "OCRFLEET_MODELS", "v4det-v6rec";
         /// Load the fp16 model variants (installed by models/fetch.sh; made by models/make_fp16.py): for CUDA, where they were 5-15 % faster.
         fp16: bool, "fp16", "OCRFLEET_FP16", "false";
-        /// Load the fused fp32 graphs (models/make_fused.py: the same networks with their element-wise chains folded into the convolutions; 1.8x faster recognition on CPU); false loads the downloaded graphs.
+        /// Load the fused fp32 graphs (models/make_fused.py: the same networks with their element-wise chains folded into the convolutions; v4 pages read about twice as fast on CPU); false loads the downloaded graphs.
         fused_graphs: bool, "fused-graphs", "OCRFLEET_FUSED_GRAPHS", "true";
         /// Detector input limit: the longer side of an image is scaled down to at most this many pixels.
         det_limit: u32, "det-limit", "OCRFLEET_DET_LIMIT", "960";
