@@ -204,37 +204,53 @@ fn batch_sizes_1_4_16_give_the_same_lines() {
     }
 }
 
-/// The recogniser with the argmax appended (`models/make_argmax.py`, the default) returns 2
-/// values per time step instead of the softmax over every class; the text must not change.
-#[test]
-fn argmax_in_the_model_decodes_like_the_full_softmax() {
+/// Reads every fixture with `a` and with `b` (two variants of the default configuration) and
+/// asserts the same lines, boxes and text, with scores within `score_tolerance`.
+fn assert_same_reading(
+    what: &str,
+    a: impl Fn(&mut EngineConfig),
+    b: impl Fn(&mut EngineConfig),
+    score_tolerance: f32,
+) {
     let images: Vec<(String, Vec<u8>)> = fixture_images();
     let refs: Vec<&[u8]> = images.iter().map(|(_, b)| b.as_slice()).collect();
-    let run = |argmax: bool| {
+    let run = |variant: &dyn Fn(&mut EngineConfig)| {
         let mut cfg = EngineConfig::with_models_dir(repo_root().join("models"));
         cfg.intra_threads = 2;
-        cfg.rec.argmax_in_model = argmax;
+        variant(&mut cfg);
         let mut e = Engine::new(cfg).expect("engine starts (run models/fetch.sh first)");
         e.recognize_bytes(&refs)
     };
-    let (with, without) = (run(true), run(false));
+    let (first, second) = (run(&a), run(&b));
     let mut lines = 0;
-    for (((name, _), a), b) in images.iter().zip(with).zip(without) {
-        let (a, b) = (a.unwrap(), b.unwrap());
-        assert_eq!(a.lines.len(), b.lines.len(), "{name}: line count");
-        for (la, lb) in a.lines.iter().zip(&b.lines) {
-            assert_eq!(la.text, lb.text, "{name}");
-            assert_eq!(la.bbox, lb.bbox, "{name}");
+    for (((name, _), ra), rb) in images.iter().zip(first).zip(second) {
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert_eq!(ra.lines.len(), rb.lines.len(), "{what}: {name}: line count");
+        for (la, lb) in ra.lines.iter().zip(&rb.lines) {
+            assert_eq!(la.text, lb.text, "{what}: {name}");
+            assert_eq!(la.bbox, lb.bbox, "{what}: {name}");
             assert!(
-                (la.score - lb.score).abs() < 1e-6,
-                "{name}: {} vs {}",
+                (la.score - lb.score).abs() < score_tolerance,
+                "{what}: {name}: {} vs {}",
                 la.score,
                 lb.score
             );
             lines += 1;
         }
     }
-    assert!(lines > 50, "the fixtures have text ({lines} lines)");
+    assert!(lines > 50, "{what}: the fixtures have text ({lines} lines)");
+}
+
+/// The recogniser with the argmax appended (`models/make_argmax.py`, the default) returns 2
+/// values per time step instead of the softmax over every class; the text must not change.
+#[test]
+fn argmax_in_the_model_decodes_like_the_full_softmax() {
+    assert_same_reading(
+        "argmax",
+        |c| c.rec.argmax_in_model = true,
+        |c| c.rec.argmax_in_model = false,
+        1e-6,
+    );
 }
 
 /// The fused graphs (`models/make_fused.py`, the default) are the same networks with the
@@ -243,35 +259,13 @@ fn argmax_in_the_model_decodes_like_the_full_softmax() {
 /// float rounding).
 #[test]
 fn fused_graphs_read_like_the_downloaded_ones() {
-    let images: Vec<(String, Vec<u8>)> = fixture_images();
-    let refs: Vec<&[u8]> = images.iter().map(|(_, b)| b.as_slice()).collect();
     for set in [ModelSet::V4, ModelSet::V6, ModelSet::V4DetV6Rec] {
-        let run = |fused: bool| {
-            let mut cfg = EngineConfig::with_models_dir(repo_root().join("models"));
-            cfg.intra_threads = 2;
-            cfg.model_set = set;
-            cfg.fused = fused;
-            let mut e = Engine::new(cfg).expect("engine starts (run models/fetch.sh first)");
-            e.recognize_bytes(&refs)
-        };
-        let (fused, downloaded) = (run(true), run(false));
-        let mut lines = 0;
-        for (((name, _), a), b) in images.iter().zip(fused).zip(downloaded) {
-            let (a, b) = (a.unwrap(), b.unwrap());
-            assert_eq!(a.lines.len(), b.lines.len(), "{set}: {name}: line count");
-            for (la, lb) in a.lines.iter().zip(&b.lines) {
-                assert_eq!(la.text, lb.text, "{set}: {name}");
-                assert_eq!(la.bbox, lb.bbox, "{set}: {name}");
-                assert!(
-                    (la.score - lb.score).abs() < 1e-4,
-                    "{set}: {name}: {} vs {}",
-                    la.score,
-                    lb.score
-                );
-                lines += 1;
-            }
-        }
-        assert!(lines > 50, "{set}: the fixtures have text ({lines} lines)");
+        assert_same_reading(
+            &set.to_string(),
+            |c| (c.model_set, c.fused) = (set, true),
+            |c| (c.model_set, c.fused) = (set, false),
+            1e-4,
+        );
     }
 }
 
