@@ -24,8 +24,8 @@ This script rewrites the graph into an equivalent one (equal up to float roundin
 3. Mul(scalar) -> Conv: folded into the Conv's weights (exact also at zero-padded borders,
    since s*0 = 0); Add(scalar) -> Conv only where the Conv pads nothing (B + b*sum(W)).
 4. What is left of the affine blocks, Mul(scalar) -> Add(scalar) on a Conv's output, becomes one
-   BatchNormalization (scale s, bias b, mean 0, variance 1, epsilon 0), which ONNX Runtime runs in
-   the blocked layout.
+   BatchNormalization (scale s, bias b, mean 0, variance and epsilon that sum to exactly 1),
+   which ONNX Runtime runs in the blocked layout.
 
 It starts from ONNX Runtime's basic, hardware-independent optimisations (constant folding, so
 every constant is an initializer), like make_fp16.py. It refuses to write a model whose outputs
@@ -54,6 +54,8 @@ MODELS = ("det", "cls", "rec")
 SHAPES = {"det": (2, 3, 320, 320), "cls": (2, 3, 48, 192), "rec": (2, 3, 48, 320)}
 # Largest accepted difference between the fused and the original outputs (probabilities).
 TOLERANCE = 1e-4
+BN_EPSILON = 1e-5
+assert np.float32(1.0 - BN_EPSILON) + np.float32(BN_EPSILON) == np.float32(1.0)
 
 
 def basic(src):
@@ -301,11 +303,14 @@ def affine_to_batchnorm(g):
         c = channels(xs[0])
         if b is None or not c:
             continue
+        # Variance 1 - eps with eps = 1e-5: in float32, var + eps is exactly 1, so the
+        # normalisation divides by exactly 1, and no provider has to clamp a zero epsilon
+        # (cuDNN's smallest is 1e-5).
         params = [g.add_initializer(k, v) for k, v in (
             ("bn_scale", np.full(c, s)), ("bn_bias", np.full(c, b)),
-            ("bn_mean", np.zeros(c)), ("bn_var", np.ones(c)))]
+            ("bn_mean", np.zeros(c)), ("bn_var", np.full(c, np.float32(1.0 - BN_EPSILON))))]
         before[id(mul)] = helper.make_node("BatchNormalization", [xs[0], *params], [add.output[0]],
-                                           name=f"ocrfleet_affine{g.fresh}", epsilon=0.0)
+                                           name=f"ocrfleet_affine{g.fresh}", epsilon=BN_EPSILON)
         drop |= {id(mul), id(add)}
         g.stats["affine->bn"] += 1
     g.replace_nodes(drop, before)
