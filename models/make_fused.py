@@ -28,7 +28,7 @@ This script rewrites the graph into an equivalent one (equal up to float roundin
    which ONNX Runtime runs in the blocked layout.
 
 It starts from ONNX Runtime's basic, hardware-independent optimisations (constant folding, so
-every constant is an initializer), like make_fp16.py. It refuses to write a model whose outputs
+every constant is an initializer; make_fp16.py's `optimised`). It refuses to write a model whose outputs
 on a fixed input differ from the original's by more than TOLERANCE. The engine's parity tests
 check that the fused models read every fixture exactly as the originals do (crates/ocr/tests/
 parity.rs), and README "Fused graphs" has the speed and the evaluation-set accuracy.
@@ -41,12 +41,13 @@ is deterministic for the pinned onnx, onnxruntime and numpy).
 import collections
 import os
 import sys
-import tempfile
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
+
+from make_fp16 import optimised  # ONNX Runtime's basic optimisation, saved (same folder)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = ("det", "cls", "rec")
@@ -58,19 +59,8 @@ BN_EPSILON = 1e-5
 assert np.float32(1.0 - BN_EPSILON) + np.float32(BN_EPSILON) == np.float32(1.0)
 
 
-def basic(src):
-    """The model after ONNX Runtime's basic (hardware-independent) optimisations."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.log_severity_level = 3
-    with tempfile.TemporaryDirectory() as tmp:
-        so.optimized_model_filepath = os.path.join(tmp, "basic.onnx")
-        ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
-        return onnx.load(so.optimized_model_filepath)
-
-
 class Graph:
-    """The graph with its initializers as float64 arrays, and helpers to rewrite it."""
+    """The graph, its initializers as arrays by name, and helpers to rewrite it."""
 
     def __init__(self, model):
         self.model = model
@@ -221,7 +211,7 @@ def pads_nothing(conv):
     return True
 
 
-def ends_an_activation(g, x, producers):
+def ends_an_activation(x, producers):
     """Whether `x` comes out of a Conv, a BatchNormalization, Relu, Clip, HardSigmoid or a
     hardswish (Mul by a HardSigmoid). Folding is limited to these: a Mul(0.5) that ends a GELU
     (x * 0.5 * (1 + erf(x / sqrt 2))) must stay where it is, or ONNX Runtime no longer sees the
@@ -253,7 +243,7 @@ def fold_into_next_conv(g):
             scaled = (p is not None and p.op_type == "Mul" and len(p.input) == 2
                       and any(g.scalar(i) is not None for i in p.input))
             source = next((i for i in p.input if g.scalar(i) is None), None) if scaled else xs[0]
-            if source is None or not ends_an_activation(g, source, producers):
+            if source is None or not ends_an_activation(source, producers):
                 continue
             s = g.const_operand(n, xs[0])
             w, b = g.conv_weights(conv)
@@ -317,7 +307,7 @@ def affine_to_batchnorm(g):
 
 
 def fuse(src):
-    g = Graph(basic(src))
+    g = Graph(optimised(src))
     fold_affine_into_conv(g)
     hardswish_to_hardsigmoid(g)
     fold_into_next_conv(g)

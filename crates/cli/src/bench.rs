@@ -304,7 +304,7 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
         }
     };
     println!(
-        "# ocrfleet bench ocr: {} images, {} crops, {} recognised lines per pass; device {}, models {}{}, threads {}, host threads {}, overlap {}, repeat {}, shape warm-up {:.1} s ({} shapes, {} sessions), first pass {:.1} s",
+        "# ocrfleet bench ocr: {} images, {} crops, {} recognised lines per pass; device {}, models {} ({} graphs), threads {}, host threads {}, overlap {}, repeat {}, shape warm-up {:.1} s ({} shapes, {} sessions), first pass {:.1} s",
         images.len(),
         crops.len(),
         lines_per_pass,
@@ -314,10 +314,9 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
             None => engine.provider(),
         },
         engine.model_version(),
-        match (defaults.fp16, defaults.fused) {
-            (true, _) => " fp16",
-            (false, true) => " fused",
-            (false, false) => "",
+        match defaults.graph_variant() {
+            "" => "downloaded",
+            v => v,
         },
         all(defaults.intra_threads),
         all(defaults.host_threads),

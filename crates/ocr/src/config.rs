@@ -390,21 +390,28 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// Which graphs are loaded: `fp16` (takes precedence), `fused`, or `""` for the
+    /// downloaded ones; the infix of the model files' names.
+    pub fn graph_variant(&self) -> &'static str {
+        match (self.fp16, self.fused) {
+            (true, _) => "fp16",
+            (false, true) => "fused",
+            (false, false) => "",
+        }
+    }
+
     /// Path of one model file of the configured set (`det`, `cls` or `rec`).
     pub fn model_path(&self, name: &str) -> PathBuf {
-        let fp16 = if self.fp16 {
-            ".fp16"
-        } else if self.fused {
-            ".fused"
-        } else {
-            ""
+        let variant = match self.graph_variant() {
+            "" => String::new(),
+            v => format!(".{v}"),
         };
         let argmax = if name == "rec" && self.rec.argmax_in_model {
             ".argmax"
         } else {
             ""
         };
-        let file = format!("{name}{fp16}{argmax}.onnx");
+        let file = format!("{name}{variant}{argmax}.onnx");
         self.models_dir
             .join(self.model_set.dir_name(name))
             .join(file)

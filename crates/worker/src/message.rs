@@ -148,7 +148,7 @@ pub struct ReplayOrigin {
 }
 
 impl ReplayOrigin {
-    pub fn read(headers: &[(Vec<u8>, Option<Vec<u8>>)]) -> ReplayOrigin {
+    pub fn read(headers: &[crate::kafka::headers::RawHeader]) -> ReplayOrigin {
         use crate::kafka::dlq::headers as h;
         let get = |name: &str| {
             crate::kafka::headers::value(headers, name).filter(|v| !v.is_empty() && v.len() <= 512)
