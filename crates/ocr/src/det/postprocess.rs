@@ -27,9 +27,9 @@ pub fn boxes_from_map(pred: ArrayView2<'_, f32>, shape: &DetShape, cfg: &DetConf
     // Only the resized image's region; the padding beyond it is not part of the image.
     let pred = pred.slice(ndarray::s![..h, ..w]);
     let mut bitmap = GrayImage::new(w as u32, h as u32);
-    for ((y, x), &p) in pred.indexed_iter() {
-        if p > cfg.thresh {
-            bitmap.put_pixel(x as u32, y as u32, Luma([255]));
+    for (row, out) in pred.rows().into_iter().zip(bitmap.chunks_exact_mut(w)) {
+        for (&p, o) in row.iter().zip(out) {
+            *o = if p > cfg.thresh { 255 } else { 0 };
         }
     }
     let contours = find_contours::<i32>(&bitmap);
