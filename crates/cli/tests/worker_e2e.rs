@@ -52,7 +52,11 @@ fn happy_path_indexes_everything_commits_and_exits_cleanly_on_sigterm() {
         index,
         &["--ocr-batch", "16"],
     );
+    // The engine is the slow stage here (downloads are on loopback), so images wait in the
+    // `ready` queue while it works, and the queue-depth gauge shows them.
+    let mut most_ready = 0.0f64;
     wait_until("all documents indexed", Duration::from_secs(600), || {
+        most_ready = most_ready.max(w.metric("ocrfleet_queue_depth{queue=\"ready\"}"));
         es_count(&nd.es_url(), index) == Some(n as u64)
     });
     wait_until(
@@ -60,6 +64,13 @@ fn happy_path_indexes_everything_commits_and_exits_cleanly_on_sigterm() {
         Duration::from_secs(60),
         || lag(&nd.brokers(), group, topic, parts) == 0,
     );
+    assert!(most_ready > 0.0, "no image ever waited for the engine");
+    // Drained: every queue is empty once everything is indexed (sampled every second).
+    std::thread::sleep(Duration::from_millis(1500));
+    for queue in ["chunks", "ready", "outcomes"] {
+        let line = format!("ocrfleet_queue_depth{{queue=\"{queue}\"}}");
+        assert!(w.metrics().contains(&format!("{line} 0")), "{line} not 0");
+    }
     assert!(
         w.ready(),
         "readyz must be 200 with broker, ES and engine up"

@@ -199,6 +199,11 @@ async fn run_inner(
     let (ready_tx, ready_rx) = mpsc::channel(cfg.ocr_batch * 2);
     let (out_tx, out_rx) = mpsc::channel(cfg.es.bulk_docs * 2);
     let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let queues = stages::Queues {
+        chunks: chunk_tx.downgrade(),
+        ready: ready_tx.downgrade(),
+        outcomes: out_tx.downgrade(),
+    };
     let stop = CancellationToken::new();
     let drained = CancellationToken::new();
 
@@ -259,6 +264,7 @@ async fn run_inner(
     let side = [
         tokio::spawn(stages::busy_meter(engine.clone(), metrics.clone())),
         tokio::spawn(stages::es_probe(es, health.clone())),
+        tokio::spawn(stages::queue_meter(queues, metrics.clone())),
     ];
     let engine_watch = tokio::spawn(stages::engine_watch(engine, health.clone()));
     // Fused, so that a task that ended in the first wait can be waited on again (it stays

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub lag: IntGaugeVec,
     pub rebalances: IntCounter,
     pub in_flight: IntGauge,
+    pub queue_depth: IntGaugeVec,
     pub fetch_retries: IntCounter,
     pub es_retries: IntCounter,
     pub superseded: IntCounter,
@@ -88,6 +89,11 @@ impl Metrics {
             lag: IntGaugeVec::new(Opts::new("ocrfleet_consumer_lag", "Consumer lag per partition (librdkafka statistics)"), &["topic", "partition"]).unwrap(),
             rebalances: IntCounter::new("ocrfleet_rebalances_total", "Consumer group rebalances seen (assign or revoke)").unwrap(),
             in_flight: IntGauge::new("ocrfleet_messages_in_flight", "Messages received and not yet indexed or dead-lettered").unwrap(),
+            queue_depth: IntGaugeVec::new(
+                Opts::new("ocrfleet_queue_depth", "Items waiting in each bounded queue between the pipeline's stages, sampled every second: chunks (Kafka source → prepare, in chunks), ready (prepare → OCR, in images), outcomes (prepare and OCR → Elasticsearch sink, in messages)"),
+                &["queue"],
+            )
+            .unwrap(),
             fetch_retries: IntCounter::new("ocrfleet_fetch_retries_total", "Download attempts beyond the first").unwrap(),
             es_retries: IntCounter::new("ocrfleet_es_retries_total", "Bulk requests retried (after a request-level failure or items Elasticsearch asked to retry)").unwrap(),
             superseded: IntCounter::new("ocrfleet_messages_superseded_total", "Messages not written because a newer record's document with the same id was already indexed (external versioning)").unwrap(),
@@ -114,6 +120,7 @@ impl Metrics {
             Box::new(m.lag.clone()),
             Box::new(m.rebalances.clone()),
             Box::new(m.in_flight.clone()),
+            Box::new(m.queue_depth.clone()),
             Box::new(m.fetch_retries.clone()),
             Box::new(m.es_retries.clone()),
             Box::new(m.superseded.clone()),

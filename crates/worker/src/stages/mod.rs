@@ -18,7 +18,9 @@ pub mod sink;
 use std::time::{Duration, Instant};
 
 use ocrfleet_ocr::EngineHandle;
+use tokio::sync::mpsc;
 
+use crate::envelope::{Envelope, Outcome};
 use crate::es::client::EsClient;
 use crate::failure::Component;
 use crate::health::Health;
@@ -47,6 +49,36 @@ pub async fn busy_meter(engine: EngineHandle, metrics: Metrics) {
             .set(((device - last_device) / wall).clamp(0.0, 1.0));
         (last_busy, last_device) = (busy, device);
         at = Instant::now();
+    }
+}
+
+/// Weak handles on the pipeline's bounded queues (they keep no queue open), for
+/// `ocrfleet_queue_depth{queue}`.
+pub struct Queues {
+    pub chunks: mpsc::WeakSender<Vec<Envelope>>,
+    pub ready: mpsc::WeakSender<prepare::Ready>,
+    pub outcomes: mpsc::WeakSender<Outcome>,
+}
+
+/// Items waiting in a bounded queue: its capacity less the free slots (0 once it is closed).
+fn depth<T>(queue: &mpsc::WeakSender<T>) -> i64 {
+    queue
+        .upgrade()
+        .map_or(0, |tx| (tx.max_capacity() - tx.capacity()) as i64)
+}
+
+/// Exports each queue's depth every second: where a backlog waits (full `ready` and an idle
+/// `outcomes`: the engine is the bottleneck; a full `outcomes`: Elasticsearch is).
+pub async fn queue_meter(queues: Queues, metrics: Metrics) {
+    loop {
+        for (name, n) in [
+            ("chunks", depth(&queues.chunks)),
+            ("ready", depth(&queues.ready)),
+            ("outcomes", depth(&queues.outcomes)),
+        ] {
+            metrics.queue_depth.with_label_values(&[name]).set(n);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
