@@ -200,8 +200,8 @@ mod tests {
         [[-5.0, -3.0], [100.0, 2.0], [99.0, 70.0], [-8.0, 64.0]],
     ];
 
-    fn warp_both(img: &RgbImage, q: [[f32; 2]; 4]) -> (RgbImage, RgbImage) {
-        let (w, h) = (60, 24);
+    /// The general warp of quad `q` to `w`×`h`, with the projection that [`crop_quad`] uses.
+    fn warp(img: &RgbImage, q: [[f32; 2]; 4], w: u32, h: u32) -> (RgbImage, Projection) {
         let to = [
             (0.0, 0.0),
             (w as f32, 0.0),
@@ -209,9 +209,15 @@ mod tests {
             (0.0, h as f32),
         ];
         let p = Projection::from_control_points(q.map(|p| (p[0], p[1])), to).unwrap();
-        let mut ours = RgbImage::new(w, h);
-        warp_bicubic_replicate(img, p, &mut ours);
-        let mut theirs = RgbImage::new(w, h);
+        let mut out = RgbImage::new(w, h);
+        warp_bicubic_replicate(img, p, &mut out);
+        (out, p)
+    }
+
+    /// Ours and imageproc's warp of `q` to 60×24.
+    fn warp_both(img: &RgbImage, q: [[f32; 2]; 4]) -> (RgbImage, RgbImage) {
+        let (ours, p) = warp(img, q, 60, 24);
+        let mut theirs = RgbImage::new(60, 24);
         warp_into(
             img,
             p,
@@ -298,17 +304,8 @@ mod tests {
             let copied = crop_quad(&img, &q).unwrap();
             let expected = image::imageops::crop_imm(&img, x0, y0, w, h).to_image();
             assert_eq!(copied, expected, "box at {x0},{y0}");
-            // The general warp computes the same pixels, but for its rounding: its projection can
-            // land a hair off the pixel, and a value then truncates 1 low.
-            let to = [
-                (0.0, 0.0),
-                (w as f32, 0.0),
-                (w as f32, h as f32),
-                (0.0, h as f32),
-            ];
-            let p = Projection::from_control_points(q.map(|p| (p[0], p[1])), to).unwrap();
-            let mut warped = RgbImage::new(w, h);
-            warp_bicubic_replicate(&img, p, &mut warped);
+            // The general warp computes the same pixels, up to its float rounding.
+            let (warped, _) = warp(&img, q, w, h);
             for (a, b) in copied.as_raw().iter().zip(warped.as_raw()) {
                 assert!(a.abs_diff(*b) <= 1, "box at {x0},{y0}: {a} against {b}");
                 values += 1;
