@@ -11,8 +11,8 @@
 //!
 //! Measured with `ocrfleet bench ocr --replay --images REAL --models v4 --host-threads 1
 //! --no-overlap` on the 45 real pages of the GPU runs (45 boxes a page), A/B in one session:
-//! crops took 25 to 30 ms a page with imageproc's scheme for every box, 16.4 to 16.7 ms with the
-//! copy, and 10.1 to 10.2 ms with the copy and this warp.
+//! crops took 25 to 30 ms a page with imageproc's scheme for every box, 15.8 to 16.7 ms with
+//! the copy, and 9.5 to 10.2 ms with the copy and this warp (README, "The host ceiling").
 
 use image::RgbImage;
 use imageproc::geometric_transformations::Projection;
@@ -121,9 +121,13 @@ fn cubic_weights(t: f32) -> [f32; 4] {
     [w0, w1, w2, 1.0 - w0 - w1 - w2]
 }
 
-/// `x.floor()` as an integer, without the libm call that `floor` is on baseline x86-64.
+/// `x.floor()` as an integer, without the libm call that `floor` is on baseline x86-64. `x` is
+/// first held to ±1e9 (NaN becomes 0), so that a near-singular projection's huge or infinite
+/// coordinates cannot overflow the tap arithmetic: every tap that far out replicates the same
+/// border pixel anyway.
 #[inline(always)]
 fn floor_i64(x: f32) -> i64 {
+    let x = x.clamp(-1e9, 1e9);
     let t = x as i64;
     t - i64::from(x < t as f32)
 }
@@ -132,8 +136,8 @@ fn floor_i64(x: f32) -> i64 {
 /// border replicated: imageproc's `warp_into(.., Interpolation::Bicubic, Border::Replicate, ..)`
 /// for RGB8, with the same projection, taps and kernel, but each output pixel computed as one
 /// weighted sum of its 4×4 taps, rounded once. imageproc blends each tap row, truncates it to
-/// u8, then blends the rows and truncates again; that costs four times the arithmetic and
-/// clips the kernel's overshoot at sharp edges. Measured on the 781 boxes that are not upright
+/// u8, then blends the rows and truncates again, which costs more (15 cubic blends of four
+/// samples, each followed by a clamp and a float-integer round trip) and clips the kernel's overshoot at sharp edges. Measured on the 781 boxes that are not upright
 /// among the 2,034 that the v4 detector finds on the 45 real pages of the GPU runs, one thread,
 /// best of 7: 12.3 ms a page with imageproc's scheme (specialised to RGB8, its 12 row blends
 /// run lane-wise), 7.9 to 9.1 ms with this one; 67 % of the values differ, by 1 (rounding
@@ -153,7 +157,7 @@ fn warp_bicubic_replicate(img: &RgbImage, projection: Projection, out: &mut RgbI
             let wx = cubic_weights(sx - fx as f32);
             let wy = cubic_weights(sy - fy as f32);
             let (left, top) = (fx - 1, fy - 1);
-            let inside = left >= 0 && left + 3 < sw;
+            let inside = left >= 0 && left < sw - 3;
             let cols = [0, 1, 2, 3].map(|k| (left + k).clamp(0, sw - 1) as usize * 3);
             let mut acc = [0f32; 3];
             for (r, wr) in wy.iter().enumerate() {
@@ -255,7 +259,10 @@ mod tests {
             assert!(mean < 1.0, "quad {q:?}: mean difference {mean}");
             // Rounding instead of truncating: never below imageproc by more than rounding.
             for (a, b) in ours.as_raw().iter().zip(theirs.as_raw()) {
-                assert!(*a + 1 >= *b, "quad {q:?}: {a} against {b}");
+                assert!(
+                    u16::from(*a) + 1 >= u16::from(*b),
+                    "quad {q:?}: {a} against {b}"
+                );
             }
         }
     }
@@ -276,6 +283,9 @@ mod tests {
         assert_eq!(cubic_weights(0.5), [-0.0625, 0.5625, 0.5625, -0.0625]);
         for x in [-2.5f32, -1.0, -0.0, 0.0, 0.3, 7.0, 7.9] {
             assert_eq!(floor_i64(x), x.floor() as i64, "{x}");
+        }
+        for (x, held) in [(f32::INFINITY, 1e9), (-1e30, -1e9), (f32::NAN, 0.0)] {
+            assert_eq!(floor_i64(x), held as i64, "{x}");
         }
     }
 
@@ -348,6 +358,54 @@ mod tests {
         assert_eq!(frame(&q), [q[1], q[2], q[3], q[0]]);
         let wide = [[0.0, 0.0], [60.0, 0.0], [60.0, 10.0], [0.0, 10.0]];
         assert_eq!(frame(&wide), wide);
+    }
+
+    #[test]
+    fn whole_pixel_boxes_past_the_edge_replicate_the_border() {
+        let img = RgbImage::from_fn(40, 30, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 8) as u8, 50])
+        });
+        // 3 columns left of the image and 2 rows above it; and one past the right and bottom.
+        for (x0, y0, w, h) in [(-3i64, -2i64, 20u32, 10u32), (30, 25, 15, 9)] {
+            let q = [
+                [x0 as f32, y0 as f32],
+                [(x0 + i64::from(w)) as f32, y0 as f32],
+                [(x0 + i64::from(w)) as f32, (y0 + i64::from(h)) as f32],
+                [x0 as f32, (y0 + i64::from(h)) as f32],
+            ];
+            assert_eq!(whole_pixel_shift(&q, w, h), Some((x0, y0)));
+            let copied = crop_quad(&img, &q).unwrap();
+            for (x, y, p) in copied.enumerate_pixels() {
+                let sx = (x0 + i64::from(x)).clamp(0, 39) as u32;
+                let sy = (y0 + i64::from(y)).clamp(0, 29) as u32;
+                assert_eq!(
+                    p,
+                    img.get_pixel(sx, sy),
+                    "({x}, {y}) of the box at {x0},{y0}"
+                );
+            }
+            let (warped, _) = warp(&img, q, w, h);
+            for (a, b) in copied.as_raw().iter().zip(warped.as_raw()) {
+                assert!(a.abs_diff(*b) <= 1, "box at {x0},{y0}: {a} against {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn tall_boxes_off_the_pixel_grid_are_warped_then_turned() {
+        // Brightness 4·y: after the quarter turn it runs along the crop's x axis. The cubic
+        // kernel reproduces a linear ramp, so inside the image every value is 4·x, to rounding.
+        let img = RgbImage::from_fn(30, 64, |_, y| image::Rgb([(4 * y) as u8; 3]));
+        let q = [[3.5, 0.0], [13.5, 0.0], [13.5, 60.0], [3.5, 60.0]];
+        assert_eq!(whole_pixel_shift(&q, 10, 60), None);
+        let c = crop_quad(&img, &q).unwrap();
+        assert_eq!(c.dimensions(), (60, 10));
+        for (x, y, p) in c.enumerate_pixels() {
+            if (2..58).contains(&x) {
+                let want = 4 * x as i32;
+                assert!((i32::from(p.0[0]) - want).abs() <= 1, "({x}, {y}): {p:?}");
+            }
+        }
     }
 
     #[test]
