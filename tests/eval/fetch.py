@@ -3,6 +3,7 @@
 
     python3 tests/eval/fetch.py [--out .eval] [--mirror DIR]
     python3 tests/eval/fetch.py --manifest SPACES_MANIFEST.tsv --out .eval-heldout   # held out
+    python3 tests/eval/fetch.py --manifest HELDOUT_MANIFEST.tsv --out .eval-heldout-rz
 
 60 human-labelled real images: 30 FUNSD forms (scanned, English), 15 XFUND-zh forms (scanned,
 Chinese) and 15 WildReceipt receipts (phone photos, English). Their licences do not allow the
@@ -19,7 +20,9 @@ checksum, and writes:
 
 With --manifest SPACES_MANIFEST.tsv it fetches the 60 FUNSD *training* forms instead (the
 space study's data, which the evaluation set never includes): a held-out set on which
-choices made on the evaluation set can be checked.
+choices made on the evaluation set can be checked. HELDOUT_MANIFEST.tsv holds 20 more
+WildReceipt photos (from the end of its test list, none a re-encoding of an evaluation photo)
+and 20 more XFUND-zh forms (zh_val_16..35): the held-out receipts and Chinese forms.
 
 Boxes are quads in pixel coordinates, clockwise from the top-left corner. Labels that are empty
 or only '#' are skipped. CI does not need this set; `tests/eval/run.sh` uses it.
@@ -126,7 +129,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(HERE, "..", "..", ".eval"))
     ap.add_argument("--mirror", help="read the files from local bare git mirrors instead")
     ap.add_argument("--manifest", default="MANIFEST.tsv",
-                    help="file list in tests/eval (SPACES_MANIFEST.tsv: the held-out FUNSD training forms)")
+                    help="file list in tests/eval (SPACES_MANIFEST.tsv: the held-out FUNSD training "
+                         "forms; HELDOUT_MANIFEST.tsv: held-out receipts and Chinese forms)")
     args = ap.parse_args()
     rows = read_manifest(args.manifest)
     os.makedirs(os.path.join(args.out, "images"), exist_ok=True)

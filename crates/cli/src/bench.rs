@@ -8,7 +8,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use image::RgbImage;
-use ocrfleet_ocr::{crop::crop_quad, decode, Engine};
+use ocrfleet_ocr::{
+    crop::{crop_quad, padded},
+    decode, Engine,
+};
 
 use crate::engine_args::EngineArgs;
 use crate::ocr_cmd::collect_files;
@@ -268,7 +271,7 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
             b.as_ref()
                 .map(|qs| {
                     qs.iter()
-                        .filter_map(|q| crop_quad(img, q))
+                        .filter_map(|q| crop_quad(img, &padded(q, defaults.det.crop_padding)))
                         .collect::<Vec<_>>()
                 })
                 .unwrap_or_default()

@@ -53,6 +53,10 @@ pub struct EngineArgs {
     /// Tuning: how far a detected box is grown (distance = area × ratio / perimeter).
     #[arg(long, default_value_t = EngineConfig::default().det.unclip_ratio)]
     pub det_unclip_ratio: f32,
+    /// Tuning: the recogniser's crop is the box grown by this fraction of its shorter side at
+    /// every edge (0 = the box itself).
+    #[arg(long, default_value_t = EngineConfig::default().det.crop_padding)]
+    pub crop_padding: f32,
     /// Tuning: lines whose recognition score is below this are dropped.
     #[arg(long, default_value_t = EngineConfig::default().rec.drop_score)]
     pub rec_drop_score: f32,
@@ -78,6 +82,7 @@ impl EngineArgs {
         cfg.det.upscale_to = self.det_upscale_to;
         cfg.det.box_thresh = self.det_box_thresh;
         cfg.det.unclip_ratio = self.det_unclip_ratio;
+        cfg.det.crop_padding = self.crop_padding;
         cfg.rec.drop_score = self.rec_drop_score;
         cfg.cls.thresh = self.cls_thresh;
         if !self.rec_widths.is_empty() {

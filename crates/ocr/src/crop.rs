@@ -44,6 +44,41 @@ pub fn frame(quad: &Quad) -> Quad {
     }
 }
 
+/// `quad` grown along its own sides by `fraction` of its shorter side at each of its four
+/// edges, corners rounded to whole pixels (an upright box stays upright and on whole pixels,
+/// so it is still copied). The grown part may reach past the image, where the crop repeats
+/// the border. 0 returns `quad` as it is.
+///
+/// The recogniser reads crops cut this way ([`crate::config::DetConfig::crop_padding`]): the
+/// detector's box, tight enough to keep neighbouring lines out, plus a margin that keeps the
+/// first and last letters and the tops of CJK strokes whole.
+pub fn padded(quad: &Quad, fraction: f32) -> Quad {
+    if fraction == 0.0 {
+        return *quad;
+    }
+    let (w, h) = size(quad);
+    let margin = fraction * w.min(h) as f32;
+    let unit = |a: [f32; 2], b: [f32; 2]| {
+        let (x, y) = (b[0] - a[0], b[1] - a[1]);
+        let n = (x * x + y * y).sqrt().max(1e-6);
+        [x / n, y / n]
+    };
+    // Along the top edge and down the left edge; every corner moves outwards along both.
+    let (u, v) = (unit(quad[0], quad[1]), unit(quad[0], quad[3]));
+    let out = |p: [f32; 2], su: f32, sv: f32| {
+        [
+            (p[0] + margin * (su * u[0] + sv * v[0])).round(),
+            (p[1] + margin * (su * u[1] + sv * v[1])).round(),
+        ]
+    };
+    [
+        out(quad[0], -1.0, -1.0),
+        out(quad[1], 1.0, -1.0),
+        out(quad[2], 1.0, 1.0),
+        out(quad[3], -1.0, 1.0),
+    ]
+}
+
 /// Crops `quad` (TL, TR, BR, BL) out of `img`. Returns `None` for a degenerate box.
 pub fn crop_quad(img: &RgbImage, quad: &Quad) -> Option<RgbImage> {
     let (w, h) = size(quad);
@@ -197,6 +232,41 @@ fn warp_bicubic_replicate(img: &RgbImage, projection: Projection, out: &mut RgbI
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padding_grows_a_box_along_its_own_sides() {
+        // An upright 100×20 box: 2 px (0.1 of 20) at every edge, still on whole pixels.
+        let q: Quad = [[10.0, 30.0], [110.0, 30.0], [110.0, 50.0], [10.0, 50.0]];
+        let p = padded(&q, 0.1);
+        assert_eq!(p, [[8.0, 28.0], [112.0, 28.0], [112.0, 52.0], [8.0, 52.0]]);
+        assert_eq!(size(&p), (104, 24));
+        assert_eq!(padded(&q, 0.0), q);
+        // A tall box (vertical text): the margin is a tenth of its width, the shorter side.
+        let t: Quad = [[0.0, 0.0], [30.0, 0.0], [30.0, 90.0], [0.0, 90.0]];
+        assert_eq!(
+            padded(&t, 0.1),
+            [[-3.0, -3.0], [33.0, -3.0], [33.0, 93.0], [-3.0, 93.0]]
+        );
+        // A box tilted by 3-4-5: every corner moves 10 px along each of the box's own sides.
+        let r: Quad = [
+            [100.0, 100.0],
+            [180.0, 160.0],
+            [150.0, 200.0],
+            [70.0, 140.0],
+        ];
+        let g = padded(&r, 0.2); // size 100 × 50 → margin 10
+        let (u, v) = ([0.8, 0.6], [-0.6, 0.8]);
+        for (k, (su, sv)) in [(-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0)]
+            .into_iter()
+            .enumerate()
+        {
+            for a in 0..2 {
+                let want = (r[k][a] + 10.0 * (su * u[a] + sv * v[a])).round();
+                assert_eq!(g[k][a], want, "corner {k} axis {a}");
+            }
+        }
+        assert_eq!(size(&g), (120, 70));
+    }
     use imageproc::geometric_transformations::{warp_into, Border, Interpolation};
 
     /// Quads that are axis-aligned, rotated, perspective and partly outside a 97×61 image

@@ -20,7 +20,7 @@ use crate::replay::Recording;
 use crate::sessions::{batch_sizes, ModelSessions};
 
 use crate::config::{Device, EngineConfig, FaultPlan};
-use crate::crop::crop_quad;
+use crate::crop::{crop_quad, padded};
 use crate::det::postprocess::{boxes_from_map, Quad};
 use crate::det::DetShape;
 use crate::error::{EngineError, OcrError, Stage};
@@ -458,6 +458,7 @@ impl Engine {
         // 1. Detection, and 2. the crops in each image's reading order: cut on the host pool
         // while the detector runs the next batch.
         let detected = self.detect_timed(images, &mut timings, true);
+        let padding = self.cfg.det.crop_padding;
         let mut crops = Vec::new();
         for (i, d) in detected.into_iter().enumerate() {
             match d {
@@ -465,7 +466,8 @@ impl Engine {
                     pixels.map(|pixels| Crop {
                         image: i,
                         quad,
-                        frame: crate::crop::frame(&quad),
+                        // The crop's pixels span the grown box, so word boxes are placed on it.
+                        frame: crate::crop::frame(&padded(&quad, padding)),
                         pixels,
                     })
                 })),
@@ -628,7 +630,8 @@ impl Engine {
                                 quads
                                     .into_par_iter()
                                     .map(|q| {
-                                        let pixels = crop_quad(&images[i], &q);
+                                        let pixels =
+                                            crop_quad(&images[i], &padded(&q, cfg.crop_padding));
                                         (q, pixels)
                                     })
                                     .collect()

@@ -255,7 +255,7 @@ settings! {
         /// Detector input limit: the longer side of an image is scaled down to at most this many pixels.
         det_limit: u32, "det-limit", "OCRFLEET_DET_LIMIT", "960";
         /// Images whose long side is shorter than this are scaled up to it for detection (0 = never).
-        det_upscale_to: u32, "det-upscale-to", "OCRFLEET_DET_UPSCALE_TO", "0";
+        det_upscale_to: u32, "det-upscale-to", "OCRFLEET_DET_UPSCALE_TO", "736";
         /// Put back the spaces between Latin words that the recogniser dropped, from its CTC alignment.
         word_spaces: bool, "word-spaces", "OCRFLEET_WORD_SPACES", "true";
         /// Folder with v4/, v6/ and lib/ (models/fetch.sh).

@@ -1,8 +1,9 @@
 //! Text detection: PaddleOCR's DB detector.
 //!
 //! Pre-processing follows PaddleOCR's `DetResizeForTest` with `limit_type=max`: the long side
-//! is scaled down to at most `limit_side_len` (never up), then each side is rounded to a
-//! multiple of 32. Images whose detector input has the same (padded) shape share a batch;
+//! is scaled down to at most `limit_side_len`, and an image whose long side is below
+//! `upscale_to` (default 736; 0 = PaddleOCR's never) is scaled up to it; then each side is
+//! rounded to a multiple of 32. Images whose detector input has the same (padded) shape share a batch;
 //! the padded shape is a function of the image alone, so batching never changes a result.
 
 pub mod postprocess;
@@ -75,7 +76,10 @@ mod tests {
 
     #[test]
     fn long_side_is_limited_and_rounded_to_32() {
-        let cfg = DetConfig::default();
+        let cfg = DetConfig {
+            upscale_to: 0,
+            ..DetConfig::default()
+        };
         let s = DetShape::plan(1920, 1080, &cfg, &[]);
         assert_eq!((s.resized_w, s.resized_h), (960, 544)); // 540 → 544
         let s = DetShape::plan(400, 300, &cfg, &[]); // never upscaled
@@ -83,6 +87,27 @@ mod tests {
         let s = DetShape::plan(10, 5, &cfg, &[]);
         assert_eq!((s.resized_w, s.resized_h), (32, 32));
         assert_eq!(s.tensor_key(), (32, 32));
+    }
+
+    #[test]
+    fn small_images_are_scaled_up_to_upscale_to_and_no_further() {
+        let cfg = DetConfig::default();
+        assert_eq!(cfg.upscale_to, 736);
+        let s = DetShape::plan(400, 300, &cfg, &[]); // 736 × 552 → 544
+        assert_eq!((s.resized_w, s.resized_h), (736, 544));
+        let s = DetShape::plan(338, 450, &cfg, &[]); // a small receipt photo: 552.7 × 736
+        assert_eq!((s.resized_w, s.resized_h), (544, 736));
+        let s = DetShape::plan(800, 600, &cfg, &[]); // between upscale_to and the limit: as is
+        assert_eq!((s.resized_w, s.resized_h), (800, 608));
+        let s = DetShape::plan(1920, 1080, &cfg, &[]); // large: limited as before
+        assert_eq!((s.resized_w, s.resized_h), (960, 544));
+        // upscale_to above the limit is held to the limit.
+        let cfg = DetConfig {
+            upscale_to: 2000,
+            ..DetConfig::default()
+        };
+        let s = DetShape::plan(400, 300, &cfg, &[]);
+        assert_eq!((s.resized_w, s.resized_h), (960, 704)); // 720 / 32 = 22.5 → 22 (half to even)
     }
 
     #[test]
@@ -98,7 +123,10 @@ mod tests {
 
     #[test]
     fn canvases_hold_the_image_in_the_smallest_shape() {
-        let cfg = DetConfig::default();
+        let cfg = DetConfig {
+            upscale_to: 0,
+            ..DetConfig::default()
+        };
         let c = DetConfig::cuda_canvases(960);
         assert_eq!(
             c,

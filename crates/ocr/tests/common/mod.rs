@@ -21,12 +21,15 @@ pub fn fixtures() -> PathBuf {
 
 /// The PP-OCRv4 configuration on CPU with `threads` intra-op threads: v4 is the set that Python
 /// RapidOCR 1.4.4 runs, which the fixtures' expectations (`rapidocr_expected.json`) come from,
-/// with RapidOCR's (and PaddleOCR's) box growth and classifier threshold; the defaults differ.
+/// with RapidOCR's (and PaddleOCR's) box growth, classifier threshold, no upscaling and unpadded crops; the
+/// defaults differ.
 /// The default settings have their own test in `parity.rs`.
 pub fn rapidocr_config(threads: usize) -> EngineConfig {
     let mut cfg = EngineConfig::with_models_dir(repo_root().join("models"));
     cfg.model_set = ModelSet::V4;
     cfg.det.unclip_ratio = 1.5;
+    cfg.det.upscale_to = 0;
+    cfg.det.crop_padding = 0.0;
     cfg.cls.thresh = 0.9;
     cfg.intra_threads = threads;
     cfg
