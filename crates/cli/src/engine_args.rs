@@ -57,6 +57,10 @@ pub struct EngineArgs {
     /// every edge (0 = the box itself).
     #[arg(long, default_value_t = EngineConfig::default().det.crop_padding)]
     pub crop_padding: f32,
+    /// Tuning: a scaled-down image whose boxes' median height is below this many detector
+    /// pixels is detected again at up to 2880 px (0 = never).
+    #[arg(long, default_value_t = EngineConfig::default().det.small_text_px)]
+    pub det_small_text_px: f32,
     /// Tuning: lines whose recognition score is below this are dropped.
     #[arg(long, default_value_t = EngineConfig::default().rec.drop_score)]
     pub rec_drop_score: f32,
@@ -83,6 +87,7 @@ impl EngineArgs {
         cfg.det.box_thresh = self.det_box_thresh;
         cfg.det.unclip_ratio = self.det_unclip_ratio;
         cfg.det.crop_padding = self.crop_padding;
+        cfg.det.small_text_px = self.det_small_text_px;
         cfg.rec.drop_score = self.rec_drop_score;
         cfg.cls.thresh = self.cls_thresh;
         if !self.rec_widths.is_empty() {

@@ -19,10 +19,10 @@ use crate::overlap::overlapped;
 use crate::replay::Recording;
 use crate::sessions::{batch_sizes, ModelSessions};
 
-use crate::config::{Device, EngineConfig, FaultPlan};
+use crate::config::{DetConfig, Device, EngineConfig, FaultPlan};
 use crate::crop::{crop_quad, padded};
 use crate::det::postprocess::{boxes_from_map, Quad};
-use crate::det::DetShape;
+use crate::det::{wants_second_pass, DetShape};
 use crate::error::{EngineError, OcrError, Stage};
 use crate::output::{ImageText, Line, Timings};
 use crate::rec::{Decoded, Dictionary};
@@ -536,7 +536,9 @@ impl Engine {
     }
 
     /// Boxes per image in reading order, each with its crop when `cut` (a degenerate box has
-    /// none).
+    /// none). An image scaled down so far that its text came out small
+    /// ([`crate::det::wants_second_pass`]) is detected again at up to
+    /// [`DetConfig::small_text_limit`], and the second pass's boxes are the ones kept.
     fn detect_timed(
         &mut self,
         images: &[RgbImage],
@@ -544,15 +546,53 @@ impl Engine {
         cut: bool,
     ) -> Vec<Result<Found, OcrError>> {
         let cfg = self.cfg.det.clone();
+        let all: Vec<usize> = (0..images.len()).collect();
+        let mut out = self.detect_pass(images, &all, &cfg, timings, cut, true);
+        let again: Vec<usize> = all
+            .into_iter()
+            .filter(|&i| matches!(out[i], Some(Ok(None))))
+            .collect();
+        if !again.is_empty() {
+            let second = cfg.second_pass();
+            tracing::debug!(
+                images = again.len(),
+                limit = second.limit_side_len,
+                "small text: detecting again at a higher resolution"
+            );
+            let mut redone = self.detect_pass(images, &again, &second, timings, cut, false);
+            for &i in &again {
+                out[i] = redone[i].take();
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                r.expect("every image in a group")
+                    .map(|found| found.expect("a second pass never asks for a third"))
+            })
+            .collect()
+    }
+
+    /// One detector pass over `images[which]` with `cfg`; the result is indexed like `images`
+    /// (`None` outside `which`). With `may_repeat`, an image that wants a second pass gets
+    /// `Ok(None)` and no crops.
+    fn detect_pass(
+        &mut self,
+        images: &[RgbImage],
+        which: &[usize],
+        cfg: &DetConfig,
+        timings: &mut [Timings],
+        cut: bool,
+        may_repeat: bool,
+    ) -> Vec<Option<Result<Option<Found>, OcrError>>> {
         let canvases = cfg.canvases.clone().unwrap_or_default();
         let shapes: Vec<DetShape> = images
             .iter()
-            .map(|im| DetShape::plan(im.width(), im.height(), &cfg, &canvases))
+            .map(|im| DetShape::plan(im.width(), im.height(), cfg, &canvases))
             .collect();
         // Group by tensor shape; BTreeMap keeps the order deterministic.
         let mut groups: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
-        for (i, s) in shapes.iter().enumerate() {
-            groups.entry(s.tensor_key()).or_default().push(i);
+        for &i in which {
+            groups.entry(shapes[i].tensor_key()).or_default().push(i);
         }
         // Batches: (tensor height, width, member images, padded batch size).
         let batches: Vec<(usize, usize, &[usize], usize)> = groups
@@ -605,7 +645,7 @@ impl Engine {
                     recording,
                 )
             },
-            |&(_, _, chunk, _), output| -> Vec<(Result<Found, OcrError>, f64, f64)> {
+            |&(_, _, chunk, _), output| -> Vec<(Result<Option<Found>, OcrError>, f64, f64)> {
                 chunk
                     .par_iter()
                     .enumerate()
@@ -621,22 +661,25 @@ impl Engine {
                                     stage: Stage::Detect,
                                     message: format!("unexpected detector output: {e}"),
                                 })?;
-                            Ok(boxes_from_map(map, &shapes[i], &cfg))
+                            Ok(boxes_from_map(map, &shapes[i], cfg))
                         });
                         let post = ms(t);
                         let t = Instant::now();
                         let r = r.map(|quads| {
-                            if cut {
-                                quads
+                            if may_repeat && wants_second_pass(&quads, &shapes[i], cfg) {
+                                None
+                            } else if cut {
+                                let found = quads
                                     .into_par_iter()
                                     .map(|q| {
                                         let pixels =
                                             crop_quad(&images[i], &padded(&q, cfg.crop_padding));
                                         (q, pixels)
                                     })
-                                    .collect()
+                                    .collect::<Found>();
+                                Some(found)
                             } else {
-                                quads.into_iter().map(|q| (q, None)).collect()
+                                Some(quads.into_iter().map(|q| (q, None)).collect())
                             }
                         });
                         (r, post, ms(t))
@@ -644,18 +687,16 @@ impl Engine {
                     .collect()
             },
         );
-        let mut out: Vec<Option<Result<Found, OcrError>>> = vec![None; images.len()];
+        let mut out: Vec<Option<Result<Option<Found>, OcrError>>> = vec![None; images.len()];
         for (&(_, _, chunk, _), d) in batches.iter().zip(done) {
             let share = (d.fill_ms + d.run_ms) / chunk.len() as f64;
             for (&i, (r, post, crop)) in chunk.iter().zip(d.result) {
-                timings[i].det = share + post;
-                timings[i].crop = crop;
+                timings[i].det += share + post;
+                timings[i].crop += crop;
                 out[i] = Some(r);
             }
         }
-        out.into_iter()
-            .map(|r| r.expect("every image in a group"))
-            .collect()
+        out
     }
 
     fn classify_timed(

@@ -9,6 +9,7 @@
 pub mod postprocess;
 
 use crate::config::DetConfig;
+use postprocess::Quad;
 
 /// The detector geometry of one image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +71,34 @@ impl DetShape {
     }
 }
 
+/// Whether an image detected at `shape` should be detected again at
+/// [`DetConfig::small_text_limit`]: the median height of its boxes (the shorter side of each,
+/// in detector pixels) is below [`DetConfig::small_text_px`], and the second pass would see
+/// the image at least 1.5× larger. `quads` are in image pixels.
+pub fn wants_second_pass(quads: &[Quad], shape: &DetShape, cfg: &DetConfig) -> bool {
+    if cfg.small_text_px <= 0.0 || quads.is_empty() {
+        return false;
+    }
+    let src_long = shape.src_w.max(shape.src_h) as f32;
+    let first_long = src_long.min(cfg.limit_side_len as f32);
+    let second_long = src_long.min(cfg.small_text_limit as f32);
+    if second_long < 1.5 * first_long {
+        return false;
+    }
+    let d = |a: [f32; 2], b: [f32; 2]| ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt();
+    let mut heights: Vec<f32> = quads
+        .iter()
+        .map(|q| {
+            let across = (d(q[0], q[1]) + d(q[2], q[3])) / 2.0;
+            let down = (d(q[1], q[2]) + d(q[3], q[0])) / 2.0;
+            across.min(down)
+        })
+        .collect();
+    let mid = heights.len() / 2;
+    let (_, median, _) = heights.select_nth_unstable_by(mid, f32::total_cmp);
+    *median * first_long / src_long < cfg.small_text_px
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +116,77 @@ mod tests {
         let s = DetShape::plan(10, 5, &cfg, &[]);
         assert_eq!((s.resized_w, s.resized_h), (32, 32));
         assert_eq!(s.tensor_key(), (32, 32));
+    }
+
+    /// `n` upright boxes `h` image pixels high.
+    fn lines(n: usize, h: f32) -> Vec<Quad> {
+        (0..n)
+            .map(|i| {
+                let y = 50.0 * i as f32;
+                [[10.0, y], [400.0, y], [400.0, y + h], [10.0, y + h]]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_second_pass_is_wanted_for_small_text_on_a_large_image() {
+        let cfg = DetConfig::default();
+        assert_eq!((cfg.small_text_px, cfg.small_text_limit), (10.0, 2880));
+        // A 2,880 px scan seen at 960: boxes 27 px high are 9 px at the detector's scale.
+        let big = DetShape::plan(2880, 2000, &cfg, &[]);
+        assert!(wants_second_pass(&lines(5, 27.0), &big, &cfg));
+        // 33 px high are 11 px: read well enough already.
+        assert!(!wants_second_pass(&lines(5, 33.0), &big, &cfg));
+        // The median decides, not the smallest box.
+        let mut mixed = lines(3, 24.0);
+        mixed.extend(lines(4, 36.0));
+        assert!(!wants_second_pass(&mixed, &big, &cfg));
+        mixed.extend(lines(2, 24.0));
+        assert!(wants_second_pass(&mixed, &big, &cfg));
+        // Nothing found: nothing to measure.
+        assert!(!wants_second_pass(&[], &big, &cfg));
+        // A 1,000 px page is seen at 960 already: a second pass would gain 4 %, not 1.5×.
+        let page = DetShape::plan(1000, 760, &cfg, &[]);
+        assert!(!wants_second_pass(&lines(5, 5.0), &page, &cfg));
+        // 1,440 px is exactly 1.5× the limit; 1,400 px is not.
+        let s = DetShape::plan(1440, 1000, &cfg, &[]);
+        assert!(wants_second_pass(&lines(5, 9.0), &s, &cfg)); // 6 px at 960
+        let s = DetShape::plan(1400, 1000, &cfg, &[]);
+        assert!(!wants_second_pass(&lines(5, 9.0), &s, &cfg));
+        // Vertical text: the boxes' shorter side is their width.
+        let tall: Vec<Quad> = (0..5)
+            .map(|i| {
+                let x = 50.0 * i as f32;
+                [[x, 10.0], [x + 27.0, 10.0], [x + 27.0, 600.0], [x, 600.0]]
+            })
+            .collect();
+        assert!(wants_second_pass(&tall, &big, &cfg));
+        // Switched off.
+        let off = DetConfig {
+            small_text_px: 0.0,
+            ..DetConfig::default()
+        };
+        assert!(!wants_second_pass(&lines(5, 3.0), &big, &off));
+    }
+
+    #[test]
+    fn the_second_pass_sees_the_image_at_up_to_its_limit() {
+        let cfg = DetConfig::default().second_pass();
+        assert_eq!((cfg.limit_side_len, cfg.upscale_to), (2880, 0));
+        let s = DetShape::plan(2313, 3000, &cfg, &[]);
+        assert_eq!((s.resized_w, s.resized_h), (2208, 2880)); // 2220.5 → 2208
+        let s = DetShape::plan(1600, 1200, &cfg, &[]); // its own size
+        assert_eq!((s.resized_w, s.resized_h), (1600, 1216)); // 37.5 → 38 (half to even)
+                                                              // On CUDA the second pass pads up to that limit's canvases.
+        let cuda = DetConfig {
+            canvases: Some(DetConfig::cuda_canvases(960)),
+            ..DetConfig::default()
+        };
+        assert_eq!(
+            cuda.second_pass().canvases,
+            Some(DetConfig::cuda_canvases(2880))
+        );
+        assert_eq!(DetConfig::default().second_pass().canvases, None);
     }
 
     #[test]
