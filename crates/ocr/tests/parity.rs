@@ -392,10 +392,12 @@ fn word_spaces_only_add_spaces_between_latin_characters_and_help() {
     assert!(err_with < err_without, "{err_with} vs {err_without}");
 }
 
-/// The default settings (PP-OCRv4 detector, PP-OCRv6 recogniser, unclip 1.3, classifier 0.99)
-/// read the fixtures. Measured: 2 of 1,323 characters wrong with spaces ignored (v4 with
-/// RapidOCR's settings: 0; v6 alone: 43, its detector misses the 46-character Chinese line), 28
-/// of 1,537 with spaces counted (v4: 40).
+/// The default settings (PP-OCRv4 detector, PP-OCRv6 recogniser, unclip 1.0, crops padded by
+/// 0.1 of the box height, upscaling to 736, classifier 0.99) read the fixtures. Measured: 1 of
+/// 1,323 characters wrong with spaces ignored (v4 with RapidOCR's settings: 0; v6 alone: 43,
+/// its detector misses the 46-character Chinese line; unclip 1.0 without the padding: 14, the
+/// tight boxes clip first and last letters and the tops of CJK strokes), 29 of 1,537 with
+/// spaces counted (v4: 40). Unclip 1.3 without padding, the defaults before: 2 and 28.
 #[test]
 fn the_default_model_set_reads_the_fixtures() {
     let mut cfg = EngineConfig::with_models_dir(repo_root().join("models"));
