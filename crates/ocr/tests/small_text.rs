@@ -9,8 +9,11 @@ use image::imageops::{self, FilterType};
 use image::{Rgb, RgbImage};
 use ocrfleet_ocr::{Engine, EngineConfig, ImageText};
 
+/// A pasted line: its text, and where it went (x, y, width, height).
+type Placed = (&'static str, u32, u32, u32, u32);
+
 /// Four fixture lines at 40 % of their size on a white 2,880 px page, and where each went.
-fn page() -> (RgbImage, Vec<(&'static str, u32, u32, u32, u32)>) {
+fn page() -> (RgbImage, Vec<Placed>) {
     let mut page = RgbImage::from_pixel(2880, 2880, Rgb([255, 255, 255]));
     let mut placed = Vec::new();
     let mut y = 600;

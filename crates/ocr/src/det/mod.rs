@@ -85,7 +85,7 @@ pub fn wants_second_pass(quads: &[Quad], shape: &DetShape, cfg: &DetConfig) -> b
     if second_long < 1.5 * first_long {
         return false;
     }
-    let d = |a: [f32; 2], b: [f32; 2]| ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt();
+    let d = postprocess::dist;
     let mut heights: Vec<f32> = quads
         .iter()
         .map(|q| {

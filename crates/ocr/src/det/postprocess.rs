@@ -86,7 +86,7 @@ pub fn boxes_from_map(pred: ArrayView2<'_, f32>, shape: &DetShape, cfg: &DetConf
     boxes
 }
 
-fn dist(a: [f32; 2], b: [f32; 2]) -> f32 {
+pub(crate) fn dist(a: [f32; 2], b: [f32; 2]) -> f32 {
     ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt()
 }
 
