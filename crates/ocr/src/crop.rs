@@ -79,6 +79,13 @@ pub fn padded(quad: &Quad, fraction: f32) -> Quad {
     ]
 }
 
+/// The [`frame`] of the crop cut from `padded(quad, padding)`, where word boxes are placed,
+/// with its corners held inside the `w`×`h` image (the grown box may reach past its edges).
+pub fn padded_frame(quad: &Quad, padding: f32, w: u32, h: u32) -> Quad {
+    let (w, h) = (w as f32, h as f32);
+    frame(&padded(quad, padding)).map(|[x, y]| [x.clamp(0.0, w), y.clamp(0.0, h)])
+}
+
 /// Crops `quad` (TL, TR, BR, BL) out of `img`. Returns `None` for a degenerate box.
 pub fn crop_quad(img: &RgbImage, quad: &Quad) -> Option<RgbImage> {
     let (w, h) = size(quad);
@@ -266,6 +273,24 @@ mod tests {
             }
         }
         assert_eq!(size(&g), (120, 70));
+    }
+
+    #[test]
+    fn the_padded_frame_stays_inside_the_image() {
+        // A line along the top-left corner of a 200×100 image: its grown box starts at -2.
+        let q: Quad = [[0.0, 0.0], [100.0, 0.0], [100.0, 20.0], [0.0, 20.0]];
+        assert_eq!(padded(&q, 0.1)[0], [-2.0, -2.0]);
+        assert_eq!(
+            padded_frame(&q, 0.1, 200, 100),
+            [[0.0, 0.0], [102.0, 0.0], [102.0, 22.0], [0.0, 22.0]]
+        );
+        // Inside the image nothing is clamped; a tall (turned) box's frame starts one corner on.
+        let t: Quad = [[150.0, 10.0], [180.0, 10.0], [180.0, 100.0], [150.0, 100.0]];
+        assert_eq!(
+            padded_frame(&t, 0.1, 200, 100),
+            [[183.0, 7.0], [183.0, 100.0], [147.0, 100.0], [147.0, 7.0]]
+        );
+        assert_eq!(frame(&padded(&t, 0.1))[1], [183.0, 103.0]);
     }
     use imageproc::geometric_transformations::{warp_into, Border, Interpolation};
 

@@ -463,11 +463,9 @@ impl Engine {
         for (i, d) in detected.into_iter().enumerate() {
             match d {
                 Ok(found) => crops.extend(found.into_iter().filter_map(|(quad, pixels)| {
-                    // The crop's pixels span the grown box, so word boxes are placed on it,
-                    // held inside the image (the grown box may reach past its edge).
-                    let (w, h) = (images[i].width() as f32, images[i].height() as f32);
-                    let frame = crate::crop::frame(&padded(&quad, padding))
-                        .map(|[x, y]| [x.clamp(0.0, w), y.clamp(0.0, h)]);
+                    // The crop's pixels span the grown box, so word boxes are placed on it.
+                    let (w, h) = images[i].dimensions();
+                    let frame = crate::crop::padded_frame(&quad, padding, w, h);
                     pixels.map(|pixels| Crop {
                         image: i,
                         quad,
