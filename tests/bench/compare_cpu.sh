@@ -19,8 +19,8 @@ for i in 1 2; do
 done
 python3 -c 'import json,sys; rows=[json.loads(l) for l in open(sys.argv[1]) if l.strip()]; print(json.dumps(max(rows, key=lambda r: r["img_per_s"])))' "$peer.all" > "$peer"
 rm -f "$peer.all"
-# RapidOCR's detector work: never scaled up, one pass (ocrfleet's defaults upscale images under
-# 736 px and look again at small print on large scans).
+# RapidOCR's work: never scaled up, one detector pass, crops of the box itself (ocrfleet's
+# defaults upscale images under 736 px, look again at small print on large scans and pad crops).
 ./target/release/ocrfleet bench ocr --models v4 --images "$images" --threads "$threads" --repeat 3 \
-  --det-upscale-to 0 --det-small-text-px 0 --batch-sizes "${BATCH_SIZES:-1,2,4,8,16,32,64}" --peer "$peer"
+  --det-upscale-to 0 --det-small-text-px 0 --crop-padding 0 --batch-sizes "${BATCH_SIZES:-1,2,4,8,16,32,64}" --peer "$peer"
 rm -f "$peer"

@@ -20,7 +20,7 @@ for t in "${threads[@]}"; do
     echo "== threads $t, ocrfleet --fused-graphs $fused"
     ./target/release/ocrfleet bench ocr --images "$pages" --models v4 --threads "$t" --host-threads "$t" \
       --repeat 1 --batch-sizes 8 --stages pipeline --fused-graphs "$fused" --peer "$tmp/peer.json" \
-      --det-upscale-to 0 --det-small-text-px 0 2>/dev/null  # RapidOCR's detector work
+      --det-upscale-to 0 --det-small-text-px 0 --crop-padding 0 2>/dev/null  # RapidOCR's work
   done
   echo "== threads $t, RapidOCR (downloaded graphs, then fused)"
   cat "$tmp/peer.json" "$tmp/peer-fused.json"

@@ -8,10 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use image::RgbImage;
-use ocrfleet_ocr::{
-    crop::{crop_quad, padded},
-    decode, Engine,
-};
+use ocrfleet_ocr::{crop, decode, Engine};
 
 use crate::engine_args::EngineArgs;
 use crate::ocr_cmd::collect_files;
@@ -271,7 +268,8 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
             b.as_ref()
                 .map(|qs| {
                     qs.iter()
-                        .filter_map(|q| crop_quad(img, &padded(q, defaults.det.crop_padding)))
+                        .filter_map(|q| crop::cut(img, q, defaults.det.crop_padding))
+                        .map(|(pixels, _)| pixels)
                         .collect::<Vec<_>>()
                 })
                 .unwrap_or_default()

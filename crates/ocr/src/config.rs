@@ -121,11 +121,12 @@ impl ModelSet {
     }
 }
 
-/// Text detection (DB) settings. Defaults are PaddleOCR's with `limit_type=max`.
+/// Text detection (DB) settings. Defaults are PaddleOCR's with `limit_type=max`, except where
+/// a field says otherwise (upscaling, unclip ratio, crop padding, the small-text pass).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DetConfig {
-    /// The long side is resized down to at most this many pixels (never up). Default 960.
+    /// The long side is resized down to at most this many pixels. Default 960.
     pub limit_side_len: u32,
     /// Images whose long side is shorter than this are scaled up to it (at most to
     /// `limit_side_len`) for detection; the crops are still cut from the original. 0 = never
@@ -143,10 +144,10 @@ pub struct DetConfig {
     /// Minimum mean probability inside a box. Default 0.6.
     pub box_thresh: f32,
     /// Box expansion ratio (distance = area × ratio / perimeter). Default 1.0 (PaddleOCR's is
-    /// 1.5): tighter crops read better on all three real sets (with upscaling to 736,
-    /// case-insensitive CER at 1.3 / 1.1 / 1.0: evaluation set 0.172 / 0.160 / 0.154, held-out
-    /// receipts and Chinese forms 0.233 / 0.210 / 0.208, held-out forms 0.165 / 0.163 / 0.159;
-    /// 0.9 split the first two). The price: on FUNSD's loosely drawn entity boxes detection F1
+    /// 1.5): tighter crops read better on all three real sets (case-insensitive CER at 1.3
+    /// without upscaling, then 1.1 and 1.0 with upscaling to 736: evaluation set 0.172 / 0.160 /
+    /// 0.154, held-out receipts and Chinese forms 0.233 / 0.210 / 0.208, held-out forms 0.165 /
+    /// 0.163 / 0.159; 0.9 split the first two). The price: on FUNSD's loosely drawn entity boxes detection F1
     /// falls (held-out forms 0.702 → 0.676), while on line-level labels it rises (0.775 →
     /// 0.788). README "Accuracy on real documents".
     pub unclip_ratio: f32,
@@ -186,13 +187,17 @@ pub struct DetConfig {
 
 impl DetConfig {
     /// The settings of the second, higher-resolution pass for small text: limit
-    /// `small_text_limit`, no upscaling, and on CUDA that limit's canvases.
+    /// `small_text_limit`, no upscaling, one image per run, and where the first pass uses
+    /// canvases (CUDA) the single square canvas of that limit, so the second pass adds one
+    /// input shape (one session, warmed up with the rest) rather than one per size.
     pub fn second_pass(&self) -> DetConfig {
+        let side = self.small_text_limit.div_ceil(32) * 32;
         DetConfig {
             limit_side_len: self.small_text_limit,
             upscale_to: 0,
+            batch_size: 1,
             canvases: match &self.canvases {
-                Some(c) if !c.is_empty() => Some(Self::cuda_canvases(self.small_text_limit)),
+                Some(c) if !c.is_empty() => Some(vec![[side, side]]),
                 other => other.clone(),
             },
             ..self.clone()
@@ -484,6 +489,17 @@ impl EngineConfig {
                 return Err("det.canvases must be [width, height] pairs of multiples of 32".into());
             }
         }
+        if !(0.0..=1.0).contains(&self.det.crop_padding) {
+            return Err(
+                "det.crop_padding must be between 0 and 1 (a fraction of the box height)".into(),
+            );
+        }
+        if !(self.det.small_text_px >= 0.0 && self.det.small_text_px.is_finite()) {
+            return Err("det.small_text_px must be 0 (off) or a positive number of pixels".into());
+        }
+        if self.det.small_text_px > 0.0 && self.det.small_text_limit < 32 {
+            return Err("det.small_text_limit must be at least 32".into());
+        }
         if self.max_sessions_per_model == 0 {
             return Err("max_sessions_per_model must be at least 1".into());
         }
@@ -552,6 +568,27 @@ impl EngineConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crop_padding_and_the_small_text_pass_are_validated() {
+        let ok = EngineConfig::default();
+        assert!(ok.validate().is_ok());
+        for bad in [-0.1, 1.5, f32::NAN] {
+            let mut c = ok.clone();
+            c.det.crop_padding = bad;
+            assert!(c.validate().is_err(), "crop_padding {bad}");
+        }
+        for bad in [-1.0, f32::NAN, f32::INFINITY] {
+            let mut c = ok.clone();
+            c.det.small_text_px = bad;
+            assert!(c.validate().is_err(), "small_text_px {bad}");
+        }
+        let mut c = ok.clone();
+        c.det.small_text_limit = 0;
+        assert!(c.validate().is_err());
+        c.det.small_text_px = 0.0; // off: the limit is not used
+        assert!(c.validate().is_ok());
+    }
 
     #[test]
     fn device_parses() {

@@ -79,11 +79,19 @@ pub fn padded(quad: &Quad, fraction: f32) -> Quad {
     ]
 }
 
-/// The [`frame`] of the crop cut from `padded(quad, padding)`, where word boxes are placed,
-/// with its corners held inside the `w`×`h` image (the grown box may reach past its edges).
-pub fn padded_frame(quad: &Quad, padding: f32, w: u32, h: u32) -> Quad {
-    let (w, h) = (w as f32, h as f32);
-    frame(&padded(quad, padding)).map(|[x, y]| [x.clamp(0.0, w), y.clamp(0.0, h)])
+/// What the recogniser reads of one detected box: the crop of `padded(quad, padding)` with its
+/// corners held inside the image (as the detector holds its own boxes, so an edge line gets no
+/// smear of repeated border pixels), and that crop's [`frame`], where word boxes are placed.
+/// `None` for a degenerate box. Padding 0 cuts `quad` itself.
+pub fn cut(img: &RgbImage, quad: &Quad, padding: f32) -> Option<(RgbImage, Quad)> {
+    let grown = if padding == 0.0 {
+        *quad
+    } else {
+        let (xmax, ymax) = (img.width() as f32 - 1.0, img.height() as f32 - 1.0);
+        padded(quad, padding)
+            .map(|[x, y]| [x.clamp(0.0, xmax.max(0.0)), y.clamp(0.0, ymax.max(0.0))])
+    };
+    Some((crop_quad(img, &grown)?, frame(&grown)))
 }
 
 /// Crops `quad` (TL, TR, BR, BL) out of `img`. Returns `None` for a degenerate box.
@@ -276,21 +284,38 @@ mod tests {
     }
 
     #[test]
-    fn the_padded_frame_stays_inside_the_image() {
-        // A line along the top-left corner of a 200×100 image: its grown box starts at -2.
+    fn a_cut_is_held_inside_the_image_and_its_frame_matches_its_pixels() {
+        let img = RgbImage::from_fn(200, 100, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        // A line along the top-left corner: its grown box would start at -2.
         let q: Quad = [[0.0, 0.0], [100.0, 0.0], [100.0, 20.0], [0.0, 20.0]];
         assert_eq!(padded(&q, 0.1)[0], [-2.0, -2.0]);
+        let (pixels, frame) = cut(&img, &q, 0.1).unwrap();
         assert_eq!(
-            padded_frame(&q, 0.1, 200, 100),
+            frame,
             [[0.0, 0.0], [102.0, 0.0], [102.0, 22.0], [0.0, 22.0]]
         );
-        // Inside the image nothing is clamped; a tall (turned) box's frame starts one corner on.
-        let t: Quad = [[150.0, 10.0], [180.0, 10.0], [180.0, 100.0], [150.0, 100.0]];
+        assert_eq!(pixels.dimensions(), (102, 22));
         assert_eq!(
-            padded_frame(&t, 0.1, 200, 100),
-            [[183.0, 7.0], [183.0, 100.0], [147.0, 100.0], [147.0, 7.0]]
+            pixels,
+            image::imageops::crop_imm(&img, 0, 0, 102, 22).to_image()
         );
-        assert_eq!(frame(&padded(&t, 0.1))[1], [183.0, 103.0]);
+        // Inside the image: the grown box itself; a tall box is turned and its frame starts
+        // one corner on.
+        let t: Quad = [[150.0, 10.0], [180.0, 10.0], [180.0, 80.0], [150.0, 80.0]];
+        let (pixels, frame) = cut(&img, &t, 0.1).unwrap();
+        assert_eq!(
+            frame,
+            [[183.0, 7.0], [183.0, 83.0], [147.0, 83.0], [147.0, 7.0]]
+        );
+        assert_eq!(pixels.dimensions(), (76, 36));
+        // At the far corner the grown box is held to the last pixel.
+        let e: Quad = [[150.0, 80.0], [199.0, 80.0], [199.0, 99.0], [150.0, 99.0]];
+        let (_, frame) = cut(&img, &e, 0.1).unwrap();
+        assert_eq!(frame[2], [199.0, 99.0]);
+        // No padding: the box as it is.
+        assert_eq!(cut(&img, &q, 0.0).unwrap().1, q);
+        let degenerate: Quad = [[5.0, 5.0]; 4];
+        assert!(cut(&img, &degenerate, 0.1).is_none());
     }
     use imageproc::geometric_transformations::{warp_into, Border, Interpolation};
 

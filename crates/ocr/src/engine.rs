@@ -20,7 +20,6 @@ use crate::replay::Recording;
 use crate::sessions::{batch_sizes, ModelSessions};
 
 use crate::config::{DetConfig, Device, EngineConfig, FaultPlan};
-use crate::crop::{crop_quad, padded};
 use crate::det::postprocess::{boxes_from_map, Quad};
 use crate::det::{wants_second_pass, DetShape};
 use crate::error::{EngineError, OcrError, Stage};
@@ -305,18 +304,23 @@ impl Engine {
         }
         let t = Instant::now();
         let cfg = &self.cfg;
-        let det: Vec<[usize; 4]> = cfg
-            .det
-            .canvases
-            .clone()
-            .unwrap_or_default()
-            .iter()
-            .flat_map(|&[w, h]| {
-                batch_sizes(cfg.det.batch_size)
-                    .into_iter()
-                    .map(move |b| [b, 3, h as usize, w as usize])
-            })
-            .collect();
+        let det_shapes = |det: &DetConfig| -> Vec<[usize; 4]> {
+            det.canvases
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|&[w, h]| {
+                    batch_sizes(det.batch_size)
+                        .into_iter()
+                        .map(move |b| [b, 3, h as usize, w as usize])
+                })
+                .collect()
+        };
+        let mut det = det_shapes(&cfg.det);
+        if cfg.det.small_text_px > 0.0 {
+            // The small-text pass's one shape ([`DetConfig::second_pass`]).
+            det.extend(det_shapes(&cfg.det.second_pass()));
+        }
         let cls: Vec<[usize; 4]> = batch_sizes(cfg.cls.batch_size)
             .into_iter()
             .map(|b| [b, 3, cls::HEIGHT as usize, cls::WIDTH as usize])
@@ -458,15 +462,11 @@ impl Engine {
         // 1. Detection, and 2. the crops in each image's reading order: cut on the host pool
         // while the detector runs the next batch.
         let detected = self.detect_timed(images, &mut timings, true);
-        let padding = self.cfg.det.crop_padding;
         let mut crops = Vec::new();
         for (i, d) in detected.into_iter().enumerate() {
             match d {
-                Ok(found) => crops.extend(found.into_iter().filter_map(|(quad, pixels)| {
-                    // The crop's pixels span the grown box, so word boxes are placed on it.
-                    let (w, h) = images[i].dimensions();
-                    let frame = crate::crop::padded_frame(&quad, padding, w, h);
-                    pixels.map(|pixels| Crop {
+                Ok(found) => crops.extend(found.into_iter().filter_map(|(quad, cut)| {
+                    cut.map(|(pixels, frame)| Crop {
                         image: i,
                         quad,
                         frame,
@@ -552,7 +552,7 @@ impl Engine {
         let mut out = self.detect_pass(images, &all, &cfg, timings, cut, true);
         let again: Vec<usize> = all
             .into_iter()
-            .filter(|&i| matches!(out[i], Some(Ok(None))))
+            .filter(|&i| matches!(out[i], Some(Ok(Pass::Again(_)))))
             .collect();
         if !again.is_empty() {
             let second = cfg.second_pass();
@@ -563,20 +563,34 @@ impl Engine {
             );
             let mut redone = self.detect_pass(images, &again, &second, timings, cut, false);
             for &i in &again {
-                out[i] = redone[i].take();
+                match redone[i].take() {
+                    Some(Ok(pass)) => out[i] = Some(Ok(pass)),
+                    // The first pass's boxes stand if the second pass fails (a GPU out of
+                    // memory at the larger size, say): the image was read, if less well.
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "second detector pass failed; keeping the first");
+                        if let Some(Ok(Pass::Again(quads))) = out[i].take() {
+                            let t = Instant::now();
+                            let found = self.pool.install(|| cut_all(&images[i], quads, cut, &cfg));
+                            timings[i].crop += ms(t);
+                            out[i] = Some(Ok(Pass::Done(found)));
+                        }
+                    }
+                    None => unreachable!("the second pass covers every image it was given"),
+                }
             }
         }
         out.into_iter()
-            .map(|r| {
-                r.expect("every image in a group")
-                    .map(|found| found.expect("a second pass never asks for a third"))
+            .map(|r| match r.expect("every image in a group")? {
+                Pass::Done(found) => Ok(found),
+                Pass::Again(_) => unreachable!("a second pass never asks for a third"),
             })
             .collect()
     }
 
     /// One detector pass over `images[which]` with `cfg`; the result is indexed like `images`
     /// (`None` outside `which`). With `may_repeat`, an image that wants a second pass gets
-    /// `Ok(None)` and no crops.
+    /// [`Pass::Again`] with its boxes and no crops.
     fn detect_pass(
         &mut self,
         images: &[RgbImage],
@@ -585,7 +599,7 @@ impl Engine {
         timings: &mut [Timings],
         cut: bool,
         may_repeat: bool,
-    ) -> Vec<Option<Result<Option<Found>, OcrError>>> {
+    ) -> Vec<Option<Result<Pass, OcrError>>> {
         let canvases = cfg.canvases.clone().unwrap_or_default();
         let shapes: Vec<DetShape> = images
             .iter()
@@ -647,7 +661,7 @@ impl Engine {
                     recording,
                 )
             },
-            |&(_, _, chunk, _), output| -> Vec<(Result<Option<Found>, OcrError>, f64, f64)> {
+            |&(_, _, chunk, _), output| -> Vec<(Result<Pass, OcrError>, f64, f64)> {
                 chunk
                     .par_iter()
                     .enumerate()
@@ -669,19 +683,9 @@ impl Engine {
                         let t = Instant::now();
                         let r = r.map(|quads| {
                             if may_repeat && wants_second_pass(&quads, &shapes[i], cfg) {
-                                None
-                            } else if cut {
-                                let found = quads
-                                    .into_par_iter()
-                                    .map(|q| {
-                                        let pixels =
-                                            crop_quad(&images[i], &padded(&q, cfg.crop_padding));
-                                        (q, pixels)
-                                    })
-                                    .collect::<Found>();
-                                Some(found)
+                                Pass::Again(quads)
                             } else {
-                                Some(quads.into_iter().map(|q| (q, None)).collect())
+                                Pass::Done(cut_all(&images[i], quads, cut, cfg))
                             }
                         });
                         (r, post, ms(t))
@@ -689,7 +693,7 @@ impl Engine {
                     .collect()
             },
         );
-        let mut out: Vec<Option<Result<Option<Found>, OcrError>>> = vec![None; images.len()];
+        let mut out: Vec<Option<Result<Pass, OcrError>>> = vec![None; images.len()];
         for (&(_, _, chunk, _), d) in batches.iter().zip(done) {
             let share = (d.fill_ms + d.run_ms) / chunk.len() as f64;
             for (&i, (r, post, crop)) in chunk.iter().zip(d.result) {
@@ -929,8 +933,29 @@ fn device_error(device: Device, message: String) -> EngineError {
     }
 }
 
-/// Boxes found in one image, in reading order, each with its crop when one was cut.
-type Found = Vec<(Quad, Option<RgbImage>)>;
+/// Boxes found in one image, in reading order, each with its crop and the crop's frame when
+/// one was cut ([`crate::crop::cut`]).
+type Found = Vec<(Quad, Option<(RgbImage, Quad)>)>;
+
+/// One image's outcome of a detector pass: its boxes (and crops), or, from a first pass that
+/// found its text too small, the boxes it found, to be detected again.
+#[derive(Clone)]
+enum Pass {
+    Done(Found),
+    Again(Vec<Quad>),
+}
+
+/// Each box with its crop (on the calling rayon pool) when `cut`.
+fn cut_all(image: &RgbImage, quads: Vec<Quad>, cut: bool, cfg: &DetConfig) -> Found {
+    if cut {
+        quads
+            .into_par_iter()
+            .map(|q| (q, crate::crop::cut(image, &q, cfg.crop_padding)))
+            .collect()
+    } else {
+        quads.into_iter().map(|q| (q, None)).collect()
+    }
+}
 /// What [`Engine::warm_up`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct WarmUp {

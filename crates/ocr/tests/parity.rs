@@ -422,7 +422,9 @@ fn the_default_model_set_reads_the_fixtures() {
     let (err_ws, len_ws) = errors_with_spaces(&got);
     println!("default set: {err}/{len} wrong, spaces ignored; {err_ws}/{len_ws} spaces counted");
     assert!(len > 1000);
-    assert!(err * 100 <= len, "CER {err}/{len} above 1 %");
+    // 0.4 % (5 of 1,323): tight boxes without the crop padding read 14 wrong, so the padding's
+    // protection of clean rendered text must show here (it was 1 % before the padding).
+    assert!(err * 250 <= len, "CER {err}/{len} above 0.4 %");
     assert!(
         err_ws * 100 <= len_ws * 3,
         "CER with spaces {err_ws}/{len_ws} above 3 %"

@@ -172,20 +172,24 @@ mod tests {
     #[test]
     fn the_second_pass_sees_the_image_at_up_to_its_limit() {
         let cfg = DetConfig::default().second_pass();
-        assert_eq!((cfg.limit_side_len, cfg.upscale_to), (2880, 0));
+        assert_eq!(
+            (cfg.limit_side_len, cfg.upscale_to, cfg.batch_size),
+            (2880, 0, 1)
+        );
         let s = DetShape::plan(2313, 3000, &cfg, &[]);
         assert_eq!((s.resized_w, s.resized_h), (2208, 2880)); // 2220.5 → 2208
         let s = DetShape::plan(1600, 1200, &cfg, &[]); // its own size
         assert_eq!((s.resized_w, s.resized_h), (1600, 1216)); // 37.5 → 38 (half to even)
-                                                              // On CUDA the second pass pads up to that limit's canvases.
+                                                              // On CUDA the second pass pads every image to one square canvas: one more shape.
         let cuda = DetConfig {
             canvases: Some(DetConfig::cuda_canvases(960)),
             ..DetConfig::default()
         };
-        assert_eq!(
-            cuda.second_pass().canvases,
-            Some(DetConfig::cuda_canvases(2880))
-        );
+        let second = cuda.second_pass();
+        assert_eq!(second.canvases, Some(vec![[2880, 2880]]));
+        let c = second.canvases.clone().unwrap();
+        let s = DetShape::plan(2313, 3000, &second, &c);
+        assert_eq!(s.tensor_key(), (2880, 2880));
         assert_eq!(DetConfig::default().second_pass().canvases, None);
     }
 
@@ -197,7 +201,8 @@ mod tests {
         assert_eq!((s.resized_w, s.resized_h), (736, 544));
         let s = DetShape::plan(338, 450, &cfg, &[]); // a small receipt photo: 552.7 × 736
         assert_eq!((s.resized_w, s.resized_h), (544, 736));
-        let s = DetShape::plan(800, 600, &cfg, &[]); // between upscale_to and the limit: as is
+        // Between upscale_to and the limit: as is.
+        let s = DetShape::plan(800, 600, &cfg, &[]);
         assert_eq!((s.resized_w, s.resized_h), (800, 608));
         let s = DetShape::plan(1920, 1080, &cfg, &[]); // large: limited as before
         assert_eq!((s.resized_w, s.resized_h), (960, 544));

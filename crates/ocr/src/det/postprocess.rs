@@ -226,7 +226,7 @@ mod tests {
         let boxes = boxes_from_map(pred.view(), &shape(128, 64), &DetConfig::default());
         assert_eq!(boxes.len(), 1, "{boxes:?}");
         let b = boxes[0];
-        // 100×20 region, distance = 2000·1.3/240 ≈ 10.8 on each side (contour is 99×19).
+        // 100×20 region, distance = 2000·1.0/240 ≈ 8.3 on each side (contour is 99×19).
         assert!(b[0][0] < 10.0 && b[0][1] < 20.0, "{b:?}");
         assert!(b[2][0] > 108.0 && b[2][1] > 38.0, "{b:?}");
         assert!(b[0][0] >= 0.0 && b[2][1] <= 63.0);

@@ -21,7 +21,7 @@ pub fn fixtures() -> PathBuf {
 
 /// The PP-OCRv4 configuration on CPU with `threads` intra-op threads: v4 is the set that Python
 /// RapidOCR 1.4.4 runs, which the fixtures' expectations (`rapidocr_expected.json`) come from,
-/// with RapidOCR's (and PaddleOCR's) box growth, classifier threshold, no upscaling and unpadded crops; the
+/// with RapidOCR's (and PaddleOCR's) box growth, classifier threshold, no upscaling, unpadded crops and one detector pass; the
 /// defaults differ.
 /// The default settings have their own test in `parity.rs`.
 pub fn rapidocr_config(threads: usize) -> EngineConfig {
@@ -30,6 +30,7 @@ pub fn rapidocr_config(threads: usize) -> EngineConfig {
     cfg.det.unclip_ratio = 1.5;
     cfg.det.upscale_to = 0;
     cfg.det.crop_padding = 0.0;
+    cfg.det.small_text_px = 0.0;
     cfg.cls.thresh = 0.9;
     cfg.intra_threads = threads;
     cfg
