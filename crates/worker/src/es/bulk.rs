@@ -9,7 +9,8 @@
 //! | HTTP 2xx, item 409 `version_conflict_engine_exception` | superseded: a newer record's document is there (external versioning); finished, not a failure |
 //! | HTTP 2xx, item 429 or 5xx, or no item result | retry that item (infrastructure) |
 //! | HTTP 2xx, item 400 `strict_dynamic_mapping_exception` | the index's mapping is older than the worker's documents (a field the worker writes is unknown to it): infrastructure, retry; see [`crate::es::document::additive_mapping`] |
-//! | HTTP 2xx, item other 4xx (mapping, parse) | the record is bad: dead letter, stage `index` |
+//! | HTTP 2xx, item 401/403/404, or an item error about the index rather than the document (`security_exception`, `cluster_block_exception`, `index_closed_exception`, `index_not_found_exception`, an alias without a write index) | infrastructure: retry the item, pausing intake; see [`refuses_every_document`] |
+//! | HTTP 2xx, item other 4xx (mapping, parse, a field value) | the record is bad: dead letter, stage `index` |
 //! | HTTP 413 | the request is too large: split it; one document alone → dead letter, class `too_large` |
 //! | anything else (transport error, 5xx, 429, 400, 401, 403, 404, ...) | infrastructure fault: retry the whole request, never dead-letter |
 
@@ -140,6 +141,9 @@ pub fn classify(status: Result<u16, String>, body: &[u8], n: usize) -> RequestOu
                     s if s >= 500 || s == 0 => {
                         ItemOutcome::Retry(format!("item {s} {kind}: {reason}"))
                     }
+                    s if refuses_every_document(s, &kind, &reason) => ItemOutcome::Retry(format!(
+                        "Elasticsearch refuses writes to the index, not this document (item {s} {kind}: {reason})"
+                    )),
                     s => ItemOutcome::Rejected {
                         status: s,
                         kind,
@@ -149,6 +153,36 @@ pub fn classify(status: Result<u16, String>, body: &[u8], n: usize) -> RequestOu
             })
             .collect(),
     )
+}
+
+/// Whether an item-level refusal is about the index or the cluster rather than the document,
+/// so that every document sent there would be refused the same way: the infrastructure is
+/// wrong, and the item is retried (pausing intake) instead of dead-lettered.
+///
+/// Elasticsearch answers these inside a 200 bulk response:
+/// - 401/403: `security_exception` (a missing privilege on the index), `cluster_block_exception`
+///   (a write block: disk flood stage, `index.blocks.write`, a read-only cluster); 404:
+///   `index_not_found_exception` (the index or alias is gone and auto-create is off). Any
+///   401, 403 or 404 counts, whatever its type: none of them can be a property of one document.
+/// - 400 `index_closed_exception`; 400 `illegal_argument_exception` when it is about the alias
+///   (no write index, or several indices behind it), not about a field value;
+///   `invalid_index_name_exception`.
+///
+/// Everything else at 4xx (a mapping or parse error, a value a field cannot take, an immense
+/// term) is the document's own: a dead letter.
+pub fn refuses_every_document(status: u16, kind: &str, reason: &str) -> bool {
+    match (status, kind) {
+        (401 | 403 | 404, _) => true,
+        (_, "security_exception" | "cluster_block_exception" | "index_closed_exception")
+        | (_, "index_not_found_exception" | "invalid_index_name_exception") => true,
+        (_, "illegal_argument_exception") => {
+            let r = reason.to_ascii_lowercase();
+            r.contains("no write index is defined")
+                || r.contains("more than one indices associated")
+                || r.contains("more than one index associated")
+        }
+        _ => false,
+    }
 }
 
 /// Groups documents of the given serialised `sizes` (bytes, both NDJSON lines) into requests of
@@ -217,6 +251,50 @@ mod tests {
             matches!(r[6], ItemOutcome::Retry(_)),
             "missing item result is retried"
         );
+    }
+
+    /// Per-item refusals that say the index or cluster refuses writes (as Elasticsearch answers
+    /// them inside a 200 bulk response) are infrastructure faults; per-document ones are not.
+    #[test]
+    fn item_refusals_about_the_index_are_retried_and_those_about_the_document_are_rejected() {
+        let infra = [
+            (403, "security_exception", "action [indices:data/write/bulk[s]] is unauthorized for API key id [k] of user [ocr]"),
+            (403, "cluster_block_exception", "index [ocr-000001] blocked by: [FORBIDDEN/8/index write (api)];"),
+            (429, "cluster_block_exception", "index [ocr-000001] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark, index has read-only-allow-delete block];"),
+            (400, "index_closed_exception", "closed"),
+            (400, "illegal_argument_exception", "no write index is defined for alias [ocr]. The write index may be explicitly disabled using is_write_index=false or the alias points to multiple indices without one being designated as a write index"),
+            (400, "illegal_argument_exception", "Alias [ocr] has more than one indices associated with it [[a, b]], can't execute a single index op"),
+            (404, "index_not_found_exception", "no such index [ocr] and [action.auto_create_index] is [false]"),
+            (401, "", ""),
+        ];
+        for (status, kind, reason) in infra {
+            let body = json!({"errors": true, "items": [{"index": {"_id": "a", "status": status, "error": {"type": kind, "reason": reason}}}]});
+            match &items(200, body, 1)[0] {
+                ItemOutcome::Retry(r) => assert!(r.contains(kind), "{r}"),
+                other => panic!("{status} {kind} must be retried, got {other:?}"),
+            }
+        }
+        let own = [
+            (
+                400,
+                "mapper_parsing_exception",
+                "failed to parse field [metadata] of type [flattened]",
+            ),
+            (400, "document_parsing_exception", "[1:2] failed to parse"),
+            (
+                400,
+                "illegal_argument_exception",
+                "Document contains at least one immense term in field=\"text\"",
+            ),
+            (400, "x_content_parse_exception", "unexpected character"),
+        ];
+        for (status, kind, reason) in own {
+            let body = json!({"errors": true, "items": [{"index": {"_id": "a", "status": status, "error": {"type": kind, "reason": reason}}}]});
+            assert!(
+                matches!(&items(200, body, 1)[0], ItemOutcome::Rejected { kind: k, .. } if k == kind),
+                "{kind}: {reason} is the document's own"
+            );
+        }
     }
 
     #[test]

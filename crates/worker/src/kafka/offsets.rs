@@ -26,6 +26,9 @@ struct Partition {
 pub struct OffsetTracker {
     parts: HashMap<i32, Partition>,
     next_generation: u64,
+    /// The lowest offset of each partition that arrived while it was not assigned (and was
+    /// therefore not taken); see [`OffsetTracker::received`].
+    unassigned: HashMap<i32, i64>,
 }
 
 impl OffsetTracker {
@@ -33,13 +36,17 @@ impl OffsetTracker {
     pub fn assign(&mut self, partition: i32) {
         self.next_generation += 1;
         let g = self.next_generation;
-        self.parts.insert(
-            partition,
-            Partition {
-                generation: g,
-                ..Default::default()
-            },
-        );
+        let mut p = Partition {
+            generation: g,
+            ..Default::default()
+        };
+        if let Some(floor) = self.unassigned.remove(&partition) {
+            // A message at `floor` was seen and not taken: hold commits below it until it has
+            // been received again and finished.
+            p.pending.insert(floor, false);
+            p.first_received = Some(floor);
+        }
+        self.parts.insert(partition, p);
     }
 
     /// A partition was revoked: forget its in-flight work. Returns the position to commit
@@ -60,17 +67,25 @@ impl OffsetTracker {
         self.generation(partition) == Some(generation)
     }
 
-    /// Records a received message; returns its generation (assigning the partition if the
-    /// consumer delivered it before the assignment callback was seen).
-    pub fn received(&mut self, partition: i32, offset: i64) -> u64 {
-        if !self.parts.contains_key(&partition) {
-            self.assign(partition);
-        }
-        let p = self.parts.get_mut(&partition).expect("just ensured");
+    /// Records a received message and returns its generation, or `None` when the partition is
+    /// not assigned: such a message is not taken (not tracked, never committed), because the
+    /// sink would drop it as not ours while a done event for it would count. A generation made
+    /// up here would be one that [`crate::kafka::Assignment`] never published: the message would
+    /// then be committed with neither a document nor a dead letter.
+    ///
+    /// The offset is remembered: if the partition is assigned later, commits stay below it
+    /// until it has been received and finished in the new generation, so that nothing between
+    /// the committed position and it can be skipped.
+    pub fn received(&mut self, partition: i32, offset: i64) -> Option<u64> {
+        let Some(p) = self.parts.get_mut(&partition) else {
+            let floor = self.unassigned.entry(partition).or_insert(offset);
+            *floor = (*floor).min(offset);
+            return None;
+        };
         p.pending.insert(offset, false);
         p.first_received.get_or_insert(offset);
         p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
-        p.generation
+        Some(p.generation)
     }
 
     /// Marks a message finished. Ignored when the generation is stale.
@@ -145,7 +160,7 @@ mod tests {
     fn commits_only_below_the_first_unfinished_offset() {
         let mut t = OffsetTracker::default();
         t.assign(0);
-        let g = (10..15).map(|o| t.received(0, o)).last().unwrap();
+        let g = (10..15).map(|o| t.received(0, o).unwrap()).last().unwrap();
         assert_eq!(t.take_commits(), vec![]);
         t.finished(0, 11, g);
         t.finished(0, 12, g);
@@ -163,13 +178,13 @@ mod tests {
     fn revoked_work_is_ignored() {
         let mut t = OffsetTracker::default();
         t.assign(3);
-        let g1 = t.received(3, 100);
+        let g1 = t.received(3, 100).unwrap();
         t.received(3, 101);
         t.finished(3, 100, g1);
         assert_eq!(t.revoke(3), Some(101));
         // Re-assigned: the old generation's completions must not count.
         t.assign(3);
-        let g2 = t.received(3, 101);
+        let g2 = t.received(3, 101).unwrap();
         assert_ne!(g1, g2);
         assert!(!t.finished(3, 101, g1));
         assert_eq!(t.take_commits(), vec![]);
@@ -180,7 +195,8 @@ mod tests {
     #[test]
     fn a_failed_commit_is_offered_again() {
         let mut t = OffsetTracker::default();
-        let g = t.received(2, 7);
+        t.assign(2);
+        let g = t.received(2, 7).unwrap();
         t.finished(2, 7, g);
         assert_eq!(t.take_commits(), vec![(2, 8)]);
         assert_eq!(t.take_commits(), vec![]);
@@ -191,11 +207,38 @@ mod tests {
     #[test]
     fn partitions_are_independent() {
         let mut t = OffsetTracker::default();
-        let a = t.received(0, 0);
-        let _b = t.received(1, 0);
+        t.assign(0);
+        t.assign(1);
+        let a = t.received(0, 0).unwrap();
+        let _b = t.received(1, 0).unwrap();
         t.finished(0, 0, a);
         assert_eq!(t.take_commits(), vec![(0, 1)]);
         assert_eq!(t.in_flight(), 1);
         assert_eq!(t.partitions(), vec![0, 1]);
+    }
+
+    /// A message of a partition that is not assigned gets no generation, is not tracked and
+    /// can never move a commit; once the partition is assigned, commits wait for that offset.
+    #[test]
+    fn a_message_of_an_unassigned_partition_is_not_taken_and_holds_commits_below_it() {
+        let mut t = OffsetTracker::default();
+        assert_eq!(t.received(5, 40), None, "not assigned: not taken");
+        assert_eq!(t.in_flight(), 0);
+        assert!(
+            !t.finished(5, 40, 1),
+            "no generation exists to finish it in"
+        );
+        assert_eq!(t.take_commits(), vec![]);
+        t.assign(5);
+        let g = t.generation(5).unwrap();
+        // Later offsets arrive and finish first: the commit must not pass 40.
+        for o in 41..44 {
+            assert_eq!(t.received(5, o), Some(g));
+            assert!(t.finished(5, o, g));
+        }
+        assert_eq!(t.take_commits(), vec![], "40 was never processed");
+        assert_eq!(t.received(5, 40), Some(g));
+        assert!(t.finished(5, 40, g));
+        assert_eq!(t.take_commits(), vec![(5, 44)]);
     }
 }

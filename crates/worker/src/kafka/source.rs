@@ -294,22 +294,31 @@ pub fn run(
         };
         match consumer.poll(timeout) {
             Some(Ok(m)) if stop_deadline.is_none() => {
-                let envelope = {
-                    let mut st = ctx.state();
-                    let generation = st.tracker.received(m.partition(), m.offset());
-                    Envelope {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        generation,
-                        key: m.key().map(<[u8]>::to_vec),
-                        value: m.payload().map(<[u8]>::to_vec),
-                        headers: super::headers::raw_headers(&m),
-                        timestamp_ms: m.timestamp().to_millis(),
-                        charge: Charge::default(),
+                let generation = ctx.state().tracker.received(m.partition(), m.offset());
+                match generation {
+                    Some(generation) => {
+                        let envelope = Envelope {
+                            partition: m.partition(),
+                            offset: m.offset(),
+                            generation,
+                            key: m.key().map(<[u8]>::to_vec),
+                            value: m.payload().map(<[u8]>::to_vec),
+                            headers: super::headers::raw_headers(&m),
+                            timestamp_ms: m.timestamp().to_millis(),
+                            charge: Charge::default(),
+                        };
+                        ctx.state().on_message(envelope, Instant::now());
+                        ctx.metrics.consumed.inc();
                     }
-                };
-                ctx.state().on_message(envelope, Instant::now());
-                ctx.metrics.consumed.inc();
+                    // librdkafka delivers a partition's messages only after its assignment, so
+                    // this should not happen; if it does, the message is not taken (and commits
+                    // of that partition stay below it once it is assigned).
+                    None => tracing::warn!(
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        "a message arrived for a partition that is not assigned; not taken"
+                    ),
+                }
             }
             Some(Ok(_)) => {} // stopping: not taken, so not committed
             Some(Err(e)) => ctx.health.fault(Component::Broker, "poll", e),

@@ -182,7 +182,10 @@ mod tests {
     use crate::budget::Charge;
 
     fn env(state: &mut SourceState, partition: i32, offset: i64) -> Envelope {
-        let generation = state.tracker.received(partition, offset);
+        if state.tracker.generation(partition).is_none() {
+            state.tracker.assign(partition);
+        }
+        let generation = state.tracker.received(partition, offset).unwrap();
         Envelope {
             partition,
             offset,

@@ -184,6 +184,12 @@ impl<B: BulkApi> Indexer<B> {
                 }
             }
         }
+        // Every document is settled. If the last ones were dropped because their partitions were
+        // revoked while a fault was open, no request of ours says whether Elasticsearch works
+        // now: the fault is this source's to withdraw, or it would stay open for good (intake
+        // paused, nothing left to clear it). The probe keeps reporting an outage that goes on,
+        // and the next bulk request opens the fault again if it fails.
+        self.health.clear(Component::Elasticsearch, "bulk");
         out.into_iter()
             .map(|o| o.expect("every document settled"))
             .collect()
@@ -281,6 +287,9 @@ pub async fn sink_stage(
             )
             .await;
             done.extend(failures.iter().zip(sent).map(|(f, _)| f.envelope.done()));
+            // Each dead letter is sent or dropped (revoked): none is left to report a fault on
+            // the dead-letter topic, so none may stay open (see `Indexer::write`).
+            health.clear(Component::DeadLetter, "produce");
         }
         for d in done {
             let _ = done_tx.send(d);
@@ -500,6 +509,31 @@ mod tests {
         let w = ix.write(&docs, |e| e.offset == 1).await;
         assert_eq!(w, vec![Written::Dropped, Written::Indexed]);
         assert_eq!(*api.seen.lock().unwrap(), vec![1]);
+    }
+
+    /// The fault opened while retrying is withdrawn when the work it was about is revoked and
+    /// dropped: otherwise intake would stay paused for good, with nothing left to clear it.
+    #[tokio::test(start_paused = true)]
+    async fn a_fault_for_work_that_is_revoked_meanwhile_does_not_outlive_it() {
+        let api = Canned::new(vec![
+            (Err("connection refused".into()), serde_json::Value::Null),
+            (Err("connection refused".into()), serde_json::Value::Null),
+        ]);
+        let health = Arc::new(Health::new(&prometheus::Registry::new()));
+        health.set_started();
+        let ix = indexer(&api, health.clone());
+        let docs: Vec<Document> = (0..3).map(doc).collect();
+        // The partition is revoked after the second failed request, while its fault is open.
+        let w = ix
+            .write(&docs, |_| api.seen.lock().unwrap().len() < 2)
+            .await;
+        assert_eq!(w, vec![Written::Dropped; 3]);
+        assert_eq!(*api.seen.lock().unwrap(), vec![3, 3]);
+        assert!(
+            health.is_up(Component::Elasticsearch) && !health.intake_blocked() && health.ready(),
+            "the fault went with the work: {}",
+            health.describe()
+        );
     }
 
     #[tokio::test(start_paused = true)]
