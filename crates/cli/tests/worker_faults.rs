@@ -363,6 +363,95 @@ fn elasticsearch_401_for_30s_pauses_the_worker_and_loses_nothing() {
     recovered_cleanly(&nd, &w, topic, parts, 40);
 }
 
+/// An index with a write block (disk flood stage, `index.blocks.write`): Elasticsearch answers
+/// every bulk request with HTTP 200 and each item refused with 403 `cluster_block_exception`.
+/// That is the index refusing writes, not 30 bad documents: nothing is dead-lettered or
+/// committed while it lasts, `/readyz` says why, and everything is indexed once it is lifted.
+#[test]
+fn an_index_write_block_refusing_every_item_dead_letters_nothing() {
+    let _g = serial();
+    let nd = Noida::start("esblock");
+    let proxy = EsProxy::start(nd.es_url());
+    let srv = images_server();
+    let (topic, group, parts) = ("esblock", "g-esblock", 2);
+    let w = first_batch_done(&nd, &srv, &proxy.url(), topic, parts);
+
+    proxy.refuse_bulk_items(Some((
+        403,
+        "cluster_block_exception",
+        "index [esblock-idx-000001] blocked by: [FORBIDDEN/8/index write (api)];",
+    )));
+    produce(&nd.brokers(), topic, parts, &messages(&srv, 30, "b"));
+    wait_until(
+        "readyz names the write block",
+        Duration::from_secs(120),
+        || {
+            let (s, body) = w.readyz();
+            s == 503 && body.contains("cluster_block_exception")
+        },
+    );
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(8) {
+        assert_eq!(
+            committed(&nd.brokers(), group, topic, parts),
+            20,
+            "no commit during the block"
+        );
+        assert_eq!(w.metric("ocrfleet_messages_dead_lettered_total"), 0.0);
+        assert_eq!(w.readyz().0, 503);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    proxy.refuse_bulk_items(None);
+    recovered_cleanly(&nd, &w, topic, parts, 50);
+}
+
+/// A fault that is open when the partitions it concerned are revoked must not outlive them.
+/// Elasticsearch is unreachable while messages arrive (the sink retries them with its `bulk`
+/// fault open), then the broker stops for longer than the session time-out, so the group takes
+/// the partitions away; when both come back, the worker must resume, not stay paused for good
+/// with `/readyz` 503 and nothing indexed.
+#[test]
+fn a_fault_open_when_its_partitions_are_revoked_does_not_outlive_them() {
+    let _g = serial();
+    let nd = Noida::start("revfault");
+    let proxy = EsProxy::start(nd.es_url());
+    let srv = images_server();
+    let (topic, group, index, parts) = ("revfault", "g-revfault", "revfault-idx", 2);
+    create_topics(&nd.brokers(), topic, parts);
+    produce(&nd.brokers(), topic, parts, &messages(&srv, 10, "a"));
+    let w = Worker::start(
+        &nd.brokers(),
+        &proxy.url(),
+        topic,
+        group,
+        index,
+        &[
+            "--kafka-option",
+            "session.timeout.ms=6000,heartbeat.interval.ms=1000",
+        ],
+    );
+    wait_until("first batch indexed", Duration::from_secs(300), || {
+        es_count(&nd.es_url(), index) == Some(10)
+    });
+    proxy.fail(503);
+    produce(&nd.brokers(), topic, parts, &messages(&srv, 20, "b"));
+    wait_until(
+        "the sink's bulk fault is open",
+        Duration::from_secs(120),
+        || w.readyz().1.contains("bulk: HTTP 503"),
+    );
+    nd.stop_kafka();
+    // Past the 6 s session time-out: librdkafka revokes the assignment as lost.
+    std::thread::sleep(Duration::from_secs(12));
+    nd.start_kafka();
+    proxy.fail(0);
+    recovered_cleanly(&nd, &w, topic, parts, 30);
+    assert!(
+        w.metric("ocrfleet_rebalances_total") >= 3.0,
+        "revoked and assigned again"
+    );
+}
+
 /// Elasticsearch refuses the key from the start: the worker stays not ready and `/readyz` says
 /// which start-up step waits and why; once the key works it starts and indexes everything.
 #[test]

@@ -671,12 +671,17 @@ pub fn lying_server() -> SocketAddr {
 /// with an Elasticsearch-style error body, as an expired API key or a broken cluster would), or
 /// a request body is larger than `max_body` bytes (then it answers 413 with an empty body, as a
 /// load balancer in front of Elasticsearch does).
+///
+/// With [`EsProxy::refuse_bulk_items`] it answers every `_bulk` request itself with HTTP 200 and
+/// each item refused with the given status, error type and reason, as Elasticsearch does for an
+/// index with a write block, a missing privilege or a closed index.
 pub struct EsProxy {
     pub addr: SocketAddr,
     pub fail_with: Arc<std::sync::atomic::AtomicU16>,
     pub max_body: Arc<AtomicUsize>,
     /// Requests answered with a failure.
     pub failed: Arc<AtomicUsize>,
+    pub item_error: Arc<Mutex<Option<(u16, String, String)>>>,
 }
 
 impl EsProxy {
@@ -690,12 +695,35 @@ impl EsProxy {
             fail_with: Arc<std::sync::atomic::AtomicU16>,
             max_body: Arc<AtomicUsize>,
             failed: Arc<AtomicUsize>,
+            item_error: Arc<Mutex<Option<(u16, String, String)>>>,
             client: ::reqwest::Client,
         }
         async fn forward(State(s): State<S>, req: Request) -> Response {
             let fail = s.fail_with.load(Ordering::SeqCst);
             let (parts, body) = req.into_parts();
             let body = to_bytes(body, 512 << 20).await.unwrap_or_default();
+            let item_error = s.item_error.lock().unwrap().clone();
+            if let (Some((status, kind, reason)), true) =
+                (item_error, parts.uri.path().ends_with("/_bulk"))
+            {
+                s.failed.fetch_add(1, Ordering::SeqCst);
+                // One action line and one source line per document.
+                let docs = body
+                    .split(|&b| b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .count()
+                    / 2;
+                let items: Vec<serde_json::Value> = (0..docs)
+                    .map(|_| serde_json::json!({"index": {"status": status, "error": {"type": kind, "reason": reason}}}))
+                    .collect();
+                let json = serde_json::json!({"took": 1, "errors": true, "items": items});
+                return (
+                    axum::http::StatusCode::OK,
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    json.to_string(),
+                )
+                    .into_response();
+            }
             if fail != 0 {
                 s.failed.fetch_add(1, Ordering::SeqCst);
                 let status = axum::http::StatusCode::from_u16(fail).unwrap();
@@ -750,6 +778,7 @@ impl EsProxy {
             fail_with: Arc::new(std::sync::atomic::AtomicU16::new(0)),
             max_body: Arc::new(AtomicUsize::new(usize::MAX)),
             failed: Arc::new(AtomicUsize::new(0)),
+            item_error: Arc::new(Mutex::new(None)),
             client: ::reqwest::Client::new(),
         };
         let p = EsProxy {
@@ -757,6 +786,7 @@ impl EsProxy {
             fail_with: state.fail_with.clone(),
             max_body: state.max_body.clone(),
             failed: state.failed.clone(),
+            item_error: state.item_error.clone(),
         };
         let app = axum::Router::new().fallback(forward).with_state(state);
         let listener = rt()
@@ -773,6 +803,11 @@ impl EsProxy {
 
     pub fn fail(&self, status: u16) {
         self.fail_with.store(status, Ordering::SeqCst);
+    }
+
+    /// Answers every `_bulk` with HTTP 200 and each item refused (`None`: forward again).
+    pub fn refuse_bulk_items(&self, refusal: Option<(u16, &str, &str)>) {
+        *self.item_error.lock().unwrap() = refusal.map(|(s, k, r)| (s, k.to_owned(), r.to_owned()));
     }
 }
 
