@@ -43,6 +43,9 @@ pub struct EngineArgs {
     /// alignment (true or false).
     #[arg(long, env = "OCRFLEET_WORD_SPACES", default_value_t = true, action = clap::ArgAction::Set)]
     pub word_spaces: bool,
+    /// Pages read of a multi-page TIFF at most; a file with more is refused whole.
+    #[arg(long, env = "OCRFLEET_MAX_PAGES", default_value_t = EngineConfig::default().max_pages)]
+    pub max_pages: u32,
     /// Recogniser width buckets (pixels at height 48, ascending); empty picks by device.
     #[arg(long, value_delimiter = ',')]
     pub rec_widths: Vec<u32>,
@@ -90,6 +93,7 @@ impl EngineArgs {
         cfg.det.small_text_px = self.det_small_text_px;
         cfg.rec.drop_score = self.rec_drop_score;
         cfg.cls.thresh = self.cls_thresh;
+        cfg.max_pages = self.max_pages.max(1);
         if !self.rec_widths.is_empty() {
             cfg.rec.widths = self.rec_widths.clone();
         }

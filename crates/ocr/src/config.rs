@@ -357,6 +357,9 @@ pub struct EngineConfig {
     pub fused: bool,
     /// Images with more decoded pixels than this are refused. Default 50 000 000.
     pub max_pixels: u64,
+    /// Pages read of a multi-page TIFF at most; a file with more is refused whole
+    /// ([`crate::DecodeError::TooManyPages`]). Default 50.
+    pub max_pages: u32,
     /// Path of libonnxruntime.so; when unset, `ORT_DYLIB_PATH`, then
     /// `<models_dir>/lib/libonnxruntime.so`.
     pub ort_library: Option<PathBuf>,
@@ -389,17 +392,46 @@ pub enum FaultPlan {
     /// After `after_images` images, the engine thread exits, as if the process lost its device
     /// for good.
     Exit { after_images: usize },
+    /// A call with an image of this size does what `on` says: a poison image, as a bug in the
+    /// engine or ONNX Runtime would make one.
+    Image {
+        width: u32,
+        height: u32,
+        on: ImageFault,
+    },
+}
+
+/// What a poison image of [`FaultPlan::Image`] does to the call it is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFault {
+    /// The engine panics.
+    Panic,
+    /// The process aborts (as a segfault inside ONNX Runtime would end it).
+    Abort,
+    /// The call never returns (a stuck device call).
+    Hang,
 }
 
 impl FromStr for FaultPlan {
     type Err = String;
-    /// `fail:AFTER:SECONDS` (SECONDS may be `inf`) or `exit:AFTER`.
+    /// `fail:AFTER:SECONDS` (SECONDS may be `inf`), `exit:AFTER`, or `panic:WxH`, `abort:WxH`,
+    /// `hang:WxH` (a call with an image of that size).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || {
-            format!("bad fault plan {s:?}: expected fail:AFTER_IMAGES:SECONDS or exit:AFTER_IMAGES")
+            format!("bad fault plan {s:?}: expected fail:AFTER_IMAGES:SECONDS, exit:AFTER_IMAGES, or panic|abort|hang:WIDTHxHEIGHT")
         };
         let parts: Vec<&str> = s.split(':').collect();
+        let size = |wh: &str| -> Result<(u32, u32), String> {
+            let (w, h) = wh.split_once('x').ok_or_else(bad)?;
+            Ok((w.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?))
+        };
+        let image = |on: ImageFault, wh: &str| {
+            size(wh).map(|(width, height)| FaultPlan::Image { width, height, on })
+        };
         match parts.as_slice() {
+            ["panic", wh] => image(ImageFault::Panic, wh),
+            ["abort", wh] => image(ImageFault::Abort, wh),
+            ["hang", wh] => image(ImageFault::Hang, wh),
             ["fail", after, secs] => Ok(FaultPlan::Fail {
                 after_images: after.parse().map_err(|_| bad())?,
                 seconds: secs.parse().map_err(|_| bad())?,
@@ -424,6 +456,7 @@ impl Default for EngineConfig {
             fp16: false,
             fused: true,
             max_pixels: crate::decode::DEFAULT_MAX_PIXELS,
+            max_pages: crate::decode::DEFAULT_MAX_PAGES,
             ort_library: None,
             session_per_shape: None,
             max_sessions_per_model: 48,

@@ -337,7 +337,7 @@ impl Engine {
             .collect();
         let cap = cfg.max_sessions_per_model;
         let device = cfg.device;
-        let mut shapes = 0;
+        let (mut shapes, mut slowest) = (0, 0.0f64);
         for (name, sessions, list) in [
             ("det", Some(&mut self.det), det),
             ("cls", self.cls.as_mut(), cls),
@@ -353,12 +353,14 @@ impl Engine {
             for shape in list {
                 let [n, c, h, w] = shape;
                 let zeros = vec![0f32; n * c * h * w];
+                let run = Instant::now();
                 sessions
                     .get(&shape)
                     .and_then(|s| run_model(s, &zeros, n, [c, h, w], &mut 0.0))
                     .map_err(|m| {
                         device_error(device, format!("warm-up of {name} at {shape:?}: {m}"))
                     })?;
+                slowest = slowest.max(run.elapsed().as_secs_f64());
                 shapes += 1;
             }
         }
@@ -366,6 +368,7 @@ impl Engine {
             shapes,
             sessions: self.session_count(),
             seconds: t.elapsed().as_secs_f64(),
+            slowest_run: slowest,
         };
         tracing::info!(
             shapes = done.shapes,
@@ -410,29 +413,37 @@ impl Engine {
         self.model_time
     }
 
-    /// Decodes and recognises encoded images (JPEG, PNG, ...). One result per input.
+    /// Decodes and recognises encoded images (JPEG, PNG, ...). One result per input; every page
+    /// of a multi-page TIFF is read (up to [`EngineConfig::max_pages`]), into one result whose
+    /// lines carry their page numbers ([`ImageText::from_pages`]).
     pub fn recognize_bytes(&mut self, inputs: &[&[u8]]) -> Vec<Result<ImageText, OcrError>> {
         let mut decoded = Vec::with_capacity(inputs.len());
+        // For each input: where its pages start in `decoded`, how many, and the decode time.
         let mut slots = Vec::with_capacity(inputs.len());
         let mut results: Vec<Option<Result<ImageText, OcrError>>> = vec![None; inputs.len()];
-        let mut decode_ms = Vec::new();
         for (i, bytes) in inputs.iter().enumerate() {
             let t = Instant::now();
-            match decode::decode(bytes, self.cfg.max_pixels) {
-                Ok(img) => {
-                    decoded.push(img);
-                    slots.push(i);
-                    decode_ms.push(ms(t));
+            match decode::decode_pages(bytes, self.cfg.max_pixels, self.cfg.max_pages) {
+                Ok(pages) => {
+                    slots.push((i, decoded.len(), pages.len(), ms(t)));
+                    decoded.extend(pages);
                 }
                 Err(e) => results[i] = Some(Err(e.into())),
             }
         }
-        let texts = self.recognize(&decoded);
-        for ((i, mut r), d) in slots.into_iter().zip(texts).zip(decode_ms) {
-            if let Ok(t) = &mut r {
-                t.timings.decode = d;
-                t.timings.total += d;
-            }
+        let mut texts: Vec<Option<Result<ImageText, OcrError>>> =
+            self.recognize(&decoded).into_iter().map(Some).collect();
+        for (i, first, n, decode_ms) in slots {
+            let pages: Result<Vec<ImageText>, OcrError> = texts[first..first + n]
+                .iter_mut()
+                .map(|t| t.take().expect("each page read once"))
+                .collect();
+            let r = pages.map(|p| {
+                let mut t = ImageText::from_pages(p).expect("a decoded file has a page");
+                t.timings.decode = decode_ms;
+                t.timings.total += decode_ms;
+                t
+            });
             results[i] = Some(r);
         }
         results
@@ -443,6 +454,31 @@ impl Engine {
 
     /// Recognises decoded images. One result per input, in order.
     pub fn recognize(&mut self, images: &[RgbImage]) -> Vec<Result<ImageText, OcrError>> {
+        if let Some(FaultState {
+            plan: FaultPlan::Image { width, height, on },
+            ..
+        }) = &self.fault
+        {
+            if images.iter().any(|i| i.dimensions() == (*width, *height)) {
+                match on {
+                    crate::config::ImageFault::Panic => {
+                        panic!("injected engine fault: panic on a {width}x{height} image")
+                    }
+                    crate::config::ImageFault::Abort => {
+                        tracing::error!("injected engine fault: aborting the process on a {width}x{height} image");
+                        std::process::abort();
+                    }
+                    crate::config::ImageFault::Hang => {
+                        tracing::error!(
+                            "injected engine fault: hanging on a {width}x{height} image"
+                        );
+                        loop {
+                            std::thread::park();
+                        }
+                    }
+                }
+            }
+        }
         if let Some(f) = &mut self.fault {
             if f.failing(images.len()) {
                 return images
@@ -500,6 +536,7 @@ impl Engine {
                 score: decoded.score,
                 bbox: crop.quad.map(|p| [p[0] as i32, p[1] as i32]),
                 words,
+                page: 1,
             });
         }
         images
@@ -521,6 +558,7 @@ impl Engine {
                         height: img.height(),
                         lines,
                         text,
+                        pages: 1,
                         timings,
                     })
                 }
@@ -965,6 +1003,8 @@ pub struct WarmUp {
     pub sessions: usize,
     /// Wall time of the warm-up.
     pub seconds: f64,
+    /// The slowest single run of the warm-up, session creation included (0 without one).
+    pub slowest_run: f64,
 }
 
 /// A recogniser batch: its bucket width, its (bucket, width, crop) entries, its padded size.

@@ -16,6 +16,8 @@ pub enum Stage {
     Classify,
     /// Text recognition (CTC).
     Recognize,
+    /// Somewhere in the engine, not known where (a panic caught around a whole call).
+    Engine,
 }
 
 impl Stage {
@@ -26,6 +28,7 @@ impl Stage {
             Stage::Detect => "detect",
             Stage::Classify => "classify",
             Stage::Recognize => "recognize",
+            Stage::Engine => "engine",
         }
     }
 }
@@ -50,6 +53,8 @@ pub enum DecodeError {
         pixels: u64,
         limit: u64,
     },
+    #[error("the file has more than {limit} pages (images); raise the page limit (--max-pages) to read it")]
+    TooManyPages { limit: u32 },
     #[error("image has a zero dimension ({width}x{height})")]
     ZeroSize { width: u32, height: u32 },
     #[error("corrupt or truncated image: {0}")]
@@ -68,6 +73,10 @@ pub enum OcrError {
     /// The engine went away (its thread stopped) before this image was processed.
     #[error("engine is not running: {0}")]
     EngineGone(String),
+    /// The engine panicked on this image, run on its own (a bug: the image is kept out so that
+    /// it cannot take its batch-mates or the process down with it).
+    #[error("the engine panicked on this image: {0}")]
+    Panic(String),
 }
 
 impl OcrError {
@@ -76,7 +85,7 @@ impl OcrError {
         match self {
             OcrError::Decode(_) => Stage::Decode,
             OcrError::Inference { stage, .. } => *stage,
-            OcrError::EngineGone(_) => Stage::Recognize,
+            OcrError::EngineGone(_) | OcrError::Panic(_) => Stage::Engine,
         }
     }
 
@@ -87,9 +96,11 @@ impl OcrError {
             OcrError::Decode(DecodeError::UnknownFormat) => "unknown_format",
             OcrError::Decode(DecodeError::TooLarge { .. }) => "too_large",
             OcrError::Decode(DecodeError::ZeroSize { .. }) => "zero_size",
+            OcrError::Decode(DecodeError::TooManyPages { .. }) => "too_many_pages",
             OcrError::Decode(DecodeError::Corrupt(_)) => "corrupt",
             OcrError::Inference { .. } => "inference",
             OcrError::EngineGone(_) => "engine_gone",
+            OcrError::Panic(_) => "panic",
         }
     }
 

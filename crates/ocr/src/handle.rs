@@ -35,6 +35,39 @@ fn gone(n: usize, why: &str) -> Results {
         .collect()
 }
 
+/// [`Engine::recognize`] with panics caught: a batch that panics is run again image by image,
+/// and an image that panics on its own gets [`OcrError::Panic`], so that one poison image
+/// fails alone instead of killing the engine thread (and, restarted, the next process: a crash
+/// loop). The engine stays usable: its sessions are untouched by a panic in the host code.
+pub(crate) fn recognize_guarded(engine: &mut Engine, images: &[RgbImage]) -> Results {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    match catch_unwind(AssertUnwindSafe(|| engine.recognize(images))) {
+        Ok(out) => out,
+        Err(p) => {
+            tracing::error!(images = images.len(), panic = %panic_text(&*p), "the engine panicked on a batch; running its images one by one");
+            images
+                .iter()
+                .map(|img| {
+                    catch_unwind(AssertUnwindSafe(|| engine.recognize(std::slice::from_ref(img))))
+                        .map(|mut r| r.pop().expect("one result per image"))
+                        .unwrap_or_else(|p| {
+                            let text = panic_text(&*p);
+                            tracing::error!(width = img.width(), height = img.height(), panic = %text, "the engine panicked on one image");
+                            Err(OcrError::Panic(text))
+                        })
+                })
+                .collect()
+        }
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 /// A cloneable, `Send + Sync` handle to an engine running on its own thread.
 #[derive(Clone)]
 pub struct EngineHandle {
@@ -84,7 +117,7 @@ impl EngineHandle {
                             let _ = reply.send(engine.recognize_bytes(&refs));
                         }
                         Job::Images(imgs, reply) => {
-                            let out = engine.recognize(&imgs);
+                            let out = recognize_guarded(&mut engine, &imgs);
                             let _ = reply.send((imgs, out));
                         }
                         Job::Probe(reply) => {

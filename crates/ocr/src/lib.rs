@@ -34,7 +34,9 @@ pub mod runtime;
 mod sessions;
 pub mod words;
 
-pub use config::{ClsConfig, DetConfig, Device, EngineConfig, FaultPlan, ModelSet, RecConfig};
+pub use config::{
+    ClsConfig, DetConfig, Device, EngineConfig, FaultPlan, ImageFault, ModelSet, RecConfig,
+};
 pub use engine::{Engine, Model, ModelTime, WarmUp};
 pub use error::{DecodeError, EngineError, OcrError, Stage};
 pub use handle::EngineHandle;

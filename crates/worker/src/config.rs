@@ -212,6 +212,8 @@ settings! {
         linger: HumanDuration, "linger", "OCRFLEET_LINGER", "100ms";
         /// Messages taken from Kafka and not yet indexed or dead-lettered, at most (0 = two chunks). At the bound the source pauses its partitions.
         max_in_flight: usize, "max-in-flight", "OCRFLEET_MAX_IN_FLIGHT", "0";
+        /// Bytes of the messages (keys, values, headers) taken from Kafka and not yet indexed or dead-lettered, at most. At the bound the source pauses its partitions, so read-ahead memory is bounded whatever the messages' size.
+        max_in_flight_bytes: ByteSize, "max-in-flight-bytes", "OCRFLEET_MAX_IN_FLIGHT_BYTES", "64MiB";
         /// How long start-up waits for Kafka to answer the topic check before it fails.
         startup_timeout: HumanDuration, "startup-timeout", "OCRFLEET_STARTUP_TIMEOUT", "30s";
     }
@@ -240,8 +242,10 @@ settings! {
         fetch_ca_cert: PathBuf, "fetch-ca-cert", "OCRFLEET_FETCH_CA_CERT", "";
     }
     "OCR" {
-        /// Upper bound on decoded image bytes held at once (RGB, 3 bytes per pixel).
+        /// Upper bound on the memory of images being decoded or waiting for the engine: each decode is charged its body and its decoder's measured peak, then keeps its RGB pages until the engine is done. An image that needs more than the whole budget is dead-lettered (decode/over_memory_budget).
         memory_budget: ByteSize, "memory-budget", "OCRFLEET_MEMORY_BUDGET", "2GiB";
+        /// Pages read of a multi-page TIFF at most; a file with more is dead-lettered (decode/too_many_pages). Animated GIF and WebP give their first frame.
+        max_pages: u32, "max-pages", "OCRFLEET_MAX_PAGES", "50";
         /// Images per OCR engine call.
         ocr_batch: usize, "ocr-batch", "OCRFLEET_OCR_BATCH", "16";
         /// Inference device: cpu, cuda or cuda:N (no silent fallback).
@@ -266,6 +270,10 @@ settings! {
         host_threads: usize, "host-threads", "OCRFLEET_HOST_THREADS", "0";
         /// When the engine fails its health probe this long (a lost GPU, say), the worker exits non-zero so that a fresh process is started; meanwhile intake pauses and nothing is dead-lettered.
         engine_fault_timeout: HumanDuration, "engine-fault-timeout", "OCRFLEET_ENGINE_FAULT_TIMEOUT", "2m";
+        /// An engine call (one batch) still running after this long is a hung engine (a stuck device call): the worker reports it and exits non-zero, committing nothing of the batch. Default: 20 times the slowest warm-up run, at least 5m.
+        engine_timeout: HumanDuration, "engine-timeout", "OCRFLEET_ENGINE_TIMEOUT", "";
+        /// A record whose image crashed the worker process (a crash that is not a panic: a segfault in ONNX Runtime, an out-of-memory kill) this many times, each time run alone, is dead-lettered (ocr/crash_loop) instead of crash-looping the fleet; the count is kept in the committed offset's metadata. 0 turns this off.
+        crash_loop_attempts: u32, "crash-loop-attempts", "OCRFLEET_CRASH_LOOP_ATTEMPTS", "3";
     }
     "Elasticsearch" {
         /// Elasticsearch URL.
@@ -296,6 +304,8 @@ settings! {
         http_addr: std::net::SocketAddr, "http-addr", "OCRFLEET_HTTP_ADDR", "0.0.0.0:9464";
         /// On SIGTERM/SIGINT, in-flight work gets this long to finish before it is dropped uncommitted.
         shutdown_grace: HumanDuration, "shutdown-grace", "OCRFLEET_SHUTDOWN_GRACE", "30s";
+        /// /healthz fails (so that Kubernetes restarts the worker) when work has been pending this long with no progress: nothing committed, finished or dead-lettered, and no infrastructure fault being reported.
+        liveness_timeout: HumanDuration, "liveness-timeout", "OCRFLEET_LIVENESS_TIMEOUT", "10m";
         /// Stop (as on SIGTERM) once no message has arrived for this long and nothing is in flight.
         exit_when_idle: HumanDuration, "exit-when-idle", "OCRFLEET_EXIT_WHEN_IDLE", "";
         /// Worker id in dead-letter headers and documents (default: host name).
@@ -313,8 +323,13 @@ pub struct WorkerConfig {
     pub max_messages: usize,
     pub linger: Duration,
     pub max_in_flight: usize,
+    pub max_in_flight_bytes: u64,
     pub startup_timeout: Duration,
     pub engine_fault_timeout: Duration,
+    /// `None`: derived from the warm-up (see `--engine-timeout`).
+    pub engine_timeout: Option<Duration>,
+    pub crash_loop_attempts: u32,
+    pub liveness_timeout: Duration,
     pub memory_budget: u64,
     pub ocr_batch: usize,
     pub http_addr: std::net::SocketAddr,
@@ -502,6 +517,7 @@ impl WorkerConfig {
         engine.det.limit_side_len = a.det_limit.expect("defaulted");
         engine.rec.spaces.enabled = a.word_spaces.expect("defaulted");
         engine.det.upscale_to = a.det_upscale_to.expect("defaulted");
+        engine.max_pages = a.max_pages.expect("defaulted").max(1);
         Ok(WorkerConfig {
             kafka: KafkaConfig {
                 brokers: a.brokers.clone().expect("defaulted"),
@@ -559,8 +575,12 @@ impl WorkerConfig {
                 0 => 2 * a.max_messages.expect("defaulted").max(1),
                 n => n,
             },
+            max_in_flight_bytes: a.max_in_flight_bytes.expect("defaulted").as_u64().max(1),
             startup_timeout: a.startup_timeout.expect("defaulted").0,
             engine_fault_timeout: a.engine_fault_timeout.expect("defaulted").0,
+            engine_timeout: a.engine_timeout.map(|d| d.0),
+            crash_loop_attempts: a.crash_loop_attempts.expect("defaulted"),
+            liveness_timeout: a.liveness_timeout.expect("defaulted").0,
             memory_budget: a.memory_budget.expect("defaulted").as_u64(),
             ocr_batch: a.ocr_batch.expect("defaulted").max(1),
             http_addr: a.http_addr.expect("defaulted"),

@@ -1,12 +1,12 @@
 //! What travels between the stages: a Kafka message's coordinates and raw parts, and how it
 //! ended (a document to index, or a rejection to dead-letter).
 
-use crate::budget::Charge;
 use crate::es::document::Document;
 use crate::failure::Rejection;
 
 /// A message as received, with the generation of its partition's assignment (see
-/// [`crate::kafka::offsets::OffsetTracker`]) and its share of the memory budget.
+/// [`crate::kafka::offsets::OffsetTracker`]). Its bytes count towards the source's
+/// `--max-in-flight-bytes` until it is finished.
 #[derive(Debug)]
 pub struct Envelope {
     pub partition: i32,
@@ -20,8 +20,6 @@ pub struct Envelope {
     /// Record timestamp in ms since the epoch (create or log-append time), if any. It is the
     /// document's external version: an older record cannot overwrite a newer one's document.
     pub timestamp_ms: Option<i64>,
-    /// The message's bytes held against the memory budget until it is finished.
-    pub charge: Charge,
 }
 
 impl Envelope {
@@ -41,6 +39,7 @@ impl Envelope {
             partition: self.partition,
             offset: self.offset,
             generation: self.generation,
+            bytes: self.size(),
         }
     }
 }
@@ -52,6 +51,8 @@ pub struct Done {
     pub partition: i32,
     pub offset: i64,
     pub generation: u64,
+    /// The message's size ([`Envelope::size`]), given back to the source's bytes bound.
+    pub bytes: u64,
 }
 
 /// A message that failed as a record.

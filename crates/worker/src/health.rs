@@ -12,6 +12,11 @@
 //! - `ocrfleet_component_up{component}` and `ocrfleet_component_faults_total{component}`;
 //! - a warning when a fault opens, then at most one every 30 s while it lasts (with how often it
 //!   was seen), and an info line when it clears.
+//!
+//! **Liveness** ([`Health::stuck`], `/healthz`): a worker that has work pending and has made no
+//! progress for `--liveness-timeout` (nothing finished, committed or dead-lettered, and no
+//! fault being reported, which a component that is retrying does every few seconds) is stuck
+//! in a way no fault explains, and `/healthz` fails so that Kubernetes restarts it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -40,6 +45,11 @@ pub struct Health {
     started: AtomicBool,
     /// What start-up is doing, for `/readyz` until it is done.
     phase: Mutex<&'static str>,
+    /// Messages taken and not finished (published by the Kafka source).
+    pending: AtomicUsize,
+    /// The last progress: a message finished, a fault reported, or nothing pending.
+    progress_at: Mutex<Instant>,
+    liveness_timeout: Mutex<Option<Duration>>,
     up: IntGaugeVec,
     count: IntCounterVec,
 }
@@ -74,6 +84,9 @@ impl Health {
             blocking: AtomicUsize::new(0),
             started: AtomicBool::new(false),
             phase: Mutex::new("not ready yet"),
+            pending: AtomicUsize::new(0),
+            progress_at: Mutex::new(Instant::now()),
+            liveness_timeout: Mutex::new(None),
             up,
             count,
         }
@@ -88,6 +101,7 @@ impl Health {
     ) {
         let reason = truncate(&reason.to_string(), 500);
         self.count.with_label_values(&[component.as_str()]).inc();
+        self.progress();
         let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         match faults.get_mut(&(component, source)) {
@@ -118,6 +132,49 @@ impl Health {
                 self.up.with_label_values(&[component.as_str()]).set(0);
             }
         }
+    }
+
+    /// Something moved: a message finished (indexed, superseded, dead-lettered or dropped).
+    pub fn progress(&self) {
+        *self.progress_at.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// Messages taken and not finished now; nothing pending counts as progress.
+    pub fn set_pending(&self, n: usize) {
+        self.pending.store(n, Ordering::Relaxed);
+        if n == 0 {
+            self.progress();
+        }
+    }
+
+    /// Sets `--liveness-timeout` (none: never stuck).
+    pub fn set_liveness_timeout(&self, timeout: Duration) {
+        *self
+            .liveness_timeout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(timeout);
+    }
+
+    /// Why the worker is stuck, if it is: work pending and no progress for longer than the
+    /// liveness time-out (see the module documentation).
+    pub fn stuck(&self) -> Option<String> {
+        let timeout = (*self
+            .liveness_timeout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()))?;
+        let pending = self.pending.load(Ordering::Relaxed);
+        let quiet = self
+            .progress_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
+        (pending > 0 && quiet > timeout).then(|| {
+            format!(
+                "stuck: {pending} message(s) pending and no progress for {} s (nothing finished or committed, no fault reported; --liveness-timeout {})",
+                quiet.as_secs(),
+                humantime::format_duration(timeout)
+            )
+        })
     }
 
     /// Reports that `source` sees `component` working again.
@@ -224,6 +281,26 @@ mod tests {
         h.fault(Component::Broker, "connection", "all brokers down");
         assert!(!h.intake_blocked());
         assert!(!h.ready());
+    }
+
+    #[test]
+    fn stuck_only_with_work_pending_and_nothing_moving() {
+        let h = Health::new(&prometheus::Registry::new());
+        assert_eq!(h.stuck(), None, "no time-out set");
+        h.set_liveness_timeout(Duration::from_millis(50));
+        h.set_pending(3);
+        std::thread::sleep(Duration::from_millis(80));
+        let why = h.stuck().expect("3 pending, 80 ms without progress");
+        assert!(why.contains("3 message(s) pending"), "{why}");
+        h.progress();
+        assert_eq!(h.stuck(), None, "a message finished");
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(h.stuck().is_some());
+        h.fault(Component::Elasticsearch, "bulk", "HTTP 503");
+        assert_eq!(h.stuck(), None, "a fault being reported is not silence");
+        std::thread::sleep(Duration::from_millis(80));
+        h.set_pending(0);
+        assert_eq!(h.stuck(), None, "nothing pending");
     }
 
     #[test]

@@ -187,8 +187,25 @@ async fn run_inner(
     }
     health.clear(Component::Elasticsearch, "template");
     let dlq = kafka::dlq::DeadLetter::new(cfg, metrics.clone())?;
-    let fetcher = fetch::Fetcher::new(cfg.fetch.clone())?;
     let budget = budget::Budget::new(cfg.memory_budget);
+    let prep = stages::prepare::Prepare {
+        fetcher: fetch::Fetcher::new(cfg.fetch.clone())?,
+        outages: fetch::outage::Outages::new(health.clone()),
+        budget: budget.clone(),
+        max_pixels: cfg.engine.max_pixels,
+        max_pages: cfg.engine.max_pages,
+        concurrency: cfg.fetch.concurrency,
+        metrics: metrics.clone(),
+    };
+    let ocr_settings = stages::ocr::OcrSettings {
+        batch: cfg.ocr_batch,
+        fault_timeout: cfg.engine_fault_timeout,
+        call_timeout: stages::ocr::OcrSettings::call_timeout(cfg.engine_timeout, warm.slowest_run),
+        topic: cfg.kafka.topic.clone(),
+        worker_id: cfg.worker_id.clone(),
+    };
+    tracing::info!(engine_timeout = %humantime::format_duration(ocr_settings.call_timeout), "an engine call running longer than this is a hung engine");
+    health.set_liveness_timeout(cfg.liveness_timeout);
 
     let assignment = kafka::Assignment::default();
     let consumer = kafka::source::consumer(
@@ -227,16 +244,13 @@ async fn run_inner(
     let tasks = TaskTracker::new();
     tasks.spawn(stages::prepare::prepare_stage(
         chunk_rx,
-        cfg.clone(),
-        fetcher,
-        budget,
+        prep,
         ready_tx,
         out_tx.clone(),
-        metrics.clone(),
     ));
     let ocr = tasks.spawn(stages::ocr::ocr_stage(
         ready_rx,
-        cfg.clone(),
+        ocr_settings,
         engine.clone(),
         out_tx,
         metrics.clone(),
@@ -265,6 +279,11 @@ async fn run_inner(
         tokio::spawn(stages::busy_meter(engine.clone(), metrics.clone())),
         tokio::spawn(stages::es_probe(es, health.clone())),
         tokio::spawn(stages::queue_meter(queues, metrics.clone())),
+        tokio::spawn(stages::budget_watch(
+            budget,
+            metrics.clone(),
+            health.clone(),
+        )),
     ];
     let engine_watch = tokio::spawn(stages::engine_watch(engine, health.clone()));
     // Fused, so that a task that ended in the first wait can be waited on again (it stays

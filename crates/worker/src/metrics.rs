@@ -38,6 +38,9 @@ pub struct Metrics {
     pub es_retries: IntCounter,
     pub superseded: IntCounter,
     pub dead_letters_minimal: IntCounter,
+    pub budget_used: IntGauge,
+    pub budget_waiting: IntGauge,
+    pub end_to_end: Histogram,
 }
 
 impl Metrics {
@@ -98,6 +101,13 @@ impl Metrics {
             es_retries: IntCounter::new("ocrfleet_es_retries_total", "Bulk requests retried (after a request-level failure or items Elasticsearch asked to retry)").unwrap(),
             superseded: IntCounter::new("ocrfleet_messages_superseded_total", "Messages not written because a newer record's document with the same id was already indexed (external versioning)").unwrap(),
             dead_letters_minimal: IntCounter::new("ocrfleet_dead_letters_minimal_total", "Dead letters sent without key and value because Kafka refused the full record as too large").unwrap(),
+            budget_used: IntGauge::new("ocrfleet_memory_budget_used_bytes", "Bytes of the memory budget held now: decodes in progress and decoded pages waiting for the engine").unwrap(),
+            budget_waiting: IntGauge::new("ocrfleet_memory_budget_waiting", "Decodes waiting for the memory budget now").unwrap(),
+            end_to_end: Histogram::with_opts(
+                HistogramOpts::new("ocrfleet_end_to_end_seconds", "From the Kafka record's timestamp to its document indexed (records with a timestamp)")
+                    .buckets(exponential_buckets(0.05, 2.0, 18).unwrap()),
+            )
+            .unwrap(),
             registry,
         };
         for c in [
@@ -125,6 +135,9 @@ impl Metrics {
             Box::new(m.es_retries.clone()),
             Box::new(m.superseded.clone()),
             Box::new(m.dead_letters_minimal.clone()),
+            Box::new(m.budget_used.clone()),
+            Box::new(m.budget_waiting.clone()),
+            Box::new(m.end_to_end.clone()),
         ] {
             m.registry.register(c).expect("unique metric names");
         }
@@ -151,7 +164,8 @@ struct AppState {
     health: Arc<crate::health::Health>,
 }
 
-/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (start-up complete and no
+/// Serves `/metrics`, `/healthz` (the process answers and is not stuck, see
+/// [`crate::health::Health::stuck`]) and `/readyz` (start-up complete and no
 /// open infrastructure fault; the body lists each component and why it is down) until
 /// `shutdown` resolves.
 pub async fn serve(
@@ -165,7 +179,15 @@ pub async fn serve(
             "/metrics",
             get(|State(s): State<AppState>| async move { s.metrics.render() }),
         )
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(|State(s): State<AppState>| async move {
+                match s.health.stuck() {
+                    None => (StatusCode::OK, "ok\n".to_owned()),
+                    Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(|State(s): State<AppState>| async move {

@@ -21,7 +21,8 @@ use crate::envelope::Envelope;
 /// Version of the index template this worker writes; bump when the mapping changes.
 /// 2: `metadata` is `flattened` (one mapping field however many keys producers send).
 /// 3: `lines.words` (stored, not indexed) and the `text.grams` subfield.
-pub const TEMPLATE_VERSION: u64 = 3;
+/// 4: `pages` and `lines.page` (multi-page TIFFs).
+pub const TEMPLATE_VERSION: u64 = 4;
 
 /// The `text.grams` subfield's analyzer: lower-cased 4- to 12-grams of letters and digits, so
 /// that a search for a word finds it where OCR glued it to a neighbour or a number
@@ -32,11 +33,18 @@ pub const TEMPLATE_VERSION: u64 = 3;
 pub const GRAMS: (usize, usize) = (4, 12);
 
 /// The fields added since an index could have been made by an earlier template, which
-/// `PUT <index>/_mapping` can add to an existing index in place: `lines.words` (version 3).
+/// `PUT <index>/_mapping` can add to an existing index in place: `lines.words` (version 3),
+/// `pages` and `lines.page` (version 4).
 /// The `text.grams` subfield needs an analyzer in the index settings, which an open index
 /// cannot take; an older index gets it only by rolling over to a new index.
 pub fn additive_mapping() -> Value {
-    json!({"properties": {"lines": {"properties": {"words": {"type": "object", "enabled": false}}}}})
+    json!({"properties": {
+        "pages": {"type": "integer"},
+        "lines": {"properties": {
+            "words": {"type": "object", "enabled": false},
+            "page": {"type": "integer"}
+        }}
+    }})
 }
 
 /// A document ready for Elasticsearch, with the message it came from.
@@ -74,8 +82,11 @@ pub struct DocBody {
     pub message_id: Option<String>,
     pub text: String,
     pub lines: Vec<Line>,
+    /// The first page's size.
     pub width: u32,
     pub height: u32,
+    /// Pages read (a multi-page TIFF has several; each line says which it is on).
+    pub pages: u32,
     pub metadata: serde_json::Map<String, Value>,
     /// Kafka headers, stored but not indexed (keys and values as lossy UTF-8).
     pub headers: BTreeMap<String, Option<String>>,
@@ -124,10 +135,12 @@ pub fn index_template(index: &str) -> Value {
                         "text": {"type": "text", "analyzer": "cjk"},
                         "score": f,
                         "box": {"type": "integer"},
-                        "words": {"type": "object", "enabled": false}
+                        "words": {"type": "object", "enabled": false},
+                        "page": {"type": "integer"}
                     }},
                     "width": {"type": "integer"},
                     "height": {"type": "integer"},
+                    "pages": {"type": "integer"},
                     "metadata": {"type": "flattened"},
                     "headers": {"type": "object", "enabled": false},
                     "source": {"properties": {
@@ -276,9 +289,11 @@ mod tests {
                     text: "发票".into(),
                     bbox: [[0, 0], [1, 0], [1, 1], [0, 1]],
                 }],
+                page: 1,
             }],
             width: 10,
             height: 5,
+            pages: 1,
             metadata: serde_json::from_value(json!({"shop": {"id": 7, "tags": ["a"]}})).unwrap(),
             headers: BTreeMap::from([("h".to_string(), Some("v".to_string()))]),
             source: SourceRef {

@@ -25,6 +25,7 @@
 //! error texts leave the URL out: the caller knows which URL failed.
 
 pub mod guard;
+pub mod outage;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -73,6 +74,13 @@ impl FetchError {
             | FetchError::TooLarge { .. }
             | FetchError::Redirects(_) => false,
         }
+    }
+
+    /// Whether the host could not be reached at all (connect, DNS, TLS, time-out), as opposed
+    /// to a host that answered (a status, a body too large, a transfer broken after the
+    /// headers) or a request refused before it was sent. See [`outage`].
+    pub fn unreachable(&self) -> bool {
+        matches!(self, FetchError::Connect(_) | FetchError::Timeout(_))
     }
 
     /// A short machine-readable class for dead-letter headers.

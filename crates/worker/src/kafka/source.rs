@@ -25,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::state::{Limits, SourceState};
 use super::Assignment;
-use crate::budget::Charge;
 use crate::config::WorkerConfig;
 use crate::envelope::{Done, Envelope};
 use crate::failure::Component;
@@ -201,6 +200,7 @@ pub fn context(
             max_messages: cfg.max_messages,
             linger: cfg.linger,
             max_in_flight: cfg.max_in_flight,
+            max_in_flight_bytes: cfg.max_in_flight_bytes,
         })),
         assignment,
         metrics,
@@ -264,7 +264,9 @@ pub fn run(
             ctx.state().on_done(d);
         }
         commit_finished(&consumer, &topic, CommitMode::Async);
-        ctx.metrics.in_flight.set(ctx.state().in_flight() as i64);
+        let in_flight = ctx.state().in_flight();
+        ctx.metrics.in_flight.set(in_flight as i64);
+        ctx.health.set_pending(in_flight);
 
         // Pause or resume: read-ahead bound, infrastructure faults.
         let want = ctx.state().wants_pause(ctx.health.intake_blocked()) && stop_deadline.is_none();
@@ -305,7 +307,6 @@ pub fn run(
                             value: m.payload().map(<[u8]>::to_vec),
                             headers: super::headers::raw_headers(&m),
                             timestamp_ms: m.timestamp().to_millis(),
-                            charge: Charge::default(),
                         };
                         ctx.state().on_message(envelope, Instant::now());
                         ctx.metrics.consumed.inc();

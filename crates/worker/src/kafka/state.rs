@@ -3,11 +3,13 @@
 //! says; every rule here is unit-tested without a broker.
 //!
 //! - **Chunks** close at `max_messages` or after `linger`.
-//! - **Read-ahead is bounded in messages:** messages taken from Kafka and not yet finished
-//!   (building, waiting for the pipeline, or in it) never exceed `max_in_flight` by more than
-//!   what one poll returns. At the bound the source pauses its partitions (librdkafka then drops
-//!   what it prefetched and fetches again from the last taken offset on resume) and resumes
-//!   when a chunk's worth has finished (hysteresis, so it does not flap).
+//! - **Read-ahead is bounded in messages and in bytes:** messages taken from Kafka and not yet
+//!   finished (building, waiting for the pipeline, or in it) never exceed `max_in_flight`
+//!   messages, nor `max_in_flight_bytes` of keys, values and headers, by more than what one poll
+//!   returns (one message). At either bound the source pauses its partitions (librdkafka then
+//!   drops what it prefetched and fetches again from the last taken offset on resume) and
+//!   resumes when a chunk's worth of messages, and half the bytes, are below it (hysteresis,
+//!   so it does not flap).
 //! - **Infrastructure faults pause intake** (see [`crate::failure`]); work in flight keeps
 //!   retrying.
 //! - **Commits** are what the [`OffsetTracker`] says is finished; finished events arrive from
@@ -25,6 +27,7 @@ pub struct Limits {
     pub max_messages: usize,
     pub linger: Duration,
     pub max_in_flight: usize,
+    pub max_in_flight_bytes: u64,
 }
 
 /// The source's state (see the module doc).
@@ -37,6 +40,8 @@ pub struct SourceState {
     pending: Option<Vec<Envelope>>,
     /// Handed to the pipeline and not yet done.
     in_pipeline: usize,
+    /// Bytes of every message taken and not finished (see [`Envelope::size`]).
+    bytes: u64,
     paused: bool,
     last_message: Option<Instant>,
 }
@@ -54,6 +59,7 @@ impl SourceState {
             chunk_started: None,
             pending: None,
             in_pipeline: 0,
+            bytes: 0,
             paused: false,
             last_message: None,
         }
@@ -64,8 +70,14 @@ impl SourceState {
         self.building.len() + self.pending.as_ref().map_or(0, Vec::len) + self.in_pipeline
     }
 
+    /// Bytes of the messages taken and not finished.
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// A message arrived (its envelope already carries its generation from `tracker`).
     pub fn on_message(&mut self, e: Envelope, now: Instant) {
+        self.bytes += e.size();
         if self.building.is_empty() {
             self.chunk_started = Some(now);
         }
@@ -76,6 +88,7 @@ impl SourceState {
     /// A message left the pipeline.
     pub fn on_done(&mut self, d: Done) {
         self.in_pipeline = self.in_pipeline.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(d.bytes);
         self.tracker.finished(d.partition, d.offset, d.generation);
     }
 
@@ -118,27 +131,35 @@ impl SourceState {
     /// Drops everything not yet handed to the pipeline (stopping: it is not committed, so it is
     /// redelivered).
     pub fn drop_undispatched(&mut self) {
+        let dropped: u64 = self
+            .building
+            .iter()
+            .chain(self.pending.iter().flatten())
+            .map(Envelope::size)
+            .sum();
+        self.bytes = self.bytes.saturating_sub(dropped);
         self.building.clear();
         self.pending = None;
         self.chunk_started = None;
     }
 
     /// Whether the partitions should be paused now; `intake_blocked` is an infrastructure
-    /// fault. Pauses at `max_in_flight`, resumes once a chunk's worth below it.
+    /// fault. Pauses at `max_in_flight` messages or `max_in_flight_bytes`, resumes once a
+    /// chunk's worth of messages and half the bytes are below the bounds.
     pub fn wants_pause(&self, intake_blocked: bool) -> bool {
         if intake_blocked {
             return true;
         }
-        let n = self.in_flight();
+        let (n, bytes) = (self.in_flight(), self.bytes);
+        let l = &self.limits;
         if self.paused {
-            let resume_at = self
-                .limits
+            let resume_at = l
                 .max_in_flight
-                .saturating_sub(self.limits.max_messages)
-                .max(self.limits.max_in_flight / 2);
-            n > resume_at
+                .saturating_sub(l.max_messages)
+                .max(l.max_in_flight / 2);
+            n > resume_at || bytes > l.max_in_flight_bytes / 2
         } else {
-            n >= self.limits.max_in_flight
+            n >= l.max_in_flight || bytes >= l.max_in_flight_bytes
         }
     }
 
@@ -179,7 +200,6 @@ impl SourceState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::Charge;
 
     fn env(state: &mut SourceState, partition: i32, offset: i64) -> Envelope {
         if state.tracker.generation(partition).is_none() {
@@ -194,7 +214,6 @@ mod tests {
             value: Some(b"http://x/a.png".to_vec()),
             headers: Vec::new(),
             timestamp_ms: Some(1),
-            charge: Charge::default(),
         }
     }
 
@@ -203,6 +222,7 @@ mod tests {
             max_messages,
             linger: Duration::from_millis(100),
             max_in_flight,
+            max_in_flight_bytes: u64::MAX,
         }
     }
 
@@ -314,5 +334,34 @@ mod tests {
         s.on_done(d);
         assert!(s.idle_for(Duration::from_secs(1), t0 + Duration::from_secs(5)));
         assert!(!s.idle_for(Duration::from_secs(10), t0 + Duration::from_secs(5)));
+    }
+
+    /// Large messages pause intake by their bytes long before their count would; the bytes
+    /// come back as they finish, and the source resumes at half the bound.
+    #[test]
+    fn read_ahead_is_bounded_in_bytes_too() {
+        let mut s = SourceState::new(Limits {
+            max_in_flight_bytes: 1000,
+            ..limits(100, 1000)
+        });
+        let t0 = Instant::now();
+        let mut dones = Vec::new();
+        for o in 0..4 {
+            let mut e = env(&mut s, 0, o);
+            e.value = Some(vec![b'x'; 300]);
+            dones.push(e.done());
+            s.on_message(e, t0);
+        }
+        assert_eq!(s.in_flight_bytes(), 1200);
+        assert!(s.wants_pause(false), "1200 bytes taken, bound 1000");
+        s.set_paused(true);
+        s.close_chunk_if_due(t0 + Duration::from_secs(1));
+        s.take_pending();
+        s.on_done(dones[0]);
+        s.on_done(dones[1]);
+        assert!(s.wants_pause(false), "600 bytes: above half the bound");
+        s.on_done(dones[2]);
+        assert_eq!(s.in_flight_bytes(), 300);
+        assert!(!s.wants_pause(false), "300 bytes: resume");
     }
 }

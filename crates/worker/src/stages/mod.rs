@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use ocrfleet_ocr::EngineHandle;
 use tokio::sync::mpsc;
 
+use crate::budget::Budget;
 use crate::envelope::{Envelope, Outcome};
 use crate::es::client::EsClient;
 use crate::failure::Component;
@@ -105,5 +106,33 @@ pub async fn engine_watch(
             health.fault(Component::Engine, "thread", "the engine thread has stopped");
             anyhow::bail!("the OCR engine thread has stopped");
         }
+    }
+}
+
+/// How long a decode may wait for the memory budget before that is reported as a fault.
+pub const BUDGET_WAIT_FAULT: Duration = Duration::from_secs(120);
+
+/// Exports the memory budget's use every second, and reports a `memory_budget` fault while a
+/// decode has waited longer than [`BUDGET_WAIT_FAULT`]: the budget cannot deadlock (see
+/// [`crate::budget`]), so a wait that long means the pages held are not leaving the engine.
+pub async fn budget_watch(budget: Budget, metrics: Metrics, health: std::sync::Arc<Health>) {
+    loop {
+        let (waiting, oldest) = budget.waiting();
+        metrics.budget_used.set(budget.used() as i64);
+        metrics.budget_waiting.set(waiting as i64);
+        if oldest >= BUDGET_WAIT_FAULT {
+            health.fault(
+                Component::MemoryBudget,
+                "wait",
+                format!(
+                    "{waiting} decode(s) waiting for the memory budget, the longest for {} s: the {} MiB held are not leaving the engine (see ocrfleet_queue_depth)",
+                    oldest.as_secs(),
+                    budget.used() >> 20
+                ),
+            );
+        } else {
+            health.clear(Component::MemoryBudget, "wait");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -8,6 +8,11 @@
 //! passes. If the engine does not come back within `--engine-fault-timeout`, or its thread is
 //! gone, the stage reports a fatal error and the worker exits non-zero so that Kubernetes starts
 //! a fresh process; nothing in flight is committed.
+//!
+//! A call that does not return within `--engine-timeout` is a hung engine (a stuck device
+//! call): the same, fatal. An image on which the engine panics is dead-lettered alone
+//! (`ocr/panic`; the engine runs the batch again image by image). Every page of a multi-page
+//! image is a batch item of its own; the pages' results are put back together per message.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +22,6 @@ use ocrfleet_ocr::{EngineHandle, ImageText, OcrError, Timings};
 use tokio::sync::mpsc;
 
 use super::prepare::Ready;
-use crate::config::WorkerConfig;
 use crate::envelope::{Failure, Outcome};
 use crate::es::document::{DocBody, DocTimings, Document, SourceRef};
 use crate::failure::{Component, Rejection, Stage};
@@ -25,31 +29,62 @@ use crate::health::Health;
 use crate::message::{self, CONTRACT_VERSION};
 use crate::metrics::Metrics;
 
+/// What the OCR stage needs of the settings.
+#[derive(Debug, Clone)]
+pub struct OcrSettings {
+    /// Pages per engine call at most (a message's pages are never split across calls, so a
+    /// message with more pages makes a larger call).
+    pub batch: usize,
+    /// `--engine-fault-timeout`.
+    pub fault_timeout: Duration,
+    /// `--engine-timeout`, resolved.
+    pub call_timeout: Duration,
+    /// For the documents: the source topic and this worker's id.
+    pub topic: String,
+    pub worker_id: String,
+}
+
+impl OcrSettings {
+    /// `--engine-timeout` when given, else 20 times the slowest warm-up run, at least 5 minutes.
+    pub fn call_timeout(given: Option<Duration>, slowest_warm_up_run: f64) -> Duration {
+        given.unwrap_or_else(|| {
+            Duration::from_secs(300).max(Duration::from_secs_f64(20.0 * slowest_warm_up_run))
+        })
+    }
+}
+
 /// Runs batches until `ready_rx` closes. `Err` is fatal for the process.
 pub async fn ocr_stage(
     mut ready_rx: mpsc::Receiver<Ready>,
-    cfg: Arc<WorkerConfig>,
+    cfg: OcrSettings,
     engine: EngineHandle,
     out_tx: mpsc::Sender<Outcome>,
     metrics: Metrics,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
     while let Some(first) = ready_rx.recv().await {
+        let mut pages = first.pages.len();
         let mut batch = vec![first];
-        while batch.len() < cfg.ocr_batch {
+        while pages < cfg.batch {
             match ready_rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) => {
+                    pages += r.pages.len();
+                    batch.push(r);
+                }
                 Err(_) => break,
             }
         }
         metrics
             .batch_size
             .with_label_values(&["ocr"])
-            .observe(batch.len() as f64);
-        let images: Vec<RgbImage> = batch
-            .iter_mut()
-            .map(|r| std::mem::take(&mut r.image))
-            .collect();
+            .observe(pages as f64);
+        // Every page is an item; `owner[k]` is the message of item k.
+        let mut images: Vec<RgbImage> = Vec::with_capacity(pages);
+        let mut counts = Vec::with_capacity(batch.len());
+        for r in &mut batch {
+            counts.push(r.pages.len());
+            images.append(&mut r.pages);
+        }
         let t = Instant::now();
         let results = run_until_healthy(&engine, images, &cfg, &health).await?;
         metrics
@@ -73,8 +108,9 @@ pub async fn ocr_stage(
                     .inc_by(ms.max(0.0) / 1000.0);
             }
         }
-        for (ready, result) in batch.into_iter().zip(results) {
-            let outcome = match result {
+        let mut results = results.into_iter();
+        for (ready, n) in batch.into_iter().zip(counts) {
+            let outcome = match per_message(results.by_ref().take(n).collect()) {
                 Ok(text) => Outcome::Doc(Box::new(document(
                     &cfg,
                     engine.model_version(),
@@ -102,15 +138,48 @@ pub async fn ocr_stage(
     Ok(())
 }
 
+/// A message's result from its pages' results: the first failing page fails it (its page
+/// number in the message when there are several).
+fn per_message(pages: Vec<Result<ImageText, OcrError>>) -> Result<ImageText, OcrError> {
+    let several = pages.len() > 1;
+    let mut ok = Vec::with_capacity(pages.len());
+    for (i, p) in pages.into_iter().enumerate() {
+        match p {
+            Ok(t) => ok.push(t),
+            Err(OcrError::Inference { stage, message }) if several => {
+                return Err(OcrError::Inference {
+                    stage,
+                    message: format!("page {}: {message}", i + 1),
+                })
+            }
+            Err(OcrError::Panic(m)) if several => {
+                return Err(OcrError::Panic(format!("page {}: {m}", i + 1)))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(ImageText::from_pages(ok).expect("a message has at least one page"))
+}
+
 /// Runs `images` until the results can be trusted (see the module doc).
 async fn run_until_healthy(
     engine: &EngineHandle,
     mut images: Vec<RgbImage>,
-    cfg: &WorkerConfig,
+    cfg: &OcrSettings,
     health: &Health,
 ) -> anyhow::Result<Vec<Result<ImageText, OcrError>>> {
     loop {
-        let (back, results) = engine.recognize_keep(images).await;
+        let n = images.len();
+        let Ok((back, results)) =
+            tokio::time::timeout(cfg.call_timeout, engine.recognize_keep(images)).await
+        else {
+            let why = format!(
+                "an engine call of {n} image(s) did not return within {} (--engine-timeout): the engine or its device hangs",
+                humantime::format_duration(cfg.call_timeout)
+            );
+            health.fault(Component::Engine, "hang", &why);
+            anyhow::bail!("{why}; exiting so that a fresh process gets the device");
+        };
         if let Some(Err(e)) = results
             .iter()
             .find(|r| matches!(r, Err(OcrError::EngineGone(_))))
@@ -132,7 +201,7 @@ async fn run_until_healthy(
             }
             Err(reason) => {
                 health.fault(Component::Engine, "probe", &reason);
-                wait_for_engine(engine, cfg.engine_fault_timeout, health).await?;
+                wait_for_engine(engine, cfg.fault_timeout, health).await?;
                 images = back;
             }
         }
@@ -168,13 +237,13 @@ async fn wait_for_engine(
     }
 }
 
-fn document(cfg: &WorkerConfig, model: &str, r: Ready, text: ImageText) -> Document {
+fn document(cfg: &OcrSettings, model: &str, r: Ready, text: ImageText) -> Document {
     let e = &r.envelope;
     let replay = message::ReplayOrigin::read(&e.headers);
     let id = message::document_id(
         r.request.id.as_deref(),
         replay.of.as_deref(),
-        &cfg.kafka.topic,
+        &cfg.topic,
         e.partition,
         e.offset,
     );
@@ -197,10 +266,11 @@ fn document(cfg: &WorkerConfig, model: &str, r: Ready, text: ImageText) -> Docum
         lines: text.lines,
         width: text.width,
         height: text.height,
+        pages: text.pages,
         metadata: r.request.metadata,
         headers,
         source: SourceRef {
-            topic: cfg.kafka.topic.clone(),
+            topic: cfg.topic.clone(),
             partition: e.partition,
             offset: e.offset,
             timestamp: e.timestamp_ms,

@@ -264,6 +264,10 @@ pub async fn sink_stage(
                 match w {
                     Written::Indexed => {
                         metrics.indexed.inc();
+                        if let Some(ts) = d.envelope.timestamp_ms {
+                            let age = chrono::Utc::now().timestamp_millis() - ts;
+                            metrics.end_to_end.observe(age.max(0) as f64 / 1000.0);
+                        }
                         done.push(d.envelope.done());
                     }
                     Written::Superseded => {
@@ -291,6 +295,9 @@ pub async fn sink_stage(
             // the dead-letter topic, so none may stay open (see `Indexer::write`).
             health.clear(Component::DeadLetter, "produce");
         }
+        if !done.is_empty() {
+            health.progress();
+        }
         for d in done {
             let _ = done_tx.send(d);
         }
@@ -300,7 +307,6 @@ pub async fn sink_stage(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::Charge;
     use crate::es::document::{DocBody, DocTimings, SourceRef};
     use std::sync::Mutex;
 
@@ -351,7 +357,6 @@ mod tests {
                 value: None,
                 headers: Vec::new(),
                 timestamp_ms: Some(100),
-                charge: Charge::default(),
             },
             id: format!("d{i}"),
             version: Some(100),
@@ -362,6 +367,7 @@ mod tests {
                 lines: Vec::new(),
                 width: 1,
                 height: 1,
+                pages: 1,
                 metadata: Default::default(),
                 headers: Default::default(),
                 source: SourceRef {
