@@ -497,6 +497,11 @@ impl ImageServer {
     /// (N redirects, then an image), `/drip` (one byte every 300 ms, for ever), `/empty` (200
     /// with no body), `/html` (HTML sent as `image/png`), `/blob/NAME` (bytes given by the test).
     pub fn start(dir: PathBuf) -> ImageServer {
+        Self::start_at(dir, 0)
+    }
+
+    /// [`ImageServer::start`] on a given loopback port (0: any free one).
+    pub fn start_at(dir: PathBuf, port: u16) -> ImageServer {
         use axum::extract::{Path as AxPath, State};
         use axum::http::StatusCode;
         use axum::response::IntoResponse;
@@ -623,7 +628,7 @@ impl ImageServer {
             )
             .with_state(state);
         let listener = rt()
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
             .unwrap();
         let addr = listener.local_addr().unwrap();
         rt().spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -1123,4 +1128,38 @@ pub fn run_cli(
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A worker fixture image decoded.
+pub fn fixture_image(name: &str) -> image::RgbImage {
+    image::open(repo_root().join("tests/fixtures/worker").join(name))
+        .unwrap()
+        .to_rgb8()
+}
+
+/// PNG bytes of `img`.
+pub fn png(img: &image::RgbImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// `name` pasted on a white `w`×`h` canvas: an image of a size no fixture has, for the
+/// engine's per-image test faults (`--test-engine-fault panic|abort|hang:WxH`).
+pub fn sized_fixture(name: &str, w: u32, h: u32) -> Vec<u8> {
+    let src = fixture_image(name);
+    let mut canvas = image::RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
+    image::imageops::overlay(&mut canvas, &src, 0, 0);
+    png(&canvas)
+}
+
+/// A multi-page TIFF (RGB, little-endian) of the given images, one page each.
+pub fn multipage_tiff(pages: &[image::RgbImage]) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut enc = tiff::encoder::TiffEncoder::new(&mut out).unwrap();
+    for p in pages {
+        enc.write_image::<tiff::encoder::colortype::RGB8>(p.width(), p.height(), p.as_raw())
+            .unwrap();
+    }
+    out.into_inner()
 }

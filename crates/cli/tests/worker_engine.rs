@@ -1,0 +1,146 @@
+//! The engine as a source of faults, end to end against real servers on 127.0.0.1: an image on
+//! which the engine panics, a call that hangs, a process that dies on an image (a crash that is
+//! not a panic), and a worker stuck with work pending. The faults come from the worker's hidden
+//! `--test-engine-fault` hook, keyed on an image size that no fixture has (no real GPU or ONNX
+//! Runtime can be broken on purpose here; everything else is real: Kafka and Elasticsearch
+//! protocols, HTTP, ONNX Runtime on the real weights).
+//!
+//! Waits have generous deadlines for liveness only; nothing asserts on speed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The size of the poison image (no fixture has it).
+const POISON: (u32, u32) = (333, 97);
+
+/// Good messages around one poison image (hello.png on a 333×97 canvas) at `at`: the values
+/// and the poison's id.
+fn with_poison(srv: &ImageServer, n: usize, at: usize, tag: &str) -> (Vec<String>, String) {
+    let poison_url = srv.put("poison.png", sized_fixture("hello.png", POISON.0, POISON.1));
+    let good = [
+        "invoice.png",
+        "park.png",
+        "coffee.png",
+        "train.png",
+        "lake.png",
+    ];
+    let values = (0..n)
+        .map(|i| {
+            let url = if i == at {
+                poison_url.clone()
+            } else {
+                srv.url(&format!("img/{}", good[i % good.len()]))
+            };
+            serde_json::json!({"url": url, "id": format!("{tag}-{i}")}).to_string()
+        })
+        .collect();
+    (values, format!("{tag}-{at}"))
+}
+
+/// An image on which the engine panics is dead-lettered alone (`ocr/panic`); its batch-mates
+/// are indexed, the worker stays up and ready, and the partition is committed to its end.
+#[test]
+fn an_image_that_panics_the_engine_is_dead_lettered_alone_and_the_worker_goes_on() {
+    let _g = serial();
+    let nd = Noida::start("engpanic");
+    let srv = images_server();
+    let (topic, group, index) = ("engpanic", "g-engpanic", "engpanic-idx");
+    create_topics(&nd.brokers(), topic, 1);
+    let (values, poison) = with_poison(&srv, 8, 3, "p");
+    produce(&nd.brokers(), topic, 1, &values);
+    let fault = format!("panic:{}x{}", POISON.0, POISON.1);
+    let mut w = Worker::start(
+        &nd.brokers(),
+        &nd.es_url(),
+        topic,
+        group,
+        index,
+        &["--test-engine-fault", &fault, "--ocr-batch", "4"],
+    );
+    let dlq = read_all(&nd.brokers(), "engpanic.dlq", 1, Duration::from_secs(180));
+    assert_eq!(dlq.len(), 1, "one dead letter; log:\n{}", w.log_tail());
+    let h = &dlq[0].headers;
+    assert_eq!(
+        (
+            h["ocrfleet.error.stage"].as_str(),
+            h["ocrfleet.error.class"].as_str()
+        ),
+        ("ocr", "panic"),
+        "{h:?}"
+    );
+    assert!(dlq[0].value.as_deref().unwrap().contains(&poison));
+    wait_until("the 7 others indexed", Duration::from_secs(120), || {
+        es_count(&nd.es_url(), index) == Some(7)
+    });
+    wait_until("committed to the end", Duration::from_secs(60), || {
+        lag(&nd.brokers(), group, topic, 1) == 0
+    });
+    assert_eq!(w.exited(), None, "the worker keeps running");
+    assert!(w.ready() && w.healthy());
+}
+
+/// A call that never returns (a stuck device call): first `/healthz` fails, because work is
+/// pending and nothing moves (the liveness probe Kubernetes restarts a stuck pod on); then the
+/// call's deadline (`--engine-timeout`) ends the process non-zero, with nothing of the batch
+/// committed and nothing dead-lettered.
+#[test]
+fn a_hung_engine_fails_liveness_then_ends_the_process_non_zero() {
+    let _g = serial();
+    let nd = Noida::start("enghang");
+    let srv = images_server();
+    let (topic, group, index) = ("enghang", "g-enghang", "enghang-idx");
+    create_topics(&nd.brokers(), topic, 1);
+    let (values, _) = with_poison(&srv, 6, 2, "h");
+    produce(&nd.brokers(), topic, 1, &values);
+    let fault = format!("hang:{}x{}", POISON.0, POISON.1);
+    let mut w = Worker::start(
+        &nd.brokers(),
+        &nd.es_url(),
+        topic,
+        group,
+        index,
+        &[
+            "--test-engine-fault",
+            &fault,
+            "--ocr-batch",
+            "8",
+            "--engine-timeout",
+            "25s",
+            "--liveness-timeout",
+            "5s",
+        ],
+    );
+    let t = Instant::now();
+    wait_until("/healthz says stuck", Duration::from_secs(120), || {
+        matches!(
+            blocking_get(&format!("http://127.0.0.1:{}/healthz", w.http_port)),
+            Ok((503, body)) if body.contains("stuck")
+        )
+    });
+    let code = w.wait(Duration::from_secs(180));
+    assert_ne!(
+        code,
+        0,
+        "a hung engine ends the process; log:\n{}",
+        w.log_tail()
+    );
+    assert!(
+        t.elapsed() >= Duration::from_secs(15),
+        "the process waited for the call's deadline"
+    );
+    assert!(
+        w.log_tail().contains("--engine-timeout"),
+        "{}",
+        w.log_tail()
+    );
+    let indexed = es_count(&nd.es_url(), index).unwrap_or(0) as i64;
+    assert!(committed(&nd.brokers(), group, topic, 1) <= indexed);
+    assert_eq!(
+        read_all(&nd.brokers(), "enghang.dlq", 1, Duration::from_secs(2)).len(),
+        0,
+        "a hang is the engine's fault, not the records'"
+    );
+}
