@@ -40,6 +40,9 @@ enum Command {
     /// Run a worker: Kafka → download → batched OCR → Elasticsearch, failures to the dead-letter topic.
     Worker(Box<worker_cmd::WorkerCmd>),
     /// Publish image URLs (one per line, or JSON messages) to the source topic.
+    #[command(
+        after_help = "Exit status: 0 every line sent (blank and # lines skipped); 1 a delivery failed; 2 unusable arguments or no broker (nothing sent); 3 some lines were invalid (not sent, counted and logged), every valid one delivered."
+    )]
     Produce(worker_cmd::ProduceCmd),
     /// Re-publish dead letters to the source topic (filter by stage, class, time, partition).
     Replay(replay_cmd::ReplayCmd),

@@ -170,9 +170,19 @@ pub fn run_produce(cmd: ProduceCmd) -> anyhow::Result<ExitCode> {
         "produced to {}: sent {}, invalid {}, failed {}, skipped {}",
         cmd.topic, counts.sent, counts.invalid, counts.failed, counts.skipped
     );
-    Ok(if counts.failed > 0 {
+    Ok(produce_exit(&counts))
+}
+
+/// `ocrfleet produce`'s exit code: 0 when every line was sent (blank and `#` lines are
+/// skipped), 1 when a delivery failed, 3 when every valid line was delivered but some lines
+/// were invalid (not sent). 2 is for unusable arguments or a check that failed before anything
+/// was sent.
+fn produce_exit(c: &ocrfleet_worker::kafka::produce::ProduceCounts) -> ExitCode {
+    if c.failed > 0 {
         ExitCode::from(1)
+    } else if c.invalid > 0 {
+        ExitCode::from(3)
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }

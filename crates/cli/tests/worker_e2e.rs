@@ -627,7 +627,11 @@ fn the_worker_writes_through_an_alias_and_keeps_an_operators_template_settings()
         t["index_templates"][0]["index_template"].clone()
     };
     let t = template(&es);
-    assert_eq!(t["_meta"]["version"], 3, "upgraded: {t}");
+    assert_eq!(
+        t["_meta"]["version"],
+        ocrfleet_worker::es::document::TEMPLATE_VERSION,
+        "upgraded: {t}"
+    );
     assert_eq!(t["_meta"]["owner"], "search-team", "{t}");
     let settings = &t["template"]["settings"]["index"];
     assert_eq!(settings["number_of_replicas"], "0", "{t}");

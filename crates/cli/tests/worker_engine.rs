@@ -144,3 +144,70 @@ fn a_hung_engine_fails_liveness_then_ends_the_process_non_zero() {
         "a hang is the engine's fault, not the records'"
     );
 }
+
+/// A record that kills the process (an abort, as a segfault inside ONNX Runtime or an
+/// out-of-memory kill would; not a panic, which the engine catches). Restarted as Kubernetes
+/// would, the workers do not crash-loop for ever: the committed offset's metadata counts the
+/// deaths of what was in the engine, suspects run alone, and the record that died
+/// `--crash-loop-attempts` (3) times is dead-lettered (`ocr/crash_loop`); everything else is
+/// indexed. tansu is the broker here because it evicts a dead member (noida-db never does).
+#[test]
+fn a_record_that_crashes_the_process_is_dead_lettered_instead_of_crash_looping() {
+    let _g = serial();
+    let nd = Noida::start("engcrash");
+    let tansu = Tansu::start();
+    let srv = images_server();
+    let brokers = tansu.brokers();
+    let (topic, group, index) = ("engcrash", "g-engcrash", "engcrash-idx");
+    create_topics(&brokers, topic, 1);
+    let (values, poison) = with_poison(&srv, 6, 2, "c");
+    produce(&brokers, topic, 1, &values);
+    let fault = format!("abort:{}x{}", POISON.0, POISON.1);
+    let args = [
+        "--test-engine-fault",
+        &fault,
+        "--ocr-batch",
+        "8",
+        "--kafka-option",
+        "session.timeout.ms=6000,heartbeat.interval.ms=1000",
+    ];
+    let mut starts = 0;
+    'runs: loop {
+        starts += 1;
+        assert!(starts <= 8, "still crash-looping after {starts} starts");
+        let mut w = Worker::start(&brokers, &nd.es_url(), topic, group, index, &args);
+        let t = Instant::now();
+        loop {
+            if let Some(code) = w.exited() {
+                assert_ne!(code, 0, "an abort is not a clean exit");
+                continue 'runs;
+            }
+            if es_count(&nd.es_url(), index) == Some(5) && lag(&brokers, group, topic, 1) == 0 {
+                break 'runs;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(240),
+                "neither finished nor died; log:\n{}",
+                w.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    println!("{starts} process starts");
+    assert!(
+        starts >= 4,
+        "three crashes, then the dead letter: {starts} starts"
+    );
+    let dlq = read_all(&brokers, "engcrash.dlq", 2, Duration::from_secs(10));
+    assert_eq!(dlq.len(), 1, "only the poison is dead-lettered: {dlq:?}");
+    let h = &dlq[0].headers;
+    assert_eq!(
+        (
+            h["ocrfleet.error.stage"].as_str(),
+            h["ocrfleet.error.class"].as_str()
+        ),
+        ("ocr", "crash_loop"),
+        "{h:?}"
+    );
+    assert!(dlq[0].value.as_deref().unwrap().contains(&poison));
+}

@@ -238,6 +238,8 @@ settings! {
         fetch_max_redirects: usize, "fetch-max-redirects", "OCRFLEET_FETCH_MAX_REDIRECTS", "5";
         /// Networks allowed despite the SSRF guard (e.g. 127.0.0.0/8 for a local stack); comma-separated CIDRs.
         fetch_allow: List<IpNet>, "fetch-allow", "OCRFLEET_FETCH_ALLOW", "";
+        /// NAT64 prefixes of the cluster's DNS64 besides the well-known 64:ff9b::/96 (a network-specific prefix, RFC 6052: /32, /40, /48, /56, /64 or /96); addresses under them are judged by the IPv4 address they embed; comma-separated.
+        fetch_nat64_prefix: List<ipnet::Ipv6Net>, "fetch-nat64-prefix", "OCRFLEET_FETCH_NAT64_PREFIX", "";
         /// PEM file of extra CA certificates to trust for image hosts (a private CA, or a TLS-inspecting corporate proxy's), besides the built-in Mozilla roots.
         fetch_ca_cert: PathBuf, "fetch-ca-cert", "OCRFLEET_FETCH_CA_CERT", "";
     }
@@ -432,6 +434,8 @@ pub struct FetchConfig {
     pub max_bytes: u64,
     pub max_redirects: usize,
     pub allow: Vec<IpNet>,
+    /// `--fetch-nat64-prefix`.
+    pub nat64: Vec<ipnet::Ipv6Net>,
     /// Extra trusted CA certificates (PEM) for image hosts.
     pub ca_cert: Option<PathBuf>,
 }
@@ -497,6 +501,11 @@ impl WorkerConfig {
             max_bytes: a.fetch_max_bytes.map_or(20 << 20, |b| b.as_u64()),
             max_redirects: a.fetch_max_redirects.unwrap_or(5),
             allow: a.fetch_allow.clone().map(|l| l.0).unwrap_or_default(),
+            nat64: a
+                .fetch_nat64_prefix
+                .clone()
+                .map(|l| l.0)
+                .unwrap_or_default(),
             ca_cert: a.fetch_ca_cert.clone(),
         }
     }

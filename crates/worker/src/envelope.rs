@@ -3,6 +3,7 @@
 
 use crate::es::document::Document;
 use crate::failure::Rejection;
+use crate::kafka::journal::Care;
 
 /// A message as received, with the generation of its partition's assignment (see
 /// [`crate::kafka::offsets::OffsetTracker`]). Its bytes count towards the source's
@@ -20,6 +21,8 @@ pub struct Envelope {
     /// Record timestamp in ms since the epoch (create or log-append time), if any. It is the
     /// document's external version: an older record cannot overwrite a newer one's document.
     pub timestamp_ms: Option<i64>,
+    /// Whether it crashed a worker process before (see [`crate::kafka::journal`]).
+    pub care: Care,
 }
 
 impl Envelope {
@@ -60,6 +63,14 @@ pub struct Done {
 pub struct Failure {
     pub envelope: Envelope,
     pub rejection: Rejection,
+}
+
+/// The engine is about to run these records ((partition, offset, generation); none: it is
+/// idle): the Kafka source records it in the committed offsets' metadata, then answers.
+#[derive(Debug)]
+pub struct EngineJournal {
+    pub running: Vec<(i32, i64, u64)>,
+    pub recorded: tokio::sync::oneshot::Sender<()>,
 }
 
 /// How a message left the pipeline.

@@ -197,12 +197,14 @@ async fn run_inner(
         concurrency: cfg.fetch.concurrency,
         metrics: metrics.clone(),
     };
+    let (journal_tx, journal_rx) = mpsc::unbounded_channel();
     let ocr_settings = stages::ocr::OcrSettings {
         batch: cfg.ocr_batch,
         fault_timeout: cfg.engine_fault_timeout,
         call_timeout: stages::ocr::OcrSettings::call_timeout(cfg.engine_timeout, warm.slowest_run),
         topic: cfg.kafka.topic.clone(),
         worker_id: cfg.worker_id.clone(),
+        journal: (cfg.crash_loop_attempts > 0).then_some(journal_tx),
     };
     tracing::info!(engine_timeout = %humantime::format_duration(ocr_settings.call_timeout), "an engine call running longer than this is a hung engine");
     health.set_liveness_timeout(cfg.liveness_timeout);
@@ -235,6 +237,7 @@ async fn run_inner(
                 &source_cfg,
                 chunk_tx,
                 done_rx,
+                journal_rx,
                 source_stop,
                 source_drained,
             );
@@ -328,9 +331,12 @@ async fn run_inner(
         }),
         r = &mut sink => {
             sink_done = true;
-            if !(r.is_ok() && stop.is_cancelled()) {
-                fatal = Some(anyhow::anyhow!("the sink stage ended unexpectedly: {r:?}"));
-            }
+            fatal = match r {
+                Ok(Ok(())) if stop.is_cancelled() => None,
+                Ok(Ok(())) => Some(anyhow::anyhow!("the sink stage ended unexpectedly")),
+                Ok(Err(e)) => Some(e),
+                Err(e) => Some(anyhow::anyhow!("the sink stage panicked: {e}")),
+            };
         }
     }
     stop.cancel();
@@ -341,8 +347,12 @@ async fn run_inner(
         tokio::pin!(deadline);
         loop {
             tokio::select! {
-                _ = &mut sink => {
-                    tracing::info!("in-flight work finished");
+                r = &mut sink => {
+                    if let Ok(Err(e)) = r {
+                        fatal = Some(e);
+                    } else {
+                        tracing::info!("in-flight work finished");
+                    }
                     break;
                 }
                 r = &mut ocr => if let Ok(Err(e)) = r {

@@ -78,6 +78,7 @@ fn fetcher(ca_cert: Option<std::path::PathBuf>) -> anyhow::Result<Fetcher> {
         max_bytes: 1 << 20,
         max_redirects: 0,
         allow: vec!["127.0.0.2/32".parse().unwrap()],
+        nat64: Vec::new(),
         ca_cert,
     })
 }

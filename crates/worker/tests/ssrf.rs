@@ -107,6 +107,7 @@ fn build_fetcher() -> Fetcher {
         max_bytes: 1 << 20,
         max_redirects: 5,
         allow: vec!["127.0.0.2/32".parse().unwrap()],
+        nat64: Vec::new(),
         ca_cert: None,
     })
     .unwrap()

@@ -9,6 +9,8 @@
 //! which both allow (the old `HEAD /` needed `monitor`, so pods never became Ready), and which
 //! fails with 401 when an API key has expired.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use elasticsearch::auth::Credentials;
@@ -39,6 +41,11 @@ pub struct EsClient {
     client: Elasticsearch,
     index: String,
     metrics: Metrics,
+    /// Set at start when `--es-index` is an alias: bulk requests then carry
+    /// `require_alias=true`, so that a deleted alias cannot be replaced by a concrete index of
+    /// its name auto-created on the first write (the items are refused with 404 instead, which
+    /// the sink treats as an infrastructure fault).
+    require_alias: Arc<AtomicBool>,
 }
 
 impl EsClient {
@@ -66,6 +73,7 @@ impl EsClient {
             client: Elasticsearch::new(b.build()?),
             index: cfg.index.clone(),
             metrics,
+            require_alias: Arc::default(),
         })
     }
 
@@ -85,13 +93,17 @@ impl EsClient {
         }
         match self.target().await? {
             Target::Alias => {
+                self.require_alias.store(true, Ordering::Relaxed);
                 tracing::info!(alias = %self.index, "writing through the alias")
             }
             Target::Index => tracing::info!(
                 index = %self.index,
                 "writing to a concrete index (not an alias): to roll over later, see deploy/docs/production.md"
             ),
-            Target::Missing if manage => self.create_first_index().await?,
+            Target::Missing if manage => {
+                self.create_first_index().await?;
+                self.require_alias.store(true, Ordering::Relaxed);
+            }
             Target::Missing => anyhow::bail!(
                 "neither an index nor an alias named {:?} exists, and --manage-template is false: create it (deploy/docs/production.md)",
                 self.index
@@ -313,6 +325,7 @@ impl EsClient {
         let r = self
             .client
             .bulk(BulkParts::Index(&self.index))
+            .require_alias(self.require_alias.load(Ordering::Relaxed))
             .body(vec![ndjson])
             .send()
             .await;

@@ -107,7 +107,10 @@ pub fn index_template(index: &str) -> Value {
     }});
     let f = json!({"type": "float"});
     json!({
-        "index_patterns": [index, format!("{index}-*")],
+        // Not the bare name: that is the write alias's, and an index of that name could only
+        // be one auto-created by mistake (a write after the alias was deleted; the worker's
+        // bulk requests carry `require_alias` to refuse those). It must not look like ours.
+        "index_patterns": [format!("{index}-*")],
         "priority": 200,
         "_meta": {"managed_by": "ocrfleet", "version": TEMPLATE_VERSION},
         "template": {
@@ -334,7 +337,11 @@ mod tests {
     fn template_is_strict_with_cjk_text_and_flattened_metadata() {
         let t = index_template("ocr");
         let m = &t["template"]["mappings"];
-        assert_eq!(t["index_patterns"][0], "ocr");
+        assert_eq!(
+            t["index_patterns"],
+            json!(["ocr-*"]),
+            "never the alias's bare name"
+        );
         assert_eq!(m["dynamic"], "strict");
         assert_eq!(m["properties"]["text"]["analyzer"], "cjk");
         assert_eq!(m["properties"]["metadata"]["type"], "flattened");

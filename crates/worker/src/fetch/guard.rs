@@ -25,6 +25,11 @@
 //! that embed or tunnel to an IPv4 address (IPv4-compatible `::a.b.c.d`, NAT64 local-use, 6to4,
 //! Teredo) are refused outright, as the registry marks them not globally reachable or N/A.
 //!
+//! A cluster whose DNS64 uses a network-specific prefix (RFC 6052 §2.2: /32, /40, /48, /56, /64
+//! or /96, often inside the operator's own unique-local space) names it with
+//! `--fetch-nat64-prefix`; addresses under it are judged by the IPv4 address embedded at the
+//! position that prefix length gives, like the well-known prefix's.
+//!
 //! # Where the check runs
 //!
 //! On the URL (literal addresses in any form the URL parser accepts: `127.1`, `2130706433`,
@@ -194,6 +199,13 @@ pub enum Reason {
     },
     /// An IPv6 address outside global unicast `2000::/3` and every named block.
     NotGlobalUnicast,
+    /// The address lies under an operator's NAT64 prefix (`--fetch-nat64-prefix`) and embeds an
+    /// IPv4 address that lies in a refused block.
+    OperatorNat64 {
+        prefix: Ipv6Net,
+        v4: Ipv4Addr,
+        block: &'static SpecialBlock,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -205,6 +217,9 @@ impl fmt::Display for Reason {
             }
             Reason::NotGlobalUnicast => {
                 f.write_str("outside IPv6 global unicast (2000::/3, RFC 4291 §2.4)")
+            }
+            Reason::OperatorNat64 { prefix, v4, block } => {
+                write!(f, "NAT64 ({prefix}, --fetch-nat64-prefix) of {v4}: {block}")
             }
         }
     }
@@ -273,10 +288,39 @@ pub enum Refusal {
     Resolved(String, String),
 }
 
+/// The IPv4 address that a NAT64 address under a network-specific prefix of `len` bits embeds
+/// (RFC 6052 §2.2: the 32 bits follow the prefix, skipping bits 64..72), or `None` for a
+/// prefix length the RFC does not define.
+pub fn nat64_embedded(ip: Ipv6Addr, len: u8) -> Option<Ipv4Addr> {
+    let b = ip.octets();
+    let v4 = match len {
+        32 => [b[4], b[5], b[6], b[7]],
+        40 => [b[5], b[6], b[7], b[9]],
+        48 => [b[6], b[7], b[9], b[10]],
+        56 => [b[7], b[9], b[10], b[11]],
+        64 => [b[9], b[10], b[11], b[12]],
+        96 => [b[12], b[13], b[14], b[15]],
+        _ => return None,
+    };
+    Some(Ipv4Addr::from(v4))
+}
+
+/// Checks `--fetch-nat64-prefix` values: RFC 6052 defines only these lengths.
+pub fn check_nat64_prefix(p: &Ipv6Net) -> Result<(), String> {
+    if nat64_embedded(Ipv6Addr::UNSPECIFIED, p.prefix_len()).is_none() {
+        return Err(format!(
+            "NAT64 prefix {p} has length /{}; RFC 6052 allows /32, /40, /48, /56, /64 or /96",
+            p.prefix_len()
+        ));
+    }
+    Ok(())
+}
+
 /// The policy: which addresses may be fetched.
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
     allow: Arc<Vec<IpNet>>,
+    nat64: Arc<Vec<Ipv6Net>>,
 }
 
 impl Guard {
@@ -284,7 +328,30 @@ impl Guard {
     pub fn new(allow: Vec<IpNet>) -> Guard {
         Guard {
             allow: Arc::new(allow),
+            nat64: Arc::default(),
         }
+    }
+
+    /// Also judges addresses under these NAT64 prefixes by the IPv4 address they embed
+    /// (checked with [`check_nat64_prefix`]).
+    pub fn with_nat64(mut self, prefixes: Vec<Ipv6Net>) -> Guard {
+        self.nat64 = Arc::new(prefixes);
+        self
+    }
+
+    /// Why `ip` may not be fetched (the operator's NAT64 prefixes, then [`classify`]).
+    pub fn classify(&self, ip: IpAddr) -> Option<Reason> {
+        if let IpAddr::V6(v6) = ip {
+            if let Some(prefix) = self.nat64.iter().find(|p| p.contains(&v6)) {
+                let v4 = nat64_embedded(v6, prefix.prefix_len())?;
+                return classify_v4(v4).map(|block| Reason::OperatorNat64 {
+                    prefix: *prefix,
+                    v4,
+                    block,
+                });
+            }
+        }
+        classify(ip)
     }
 
     /// Checks one address: the allow-list first (on the address as seen, so allowing
@@ -293,7 +360,7 @@ impl Guard {
         if self.allow.iter().any(|n| n.contains(&ip)) {
             return Ok(());
         }
-        match classify(ip) {
+        match self.classify(ip) {
             Some(reason) => Err(Refusal::Address(ip, reason)),
             None => Ok(()),
         }
@@ -325,7 +392,7 @@ impl Guard {
         if ok.is_empty() {
             let list = bad
                 .iter()
-                .map(|a| match classify(a.ip()) {
+                .map(|a| match self.classify(a.ip()) {
                     Some(r) => format!("{} ({r})", a.ip()),
                     None => a.ip().to_string(),
                 })
@@ -509,5 +576,50 @@ mod tests {
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    /// A network-specific NAT64 prefix (RFC 6052) is judged by the IPv4 address embedded at the
+    /// position its length gives; outside `--fetch-nat64-prefix` the same addresses are refused
+    /// as unique-local.
+    #[test]
+    fn operator_nat64_prefixes_are_judged_by_the_embedded_address() {
+        // RFC 6052 §2.4's examples of 192.0.2.33 under 2001:db8::/32 .. /96.
+        for (len, addr) in [
+            (32, "2001:db8:c000:221::"),
+            (40, "2001:db8:1c0:2:21::"),
+            (48, "2001:db8:122:c000:2:2100::"),
+            (56, "2001:db8:122:3c0:0:221::"),
+            (64, "2001:db8:122:344:c0:2:2100:0"),
+            (96, "2001:db8:122:344::192.0.2.33"),
+        ] {
+            let ip: Ipv6Addr = addr.parse().unwrap();
+            assert_eq!(
+                nat64_embedded(ip, len),
+                Some(Ipv4Addr::new(192, 0, 2, 33)),
+                "/{len}"
+            );
+        }
+        assert!(check_nat64_prefix(&"fd00:64::/72".parse().unwrap()).is_err());
+        let prefix: Ipv6Net = "fd00:64::/96".parse().unwrap();
+        check_nat64_prefix(&prefix).unwrap();
+        let plain = Guard::new(Vec::new());
+        let g = Guard::new(Vec::new()).with_nat64(vec![prefix]);
+        let public: IpAddr = "fd00:64::5db8:d822".parse().unwrap(); // 93.184.216.34
+        let private: IpAddr = "fd00:64::a00:1".parse().unwrap(); // 10.0.0.1
+        assert!(
+            plain.check_ip(public).is_err(),
+            "unique-local without the prefix"
+        );
+        assert!(
+            g.check_ip(public).is_ok(),
+            "a public IPv4 behind the translator"
+        );
+        let e = g.check_ip(private).unwrap_err().to_string();
+        assert!(
+            e.contains("--fetch-nat64-prefix")
+                && e.contains("10.0.0.1")
+                && e.contains("Private-Use"),
+            "{e}"
+        );
     }
 }

@@ -246,7 +246,11 @@ pub fn redact_url(url: &str) -> String {
 
 impl Fetcher {
     pub fn new(cfg: FetchConfig) -> anyhow::Result<Fetcher> {
-        let guard = Guard::new(cfg.allow.clone());
+        for p in &cfg.nat64 {
+            guard::check_nat64_prefix(p)
+                .map_err(|e| anyhow::anyhow!("--fetch-nat64-prefix: {e}"))?;
+        }
+        let guard = Guard::new(cfg.allow.clone()).with_nat64(cfg.nat64.clone());
         let redirect_guard = guard.clone();
         let max_redirects = cfg.max_redirects;
         let mut builder = reqwest::Client::builder();
@@ -385,6 +389,7 @@ mod tests {
             max_bytes: 1 << 20,
             max_redirects,
             allow: vec!["127.0.0.0/8".parse().unwrap()],
+            nat64: Vec::new(),
             ca_cert: None,
         }
     }

@@ -65,6 +65,32 @@ pub struct DeadLetter {
     metrics: Metrics,
 }
 
+/// Why a dead letter was not sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// Kafka refused it or is unreachable: retry (an infrastructure fault).
+    Retry(String),
+    /// The idempotent producer hit a fatal error (librdkafka's `rd_kafka_fatal_error`: its
+    /// sequence numbers can no longer be trusted). Every later send fails the same way, so the
+    /// process must end for a fresh producer to start.
+    Fatal(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Retry(r) | SendError::Fatal(r) => f.write_str(r),
+        }
+    }
+}
+
+/// The reason to give for librdkafka's fatal error, if the producer has one.
+fn fatal_error(fatal: Option<(RDKafkaErrorCode, String)>) -> Option<String> {
+    fatal.map(|(code, text)| {
+        format!("the dead-letter producer hit a fatal error ({code:?}: {text}); it cannot send again in this process")
+    })
+}
+
 fn is_too_large(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
@@ -161,8 +187,18 @@ impl DeadLetter {
 
     /// Sends one dead letter and waits for the ack; falls back to the minimal record when Kafka
     /// refuses the full one as too large. `Err` is an infrastructure fault (the record is not
-    /// in the topic; retry later, do not commit).
-    pub async fn send(&self, f: &Failure) -> Result<Sent, String> {
+    /// in the topic; retry later, do not commit), or, for [`SendError::Fatal`], one that no
+    /// retry in this process can clear.
+    pub async fn send(&self, f: &Failure) -> Result<Sent, SendError> {
+        self.send_once(f).await.map_err(|reason| {
+            match fatal_error(rdkafka::producer::Producer::client(&self.producer).fatal_error()) {
+                Some(fatal) => SendError::Fatal(format!("{reason}; {fatal}")),
+                None => SendError::Retry(reason),
+            }
+        })
+    }
+
+    async fn send_once(&self, f: &Failure) -> Result<Sent, String> {
         let t = Instant::now();
         let sent = match self.produce(f, false).await {
             Ok(()) => Sent::Full,
@@ -194,5 +230,24 @@ impl DeadLetter {
             .inc();
         tracing::info!(partition = f.envelope.partition, offset = f.envelope.offset, stage = %f.rejection.stage, class = %f.rejection.class, message = %truncate(&f.rejection.message, 300), minimal = sent == Sent::Minimal, "dead-lettered");
         Ok(sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_fatal_producer_error_is_fatal() {
+        assert_eq!(fatal_error(None), None);
+        let f = fatal_error(Some((
+            RDKafkaErrorCode::OutOfOrderSequenceNumber,
+            "sequence desynchronised".into(),
+        )))
+        .unwrap();
+        assert!(
+            f.contains("OutOfOrderSequenceNumber") && f.contains("cannot send again"),
+            "{f}"
+        );
     }
 }

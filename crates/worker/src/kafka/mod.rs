@@ -4,6 +4,7 @@
 
 pub mod dlq;
 pub mod headers;
+pub mod journal;
 pub mod offsets;
 pub mod produce;
 pub mod replay;

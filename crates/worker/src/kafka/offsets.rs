@@ -5,8 +5,13 @@
 //! received when all are finished: every message below it is done. Each assignment of a
 //! partition gets a new generation; work from an older generation (a partition that was revoked
 //! and maybe re-assigned) is ignored, so it can never move a commit.
+//!
+//! Each partition also keeps its crash-loop [`Journal`], which rides along as the metadata of
+//! every commit of that partition (see [`super::journal`]).
 
 use std::collections::{BTreeMap, HashMap};
+
+use super::journal::{Care, Journal};
 
 #[derive(Debug, Default)]
 struct Partition {
@@ -19,6 +24,9 @@ struct Partition {
     first_received: Option<i64>,
     /// Last position handed out for commit.
     committed: Option<i64>,
+    /// The group's committed position when the partition was assigned (if known).
+    assigned_at: Option<i64>,
+    journal: Journal,
 }
 
 /// Per-partition progress for one topic.
@@ -34,10 +42,18 @@ pub struct OffsetTracker {
 impl OffsetTracker {
     /// A partition was assigned: start a new generation for it.
     pub fn assign(&mut self, partition: i32) {
+        self.assign_with(partition, None, "");
+    }
+
+    /// [`OffsetTracker::assign`], knowing the group's committed position and its metadata
+    /// (the crash-loop journal the last owner left, see [`Journal::after_restart`]).
+    pub fn assign_with(&mut self, partition: i32, committed: Option<i64>, metadata: &str) {
         self.next_generation += 1;
         let g = self.next_generation;
         let mut p = Partition {
             generation: g,
+            assigned_at: committed,
+            journal: Journal::after_restart(metadata, committed),
             ..Default::default()
         };
         if let Some(floor) = self.unassigned.remove(&partition) {
@@ -49,12 +65,66 @@ impl OffsetTracker {
         self.parts.insert(partition, p);
     }
 
+    /// The crash-loop deaths of a partition, for logs.
+    pub fn deaths(&self, partition: i32) -> Vec<(i64, u32)> {
+        self.parts
+            .get(&partition)
+            .map(|p| p.journal.deaths.iter().map(|(&o, &n)| (o, n)).collect())
+            .unwrap_or_default()
+    }
+
+    /// How to handle the record at (`partition`, `offset`), with `limit` deaths allowed.
+    pub fn care(&self, partition: i32, offset: i64, limit: u32) -> Care {
+        self.parts
+            .get(&partition)
+            .map_or(Care::Normal, |p| p.journal.care(offset, limit))
+    }
+
+    /// The engine is about to run `entries` ((partition, offset, generation); empty: it is
+    /// idle). Returns the commits that record it: for every partition whose `running` set
+    /// changes, its position with the journal as metadata. Entries of stale generations are
+    /// not recorded.
+    pub fn journal_running(&mut self, entries: &[(i32, i64, u64)]) -> Vec<(i32, i64, String)> {
+        let mut now: HashMap<i32, std::collections::BTreeSet<i64>> = HashMap::new();
+        for &(part, offset, generation) in entries {
+            if self.is_current(part, generation) {
+                now.entry(part).or_default().insert(offset);
+            }
+        }
+        let mut out = Vec::new();
+        let keys: Vec<i32> = self.parts.keys().copied().collect();
+        for part in keys {
+            let running = now.remove(&part).unwrap_or_default();
+            let p = self.parts.get_mut(&part).expect("key exists");
+            if p.journal.running == running {
+                continue;
+            }
+            p.journal.running = running;
+            let pos = match p.pending.first_key_value() {
+                Some((&first, _)) if p.first_received.is_some_and(|s| first > s) => Some(first),
+                Some((&first, _)) => p.committed.or(p.assigned_at).or(Some(first)),
+                None => p.next.or(p.assigned_at),
+            };
+            if let Some(pos) = pos {
+                out.push((part, pos, p.journal.encode()));
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
     /// A partition was revoked: forget its in-flight work. Returns the position to commit
-    /// first, if any progress was made.
-    pub fn revoke(&mut self, partition: i32) -> Option<i64> {
+    /// first, if any progress was made, with its metadata: the deaths still counted, and no
+    /// `running` (the work is dropped, not crashed on).
+    pub fn revoke(&mut self, partition: i32) -> Option<(i64, String)> {
         let pos = self.commit_position(partition);
-        self.parts.remove(&partition);
-        pos
+        let p = self.parts.remove(&partition)?;
+        let mut journal = p.journal;
+        journal.running.clear();
+        if let Some(pos) = pos {
+            journal.finished_below(pos);
+        }
+        pos.map(|pos| (pos, journal.encode()))
     }
 
     /// The current generation of a partition, or `None` if it is not assigned.
@@ -114,8 +184,9 @@ impl OffsetTracker {
         }
     }
 
-    /// Positions that moved since the last call, to commit now.
-    pub fn take_commits(&mut self) -> Vec<(i32, i64)> {
+    /// Positions that moved since the last call, to commit now, each with its partition's
+    /// journal as metadata.
+    pub fn take_commits(&mut self) -> Vec<(i32, i64, String)> {
         let mut out = Vec::new();
         let keys: Vec<i32> = self.parts.keys().copied().collect();
         for part in keys {
@@ -123,7 +194,8 @@ impl OffsetTracker {
                 let p = self.parts.get_mut(&part).expect("key exists");
                 if p.committed.is_none_or(|c| pos > c) {
                     p.committed = Some(pos);
-                    out.push((part, pos));
+                    p.journal.finished_below(pos);
+                    out.push((part, pos, p.journal.encode()));
                 }
             }
         }
@@ -166,11 +238,11 @@ mod tests {
         t.finished(0, 12, g);
         assert_eq!(t.take_commits(), vec![], "10 is not finished");
         t.finished(0, 10, g);
-        assert_eq!(t.take_commits(), vec![(0, 13)]);
+        assert_eq!(t.take_commits(), vec![(0, 13, String::new())]);
         assert_eq!(t.take_commits(), vec![], "no movement, no commit");
         t.finished(0, 14, g);
         t.finished(0, 13, g);
-        assert_eq!(t.take_commits(), vec![(0, 15)]);
+        assert_eq!(t.take_commits(), vec![(0, 15, String::new())]);
         assert_eq!(t.in_flight(), 0);
     }
 
@@ -181,7 +253,7 @@ mod tests {
         let g1 = t.received(3, 100).unwrap();
         t.received(3, 101);
         t.finished(3, 100, g1);
-        assert_eq!(t.revoke(3), Some(101));
+        assert_eq!(t.revoke(3), Some((101, String::new())));
         // Re-assigned: the old generation's completions must not count.
         t.assign(3);
         let g2 = t.received(3, 101).unwrap();
@@ -189,7 +261,7 @@ mod tests {
         assert!(!t.finished(3, 101, g1));
         assert_eq!(t.take_commits(), vec![]);
         assert!(t.finished(3, 101, g2));
-        assert_eq!(t.take_commits(), vec![(3, 102)]);
+        assert_eq!(t.take_commits(), vec![(3, 102, String::new())]);
     }
 
     #[test]
@@ -198,10 +270,10 @@ mod tests {
         t.assign(2);
         let g = t.received(2, 7).unwrap();
         t.finished(2, 7, g);
-        assert_eq!(t.take_commits(), vec![(2, 8)]);
+        assert_eq!(t.take_commits(), vec![(2, 8, String::new())]);
         assert_eq!(t.take_commits(), vec![]);
         t.commit_failed(2);
-        assert_eq!(t.take_commits(), vec![(2, 8)]);
+        assert_eq!(t.take_commits(), vec![(2, 8, String::new())]);
     }
 
     #[test]
@@ -212,7 +284,7 @@ mod tests {
         let a = t.received(0, 0).unwrap();
         let _b = t.received(1, 0).unwrap();
         t.finished(0, 0, a);
-        assert_eq!(t.take_commits(), vec![(0, 1)]);
+        assert_eq!(t.take_commits(), vec![(0, 1, String::new())]);
         assert_eq!(t.in_flight(), 1);
         assert_eq!(t.partitions(), vec![0, 1]);
     }
@@ -239,6 +311,63 @@ mod tests {
         assert_eq!(t.take_commits(), vec![], "40 was never processed");
         assert_eq!(t.received(5, 40), Some(g));
         assert!(t.finished(5, 40, g));
-        assert_eq!(t.take_commits(), vec![(5, 44)]);
+        assert_eq!(t.take_commits(), vec![(5, 44, String::new())]);
+    }
+
+    /// The journal follows the engine: recorded before a call (at the partition's position,
+    /// which does not move), cleared when the engine is idle, and carried by every commit.
+    #[test]
+    fn the_engine_journal_rides_on_the_commits() {
+        let mut t = OffsetTracker::default();
+        t.assign_with(0, Some(10), "");
+        let g = t.generation(0).unwrap();
+        for o in 10..14 {
+            t.received(0, o);
+        }
+        let c = t.journal_running(&[(0, 10, g), (0, 11, g), (0, 12, g), (7, 1, 1)]);
+        assert_eq!(c, vec![(0, 10, "ocrfleet/1 run=10-12".to_string())]);
+        assert_eq!(
+            t.journal_running(&[(0, 10, g), (0, 11, g), (0, 12, g)]),
+            vec![],
+            "no change"
+        );
+        t.finished(0, 10, g);
+        t.finished(0, 11, g);
+        assert_eq!(
+            t.take_commits(),
+            vec![(0, 12, "ocrfleet/1 run=12".to_string())],
+            "a commit during the call keeps what is running"
+        );
+        assert_eq!(t.journal_running(&[]), vec![(0, 12, String::new())], "idle");
+        assert_eq!(
+            t.journal_running(&[(0, 13, g + 1)]),
+            vec![],
+            "stale generation"
+        );
+    }
+
+    /// A new owner counts a death for what was running, and the deaths ride on until the
+    /// commits pass them.
+    #[test]
+    fn deaths_are_read_at_assignment_and_kept_until_finished() {
+        let mut t = OffsetTracker::default();
+        t.assign_with(0, Some(10), "ocrfleet/1 run=10,12");
+        assert_eq!(t.deaths(0), vec![(10, 1), (12, 1)]);
+        assert_eq!(t.care(0, 12, 3), Care::Alone(1));
+        assert_eq!(t.care(0, 11, 3), Care::Normal);
+        let g = t.generation(0).unwrap();
+        for o in 10..13 {
+            t.received(0, o);
+        }
+        t.finished(0, 10, g);
+        assert_eq!(
+            t.take_commits(),
+            vec![(0, 11, "ocrfleet/1 dead=12:1".to_string())]
+        );
+        assert_eq!(
+            t.revoke(0),
+            Some((11, "ocrfleet/1 dead=12:1".to_string())),
+            "a revoke keeps the deaths"
+        );
     }
 }

@@ -87,8 +87,27 @@ pub async fn produce(
     .map_err(|e| e.context("nothing was sent (the check waits --delivery-timeout)"))?;
     let mut counts = ProduceCounts::default();
     let mut pending = super::InFlight::new();
-    for (n, line) in input.lines().enumerate() {
-        let line = line?;
+    // Lines as bytes: a line that is not UTF-8 is an invalid line, not the end of the run. An
+    // input that cannot be read any more ends the reading; the deliveries already started are
+    // awaited and counted either way, and the error is returned after them.
+    let mut read_error = None;
+    for (n, line) in input.split(b'\n').enumerate() {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                read_error = Some(e);
+                break;
+            }
+        };
+        let line = match String::from_utf8(line) {
+            Ok(l) => l,
+            Err(_) => {
+                counts.invalid += 1;
+                tracing::warn!(line = n + 1, "invalid line not sent: not UTF-8");
+                progress(&counts);
+                continue;
+            }
+        };
         match encode_line(&line) {
             None => counts.skipped += 1,
             Some(Err(e)) => {
@@ -120,7 +139,16 @@ pub async fn produce(
         tally(&mut counts, r);
         progress(&counts);
     }
-    Ok(counts)
+    match read_error {
+        Some(e) => Err(anyhow::anyhow!(
+            "reading the input failed after {} line(s) ({} sent, {} failed, {} invalid): {e}",
+            counts.sent + counts.failed + counts.invalid + counts.skipped,
+            counts.sent,
+            counts.failed,
+            counts.invalid
+        )),
+        None => Ok(counts),
+    }
 }
 
 fn tally(c: &mut ProduceCounts, r: Result<(), rdkafka::error::KafkaError>) {

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::state::{Limits, SourceState};
 use super::Assignment;
 use crate::config::WorkerConfig;
-use crate::envelope::{Done, Envelope};
+use crate::envelope::{Done, EngineJournal, Envelope};
 use crate::failure::Component;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -35,6 +35,8 @@ use crate::metrics::Metrics;
 /// source thread).
 pub struct SourceContext {
     pub topic: String,
+    /// `--crash-loop-attempts` (0: no crash-loop journal).
+    pub crash_loop_attempts: u32,
     pub state: Mutex<SourceState>,
     pub assignment: Assignment,
     pub metrics: Metrics,
@@ -92,12 +94,8 @@ impl ConsumerContext for SourceContext {
                         .lag
                         .remove_label_values(&[e.topic(), &e.partition().to_string()]);
                     self.assignment.revoke(e.partition());
-                    if let Some(pos) = st.tracker.revoke(e.partition()) {
-                        let _ = commit.add_partition_offset(
-                            e.topic(),
-                            e.partition(),
-                            Offset::Offset(pos),
-                        );
+                    if let Some((pos, meta)) = st.tracker.revoke(e.partition()) {
+                        add_commit(&mut commit, e.topic(), e.partition(), pos, &meta);
                     }
                 }
             }
@@ -129,10 +127,42 @@ impl ConsumerContext for SourceContext {
         if let Rebalance::Assign(tpl) = rebalance {
             // An assignment is an answer from the group coordinator: the broker is up.
             self.health.clear(Component::Broker, "connection");
+            // The group's committed positions and the crash-loop journal in their metadata.
+            let committed: std::collections::HashMap<i32, (Option<i64>, String)> = if self
+                .crash_loop_attempts
+                > 0
+            {
+                match consumer.committed_offsets((*tpl).clone(), Duration::from_secs(10)) {
+                    Ok(c) => c
+                        .elements()
+                        .iter()
+                        .map(|e| {
+                            let pos = match e.offset() {
+                                Offset::Offset(o) => Some(o),
+                                _ => None,
+                            };
+                            (e.partition(), (pos, e.metadata().to_owned()))
+                        })
+                        .collect(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the committed offsets' metadata; crash-loop counts of these partitions start again");
+                        Default::default()
+                    }
+                }
+            } else {
+                Default::default()
+            };
             let paused = {
                 let mut st = self.state();
                 for e in tpl.elements() {
-                    st.tracker.assign(e.partition());
+                    let (pos, meta) = committed
+                        .get(&e.partition())
+                        .map_or((None, ""), |(p, m)| (*p, m.as_str()));
+                    st.tracker.assign_with(e.partition(), pos, meta);
+                    let deaths = st.tracker.deaths(e.partition());
+                    if !deaths.is_empty() {
+                        tracing::warn!(partition = e.partition(), ?deaths, limit = self.crash_loop_attempts, "records of this partition were in the OCR engine when a worker process died: each runs alone, and one that has died --crash-loop-attempts times is dead-lettered (ocr/crash_loop)");
+                    }
                     let g = st.tracker.generation(e.partition()).expect("just assigned");
                     self.assignment.assign(e.partition(), g);
                 }
@@ -196,6 +226,7 @@ pub fn context(
 ) -> SourceContext {
     SourceContext {
         topic: cfg.kafka.topic.clone(),
+        crash_loop_attempts: cfg.crash_loop_attempts,
         state: Mutex::new(SourceState::new(Limits {
             max_messages: cfg.max_messages,
             linger: cfg.linger,
@@ -224,6 +255,7 @@ pub fn run(
     cfg: &WorkerConfig,
     chunk_tx: mpsc::Sender<Vec<Envelope>>,
     mut done_rx: mpsc::UnboundedReceiver<Done>,
+    mut journal_rx: mpsc::UnboundedReceiver<EngineJournal>,
     stop: CancellationToken,
     drained: CancellationToken,
 ) -> anyhow::Result<SourceEnd> {
@@ -264,6 +296,11 @@ pub fn run(
             ctx.state().on_done(d);
         }
         commit_finished(&consumer, &topic, CommitMode::Async);
+        // What the engine is about to run, recorded before it runs (crash-loop journal).
+        while let Ok(j) = journal_rx.try_recv() {
+            record_journal(&consumer, &topic, &j.running);
+            let _ = j.recorded.send(());
+        }
         let in_flight = ctx.state().in_flight();
         ctx.metrics.in_flight.set(in_flight as i64);
         ctx.health.set_pending(in_flight);
@@ -294,11 +331,22 @@ pub fn run(
         } else {
             ctx.state().poll_timeout(now)
         };
+        // The engine waits for its journal to be recorded: answer within a few ms.
+        let timeout = if ctx.crash_loop_attempts > 0 {
+            timeout.min(JOURNAL_POLL)
+        } else {
+            timeout
+        };
         match consumer.poll(timeout) {
             Some(Ok(m)) if stop_deadline.is_none() => {
                 let generation = ctx.state().tracker.received(m.partition(), m.offset());
                 match generation {
                     Some(generation) => {
+                        let care = ctx.state().tracker.care(
+                            m.partition(),
+                            m.offset(),
+                            ctx.crash_loop_attempts,
+                        );
                         let envelope = Envelope {
                             partition: m.partition(),
                             offset: m.offset(),
@@ -307,6 +355,7 @@ pub fn run(
                             value: m.payload().map(<[u8]>::to_vec),
                             headers: super::headers::raw_headers(&m),
                             timestamp_ms: m.timestamp().to_millis(),
+                            care,
                         };
                         ctx.state().on_message(envelope, Instant::now());
                         ctx.metrics.consumed.inc();
@@ -357,23 +406,56 @@ fn set_paused(consumer: &BaseConsumer<SourceContext>, pause: bool) {
     }
 }
 
+/// How long the poll loop blocks at most while the crash-loop journal is on.
+const JOURNAL_POLL: Duration = Duration::from_millis(5);
+
+fn add_commit(tpl: &mut TopicPartitionList, topic: &str, partition: i32, pos: i64, meta: &str) {
+    let mut e = tpl.add_partition(topic, partition);
+    let _ = e.set_offset(Offset::Offset(pos));
+    if !meta.is_empty() {
+        e.set_metadata(meta);
+    }
+}
+
 fn commit_finished(consumer: &BaseConsumer<SourceContext>, topic: &str, mode: CommitMode) {
     let commits = consumer.context().state().tracker.take_commits();
     if commits.is_empty() {
         return;
     }
     let mut tpl = TopicPartitionList::new();
-    for (p, pos) in &commits {
-        let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*pos));
+    for (p, pos, meta) in &commits {
+        add_commit(&mut tpl, topic, *p, *pos, meta);
     }
     match consumer.commit(&tpl, mode) {
         Ok(()) => tracing::debug!(?commits, "committed"),
         Err(e) => {
             tracing::warn!(error = %e, ?commits, "commit failed; the positions will be offered again");
             let mut st = consumer.context().state();
-            for (p, _) in &commits {
+            for (p, _, _) in &commits {
                 st.tracker.commit_failed(*p);
             }
         }
+    }
+}
+
+/// Records in the committed offsets' metadata what the engine is about to run (see
+/// [`super::journal`]), synchronously, so that it is on the broker before the run starts.
+/// Best effort: while the broker is unreachable the run goes ahead unrecorded.
+fn record_journal(
+    consumer: &BaseConsumer<SourceContext>,
+    topic: &str,
+    running: &[(i32, i64, u64)],
+) {
+    let ctx = consumer.context();
+    let commits = ctx.state().tracker.journal_running(running);
+    if commits.is_empty() || !ctx.health.is_up(Component::Broker) {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (p, pos, meta) in &commits {
+        add_commit(&mut tpl, topic, *p, *pos, meta);
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+        tracing::warn!(error = %e, "cannot record the engine's journal in the committed offsets; this run is not protected against a crash loop");
     }
 }

@@ -214,6 +214,7 @@ mod tests {
             value: Some(b"http://x/a.png".to_vec()),
             headers: Vec::new(),
             timestamp_ms: Some(1),
+            care: Default::default(),
         }
     }
 
@@ -292,7 +293,7 @@ mod tests {
         }
         assert!(!s.wants_pause(false), "10 in flight: resume");
         s.set_paused(false);
-        assert_eq!(s.tracker.take_commits(), vec![(0, 10)]);
+        assert_eq!(s.tracker.take_commits(), vec![(0, 10, String::new())]);
     }
 
     #[test]

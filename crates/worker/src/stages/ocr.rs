@@ -22,10 +22,11 @@ use ocrfleet_ocr::{EngineHandle, ImageText, OcrError, Timings};
 use tokio::sync::mpsc;
 
 use super::prepare::Ready;
-use crate::envelope::{Failure, Outcome};
+use crate::envelope::{EngineJournal, Failure, Outcome};
 use crate::es::document::{DocBody, DocTimings, Document, SourceRef};
 use crate::failure::{Component, Rejection, Stage};
 use crate::health::Health;
+use crate::kafka::journal::Care;
 use crate::message::{self, CONTRACT_VERSION};
 use crate::metrics::Metrics;
 
@@ -42,6 +43,8 @@ pub struct OcrSettings {
     /// For the documents: the source topic and this worker's id.
     pub topic: String,
     pub worker_id: String,
+    /// Where to record what the engine runs, for crash-loop protection (none: off).
+    pub journal: Option<mpsc::UnboundedSender<EngineJournal>>,
 }
 
 impl OcrSettings {
@@ -62,11 +65,26 @@ pub async fn ocr_stage(
     metrics: Metrics,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
-    while let Some(first) = ready_rx.recv().await {
+    // A record that crashed a process before runs alone; one met while filling a batch waits
+    // here for the next call.
+    let mut held: Option<Ready> = None;
+    loop {
+        let first = match held.take() {
+            Some(r) => r,
+            None => match ready_rx.recv().await {
+                Some(r) => r,
+                None => break,
+            },
+        };
+        let alone = matches!(first.envelope.care, Care::Alone(_));
         let mut pages = first.pages.len();
         let mut batch = vec![first];
-        while pages < cfg.batch {
+        while !alone && pages < cfg.batch {
             match ready_rx.try_recv() {
+                Ok(r) if matches!(r.envelope.care, Care::Alone(_)) => {
+                    held = Some(r);
+                    break;
+                }
                 Ok(r) => {
                     pages += r.pages.len();
                     batch.push(r);
@@ -74,6 +92,21 @@ pub async fn ocr_stage(
                 Err(_) => break,
             }
         }
+        if alone {
+            let e = &batch[0].envelope;
+            tracing::warn!(partition = e.partition, offset = e.offset, care = ?e.care, "running a record alone: it was in the engine when a worker process died");
+        }
+        let running = batch
+            .iter()
+            .map(|r| {
+                (
+                    r.envelope.partition,
+                    r.envelope.offset,
+                    r.envelope.generation,
+                )
+            })
+            .collect();
+        record(&cfg, running).await;
         metrics
             .batch_size
             .with_label_values(&["ocr"])
@@ -134,8 +167,22 @@ pub async fn ocr_stage(
                 return Ok(());
             }
         }
+        if held.is_none() && ready_rx.is_empty() {
+            record(&cfg, Vec::new()).await;
+        }
     }
     Ok(())
+}
+
+/// Has the Kafka source record what the engine is about to run (none: it is idle), and waits
+/// until it is recorded (see [`crate::kafka::journal`]).
+async fn record(cfg: &OcrSettings, running: Vec<(i32, i64, u64)>) {
+    let Some(tx) = &cfg.journal else { return };
+    let (recorded, rx) = tokio::sync::oneshot::channel();
+    if tx.send(EngineJournal { running, recorded }).is_ok() {
+        // The source answers within a poll; it may be stopping, so do not wait for ever.
+        let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+    }
 }
 
 /// A message's result from its pages' results: the first failing page fails it (its page

@@ -29,6 +29,7 @@ use crate::envelope::{Envelope, Failure, Outcome};
 use crate::failure::{Rejection, Stage};
 use crate::fetch::outage::{Next, Outages};
 use crate::fetch::{redact_url, Fetched, Fetcher};
+use crate::kafka::journal::Care;
 use crate::message::{self, Request};
 use crate::metrics::Metrics;
 
@@ -74,6 +75,15 @@ impl Prepare {
         envelope: &Envelope,
         reached: &mut Stage,
     ) -> Result<Prepared, Rejection> {
+        if let Care::CrashLoop(deaths) = envelope.care {
+            return Err(Rejection::new(
+                Stage::Ocr,
+                "crash_loop",
+                format!(
+                    "a worker process died {deaths} times while this record was in the OCR engine, the last times with the record running alone (a crash that is not a panic: a segfault in ONNX Runtime, an out-of-memory kill, a hung device call); it is dead-lettered so that it cannot crash-loop the fleet (--crash-loop-attempts). Replay it once the cause is fixed"
+                ),
+            ));
+        }
         *reached = Stage::Parse;
         if let Some((k, _)) = envelope
             .headers

@@ -22,7 +22,7 @@ use crate::es::client::EsClient;
 use crate::es::document::Document;
 use crate::failure::{Component, Rejection, Stage};
 use crate::health::Health;
-use crate::kafka::dlq::DeadLetter;
+use crate::kafka::dlq::{DeadLetter, SendError};
 use crate::kafka::Assignment;
 use crate::metrics::Metrics;
 
@@ -196,25 +196,30 @@ impl<B: BulkApi> Indexer<B> {
     }
 }
 
-/// Sends a dead letter, retrying while Kafka refuses it; `false` when the partition was revoked
-/// meanwhile (dropped).
+/// Sends a dead letter, retrying while Kafka refuses it; `Ok(false)` when the partition was
+/// revoked meanwhile (dropped); `Err` when the producer can never send again (fatal for the
+/// process).
 async fn dead_letter(
     dlq: &DeadLetter,
     f: &Failure,
     health: &Health,
     still_ours: impl Fn(&Envelope) -> bool,
-) -> bool {
+) -> anyhow::Result<bool> {
     let mut delays = crate::retry::unbounded(Duration::from_millis(200));
     loop {
         if !still_ours(&f.envelope) {
-            return false;
+            return Ok(false);
         }
         match dlq.send(f).await {
             Ok(_) => {
                 health.clear(Component::DeadLetter, "produce");
-                return true;
+                return Ok(true);
             }
-            Err(reason) => {
+            Err(SendError::Fatal(reason)) => {
+                health.fault(Component::DeadLetter, "produce", &reason);
+                anyhow::bail!("{reason}");
+            }
+            Err(SendError::Retry(reason)) => {
                 health.fault(Component::DeadLetter, "produce", reason);
                 tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(10))).await;
             }
@@ -222,7 +227,8 @@ async fn dead_letter(
     }
 }
 
-/// Runs until `out_rx` closes.
+/// Runs until `out_rx` closes. `Err` is fatal for the process (the dead-letter producer can
+/// never send again).
 #[allow(clippy::too_many_arguments)]
 pub async fn sink_stage(
     mut out_rx: mpsc::Receiver<Outcome>,
@@ -233,7 +239,7 @@ pub async fn sink_stage(
     done_tx: mpsc::UnboundedSender<Done>,
     metrics: Metrics,
     health: Arc<Health>,
-) {
+) -> anyhow::Result<()> {
     let still_ours = |e: &Envelope| assignment.is_current(e.partition, e.generation);
     while let Some(first) = out_rx.recv().await {
         let mut batch = vec![first];
@@ -290,7 +296,13 @@ pub async fn sink_stage(
                     .map(|f| dead_letter(&dlq, f, &health, still_ours)),
             )
             .await;
-            done.extend(failures.iter().zip(sent).map(|(f, _)| f.envelope.done()));
+            // A fatal producer: nothing of this batch is reported done (not committed).
+            for r in &sent {
+                if let Err(e) = r {
+                    anyhow::bail!("{e:#}");
+                }
+            }
+            done.extend(failures.iter().map(|f| f.envelope.done()));
             // Each dead letter is sent or dropped (revoked): none is left to report a fault on
             // the dead-letter topic, so none may stay open (see `Indexer::write`).
             health.clear(Component::DeadLetter, "produce");
@@ -302,6 +314,7 @@ pub async fn sink_stage(
             let _ = done_tx.send(d);
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -357,6 +370,7 @@ mod tests {
                 value: None,
                 headers: Vec::new(),
                 timestamp_ms: Some(100),
+                care: Default::default(),
             },
             id: format!("d{i}"),
             version: Some(100),
