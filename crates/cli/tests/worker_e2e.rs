@@ -640,6 +640,30 @@ fn the_worker_writes_through_an_alias_and_keeps_an_operators_template_settings()
         settings["analysis"]["analyzer"]["ocrfleet_grams"].is_object(),
         "{t}"
     );
+    assert_eq!(
+        t["index_patterns"],
+        serde_json::json!([format!("{index}-*")])
+    );
+    // The write alias deleted by mistake: the probe says so, until it is put back.
+    let first = format!("{index}-000001");
+    let (s, body) = blocking_json("DELETE", &format!("{es}/{first}/_alias/{index}"), None).unwrap();
+    assert_eq!(s, 200, "{body}");
+    wait_until(
+        "readyz says the alias is gone",
+        Duration::from_secs(60),
+        || {
+            let (s, body) = w.readyz();
+            s == 503 && body.contains("write alias") && body.contains("is gone")
+        },
+    );
+    let (s, body) = blocking_json(
+        "POST",
+        &format!("{es}/_aliases"),
+        Some(serde_json::json!({"actions": [{"add": {"index": first, "alias": index, "is_write_index": true}}]})),
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{body}");
+    wait_until("ready again", Duration::from_secs(60), || w.ready());
     w.sigterm();
     assert_eq!(w.wait(Duration::from_secs(60)), 0);
 

@@ -150,14 +150,15 @@ fn a_hung_engine_fails_liveness_then_ends_the_process_non_zero() {
 /// would, the workers do not crash-loop for ever: the committed offset's metadata counts the
 /// deaths of what was in the engine, suspects run alone, and the record that died
 /// `--crash-loop-attempts` (3) times is dead-lettered (`ocr/crash_loop`); everything else is
-/// indexed. tansu is the broker here because it evicts a dead member (noida-db never does).
+/// indexed. noida-db keeps commit metadata (tansu does not) but never evicts a dead member, so
+/// the restarted worker takes the dead one's place with the same static member id
+/// (`group.instance.id`), as a pod restarted in place can.
 #[test]
 fn a_record_that_crashes_the_process_is_dead_lettered_instead_of_crash_looping() {
     let _g = serial();
     let nd = Noida::start("engcrash");
-    let tansu = Tansu::start();
     let srv = images_server();
-    let brokers = tansu.brokers();
+    let brokers = nd.brokers();
     let (topic, group, index) = ("engcrash", "g-engcrash", "engcrash-idx");
     create_topics(&brokers, topic, 1);
     let (values, poison) = with_poison(&srv, 6, 2, "c");
@@ -169,7 +170,7 @@ fn a_record_that_crashes_the_process_is_dead_lettered_instead_of_crash_looping()
         "--ocr-batch",
         "8",
         "--kafka-option",
-        "session.timeout.ms=6000,heartbeat.interval.ms=1000",
+        "group.instance.id=engcrash-pod-0",
     ];
     let mut starts = 0;
     'runs: loop {

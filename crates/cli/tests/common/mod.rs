@@ -246,6 +246,7 @@ mod reqwest {
             let mut req = match method {
                 "POST" => c.post(url),
                 "PUT" => c.put(url),
+                "DELETE" => c.delete(url),
                 _ => c.get(url),
             };
             if let Some(b) = body {

@@ -41,11 +41,14 @@ pub struct EsClient {
     client: Elasticsearch,
     index: String,
     metrics: Metrics,
-    /// Set at start when `--es-index` is an alias: bulk requests then carry
-    /// `require_alias=true`, so that a deleted alias cannot be replaced by a concrete index of
-    /// its name auto-created on the first write (the items are refused with 404 instead, which
-    /// the sink treats as an infrastructure fault).
-    require_alias: Arc<AtomicBool>,
+    /// Set at start when `--es-index` is an alias: the probe then checks that it still is one.
+    /// If the alias is deleted while auto-create is on, the next write creates a concrete index
+    /// under its name (the index template does not match that name, so it gets no mapping of
+    /// ours); the probe reports it within seconds and intake pauses until an operator puts the
+    /// alias back (deploy/docs/production.md). `require_alias` on the bulk requests would
+    /// refuse such writes outright; noida-db, the test server here, resolves the alias before
+    /// checking it and refuses every write, so it is not sent.
+    is_alias: Arc<AtomicBool>,
 }
 
 impl EsClient {
@@ -73,7 +76,7 @@ impl EsClient {
             client: Elasticsearch::new(b.build()?),
             index: cfg.index.clone(),
             metrics,
-            require_alias: Arc::default(),
+            is_alias: Arc::default(),
         })
     }
 
@@ -93,7 +96,7 @@ impl EsClient {
         }
         match self.target().await? {
             Target::Alias => {
-                self.require_alias.store(true, Ordering::Relaxed);
+                self.is_alias.store(true, Ordering::Relaxed);
                 tracing::info!(alias = %self.index, "writing through the alias")
             }
             Target::Index => tracing::info!(
@@ -102,7 +105,7 @@ impl EsClient {
             ),
             Target::Missing if manage => {
                 self.create_first_index().await?;
-                self.require_alias.store(true, Ordering::Relaxed);
+                self.is_alias.store(true, Ordering::Relaxed);
             }
             Target::Missing => anyhow::bail!(
                 "neither an index nor an alias named {:?} exists, and --manage-template is false: create it (deploy/docs/production.md)",
@@ -296,6 +299,24 @@ impl EsClient {
     /// alias exists (`HEAD /<index>`, which needs `view_index_metadata` or `manage` on it; a
     /// 401 shows an expired API key).
     pub async fn probe(&self) -> Result<(), String> {
+        if self.is_alias.load(Ordering::Relaxed) {
+            match self
+                .client
+                .indices()
+                .exists_alias(IndicesExistsAliasParts::Name(&[&self.index]))
+                .send()
+                .await
+            {
+                Ok(r) if r.status_code().as_u16() == 404 => {
+                    return Err(format!(
+                        "the write alias {:?} is gone (deleted, or a concrete index took its name): put it back on the newest index; nothing is written until then (deploy/docs/production.md)",
+                        self.index
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("readiness probe: {e}")),
+            }
+        }
         match self
             .client
             .indices()
@@ -325,7 +346,6 @@ impl EsClient {
         let r = self
             .client
             .bulk(BulkParts::Index(&self.index))
-            .require_alias(self.require_alias.load(Ordering::Relaxed))
             .body(vec![ndjson])
             .send()
             .await;
