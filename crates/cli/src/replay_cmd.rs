@@ -39,6 +39,20 @@ pub struct ReplayCmd {
     /// Count what would be replayed, by stage and class, and send nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Resume: start where the last run with this consumer group stopped, and commit this run's
+    /// progress to it (up to the first record whose delivery failed). Without it every run
+    /// reads the whole dead-letter topic again, and records that keep failing are replayed
+    /// again each run.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Key shared with the workers (their --replay-key): signs the replay headers, so that a
+    /// replayed record gets its original's document id and version. Without it the workers
+    /// ignore those headers. Prefer --replay-key-file.
+    #[arg(long, env = "OCRFLEET_REPLAY_KEY", hide_env_values = true)]
+    pub replay_key: Option<String>,
+    /// File holding the replay key.
+    #[arg(long, env = "OCRFLEET_REPLAY_KEY_FILE")]
+    pub replay_key_file: Option<std::path::PathBuf>,
     /// How long to wait for the brokers, for each delivery, and for the next record.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
@@ -78,7 +92,24 @@ pub fn run(cmd: ReplayCmd) -> anyhow::Result<ExitCode> {
         },
         dry_run: cmd.dry_run,
         timeout: cmd.timeout,
+        key: match (&cmd.replay_key, &cmd.replay_key_file) {
+            (Some(k), _) => Some(k.clone().into_bytes()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot read --replay-key-file {}: {e}", f.display())
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .as_bytes()
+                    .to_vec(),
+            ),
+            (None, None) => None,
+        },
+        group: cmd.group.clone(),
     };
+    if opts.key.is_none() && !opts.dry_run {
+        tracing::warn!("no --replay-key: the replay headers are not signed, and the workers ignore them (a replayed record without an id of its own gets a new document id)");
+    }
     let pb = ProgressBar::new(0);
     pb.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} dead letters read, {msg}")

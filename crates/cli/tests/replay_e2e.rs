@@ -85,7 +85,14 @@ fn dead_letters_replayed_after_the_fault_is_fixed_are_indexed_once() {
     );
     produce(&brokers, topic, 2, &["{not json".to_owned()]);
 
-    let w = Worker::start(&brokers, &nd.es_url(), topic, group, index, &[]);
+    let w = Worker::start(
+        &brokers,
+        &nd.es_url(),
+        topic,
+        group,
+        index,
+        &["--replay-key", KEY],
+    );
     let dlq = read_all(&brokers, "replay.dlq", 4, Duration::from_secs(180));
     assert_eq!(dlq.len(), 4, "three 404s and one bad line dead-lettered");
     wait_until("the good image indexed", Duration::from_secs(120), || {
@@ -130,6 +137,8 @@ fn dead_letters_replayed_after_the_fault_is_fixed_are_indexed_once() {
             topic,
             "--timeout",
             "20s",
+            "--replay-key",
+            KEY,
         ];
         args.extend_from_slice(extra);
         ocrfleet(&args, "")
@@ -207,5 +216,41 @@ fn dead_letters_replayed_after_the_fault_is_fixed_are_indexed_once() {
     assert_eq!(again[0].headers["ocrfleet.error.class"], "bad_json");
     assert_eq!(again[0].value.as_deref(), Some("{not json"));
     assert_eq!(w.metric("ocrfleet_messages_dead_lettered_total"), 5.0);
+
+    // With a group, a run resumes where the last one stopped: the first reads all five dead
+    // letters and replays the two bad lines (which fail again), the second only those two new
+    // dead letters.
+    let (code, out, err) = replay(&["--stage", "parse", "--group", "rg"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("read 5 of 5, matching 2, replayed 2"), "{out}");
+    assert_eq!(
+        read_all(&brokers, "replay.dlq", 7, Duration::from_secs(120)).len(),
+        7
+    );
+    let (code, out, err) = replay(&["--stage", "parse", "--group", "rg", "--dry-run"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("read 2 of 2"), "{out}");
+
+    // Replay headers from another producer are not replay's (no signature): ignored, so they
+    // cannot take over a document id.
+    produce_raw_header(
+        &brokers,
+        topic,
+        0,
+        b"ocrfleet.replay.of",
+        srv.url("blob/late-a.png").as_bytes(),
+    );
+    wait_until(
+        "the forged record indexed",
+        Duration::from_secs(120),
+        || es_count(&nd.es_url(), index) == Some(5),
+    );
+    assert!(
+        es_get(&nd.es_url(), index, "v").is_none(),
+        "the forged ocrfleet.replay.of (\"v\") was not used as the id"
+    );
     assert!(w.healthy());
 }
+
+/// The replay key shared by the worker and `ocrfleet replay` in this test.
+const KEY: &str = "test-replay-key";

@@ -8,7 +8,7 @@
 //! each mutant flips bits, overwrites bytes with boundary values, truncates, duplicates or
 //! inserts, mostly within the headers. Deterministic for a given seed.
 //!
-//! In `tests/run.sh` it runs a short round (`OCRFLEET_FUZZ_ITERATIONS`, default 1500). For a
+//! In `tests/run.sh` it runs a short round (`OCRFLEET_FUZZ_ITERATIONS`, default 20 000). For a
 //! long run by hand (the crash inputs land in `target/decode-fuzz/`, to be kept as regression
 //! cases below):
 //!
@@ -143,7 +143,7 @@ fn mutated_headers_of_every_format_never_panic() {
         seeds.iter().map(|s| &s.0).collect::<Vec<_>>()
     );
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
-    let iterations = env("OCRFLEET_FUZZ_ITERATIONS").unwrap_or(1500);
+    let iterations = env("OCRFLEET_FUZZ_ITERATIONS").unwrap_or(20_000);
     let budget = env("OCRFLEET_FUZZ_SECS").map(Duration::from_secs);
     let mut rng = Rng(env("OCRFLEET_FUZZ_SEED").unwrap_or(0x5eed_0cf1_ee70_0001) | 1);
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/decode-fuzz");

@@ -220,6 +220,10 @@ settings! {
     "Dead letters" {
         /// Dead-letter topic (default: <topic>.dlq).
         dlq_topic: String, "dlq-topic", "OCRFLEET_KAFKA_DLQ_TOPIC", "";
+        /// Key shared with `ocrfleet replay`, which signs the headers of the records it re-publishes: a replayed record then gets its original's document id and version. Without it (or with another key) replay headers are ignored, so that no other producer can take over an id (prefer the _FILE variant).
+        replay_key: Secret, "replay-key", "OCRFLEET_REPLAY_KEY", "";
+        /// File holding the replay key.
+        replay_key_file: PathBuf, "replay-key-file", "OCRFLEET_REPLAY_KEY_FILE", "";
     }
     "Fetch" {
         /// Concurrent image downloads.
@@ -332,6 +336,8 @@ pub struct WorkerConfig {
     pub engine_timeout: Option<Duration>,
     pub crash_loop_attempts: u32,
     pub liveness_timeout: Duration,
+    /// `--replay-key`.
+    pub replay_key: Option<Secret>,
     pub memory_budget: u64,
     pub ocr_batch: usize,
     pub http_addr: std::net::SocketAddr,
@@ -590,6 +596,11 @@ impl WorkerConfig {
             engine_timeout: a.engine_timeout.map(|d| d.0),
             crash_loop_attempts: a.crash_loop_attempts.expect("defaulted"),
             liveness_timeout: a.liveness_timeout.expect("defaulted").0,
+            replay_key: secret(
+                a.replay_key.clone(),
+                a.replay_key_file.clone(),
+                "replay key",
+            )?,
             memory_budget: a.memory_budget.expect("defaulted").as_u64(),
             ocr_batch: a.ocr_batch.expect("defaulted").max(1),
             http_addr: a.http_addr.expect("defaulted"),

@@ -205,6 +205,10 @@ async fn run_inner(
         topic: cfg.kafka.topic.clone(),
         worker_id: cfg.worker_id.clone(),
         journal: (cfg.crash_loop_attempts > 0).then_some(journal_tx),
+        replay_key: cfg
+            .replay_key
+            .as_ref()
+            .map(|k| message::ReplayKey::new(k.expose().as_bytes())),
     };
     tracing::info!(engine_timeout = %humantime::format_duration(ocr_settings.call_timeout), "an engine call running longer than this is a hung engine");
     health.set_liveness_timeout(cfg.liveness_timeout);

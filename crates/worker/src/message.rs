@@ -140,22 +140,80 @@ pub fn document_id(
 }
 
 /// Where a record re-published by `ocrfleet replay` came from: its `ocrfleet.replay.of` and
-/// `ocrfleet.replay.timestamp` headers (see `kafka::replay`).
+/// `ocrfleet.replay.timestamp` headers (see `kafka::replay`), honoured only when they are
+/// provably replay's: signed with the key that `replay` and the worker share
+/// (`--replay-key`, [`ReplayKey`]). Otherwise any producer could take over a document id or
+/// pin a version far in the future; unsigned or badly signed, they are ignored.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReplayOrigin {
     pub of: Option<String>,
     pub timestamp_ms: Option<i64>,
 }
 
+/// The key shared by `ocrfleet replay` (which signs the replay headers) and the workers (which
+/// check them): HMAC-SHA256 over the original's coordinates, its timestamp and the value.
+#[derive(Clone)]
+pub struct ReplayKey(ring::hmac::Key);
+
+impl std::fmt::Debug for ReplayKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplayKey(..)")
+    }
+}
+
+impl ReplayKey {
+    pub fn new(secret: &[u8]) -> ReplayKey {
+        ReplayKey(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret))
+    }
+
+    fn message(of: &str, timestamp: &str, value: Option<&[u8]>) -> Vec<u8> {
+        let mut m = format!("ocrfleet-replay/1\n{of}\n{timestamp}\n").into_bytes();
+        m.extend_from_slice(value.unwrap_or_default());
+        m
+    }
+
+    /// The `ocrfleet.replay.signature` header's value (hex).
+    pub fn sign(&self, of: &str, timestamp: &str, value: Option<&[u8]>) -> String {
+        let tag = ring::hmac::sign(&self.0, &Self::message(of, timestamp, value));
+        tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn verify(&self, of: &str, timestamp: &str, value: Option<&[u8]>, hex: &str) -> bool {
+        let Some(tag) = (0..hex.len())
+            .step_by(2)
+            .map(|i| {
+                hex.get(i..i + 2)
+                    .and_then(|b| u8::from_str_radix(b, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+        else {
+            return false;
+        };
+        ring::hmac::verify(&self.0, &Self::message(of, timestamp, value), &tag).is_ok()
+    }
+}
+
 impl ReplayOrigin {
-    pub fn read(headers: &[crate::kafka::headers::RawHeader]) -> ReplayOrigin {
+    /// The replay headers of a record, if `key` proves them replay's (see the type's doc).
+    pub fn read(
+        headers: &[crate::kafka::headers::RawHeader],
+        value: Option<&[u8]>,
+        key: Option<&ReplayKey>,
+    ) -> ReplayOrigin {
         use crate::kafka::dlq::headers as h;
         let get = |name: &str| {
             crate::kafka::headers::value(headers, name).filter(|v| !v.is_empty() && v.len() <= 512)
         };
-        ReplayOrigin {
-            of: get(h::REPLAY_OF).map(str::to_owned),
-            timestamp_ms: get(h::REPLAY_TIMESTAMP).and_then(|t| t.parse().ok()),
+        let (Some(of), Some(sig)) = (get(h::REPLAY_OF), get(h::REPLAY_SIGNATURE)) else {
+            return ReplayOrigin::default();
+        };
+        let ts = get(h::REPLAY_TIMESTAMP).unwrap_or("");
+        match key {
+            Some(k) if k.verify(of, ts, value, sig) => ReplayOrigin {
+                of: Some(of.to_owned()),
+                timestamp_ms: ts.parse().ok(),
+            },
+            _ => ReplayOrigin::default(),
         }
     }
 }
@@ -248,21 +306,58 @@ mod tests {
                 .map(|(k, v)| (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec())))
                 .collect()
         };
+        let key = ReplayKey::new(b"shared secret");
         assert_eq!(
-            ReplayOrigin::read(&hs(&[("x", "y")])),
+            ReplayOrigin::read(&hs(&[("x", "y")]), None, Some(&key)),
             ReplayOrigin::default()
         );
+        let value = br#"{"url":"http://x/a.png"}"#;
+        let sig = key.sign("t-0-9", "1700000000000", Some(value));
+        let signed = hs(&[
+            ("ocrfleet.replay.of", "t-0-9"),
+            ("ocrfleet.replay.timestamp", "1700000000000"),
+            ("ocrfleet.replay.signature", &sig),
+        ]);
         assert_eq!(
-            ReplayOrigin::read(&hs(&[
-                ("ocrfleet.replay.of", "t-0-9"),
-                ("ocrfleet.replay.timestamp", "1700000000000"),
-            ])),
+            ReplayOrigin::read(&signed, Some(value), Some(&key)),
             ReplayOrigin {
                 of: Some("t-0-9".into()),
                 timestamp_ms: Some(1_700_000_000_000)
             }
         );
-        let r = ReplayOrigin::read(&hs(&[("ocrfleet.replay.timestamp", "soon")]));
-        assert_eq!(r.timestamp_ms, None);
+        // Anything else is ignored: no key, another key, another value, no signature, or a
+        // header changed after signing.
+        let other = ReplayKey::new(b"another");
+        for (headers, value, key) in [
+            (&signed, Some(&value[..]), None),
+            (&signed, Some(&value[..]), Some(&other)),
+            (
+                &signed,
+                Some(&b"{\"url\":\"http://evil/\"}"[..]),
+                Some(&key),
+            ),
+            (
+                &hs(&[
+                    ("ocrfleet.replay.of", "t-0-9"),
+                    ("ocrfleet.replay.timestamp", "1"),
+                ]),
+                Some(&value[..]),
+                Some(&key),
+            ),
+            (
+                &hs(&[
+                    ("ocrfleet.replay.of", "victim-id"),
+                    ("ocrfleet.replay.timestamp", "1700000000000"),
+                    ("ocrfleet.replay.signature", &sig),
+                ]),
+                Some(&value[..]),
+                Some(&key),
+            ),
+        ] {
+            assert_eq!(
+                ReplayOrigin::read(headers, value, key),
+                ReplayOrigin::default()
+            );
+        }
     }
 }

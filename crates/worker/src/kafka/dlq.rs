@@ -42,6 +42,8 @@ pub mod headers {
     pub const REPLAY_OF: &str = "ocrfleet.replay.of";
     /// Added by `ocrfleet replay`: the original record's timestamp (ms).
     pub const REPLAY_TIMESTAMP: &str = "ocrfleet.replay.timestamp";
+    /// HMAC-SHA256 of the two above and the value, with the replay key (hex).
+    pub const REPLAY_SIGNATURE: &str = "ocrfleet.replay.signature";
 }
 
 /// The longest `ocrfleet.error.message` header, in bytes.

@@ -1,10 +1,17 @@
 //! `ocrfleet replay`: reads the dead-letter topic and re-publishes the original records to the
 //! source topic once the fault that sent them there is fixed.
 //!
-//! - **What is read.** A snapshot: every partition of the dead-letter topic from its low to its
-//!   high watermark as they were at start. Records that arrive meanwhile are left for the next
-//!   run. Nothing is committed (no consumer group is joined), so the dead-letter topic stays as
-//!   it was; a second run reads the same records again.
+//! - **What is read.** A snapshot: every partition of the dead-letter topic up to its high
+//!   watermark as it was at start. Records that arrive meanwhile are left for the next run.
+//!   Without `--group` it starts at the low watermark and nothing is committed: the dead-letter
+//!   topic stays as it was, and a second run reads the same records again (records that keep
+//!   failing come back to the dead-letter topic and would be replayed once more each run). With
+//!   `--group NAME` it starts where the last run of that group stopped and commits, per
+//!   partition, up to the first record whose delivery failed (or the end of the snapshot), so
+//!   that a run resumes and nothing is replayed twice. The group is only used for its commits
+//!   (partitions are assigned, never subscribed).
+//! - **An aborted run** (a read error or time-out) waits for the deliveries already sent, counts
+//!   them, and commits (with `--group`) what is safe, before it reports the error.
 //! - **Filters** (all optional, all must match): stage, class (prefix), the time the record was
 //!   dead-lettered (`ocrfleet.error.time`, else the record's timestamp), source partition.
 //! - **What is sent.** The original key, value and headers, minus every `ocrfleet.error.*`,
@@ -14,12 +21,16 @@
 //!     failed again, so such a record is recognisable in the dead-letter topic;
 //!   - `ocrfleet.replay.of`: `<topic>-<partition>-<offset>` of the original record (kept
 //!     across replays);
-//!   - `ocrfleet.replay.timestamp`: the original record's timestamp (kept across replays).
+//!   - `ocrfleet.replay.timestamp`: the original record's timestamp (kept across replays);
+//!   - `ocrfleet.replay.signature`: with `--replay-key`, an HMAC-SHA256 of the two above and
+//!     the value.
 //!
-//!   The worker takes its document id and version from the last two when the message has no
-//!   `id` of its own, so a replayed message gets the document its original would have had, a
-//!   second replay overwrites it instead of adding one, and a replay cannot overwrite a newer
-//!   record's document for the same id (external versioning, see `es::document`).
+//!   A worker with the same `--replay-key` takes its document id and version from `of` and
+//!   `timestamp` when the message has no `id` of its own, so a replayed message gets the
+//!   document its original would have had, a second replay overwrites it instead of adding one,
+//!   and a replay cannot overwrite a newer record's document for the same id (external
+//!   versioning, see `es::document`). Unsigned (no key), the headers are ignored by the worker:
+//!   any producer could write them (see `message::ReplayOrigin`).
 //! - **Minimal dead letters** (sent without key and value because Kafka refused the full
 //!   record as too large) cannot be replayed: they are counted and listed with the original's
 //!   coordinates, and the run exits non-zero.
@@ -38,6 +49,7 @@ use super::dlq::headers as h;
 use super::headers::{raw_headers, value as header, RawHeader};
 use super::QuietContext;
 use crate::config::KafkaConfig;
+use crate::message::ReplayKey;
 
 /// Which dead letters to replay; an empty list or `None` matches everything.
 #[derive(Debug, Clone, Default)]
@@ -105,7 +117,11 @@ impl Letter {
 
 /// The headers of the replayed record: the original's, without the dead-letter and replay
 /// headers, plus the new replay headers (see the module documentation).
-pub fn replay_headers(hs: &[RawHeader]) -> Vec<RawHeader> {
+pub fn replay_headers(
+    hs: &[RawHeader],
+    value: Option<&[u8]>,
+    key: Option<&ReplayKey>,
+) -> Vec<RawHeader> {
     let drop = |k: &[u8]| {
         let k = String::from_utf8_lossy(k);
         k.starts_with("ocrfleet.error.")
@@ -131,6 +147,10 @@ pub fn replay_headers(hs: &[RawHeader]) -> Vec<RawHeader> {
         .map(str::to_owned);
     let mut out: Vec<RawHeader> = hs.iter().filter(|(k, _)| !drop(k)).cloned().collect();
     out.push((h::REPLAY_COUNT.into(), Some(count.to_string().into_bytes())));
+    if let (Some(key), Some(of)) = (key, &of) {
+        let sig = key.sign(of, ts.as_deref().unwrap_or(""), value);
+        out.push((h::REPLAY_SIGNATURE.into(), Some(sig.into_bytes())));
+    }
     if let Some(of) = of {
         out.push((h::REPLAY_OF.into(), Some(of.into_bytes())));
     }
@@ -152,6 +172,10 @@ pub struct Options {
     /// Start-up check and per-record delivery limit; also how long a read may wait for the
     /// next record before the run fails.
     pub timeout: Duration,
+    /// Signs the replay headers (the workers' `--replay-key`).
+    pub key: Option<Vec<u8>>,
+    /// Resume from, and commit to, this consumer group (see the module documentation).
+    pub group: Option<String>,
 }
 
 /// Counts of one run, with matching dead letters by (stage, class).
@@ -194,7 +218,9 @@ pub async fn replay(
                 // subscribed, and nothing is committed: the group is never joined.
                 (
                     "group.id",
-                    format!("ocrfleet-replay-{}", std::process::id()),
+                    opts.group
+                        .clone()
+                        .unwrap_or_else(|| format!("ocrfleet-replay-{}", std::process::id())),
                 ),
                 ("enable.auto.commit", "false".into()),
                 ("enable.auto.offset.store", "false".into()),
@@ -207,16 +233,38 @@ pub async fn replay(
         .iter()
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
-    // The snapshot: [low, high) per partition.
+    // Where the group stopped last time (with --group).
+    let resumed: HashMap<i32, i64> = match &opts.group {
+        Some(_) => {
+            let mut q = TopicPartitionList::new();
+            for &p in &partitions {
+                q.add_partition(&opts.dlq_topic, p);
+            }
+            consumer
+                .committed_offsets(q, opts.timeout)?
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some((e.partition(), o)),
+                    _ => None,
+                })
+                .collect()
+        }
+        None => HashMap::new(),
+    };
+    // The snapshot: [start, high) per partition.
     let mut ends: HashMap<i32, i64> = HashMap::new();
     let mut tpl = TopicPartitionList::new();
     let mut counts = Counts::default();
+    let mut progress_at: HashMap<i32, Position> = HashMap::new();
     for p in partitions {
         let (low, high) = consumer.fetch_watermarks(&opts.dlq_topic, p, opts.timeout)?;
-        if high > low {
-            tpl.add_partition_offset(&opts.dlq_topic, p, Offset::Offset(low))?;
+        let start = resumed.get(&p).copied().unwrap_or(low).clamp(low, high);
+        if high > start {
+            tpl.add_partition_offset(&opts.dlq_topic, p, Offset::Offset(start))?;
             ends.insert(p, high);
-            counts.total += (high - low) as u64;
+            progress_at.insert(p, Position::new(start));
+            counts.total += (high - start) as u64;
         }
     }
     progress(&counts);
@@ -224,6 +272,7 @@ pub async fn replay(
         return Ok(counts);
     }
     consumer.assign(&tpl)?;
+    let key = opts.key.as_deref().map(ReplayKey::new);
 
     let producer: Option<FutureProducer<QuietContext>> = if opts.dry_run {
         None
@@ -244,18 +293,25 @@ pub async fn replay(
         )
     };
     let mut pending = super::InFlight::new();
+    let mut aborted: Option<anyhow::Error> = None;
     while !ends.is_empty() {
         let m = match tokio::time::timeout(opts.timeout, consumer.recv()).await {
             Ok(Ok(m)) => m,
-            Ok(Err(e)) => anyhow::bail!("reading {:?} failed: {e}", opts.dlq_topic),
-            Err(_) => anyhow::bail!(
-                "no record from {:?} within {:?} although {} partition(s) have more (read {} of {})",
-                opts.dlq_topic,
-                opts.timeout,
-                ends.len(),
-                counts.read,
-                counts.total
-            ),
+            Ok(Err(e)) => {
+                aborted = Some(anyhow::anyhow!("reading {:?} failed: {e}", opts.dlq_topic));
+                break;
+            }
+            Err(_) => {
+                aborted = Some(anyhow::anyhow!(
+                    "no record from {:?} within {:?} although {} partition(s) have more (read {} of {})",
+                    opts.dlq_topic,
+                    opts.timeout,
+                    ends.len(),
+                    counts.read,
+                    counts.total
+                ));
+                break;
+            }
         };
         let (p, o) = (m.partition(), m.offset());
         match ends.get(&p) {
@@ -270,6 +326,9 @@ pub async fn replay(
             ends.remove(&p);
         }
         counts.read += 1;
+        if let Some(pos) = progress_at.get_mut(&p) {
+            pos.read(o);
+        }
         let hs = raw_headers(&m);
         let letter = Letter::read(&hs, m.timestamp().to_millis());
         if letter.matches(&opts.filter) {
@@ -287,9 +346,9 @@ pub async fn replay(
                     .clone()
                     .or(letter.source_topic.clone())
                     .unwrap_or_else(|| opts.source_topic.clone());
-                let key = m.key().map(<[u8]>::to_vec);
+                let record_key = m.key().map(<[u8]>::to_vec);
                 let value = m.payload().map(<[u8]>::to_vec);
-                let headers = replay_headers(&hs);
+                let headers = replay_headers(&hs, value.as_deref(), key.as_ref());
                 let producer = producer.clone();
                 let done = pending.push(async move {
                     let mut oh = OwnedHeaders::new();
@@ -301,7 +360,7 @@ pub async fn replay(
                     }
                     let mut rec: FutureRecord<'_, [u8], [u8]> =
                         FutureRecord::to(&topic).headers(oh);
-                    if let Some(k) = &key {
+                    if let Some(k) = &record_key {
                         rec = rec.key(k.as_slice());
                     }
                     if let Some(v) = &value {
@@ -309,32 +368,91 @@ pub async fn replay(
                     }
                     // Waits up to 30 s for room in librdkafka's queue; delivery itself is
                     // bounded by message.timeout.ms (--timeout).
-                    producer
+                    let r = producer
                         .send(rec, Duration::from_secs(30))
                         .await
                         .map(|_| ())
-                        .map_err(|(e, _)| format!("{e}"))
+                        .map_err(|(e, _)| format!("{e}"));
+                    (p, o, r)
                 });
                 if let Some(r) = done.await {
-                    tally(&mut counts, r);
+                    tally(&mut counts, &mut progress_at, r);
                 }
             }
         }
         progress(&counts);
     }
+    // Every delivery already sent is waited for, an aborted run's too.
     while let Some(r) = pending.next().await {
-        tally(&mut counts, r);
+        tally(&mut counts, &mut progress_at, r);
         progress(&counts);
     }
-    Ok(counts)
+    if let Some(group) = &opts.group {
+        if !opts.dry_run {
+            let mut tpl = TopicPartitionList::new();
+            for (p, pos) in &progress_at {
+                tpl.add_partition_offset(&opts.dlq_topic, *p, Offset::Offset(pos.safe()))?;
+            }
+            consumer
+                .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+                .map_err(|e| anyhow::anyhow!("cannot commit the progress of group {group:?}: {e}; the next run repeats this one"))?;
+        }
+    }
+    match aborted {
+        Some(e) => Err(e.context(format!(
+            "replay aborted after {} of {} read ({} replayed, {} failed; deliveries already sent were awaited{})",
+            counts.read,
+            counts.total,
+            counts.replayed,
+            counts.failed,
+            if opts.group.is_some() { ", and the progress committed" } else { "" }
+        ))),
+        None => Ok(counts),
+    }
 }
 
-fn tally(c: &mut Counts, r: Result<(), String>) {
+/// How far a partition of the dead-letter topic may be committed: past every record read,
+/// but never past one whose delivery failed (the next run of the group tries it again).
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    next: i64,
+    first_failed: Option<i64>,
+}
+
+impl Position {
+    fn new(start: i64) -> Position {
+        Position {
+            next: start,
+            first_failed: None,
+        }
+    }
+
+    fn read(&mut self, offset: i64) {
+        self.next = self.next.max(offset + 1);
+    }
+
+    fn failed(&mut self, offset: i64) {
+        self.first_failed = Some(self.first_failed.map_or(offset, |f| f.min(offset)));
+    }
+
+    fn safe(&self) -> i64 {
+        self.first_failed.unwrap_or(self.next).min(self.next)
+    }
+}
+
+fn tally(
+    c: &mut Counts,
+    positions: &mut HashMap<i32, Position>,
+    (p, o, r): (i32, i64, Result<(), String>),
+) {
     match r {
         Ok(()) => c.replayed += 1,
         Err(e) => {
             c.failed += 1;
-            tracing::warn!(error = %e, "replay send failed");
+            if let Some(pos) = positions.get_mut(&p) {
+                pos.failed(o);
+            }
+            tracing::warn!(error = %e, dlq_partition = p, dlq_offset = o, "replay send failed");
         }
     }
 }
@@ -368,7 +486,7 @@ mod tests {
 
     #[test]
     fn first_replay_keeps_the_producer_headers_and_names_the_original() {
-        let out = replay_headers(&dead_letter());
+        let out = replay_headers(&dead_letter(), None, None);
         assert_eq!(
             out,
             hs(&[
@@ -384,7 +502,8 @@ mod tests {
     fn a_replayed_record_that_failed_again_keeps_its_origin_and_counts_up() {
         // The second dead letter: the replayed record's headers plus new error headers for
         // the replayed record's own coordinates.
-        let mut second = replay_headers(&dead_letter());
+        let key = ReplayKey::new(b"k");
+        let mut second = replay_headers(&dead_letter(), Some(b"v"), Some(&key));
         second.extend(hs(&[
             (h::STAGE, "fetch"),
             (h::CLASS, "http_404"),
@@ -393,12 +512,28 @@ mod tests {
             (h::OFFSET, "977"),
             (h::TIMESTAMP, "1800000000000"),
         ]));
-        let out = replay_headers(&second);
+        let out = replay_headers(&second, Some(b"v"), Some(&key));
         assert_eq!(header(&out, h::REPLAY_COUNT), Some("2"));
         assert_eq!(header(&out, h::REPLAY_OF), Some("ocr.requests-2-41"));
         assert_eq!(header(&out, h::REPLAY_TIMESTAMP), Some("1700000000000"));
         assert_eq!(out.iter().filter(|(k, _)| k == b"trace").count(), 1);
-        assert_eq!(out.len(), 4, "{out:?}");
+        assert_eq!(out.len(), 5, "{out:?}");
+        // Signed with the key, so a worker with that key honours the origin.
+        let origin = crate::message::ReplayOrigin::read(&out, Some(b"v"), Some(&key));
+        assert_eq!(origin.of.as_deref(), Some("ocr.requests-2-41"));
+        assert_eq!(origin.timestamp_ms, Some(1_700_000_000_000));
+    }
+
+    #[test]
+    fn a_group_commits_up_to_the_first_failed_delivery() {
+        let mut p = Position::new(10);
+        for o in 10..20 {
+            p.read(o);
+        }
+        assert_eq!(p.safe(), 20);
+        p.failed(15);
+        p.failed(17);
+        assert_eq!(p.safe(), 15, "the failed record is tried again next run");
     }
 
     #[test]

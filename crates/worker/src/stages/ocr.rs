@@ -45,6 +45,8 @@ pub struct OcrSettings {
     pub worker_id: String,
     /// Where to record what the engine runs, for crash-loop protection (none: off).
     pub journal: Option<mpsc::UnboundedSender<EngineJournal>>,
+    /// Checks the signature of replayed records' headers (none: they are ignored).
+    pub replay_key: Option<message::ReplayKey>,
 }
 
 impl OcrSettings {
@@ -286,7 +288,8 @@ async fn wait_for_engine(
 
 fn document(cfg: &OcrSettings, model: &str, r: Ready, text: ImageText) -> Document {
     let e = &r.envelope;
-    let replay = message::ReplayOrigin::read(&e.headers);
+    let replay =
+        message::ReplayOrigin::read(&e.headers, e.value.as_deref(), cfg.replay_key.as_ref());
     let id = message::document_id(
         r.request.id.as_deref(),
         replay.of.as_deref(),
