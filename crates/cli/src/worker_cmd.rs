@@ -16,9 +16,13 @@ pub struct WorkerCmd {
     /// Print the settings reference as a Markdown table and exit.
     #[arg(long)]
     pub print_reference: bool,
-    /// Test-only: inject an engine fault (`fail:AFTER_IMAGES:SECONDS` or `exit:AFTER_IMAGES`).
+    /// Test-only: inject an engine fault (`fail:AFTER_IMAGES:SECONDS`, `exit:AFTER_IMAGES`, or
+    /// `panic|abort|hang:WIDTHxHEIGHT`).
     #[arg(long, hide = true)]
     pub test_engine_fault: Option<ocrfleet_ocr::FaultPlan>,
+    /// Test-only: a prepare task panics (in its decode stage) on a URL containing this text.
+    #[arg(long, hide = true)]
+    pub test_prepare_panic: Option<String>,
     #[command(flatten)]
     pub settings: WorkerArgs,
 }
@@ -38,6 +42,10 @@ pub fn run_worker(cmd: WorkerCmd) -> anyhow::Result<ExitCode> {
     if let Some(plan) = cmd.test_engine_fault {
         tracing::warn!(?plan, "test-only engine fault injection is on");
         cfg.engine.fault = Some(plan);
+    }
+    if let Some(s) = cmd.test_prepare_panic {
+        tracing::warn!(url_contains = %s, "test-only prepare panic injection is on");
+        cfg.test_prepare_panic = Some(s);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -195,3 +195,49 @@ fn an_egress_outage_dead_letters_nothing_and_resumes_when_the_hosts_answer() {
         0
     );
 }
+
+/// A panic while preparing a record (its header parsers read untrusted bytes; here the hidden
+/// `--test-prepare-panic` hook) becomes one dead letter of the stage it happened in (class
+/// `panic`). Before, the task died with its message: no done event, so its partition's commits
+/// froze for good while `/readyz` said 200.
+#[test]
+fn a_panic_while_preparing_a_record_is_its_dead_letter_and_commits_go_on() {
+    let _g = serial();
+    let nd = Noida::start("prepanic");
+    let srv = images_server();
+    let (topic, group, index) = ("prepanic", "g-prepanic", "prepanic-idx");
+    create_topics(&nd.brokers(), topic, 1);
+    let poison = srv.put("poison-prepare.png", png(&fixture_image("hello.png")));
+    let values = [
+        serde_json::json!({"url": srv.url("img/invoice.png"), "id": "a"}).to_string(),
+        serde_json::json!({"url": poison, "id": "poison"}).to_string(),
+        serde_json::json!({"url": srv.url("img/park.png"), "id": "b"}).to_string(),
+    ];
+    produce(&nd.brokers(), topic, 1, &values);
+    let w = Worker::start(
+        &nd.brokers(),
+        &nd.es_url(),
+        topic,
+        group,
+        index,
+        &["--test-prepare-panic", "poison-prepare"],
+    );
+    let dlq = read_all(&nd.brokers(), "prepanic.dlq", 1, Duration::from_secs(120));
+    assert_eq!(dlq.len(), 1, "log:\n{}", w.log_tail());
+    let h = &dlq[0].headers;
+    assert_eq!(
+        (
+            h["ocrfleet.error.stage"].as_str(),
+            h["ocrfleet.error.class"].as_str()
+        ),
+        ("decode", "panic"),
+        "{h:?}"
+    );
+    wait_until("the others indexed", Duration::from_secs(120), || {
+        es_count(&nd.es_url(), index) == Some(2)
+    });
+    wait_until("committed past the panic", Duration::from_secs(60), || {
+        lag(&nd.brokers(), group, topic, 1) == 0
+    });
+    assert!(w.ready() && w.healthy());
+}

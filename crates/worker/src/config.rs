@@ -338,6 +338,9 @@ pub struct WorkerConfig {
     pub liveness_timeout: Duration,
     /// `--replay-key`.
     pub replay_key: Option<Secret>,
+    /// Test-only (the hidden `--test-prepare-panic`): a prepare task panics on a URL containing
+    /// this text, so that the catching of panics can be tested end to end.
+    pub test_prepare_panic: Option<String>,
     pub memory_budget: u64,
     pub ocr_batch: usize,
     pub http_addr: std::net::SocketAddr,
@@ -601,6 +604,7 @@ impl WorkerConfig {
                 a.replay_key_file.clone(),
                 "replay key",
             )?,
+            test_prepare_panic: None,
             memory_budget: a.memory_budget.expect("defaulted").as_u64(),
             ocr_batch: a.ocr_batch.expect("defaulted").max(1),
             http_addr: a.http_addr.expect("defaulted"),

@@ -196,6 +196,7 @@ async fn run_inner(
         max_pages: cfg.engine.max_pages,
         concurrency: cfg.fetch.concurrency,
         metrics: metrics.clone(),
+        test_panic: cfg.test_prepare_panic.clone(),
     };
     let (journal_tx, journal_rx) = mpsc::unbounded_channel();
     let ocr_settings = stages::ocr::OcrSettings {

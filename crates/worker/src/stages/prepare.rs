@@ -55,6 +55,8 @@ pub struct Prepare {
     pub max_pages: u32,
     pub concurrency: usize,
     pub metrics: Metrics,
+    /// Test-only: panic (in the decode stage) on a URL containing this text.
+    pub test_panic: Option<String>,
 }
 
 /// What one task made of its message, before the envelope is attached.
@@ -112,6 +114,11 @@ impl Prepare {
             .inc_by(fetched.bytes.len() as u64);
         let attempts = fetched.attempts;
         *reached = Stage::Decode;
+        if let Some(s) = &self.test_panic {
+            if request.url.contains(s.as_str()) {
+                panic!("injected prepare panic on a URL containing {s:?}");
+            }
+        }
         let decode_err = |e: ocrfleet_ocr::DecodeError| {
             let e = OcrError::from(e);
             Rejection::new(Stage::Decode, e.class(), e.to_string()).attempts(attempts)
