@@ -361,6 +361,10 @@ def promql_exprs(repo):
     for r in vals["rules"]["external"]:
         out.append(("prometheus-adapter rule", r["metricsQuery"]))
         out.append(("prometheus-adapter seriesQuery", r["seriesQuery"]))
+    rules = yaml.safe_load(open(os.path.join(repo, "k8s/components/alerts/prometheusrule.yaml"), encoding="utf-8"))
+    for g in rules["spec"]["groups"]:
+        for r in g["rules"]:
+            out.append((f"alert {r['alert']}", r["expr"]))
     return out
 
 

@@ -11,6 +11,9 @@
 //!   distance between what is finished and what is committed.
 //! - `memory_under_large_16_bit_images`: many 36-megapixel 16-bit RGB PNGs with an EXIF
 //!   rotation at once, under a 1 GiB memory budget: peak RSS against the budget.
+//! - `memory_with_large_messages_bodies_and_decodes_at_once`: what the budget does not hold
+//!   (messages read ahead, bodies being downloaded) at its bounds together with a full budget
+//!   of decodes: peak RSS against budget + engine + those bounds.
 
 mod common;
 
@@ -24,6 +27,16 @@ fn png(img: &DynamicImage) -> Vec<u8> {
     let mut c = Cursor::new(Vec::new());
     img.write_to(&mut c, ImageFormat::Png).unwrap();
     c.into_inner()
+}
+
+/// A PNG chunk.
+fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut out = (data.len() as u32).to_be_bytes().to_vec();
+    let mut body = kind.to_vec();
+    body.extend_from_slice(data);
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32(&body).to_be_bytes());
+    out
 }
 
 /// Inserts an eXIf chunk (Orientation = 6, rotate 90) after a PNG's IHDR.
@@ -182,5 +195,107 @@ fn memory_under_large_16_bit_images() {
     assert!(
         peak < 2 << 30,
         "peak RSS {peak} over budget + 1 GiB of engine and runtime"
+    );
+}
+
+/// Every kind of memory at its bound at once: messages of 900 KB (their bytes bounded by
+/// `--max-in-flight-bytes`, 64 MiB by default), 19 MiB bodies (a small image carrying a 19 MiB
+/// ancillary chunk: bounded by `--fetch-concurrency` × `--fetch-max-bytes`, 64 × 20 MiB), and
+/// 6000×4000 images whose decodes fill the budget (2 GiB, the default). Prints the peak RSS
+/// beside what the documented pod memory formula gives.
+#[test]
+#[ignore = "long: run by hand, see the module doc"]
+fn memory_with_large_messages_bodies_and_decodes_at_once() {
+    let _g = serial();
+    let nd = Noida::start("memall");
+    let srv = ImageServer::start(repo_root().join("tests/fixtures/worker"));
+    // 19 MiB of incompressible bytes in a private ancillary chunk of a small PNG.
+    let small = png(&DynamicImage::ImageRgb8(fixture_image("hello.png")));
+    let mut filler = vec![0u8; 19 << 20];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for b in filler.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let ihdr_end = 8 + 4 + 4 + 13 + 4;
+    let mut heavy = small[..ihdr_end].to_vec();
+    heavy.extend_from_slice(&chunk(b"flLr", &filler));
+    heavy.extend_from_slice(&small[ihdr_end..]);
+    drop(filler);
+    let body_url = srv.put("heavy-body.png", heavy);
+    // 6000x4000 RGBA of one colour: a few KB, 96 MB as RGBA + 72 MB as RGB when decoded.
+    let big = png(&DynamicImage::ImageRgba8(ImageBuffer::from_pixel(
+        6000,
+        4000,
+        image::Rgba([250, 250, 250, 255]),
+    )));
+    let decode_url = srv.put("heavy-decode.png", big);
+    let (topic, group, index, parts) = ("memall", "g-memall", "memall-idx", 4);
+    create_topics(&nd.brokers(), topic, parts);
+    let pad = "x".repeat(900 << 10);
+    let n = 600;
+    let values: Vec<String> = (0..n)
+        .map(|i| match i % 3 {
+            // Valid URL with 900 KB of padding: a parse dead letter (over the metadata limit),
+            // held in memory while in flight.
+            0 => serde_json::json!({"url": srv.url("img/hello.png"), "id": format!("m{i}"), "metadata": {"pad": pad}}).to_string(),
+            1 => serde_json::json!({"url": body_url, "id": format!("m{i}")}).to_string(),
+            _ => serde_json::json!({"url": decode_url, "id": format!("m{i}")}).to_string(),
+        })
+        .collect();
+    produce_many(&nd.brokers(), topic, parts, &values);
+    let w = Worker::start(
+        &nd.brokers(),
+        &nd.es_url(),
+        topic,
+        group,
+        index,
+        // noida-db answers a fetch with everything it has (138 MB here), past librdkafka's
+        // default receive.message.max.bytes (100 MB); a Kafka broker honours fetch.max.bytes.
+        &[
+            "--host-threads",
+            "2",
+            "--kafka-option",
+            "receive.message.max.bytes=400000000",
+            // The harness's 2 s is for fault tests; 19 MiB bodies under full load need longer.
+            "--fetch-timeout",
+            "60s",
+        ],
+    );
+    let pid = w.child.id();
+    let t = Instant::now();
+    let (mut peak_budget, mut peak_flight_bytes) = (0f64, 0f64);
+    loop {
+        let done = w.metric("ocrfleet_messages_indexed_total")
+            + w.metric("ocrfleet_messages_dead_lettered_total");
+        peak_budget = peak_budget.max(w.metric("ocrfleet_memory_budget_used_bytes"));
+        let _ = rss(pid);
+        if done >= n as f64 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(3600), "did not finish");
+        assert!(
+            w.log_tail().contains("worker ready") || t.elapsed() < Duration::from_secs(120),
+            "the worker did not start: {}",
+            w.log_tail()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        peak_flight_bytes = peak_flight_bytes.max(w.metric("ocrfleet_messages_in_flight"));
+    }
+    let peak = w.peak_rss() as f64 / 1048576.0;
+    println!(
+        "| messages | wall s | peak RSS MiB | peak budget used MiB | peak messages in flight |"
+    );
+    println!(
+        "| {n} (1/3 900 KB values, 1/3 19 MiB bodies, 1/3 6000x4000 RGBA decodes) | {:.0} | {peak:.0} | {:.0} | {peak_flight_bytes:.0} |",
+        t.elapsed().as_secs_f64(),
+        peak_budget / 1048576.0
+    );
+    assert_eq!(
+        w.metric("ocrfleet_messages_dead_lettered_total"),
+        (n / 3) as f64,
+        "the padded messages, nothing else"
     );
 }
