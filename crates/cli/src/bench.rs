@@ -42,7 +42,7 @@ pub struct ModelsBenchArgs {
 }
 
 fn bench_models(args: ModelsBenchArgs) -> anyhow::Result<ExitCode> {
-    let mut engine = Engine::new(args.engine.config()).context("cannot start the OCR engine")?;
+    let engine = Engine::new(args.engine.config()).context("cannot start the OCR engine")?;
     println!(
         "# ocrfleet bench models: device {}, models {}, repeat {}",
         engine.provider(),
@@ -119,15 +119,28 @@ pub struct OcrBenchArgs {
     /// prints the pipeline's ratio against it.
     #[arg(long)]
     pub peer: Option<PathBuf>,
-    /// The replay device: record every model output during the warm-up, then answer every
+    /// The recorded device: record every model output during the warm-up, then answer every
     /// measured run from the recording. All CPU stages run for real and the networks do not,
     /// so the table shows the host's ceiling (what the CPU could feed a device).
     #[arg(long)]
-    pub replay: bool,
-    /// With --replay, a simulated device: milliseconds per batch item that each det, cls and
-    /// rec run waits (e.g. 2.83,0.05,0.31, from the H200 model-only figures in the README).
-    #[arg(long, value_delimiter = ',', requires = "replay")]
-    pub replay_device_ms: Vec<f64>,
+    pub simulate: bool,
+    /// With --simulate, a simulated device whose runs cost what this JSON file says (per model:
+    /// fixed ms per run, ms per unit of padded tensor; see crates/ocr/src/device.rs and
+    /// tests/bench/costs/). Without it the recording answers at once.
+    #[arg(long, requires = "simulate")]
+    pub device_costs: Option<PathBuf>,
+    /// With --device-costs, multiplies every cost (e.g. 4 to make the device the bottleneck on a
+    /// small host).
+    #[arg(long, default_value_t = 1.0, requires = "device_costs")]
+    pub device_scale: f64,
+    /// Engine calls in flight at once in the pipeline rows (0: one per runner, as the worker on
+    /// CPU; the worker keeps two per runner on CUDA).
+    #[arg(long, default_value_t = 0)]
+    pub lanes: usize,
+    /// Also print one JSON object at the end (img_per_s, device_busy, host_cpu_ms_per_img,
+    /// device, ...) for the best pipeline row, for scripts.
+    #[arg(long)]
+    pub json: bool,
     /// Run fill, model and post-processing of neighbouring batches one after another instead
     /// of overlapped (for comparison).
     #[arg(long)]
@@ -209,39 +222,58 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[idx]
 }
 
-/// Runs `f` on the engine over `items` in chunks of `batch`, `repeat` times; returns (seconds,
-/// seconds inside ONNX Runtime's `run`, per-call ms).
-fn time_chunks<T>(
+/// Runs `f` on the engine over `items` in chunks of `batch`, `repeat` times, from `lanes`
+/// threads at once (each taking the next chunk); returns (seconds, seconds inside model runs
+/// summed over models and runners, per-call ms).
+fn time_chunks<T: Sync>(
     engine: &mut Engine,
     items: &[T],
     batch: usize,
     repeat: usize,
-    mut f: impl FnMut(&mut Engine, &[T]),
+    lanes: usize,
+    f: impl Fn(&Engine, &[T]) + Sync,
 ) -> anyhow::Result<(f64, f64, Vec<f64>)> {
     // Every shape these batch sizes make gets its session first (a no-op on CPU), so that no
     // timed run pays for one.
     engine.warm_up().context("engine warm-up failed")?;
-    let mut lat = Vec::new();
+    let engine: &Engine = engine;
+    let chunks: Vec<&[T]> = (0..repeat).flat_map(|_| items.chunks(batch)).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let lat = std::sync::Mutex::new(Vec::new());
     let device0 = engine.model_time().total();
     let t0 = Instant::now();
-    for _ in 0..repeat {
-        for chunk in items.chunks(batch) {
-            let t = Instant::now();
-            f(engine, chunk);
-            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    std::thread::scope(|s| {
+        for _ in 0..lanes.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(chunk) = chunks.get(i) else { return };
+                let t = Instant::now();
+                f(engine, chunk);
+                lat.lock().unwrap().push(t.elapsed().as_secs_f64() * 1000.0);
+            });
         }
-    }
+    });
     let secs = t0.elapsed().as_secs_f64();
-    Ok((secs, engine.model_time().total() - device0, lat))
+    Ok((
+        secs,
+        engine.model_time().total() - device0,
+        lat.into_inner().unwrap(),
+    ))
 }
 
 fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
     let files = collect_files(&args.images);
     anyhow::ensure!(!files.is_empty(), "no images under {:?}", args.images);
-    anyhow::ensure!(
-        matches!(args.replay_device_ms.len(), 0 | 3),
-        "--replay-device-ms takes three numbers: det,cls,rec"
-    );
+    let costs: Option<ocrfleet_ocr::device::Costs> = match &args.device_costs {
+        Some(p) => Some(
+            serde_json::from_str::<ocrfleet_ocr::device::Costs>(
+                &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            )
+            .with_context(|| format!("{} is not a device cost file", p.display()))?
+            .scaled(args.device_scale),
+        ),
+        None => None,
+    };
     let mut cfg = args.engine.config();
     cfg.overlap = !args.no_overlap;
     let images: Vec<RgbImage> = files
@@ -257,7 +289,7 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
 
     // Warm-up, and the crops that the cls and rec stages are measured on.
     let warm_up = Instant::now();
-    if args.replay {
+    if args.simulate {
         engine.record();
     }
     let boxes = engine.detect(&images);
@@ -276,21 +308,21 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let warm = engine.recognize(&images);
-    if args.replay {
+    if args.simulate {
         // The stage rows run cls and rec on unrotated crops, which the pipeline never saw.
         engine.classify_lines(&crops);
         engine.recognize_lines(&crops);
     }
     let warm_up = warm_up.elapsed().as_secs_f64();
-    let recorded = if args.replay {
-        let ms = |i: usize| args.replay_device_ms.get(i).copied().unwrap_or(0.0);
-        Some(engine.replay_on_device(ocrfleet_ocr::ModelTime {
-            det: ms(0),
-            cls: ms(1),
-            rec: ms(2),
-        }))
+    let recorded = if args.simulate {
+        Some(engine.simulate(costs.unwrap_or_default()))
     } else {
         None
+    };
+    let lanes = if args.lanes == 0 {
+        engine.streams()
+    } else {
+        args.lanes
     };
     let lines_per_pass: usize = warm
         .iter()
@@ -304,21 +336,30 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
             n.to_string()
         }
     };
+    let device = match (recorded, &costs) {
+        (Some(n), None) => format!("recorded outputs of {} ({n} model items recorded; \"in run %\" is the lookup)", engine.provider()),
+        (Some(n), Some(c)) => format!(
+            "SIMULATED device of {} streams, costs {} x{} = {c:?} ({n} model items recorded from {}; \"in run %\" is the simulated device's busy share per stream)",
+            engine.streams(),
+            args.device_costs.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+            args.device_scale,
+            engine.provider()
+        ),
+        (None, _) => engine.provider(),
+    };
     println!(
-        "# ocrfleet bench ocr: {} images, {} crops, {} recognised lines per pass; device {}, models {} ({} graphs), threads {}, host threads {}, overlap {}, repeat {}, shape warm-up {:.1} s ({} shapes, {} sessions), first pass {:.1} s",
+        "# ocrfleet bench ocr: {} images, {} crops, {} recognised lines per pass; device {}, models {} ({} graphs), streams {}, lanes {}, threads {}, host threads {}, overlap {}, repeat {}, shape warm-up {:.1} s ({} shapes, {} sessions), first pass {:.1} s",
         images.len(),
         crops.len(),
         lines_per_pass,
-        match recorded {
-            Some(n) if args.replay_device_ms.is_empty() => format!("replay of {} ({n} model items recorded; \"in run %\" is the replay's lookup)", engine.provider()),
-            Some(n) => format!("replay of {} on a simulated device of {:?} ms per det/cls/rec item ({n} model items recorded; \"in run %\" is the simulated device's busy share)", engine.provider(), args.replay_device_ms),
-            None => engine.provider(),
-        },
+        device,
         engine.model_version(),
         match defaults.graph_variant() {
             "" => "downloaded",
             v => v,
         },
+        engine.streams(),
+        lanes,
         all(defaults.intra_threads),
         all(defaults.host_threads),
         if defaults.overlap { "on" } else { "off" },
@@ -341,7 +382,7 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
         let b = b.max(1);
         if wants("det") {
             engine.config_mut().det.batch_size = b;
-            let t = time_chunks(&mut engine, &images, b, args.repeat, |e, c| {
+            let t = time_chunks(&mut engine, &images, b, args.repeat, 1, |e, c| {
                 e.detect(c);
             })?;
             rows.push(Row::new("det", b, images.len() * args.repeat, 0, t));
@@ -349,7 +390,7 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
         }
         if wants("cls") && !crops.is_empty() {
             engine.config_mut().cls.batch_size = b;
-            let t = time_chunks(&mut engine, &crops, b, args.repeat, |e, c| {
+            let t = time_chunks(&mut engine, &crops, b, args.repeat, 1, |e, c| {
                 e.classify_lines(c);
             })?;
             rows.push(Row::new("cls", b, 0, crops.len() * args.repeat, t));
@@ -357,7 +398,7 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
         }
         if wants("rec") && !crops.is_empty() {
             engine.config_mut().rec.batch_size = b;
-            let t = time_chunks(&mut engine, &crops, b, args.repeat, |e, c| {
+            let t = time_chunks(&mut engine, &crops, b, args.repeat, 1, |e, c| {
                 e.recognize_lines(c);
             })?;
             rows.push(Row::new("rec", b, 0, crops.len() * args.repeat, t));
@@ -366,17 +407,24 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
         *engine.config_mut() = defaults.clone();
         if wants("pipeline") {
             engine.config_mut().det.batch_size = b;
-            let mut lines = 0usize;
-            let mut cost = StageCost::default();
+            let tally = std::sync::Mutex::new((0usize, StageCost::default()));
             let cpu0 = process_cpu_seconds();
-            let t = time_chunks(&mut engine, &images, b, args.repeat, |e, c| {
-                for t in e.recognize(c).iter().filter_map(|r| r.as_ref().ok()) {
-                    lines += t.lines.len();
-                    cost.add(&t.timings);
+            let busy0 = engine.simulated_device().map(|d| d.busy_seconds());
+            let t = time_chunks(&mut engine, &images, b, args.repeat, lanes, |e, c| {
+                let out = e.recognize(c);
+                let mut tally = tally.lock().unwrap();
+                for t in out.iter().filter_map(|r| r.as_ref().ok()) {
+                    tally.0 += t.lines.len();
+                    tally.1.add(&t.timings);
                 }
             })?;
+            let (lines, mut cost) = tally.into_inner().unwrap();
             cost.cpu_secs = process_cpu_seconds() - cpu0;
             cost.wall_secs = t.0;
+            cost.device_busy = match (busy0, engine.simulated_device()) {
+                (Some(b0), Some(d)) => (d.busy_seconds() - b0) / (t.0 * engine.streams() as f64),
+                _ => t.1 / (t.0 * engine.streams() as f64),
+            };
             costs.push((b, cost));
             rows.push(Row::new(
                 "pipeline",
@@ -410,6 +458,39 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
                 c.cpu_secs / c.wall_secs.max(1e-9),
                 n / c.cpu_secs.max(1e-9)
             );
+        }
+    }
+
+    if args.json {
+        // The best pipeline row, for scripts (tests/bench/gpu.sh, the simulated-device table).
+        let best = rows
+            .iter()
+            .filter(|r| r.stage == "pipeline")
+            .zip(costs.iter())
+            .max_by(|a, b| {
+                (a.0.images as f64 / a.0.secs).total_cmp(&(b.0.images as f64 / b.0.secs))
+            });
+        if let Some((r, (b, c))) = best {
+            let mut lat = r.latencies_ms.clone();
+            lat.sort_by(f64::total_cmp);
+            let n = c.images.max(1) as f64;
+            let v = serde_json::json!({
+                "img_per_s": r.images as f64 / r.secs,
+                "lines_per_s": r.lines as f64 / r.secs,
+                "batch": b,
+                "device_busy": c.device_busy,
+                "host_cpu_ms_per_img": 1000.0 * c.cpu_secs / n,
+                "busy_cores": c.cpu_secs / c.wall_secs.max(1e-9),
+                "p50_ms": percentile(&lat, 0.5),
+                "p99_ms": percentile(&lat, 0.99),
+                "device": if args.device_costs.is_some() { "simulated".to_string() } else if args.simulate { "recorded".to_string() } else { engine.provider() },
+                "streams": engine.streams(),
+                "lanes": lanes,
+                "images": images.len(),
+                "warm_up_s": shapes.seconds,
+                "sessions": shapes.sessions,
+            });
+            println!("{v}");
         }
     }
 
@@ -455,6 +536,8 @@ struct StageCost {
     /// CPU seconds of the whole process (user + system) and wall seconds during the row.
     cpu_secs: f64,
     wall_secs: f64,
+    /// The device's busy share per stream during the row (simulated, or time inside runs).
+    device_busy: f64,
     det: f64,
     crop: f64,
     cls: f64,

@@ -20,6 +20,10 @@ pub struct EngineArgs {
     /// Folder with v4/, v6/ and lib/ as installed by models/fetch.sh.
     #[arg(long, env = "OCRFLEET_MODELS_DIR", default_value = "models")]
     pub models_dir: PathBuf,
+    /// Runners per model, each with its own sessions (on CUDA its own stream): up to this many
+    /// runs of each model in flight, from as many concurrent calls.
+    #[arg(long, env = "OCRFLEET_DEVICE_STREAMS", default_value_t = 1)]
+    pub device_streams: usize,
     /// ONNX Runtime intra-op threads per model (0 = all cores).
     #[arg(long, env = "OCRFLEET_THREADS", default_value_t = 0)]
     pub threads: usize,
@@ -94,6 +98,7 @@ impl EngineArgs {
         cfg.rec.drop_score = self.rec_drop_score;
         cfg.cls.thresh = self.cls_thresh;
         cfg.max_pages = self.max_pages.max(1);
+        cfg.streams = self.device_streams.max(1);
         if !self.rec_widths.is_empty() {
             cfg.rec.widths = self.rec_widths.clone();
         }

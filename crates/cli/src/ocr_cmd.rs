@@ -74,7 +74,7 @@ pub fn run(args: OcrArgs) -> anyhow::Result<ExitCode> {
     if files.is_empty() {
         anyhow::bail!("no image files found under {:?}", args.paths);
     }
-    let mut engine = Engine::new(args.engine.config()).context("cannot start the OCR engine")?;
+    let engine = Engine::new(args.engine.config()).context("cannot start the OCR engine")?;
     let progress = if files.len() > 8 {
         let pb = ProgressBar::new(files.len() as u64);
         pb.set_style(
@@ -141,7 +141,7 @@ fn write_result(
     let name = file.display().to_string();
     match (r, ndjson) {
         (Ok(t), true) => {
-            let v = json!({"file": name, "width": t.width, "height": t.height, "lines": t.lines, "timings_ms": t.timings});
+            let v = json!({"file": name, "width": t.width, "height": t.height, "pages": t.pages, "lines": t.lines, "timings_ms": t.timings});
             writeln!(out, "{v}")
         }
         (Err((stage, message)), true) => {

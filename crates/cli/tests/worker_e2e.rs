@@ -740,13 +740,16 @@ fn without_template_management_a_missing_index_is_waited_for_not_dead_lettered()
 }
 
 #[test]
-fn readme_configuration_reference_matches_the_flags() {
+fn the_configuration_reference_matches_the_flags() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ocrfleet"))
         .args(["worker", "--print-reference"])
         .output()
         .unwrap();
     let table = String::from_utf8(out.stdout).unwrap();
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let doc = std::fs::read_to_string(repo_root().join("deploy/docs/configuration.md")).unwrap();
     assert!(table.lines().count() > 30);
-    assert!(readme.contains(&table), "README's configuration table is out of date: regenerate it with `ocrfleet worker --print-reference`");
+    assert!(
+        doc.contains(&table),
+        "deploy/docs/configuration.md is out of date: regenerate its table with `ocrfleet worker --print-reference`"
+    );
 }

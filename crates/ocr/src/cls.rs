@@ -1,6 +1,8 @@
 //! The 180° text-line classifier (PaddleOCR's `ch_ppocr_mobile_v2.0_cls`): input 3×48×192,
 //! output `[N, 2]` probabilities for 0° and 180°.
 
+pub(crate) mod stage;
+
 use fast_image_resize::Resizer;
 use image::RgbImage;
 

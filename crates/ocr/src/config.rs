@@ -355,6 +355,10 @@ pub struct EngineConfig {
     /// tests/parity.rs). On CPU, PP-OCRv4 reads pages about twice as fast at one thread (README
     /// "Fused graphs"). Default true; false loads the downloaded graphs as they are.
     pub fused: bool,
+    /// Runners per model (`--device-streams`): each its own set of sessions (on CUDA its own
+    /// stream), so that up to this many runs of each model are in flight at once, from as many
+    /// concurrent calls. Default 1.
+    pub streams: usize,
     /// Images with more decoded pixels than this are refused. Default 50 000 000.
     pub max_pixels: u64,
     /// Pages read of a multi-page TIFF at most; a file with more is refused whole
@@ -455,6 +459,7 @@ impl Default for EngineConfig {
             overlap: true,
             fp16: false,
             fused: true,
+            streams: 1,
             max_pixels: crate::decode::DEFAULT_MAX_PIXELS,
             max_pages: crate::decode::DEFAULT_MAX_PAGES,
             ort_library: None,

@@ -20,6 +20,21 @@ use imageproc::geometric_transformations::Projection;
 use crate::det::postprocess::Quad;
 
 /// The crop's width and height: the longer of each pair of opposite sides.
+/// Boxes found in one image, in reading order, each with its crop and the crop's frame when
+/// one was cut ([`cut`]).
+pub(crate) type Found = Vec<(Quad, Option<(RgbImage, Quad)>)>;
+
+/// A line's crop on its way through the classifier and the recogniser.
+pub(crate) struct Crop {
+    /// Which image of the call it belongs to.
+    pub(crate) image: usize,
+    pub(crate) quad: Quad,
+    /// The crop's corners in the image, in the order of its pixels ([`frame`]), turned with
+    /// it by the classifier.
+    pub(crate) frame: Quad,
+    pub(crate) pixels: RgbImage,
+}
+
 fn size(quad: &Quad) -> (u32, u32) {
     let d = |a: [f32; 2], b: [f32; 2]| ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt();
     let w = d(quad[0], quad[1]).max(d(quad[2], quad[3])) as u32;

@@ -70,6 +70,10 @@ pub enum OcrError {
     /// ONNX Runtime failed on this image's tensors even when run on its own.
     #[error("{stage}: inference failed: {message}")]
     Inference { stage: Stage, message: String },
+    /// The device ran out of memory even with this image run alone: not the image's fault (the
+    /// worker treats it as an engine fault and runs it again later).
+    #[error("{stage}: the device ran out of memory: {message}")]
+    DeviceOutOfMemory { stage: Stage, message: String },
     /// The engine went away (its thread stopped) before this image was processed.
     #[error("engine is not running: {0}")]
     EngineGone(String),
@@ -84,7 +88,7 @@ impl OcrError {
     pub fn stage(&self) -> Stage {
         match self {
             OcrError::Decode(_) => Stage::Decode,
-            OcrError::Inference { stage, .. } => *stage,
+            OcrError::Inference { stage, .. } | OcrError::DeviceOutOfMemory { stage, .. } => *stage,
             OcrError::EngineGone(_) | OcrError::Panic(_) => Stage::Engine,
         }
     }
@@ -99,6 +103,7 @@ impl OcrError {
             OcrError::Decode(DecodeError::TooManyPages { .. }) => "too_many_pages",
             OcrError::Decode(DecodeError::Corrupt(_)) => "corrupt",
             OcrError::Inference { .. } => "inference",
+            OcrError::DeviceOutOfMemory { .. } => "device_out_of_memory",
             OcrError::EngineGone(_) => "engine_gone",
             OcrError::Panic(_) => "panic",
         }

@@ -1,15 +1,19 @@
 //! Using the engine from async code.
 //!
-//! ONNX Runtime's `run` blocks, so the engine lives on a dedicated OS thread. Callers send
-//! batches through a bounded queue (back-pressure: a full queue makes `recognize` wait) and
-//! await the per-image results. The thread also counts the time it spends busy (the engine
-//! thread's busy fraction) and the time spent inside ONNX Runtime's `run` (the device's).
-//! A [`EngineHandle::probe`] runs the engine's health check on the same thread, so the worker
-//! can tell a bad image from a broken engine; if the thread stops, every call answers
-//! [`OcrError::EngineGone`] and [`EngineHandle::is_alive`] turns false.
+//! ONNX Runtime's `run` blocks, so the engine works on dedicated OS threads: `lanes` of them
+//! (see [`EngineHandle::spawn`]), each taking the next call from one bounded queue
+//! (back-pressure: a full queue makes `recognize` wait) and running it through the shared
+//! [`Engine`], so that several calls are in flight at once and the stages of one overlap the
+//! stages of another. Callers await the per-image results. The handle counts the time the
+//! lanes spend busy and the time spent inside model runs (the device's). A
+//! [`EngineHandle::probe`] runs the engine's health check on a lane, so the worker can tell a
+//! bad image from a broken engine; once every lane has stopped, every call answers
+//! [`OcrError::EngineGone`] and [`EngineHandle::is_alive`] turns false. A panic inside a call
+//! is caught: the call runs again image by image, and the image that panics gets
+//! [`OcrError::Panic`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use image::RgbImage;
@@ -39,7 +43,7 @@ fn gone(n: usize, why: &str) -> Results {
 /// and an image that panics on its own gets [`OcrError::Panic`], so that one poison image
 /// fails alone instead of killing the engine thread (and, restarted, the next process: a crash
 /// loop). The engine stays usable: its sessions are untouched by a panic in the host code.
-pub(crate) fn recognize_guarded(engine: &mut Engine, images: &[RgbImage]) -> Results {
+pub(crate) fn recognize_guarded(engine: &Engine, images: &[RgbImage]) -> Results {
     use std::panic::{catch_unwind, AssertUnwindSafe};
     match catch_unwind(AssertUnwindSafe(|| engine.recognize(images))) {
         Ok(out) => out,
@@ -68,56 +72,65 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "(no message)".into())
 }
 
-/// A cloneable, `Send + Sync` handle to an engine running on its own thread.
+/// A cloneable, `Send + Sync` handle to an engine running on its own threads.
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Job>,
     busy_nanos: Arc<AtomicU64>,
-    device_nanos: Arc<AtomicU64>,
+    engine: Arc<Engine>,
+    lanes: usize,
     provider: Arc<str>,
     model_version: &'static str,
     warm_up: WarmUp,
 }
 
 impl EngineHandle {
-    /// Starts the engine thread and waits until the models are loaded and warmed up
-    /// ([`Engine::warm_up`]). `queue` bounds the
-    /// number of batches waiting for the engine.
-    pub fn spawn(cfg: EngineConfig, queue: usize) -> Result<EngineHandle, EngineError> {
-        let (tx, mut rx) = mpsc::channel::<Job>(queue.max(1));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    /// Loads the models, warms them up ([`Engine::warm_up`]) and starts `lanes` engine threads
+    /// (at least one); `queue` bounds the number of calls waiting for a lane.
+    pub fn spawn(
+        cfg: EngineConfig,
+        lanes: usize,
+        queue: usize,
+    ) -> Result<EngineHandle, EngineError> {
+        let fault = cfg.fault;
+        let mut engine = Engine::new(cfg)?;
+        // Ready only once warmed up, so the caller's readiness means every input shape
+        // already has its session.
+        let warm_up = engine.warm_up()?;
+        let engine = Arc::new(engine);
+        let (tx, rx) = mpsc::channel::<Job>(queue.max(1));
+        let rx = Arc::new(Mutex::new(rx));
         let busy_nanos = Arc::new(AtomicU64::new(0));
-        let busy = busy_nanos.clone();
-        let device_nanos = Arc::new(AtomicU64::new(0));
-        let device = device_nanos.clone();
-        std::thread::Builder::new()
-            .name("ocr-engine".into())
-            .spawn(move || {
-                // Ready only once warmed up, so the caller's readiness means every input
-                // shape already has its session.
-                let mut engine = match Engine::new(cfg).and_then(|mut e| {
-                    let w = e.warm_up()?;
-                    Ok((e, w))
-                }) {
-                    Ok((e, w)) => {
-                        let _ = ready_tx.send(Ok((e.provider(), e.model_version(), w)));
-                        e
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let lanes = lanes.max(1);
+        for lane in 0..lanes {
+            let (engine, rx, busy, stopping) = (
+                engine.clone(),
+                rx.clone(),
+                busy_nanos.clone(),
+                stopping.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("ocr-engine-{lane}"))
+                .spawn(move || loop {
+                    if stopping.load(Ordering::SeqCst) {
                         return;
                     }
-                };
-                while let Some(job) = rx.blocking_recv() {
+                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv();
+                    // Stopped meanwhile: the job is dropped, and its caller told the engine is
+                    // gone.
+                    let Some(job) = job.filter(|_| !stopping.load(Ordering::SeqCst)) else {
+                        return;
+                    };
                     let t = Instant::now();
-                    let in_run = engine.model_time().total();
                     match job {
                         Job::Bytes(b, reply) => {
                             let refs: Vec<&[u8]> = b.iter().map(Vec::as_slice).collect();
                             let _ = reply.send(engine.recognize_bytes(&refs));
                         }
                         Job::Images(imgs, reply) => {
-                            let out = recognize_guarded(&mut engine, &imgs);
+                            crate::fault::check_images(fault, &imgs);
+                            let out = recognize_guarded(&engine, &imgs);
                             let _ = reply.send((imgs, out));
                         }
                         Job::Probe(reply) => {
@@ -125,26 +138,28 @@ impl EngineHandle {
                         }
                     }
                     busy.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                    let in_run = engine.model_time().total() - in_run;
-                    device.fetch_add((in_run * 1e9) as u64, Ordering::Relaxed);
                     if engine.wants_exit() {
-                        tracing::error!("injected engine fault: the engine thread exits");
+                        tracing::error!("injected engine fault: the engine threads exit");
+                        stopping.store(true, Ordering::SeqCst);
                         return;
                     }
-                }
-            })
-            .map_err(|e| EngineError::Config(format!("cannot start engine thread: {e}")))?;
-        let (provider, model_version, warm_up) = ready_rx
-            .recv()
-            .map_err(|_| EngineError::Config("engine thread exited during start-up".into()))??;
+                })
+                .map_err(|e| EngineError::Config(format!("cannot start engine thread: {e}")))?;
+        }
         Ok(EngineHandle {
             tx,
             busy_nanos,
-            device_nanos,
-            provider: provider.into(),
-            model_version,
+            provider: engine.provider().into(),
+            model_version: engine.model_version(),
+            engine,
+            lanes,
             warm_up,
         })
+    }
+
+    /// Engine threads: the calls that can be in flight at once.
+    pub fn lanes(&self) -> usize {
+        self.lanes
     }
 
     /// Recognises decoded images; one result per image.
@@ -190,15 +205,17 @@ impl EngineHandle {
             .unwrap_or_else(|_| Err("engine thread stopped during the probe".into()))
     }
 
-    /// Total seconds the engine thread has spent running batches since it started.
+    /// Seconds the engine threads have spent running calls since they started, divided by the
+    /// number of threads (so that it grows at most as fast as wall time).
     pub fn busy_seconds(&self) -> f64 {
-        self.busy_nanos.load(Ordering::Relaxed) as f64 / 1e9
+        self.busy_nanos.load(Ordering::Relaxed) as f64 / 1e9 / self.lanes as f64
     }
 
-    /// Total seconds spent inside ONNX Runtime's `run` (all models) since the engine started:
-    /// the device's busy time. The rest of [`EngineHandle::busy_seconds`] is host work.
+    /// Seconds spent inside model runs (all models, all runners) since the engine started,
+    /// divided by the runners per model: the device's busy time per stream. The rest of
+    /// [`EngineHandle::busy_seconds`] is host work.
     pub fn device_seconds(&self) -> f64 {
-        self.device_nanos.load(Ordering::Relaxed) as f64 / 1e9
+        self.engine.model_time().total() / self.engine.streams() as f64
     }
 
     /// The execution provider in use.

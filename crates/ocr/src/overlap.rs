@@ -8,6 +8,13 @@ use std::time::Instant;
 
 use rayon::ThreadPool;
 
+/// The host side of a stage: the host pool, and whether runs overlap the host work of their
+/// neighbours.
+pub(crate) struct Host<'a> {
+    pub(crate) pool: &'a ThreadPool,
+    pub(crate) overlap: bool,
+}
+
 /// One batch's result: what `post` returned, and the milliseconds its `fill` and its model
 /// run took (wall time, for the batch as a whole).
 pub(crate) struct Done<R> {
@@ -21,8 +28,7 @@ pub(crate) struct Done<R> {
 /// batch order. `fill` gets a cleared buffer to write the batch's input tensor into. With
 /// `overlap` false the three steps run one after another (for measurements).
 pub(crate) fn overlapped<B, O, R>(
-    overlap: bool,
-    pool: &ThreadPool,
+    host: &Host<'_>,
     batches: &[B],
     fill: impl Fn(&B, &mut Vec<f32>) + Sync,
     mut run: impl FnMut(&B, &[f32]) -> O,
@@ -33,6 +39,7 @@ where
     O: Sync + Send,
     R: Send,
 {
+    let (overlap, pool) = (host.overlap, host.pool);
     let timed_fill = |b: &B, buf: &mut Vec<f32>| {
         let t = Instant::now();
         buf.clear();
@@ -115,9 +122,12 @@ mod tests {
         let batches: Vec<u32> = (1..=7).collect();
         for overlap in [true, false] {
             let mut runs = Vec::new();
-            let done = overlapped(
+            let host = Host {
+                pool: &pool,
                 overlap,
-                &pool,
+            };
+            let done = overlapped(
+                &host,
                 &batches,
                 |b, buf| buf.extend((0..*b).map(|x| x as f32)),
                 |b, t| {
@@ -135,14 +145,10 @@ mod tests {
                 .collect();
             assert_eq!(got, want);
         }
-        assert!(overlapped(
-            true,
-            &pool,
-            &[] as &[u32],
-            |_, _| {},
-            |_, _| 0,
-            |_, _: &i32| 0
-        )
-        .is_empty());
+        let host = Host {
+            pool: &pool,
+            overlap: true,
+        };
+        assert!(overlapped(&host, &[] as &[u32], |_, _| {}, |_, _| 0, |_, _: &i32| 0).is_empty());
     }
 }

@@ -5,6 +5,8 @@
 //! one-off cuDNN search on GPU) and little padding (cost grows with width). A crop's tensor
 //! depends only on the crop and its bucket, never on its batch-mates.
 
+pub(crate) mod stage;
+
 use fast_image_resize::Resizer;
 use image::RgbImage;
 use ndarray::{ArrayView1, ArrayView2};

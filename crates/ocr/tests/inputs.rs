@@ -13,7 +13,7 @@ fn every_odd_input_gives_a_typed_error_or_the_right_text() {
     let dir = fixtures().join("inputs");
     let expected: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    let mut e = engine(2);
+    let e = engine(2);
     let names: Vec<String> = expected.as_object().unwrap().keys().cloned().collect();
     assert!(names.len() >= 14);
     let bytes: Vec<Vec<u8>> = names
@@ -78,7 +78,7 @@ fn huge_header_is_refused_from_the_header() {
 #[test]
 fn zero_bytes_and_garbage_in_a_batch_with_a_good_image() {
     let good = std::fs::read(fixtures().join("images/en_line_hello.png")).unwrap();
-    let mut e = engine(1);
+    let e = engine(1);
     let r = e.recognize_bytes(&[b"", &good, b"\x89PNG\r\n\x1a\n garbage", b"GIF89a"]);
     assert!(matches!(r[0], Err(OcrError::Decode(DecodeError::Empty))));
     assert!(r[1].as_ref().unwrap().text.contains("Hello"));

@@ -218,7 +218,7 @@ fn assert_same_reading(
         let mut cfg = EngineConfig::with_models_dir(repo_root().join("models"));
         cfg.intra_threads = 2;
         variant(&mut cfg);
-        let mut e = Engine::new(cfg).expect("engine starts (run models/fetch.sh first)");
+        let e = Engine::new(cfg).expect("engine starts (run models/fetch.sh first)");
         e.recognize_bytes(&refs)
     };
     let (first, second) = (run(&a), run(&b));
@@ -281,7 +281,7 @@ fn fp16_models_read_like_fp32() {
     let run = |fp16: bool| {
         let mut cfg = rapidocr_config(2);
         cfg.fp16 = fp16;
-        let mut e = Engine::new(cfg).expect("engine starts (run models/fetch.sh first)");
+        let e = Engine::new(cfg).expect("engine starts (run models/fetch.sh first)");
         e.recognize_bytes(&refs)
     };
     let (full, half) = (run(false), run(true));

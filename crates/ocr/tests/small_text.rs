@@ -42,7 +42,7 @@ fn page() -> (RgbImage, Vec<Placed>) {
 }
 
 fn read(cfg: EngineConfig, page: &RgbImage) -> ImageText {
-    let mut e = Engine::new(cfg).expect("engine starts (run models/fetch.sh first)");
+    let e = Engine::new(cfg).expect("engine starts (run models/fetch.sh first)");
     e.recognize(std::slice::from_ref(page))
         .pop()
         .unwrap()

@@ -3,8 +3,8 @@
 //!
 //! Every setting is declared once, in the `settings!` table below, which generates the clap
 //! flags (so `ocrfleet worker --help` lists each flag with its environment variable), the TOML
-//! keys (the flag's name), and [`REFERENCE`], from which the README's table is made
-//! (`ocrfleet worker --print-reference`; a test checks that the README agrees).
+//! keys (the flag's name), and [`REFERENCE`], from which deploy/docs/configuration.md's table is
+//! made (`ocrfleet worker --print-reference`; a test checks that the document agrees).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -180,9 +180,17 @@ where
 pub fn unknown_env<I: IntoIterator<Item = (String, String)>>(vars: I) -> Vec<String> {
     vars.into_iter()
         .map(|(k, _)| k)
-        .filter(|k| k.starts_with("OCRFLEET_") && !REFERENCE.iter().any(|r| r.env == k))
+        .filter(|k| {
+            k.starts_with("OCRFLEET_")
+                && !REFERENCE.iter().any(|r| r.env == k)
+                && !OTHER_ENV.contains(&k.as_str())
+        })
         .collect()
 }
+
+/// `OCRFLEET_*` variables that are not worker settings but are read by the binary itself (the
+/// config file's path, the log format) or by other commands.
+pub const OTHER_ENV: &[&str] = &["OCRFLEET_CONFIG", "OCRFLEET_LOG_FORMAT"];
 
 settings! {
     "Kafka" {
@@ -256,6 +264,8 @@ settings! {
         ocr_batch: usize, "ocr-batch", "OCRFLEET_OCR_BATCH", "16";
         /// Inference device: cpu, cuda or cuda:N (no silent fallback).
         device: Device, "device", "OCRFLEET_DEVICE", "cpu";
+        /// Runners per model, each with its own sessions (on CUDA its own stream), so that this many runs of each model can be in flight; the worker then keeps 2 × this many engine calls in flight on CUDA, this many on CPU. 0 picks by device: 1 on CPU, 2 on CUDA.
+        device_streams: usize, "device-streams", "OCRFLEET_DEVICE_STREAMS", "0";
         /// Model set: v4det-v6rec (PP-OCRv4 detector, PP-OCRv6 recogniser: best on real documents), v4 or v6.
         models: ModelSet, "models", "OCRFLEET_MODELS", "v4det-v6rec";
         /// Load the fp16 model variants (installed by models/fetch.sh; made by models/make_fp16.py): for CUDA, where they were 5-15 % faster.
@@ -536,6 +546,11 @@ impl WorkerConfig {
         engine.rec.spaces.enabled = a.word_spaces.expect("defaulted");
         engine.det.upscale_to = a.det_upscale_to.expect("defaulted");
         engine.max_pages = a.max_pages.expect("defaulted").max(1);
+        engine.streams = match a.device_streams.expect("defaulted") {
+            0 if engine.device == Device::Cpu => 1,
+            0 => 2,
+            n => n,
+        };
         Ok(WorkerConfig {
             kafka: KafkaConfig {
                 brokers: a.brokers.clone().expect("defaulted"),
@@ -616,7 +631,18 @@ impl WorkerConfig {
     }
 }
 
-/// The reference table in Markdown, as it appears in the README.
+impl WorkerConfig {
+    /// Engine calls kept in flight: one per runner on CPU (where calls share the cores), two per
+    /// runner on CUDA (so that a call's host work overlaps another's model runs).
+    pub fn engine_lanes(&self) -> usize {
+        match self.engine.device {
+            Device::Cpu => self.engine.streams.max(1),
+            Device::Cuda(_) => 2 * self.engine.streams.max(1),
+        }
+    }
+}
+
+/// The reference table in Markdown, as it appears in deploy/docs/configuration.md.
 pub fn reference_markdown() -> String {
     let mut s =
         String::from("| flag / TOML key | environment | default | meaning |\n|---|---|---|---|\n");
@@ -721,6 +747,8 @@ mod tests {
             ("OCRFLEET_MODEL_SET", "v6"),
             ("OCRFLEET_MODELS", "v6"),
             ("OCRFLEET_FP16", "true"),
+            ("OCRFLEET_LOG_FORMAT", "json"),
+            ("OCRFLEET_CONFIG", "/etc/ocrfleet/ocrfleet.toml"),
             ("PATH", "/bin"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()));

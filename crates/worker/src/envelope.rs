@@ -78,6 +78,8 @@ pub struct EngineJournal {
 pub enum Outcome {
     Doc(Box<Document>),
     Failed(Failure),
+    /// Its partition was revoked before it was run: dropped (the new owner redoes it).
+    Dropped(Envelope),
 }
 
 impl Outcome {
@@ -85,6 +87,7 @@ impl Outcome {
         match self {
             Outcome::Doc(d) => &d.envelope,
             Outcome::Failed(f) => &f.envelope,
+            Outcome::Dropped(e) => e,
         }
     }
 }

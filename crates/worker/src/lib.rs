@@ -152,10 +152,12 @@ async fn run_inner(
     })
     .await??;
     let engine_cfg = cfg.engine.clone();
+    let lanes = cfg.engine_lanes();
     health.set_phase("loading the OCR models and warming up every input shape");
-    let engine = tokio::task::spawn_blocking(move || EngineHandle::spawn(engine_cfg, 2))
-        .await?
-        .context("cannot start the OCR engine")?;
+    let engine =
+        tokio::task::spawn_blocking(move || EngineHandle::spawn(engine_cfg, lanes, 2 * lanes))
+            .await?
+            .context("cannot start the OCR engine")?;
     let warm = engine.warm_up();
     metrics
         .build_info
@@ -210,11 +212,16 @@ async fn run_inner(
             .replay_key
             .as_ref()
             .map(|k| message::ReplayKey::new(k.expose().as_bytes())),
+        assignment: None,
     };
     tracing::info!(engine_timeout = %humantime::format_duration(ocr_settings.call_timeout), "an engine call running longer than this is a hung engine");
     health.set_liveness_timeout(cfg.liveness_timeout);
 
     let assignment = kafka::Assignment::default();
+    let ocr_settings = stages::ocr::OcrSettings {
+        assignment: Some(assignment.clone()),
+        ..ocr_settings
+    };
     let consumer = kafka::source::consumer(
         cfg,
         kafka::source::context(cfg, assignment.clone(), metrics.clone(), health.clone()),

@@ -920,21 +920,22 @@ impl Worker {
                 "--es-index",
                 index,
             ])
-            .args([
-                "--fetch-allow",
-                "127.0.0.0/8",
-                "--fetch-timeout",
-                "2s",
-                "--fetch-attempts",
-                "3",
-                "--fetch-backoff",
-                "50ms",
-            ])
+            // Test defaults, each unless `extra` gives that flag itself.
+            .args(
+                [
+                    ["--fetch-allow", "127.0.0.0/8"],
+                    ["--fetch-timeout", "2s"],
+                    ["--fetch-attempts", "3"],
+                    ["--fetch-backoff", "50ms"],
+                    ["--threads", "1"],
+                ]
+                .into_iter()
+                .filter(|[flag, _]| !extra.contains(flag))
+                .flatten(),
+            )
             .args([
                 "--http-addr",
                 &format!("127.0.0.1:{http_port}"),
-                "--threads",
-                "1",
                 "--worker-id",
                 &format!("w{n}"),
             ])

@@ -7,6 +7,7 @@
 //! the padded shape is a function of the image alone, so batching never changes a result.
 
 pub mod postprocess;
+pub(crate) mod stage;
 
 use crate::config::DetConfig;
 use postprocess::Quad;

@@ -108,8 +108,8 @@ pub fn index_template(index: &str) -> Value {
     let f = json!({"type": "float"});
     json!({
         // Not the bare name: that is the write alias's, and an index of that name could only
-        // be one auto-created by mistake (a write after the alias was deleted; the worker's
-        // bulk requests carry `require_alias` to refuse those). It must not look like ours.
+        // be one auto-created by mistake (a write after the alias was deleted, which the
+        // readiness probe then reports). It must not look like ours.
         "index_patterns": [format!("{index}-*")],
         "priority": 200,
         "_meta": {"managed_by": "ocrfleet", "version": TEMPLATE_VERSION},

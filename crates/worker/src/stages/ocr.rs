@@ -47,6 +47,16 @@ pub struct OcrSettings {
     pub journal: Option<mpsc::UnboundedSender<EngineJournal>>,
     /// Checks the signature of replayed records' headers (none: they are ignored).
     pub replay_key: Option<message::ReplayKey>,
+    /// The partitions this worker owns: work of a revoked one is dropped before it is run.
+    pub assignment: Option<crate::kafka::Assignment>,
+}
+
+impl OcrSettings {
+    fn still_ours(&self, e: &crate::envelope::Envelope) -> bool {
+        self.assignment
+            .as_ref()
+            .is_none_or(|a| a.is_current(e.partition, e.generation))
+    }
 }
 
 impl OcrSettings {
@@ -58,7 +68,8 @@ impl OcrSettings {
     }
 }
 
-/// Runs batches until `ready_rx` closes. `Err` is fatal for the process.
+/// Runs batches until `ready_rx` closes, keeping up to the engine's lanes of calls in flight
+/// (so that the engine's stages overlap across calls). `Err` is fatal for the process.
 pub async fn ocr_stage(
     mut ready_rx: mpsc::Receiver<Ready>,
     cfg: OcrSettings,
@@ -67,114 +78,113 @@ pub async fn ocr_stage(
     metrics: Metrics,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
-    // A record that crashed a process before runs alone; one met while filling a batch waits
-    // here for the next call.
+    use futures::StreamExt;
+    let lanes = engine.lanes().max(1);
+    // Calls complete in the order they were started (FuturesOrdered); beside them, each call's
+    // crash-loop journal entries.
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    let mut journal: std::collections::VecDeque<Vec<(i32, i64, u64)>> = Default::default();
+    // A record that crashed a process before runs alone, with nothing else in the engine; one
+    // met while filling a batch waits here.
     let mut held: Option<Ready> = None;
+    let mut closed = false;
+    let mut alone_in_flight = false;
     loop {
-        let first = match held.take() {
-            Some(r) => r,
-            None => match ready_rx.recv().await {
-                Some(r) => r,
-                None => break,
-            },
-        };
-        let alone = matches!(first.envelope.care, Care::Alone(_));
-        let mut pages = first.pages.len();
-        let mut batch = vec![first];
-        while !alone && pages < cfg.batch {
-            match ready_rx.try_recv() {
-                Ok(r) if matches!(r.envelope.care, Care::Alone(_)) => {
-                    held = Some(r);
-                    break;
+        // Submit while there is room and work (an alone record only into an empty engine).
+        let can_submit = !closed
+            && !alone_in_flight
+            && in_flight.len() < lanes
+            && held
+                .as_ref()
+                .is_none_or(|r| !is_alone(r) || in_flight.is_empty());
+        tokio::select! {
+            biased;
+            done = in_flight.next(), if !in_flight.is_empty() => {
+                let Some(done) = done else { continue };
+                let (batch, counts, results, took): Call = done;
+                journal.pop_front();
+                alone_in_flight = false;
+                let results = results?;
+                metrics.stage_seconds.with_label_values(&["ocr"]).observe(took.as_secs_f64());
+                if !emit(&cfg, &engine, &metrics, &out_tx, batch, counts, results).await {
+                    return Ok(());
                 }
-                Ok(r) => {
-                    pages += r.pages.len();
-                    batch.push(r);
+                if in_flight.is_empty() && held.is_none() && ready_rx.is_empty() {
+                    record(&cfg, Vec::new()).await;
                 }
-                Err(_) => break,
             }
-        }
-        if alone {
-            let e = &batch[0].envelope;
-            tracing::warn!(partition = e.partition, offset = e.offset, care = ?e.care, "running a record alone: it was in the engine when a worker process died");
-        }
-        let running = batch
-            .iter()
-            .map(|r| {
-                (
-                    r.envelope.partition,
-                    r.envelope.offset,
-                    r.envelope.generation,
-                )
-            })
-            .collect();
-        record(&cfg, running).await;
-        metrics
-            .batch_size
-            .with_label_values(&["ocr"])
-            .observe(pages as f64);
-        // Every page is an item; `owner[k]` is the message of item k.
-        let mut images: Vec<RgbImage> = Vec::with_capacity(pages);
-        let mut counts = Vec::with_capacity(batch.len());
-        for r in &mut batch {
-            counts.push(r.pages.len());
-            images.append(&mut r.pages);
-        }
-        let t = Instant::now();
-        let results = run_until_healthy(&engine, images, &cfg, &health).await?;
-        metrics
-            .stage_seconds
-            .with_label_values(&["ocr"])
-            .observe(t.elapsed().as_secs_f64());
-        for t in results
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .map(|t| t.timings)
-        {
-            for (stage, ms) in [
-                ("det", t.det),
-                ("crop", t.crop),
-                ("cls", t.cls),
-                ("rec", t.rec),
-            ] {
-                metrics
-                    .engine_stage_seconds
-                    .with_label_values(&[stage])
-                    .inc_by(ms.max(0.0) / 1000.0);
-            }
-        }
-        let mut results = results.into_iter();
-        for (ready, n) in batch.into_iter().zip(counts) {
-            let outcome = match per_message(results.by_ref().take(n).collect()) {
-                Ok(text) => Outcome::Doc(Box::new(document(
-                    &cfg,
-                    engine.model_version(),
-                    ready,
-                    text,
-                ))),
-                Err(e) => {
-                    let stage = if e.is_input_error() {
-                        Stage::Decode
-                    } else {
-                        Stage::Ocr
-                    };
-                    Outcome::Failed(Failure {
-                        envelope: ready.envelope,
-                        rejection: Rejection::new(stage, e.class(), e.to_string())
-                            .attempts(ready.attempts),
-                    })
+            first = next_ready(&mut held, &mut ready_rx), if can_submit => {
+                let Some(first) = first else {
+                    closed = true;
+                    if in_flight.is_empty() {
+                        break;
+                    }
+                    continue;
+                };
+                let alone = is_alone(&first);
+                let mut batch = vec![first];
+                let mut pages = batch[0].pages.len();
+                while !alone && pages < cfg.batch {
+                    match ready_rx.try_recv() {
+                        Ok(r) if is_alone(&r) => {
+                            held = Some(r);
+                            break;
+                        }
+                        Ok(r) => {
+                            pages += r.pages.len();
+                            batch.push(r);
+                        }
+                        Err(_) => break,
+                    }
                 }
-            };
-            if out_tx.send(outcome).await.is_err() {
-                return Ok(());
+                // Work of partitions revoked while it waited is dropped, not run.
+                let (batch, dropped): (Vec<Ready>, Vec<Ready>) = batch
+                    .into_iter()
+                    .partition(|r| cfg.still_ours(&r.envelope));
+                for r in dropped {
+                    if out_tx.send(Outcome::Dropped(r.envelope)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if batch.is_empty() {
+                    continue;
+                }
+                if alone {
+                    let e = &batch[0].envelope;
+                    tracing::warn!(partition = e.partition, offset = e.offset, care = ?e.care, "running a record alone: it was in the engine when a worker process died");
+                }
+                alone_in_flight = alone;
+                journal.push_back(entries(&batch));
+                record(&cfg, journal.iter().flatten().copied().collect()).await;
+                metrics.batch_size.with_label_values(&["ocr"]).observe(pages as f64);
+                in_flight.push_back(submit(&engine, &cfg, &health, batch));
             }
-        }
-        if held.is_none() && ready_rx.is_empty() {
-            record(&cfg, Vec::new()).await;
+            else => break,
         }
     }
     Ok(())
 }
+
+/// The next record: the one held back, else the next from the queue (`None` once it closed).
+async fn next_ready(held: &mut Option<Ready>, rx: &mut mpsc::Receiver<Ready>) -> Option<Ready> {
+    match held.take() {
+        Some(r) => Some(r),
+        None => rx.recv().await,
+    }
+}
+
+fn is_alone(r: &Ready) -> bool {
+    matches!(r.envelope.care, Care::Alone(_))
+}
+
+/// What a call in flight gives back: its records, their page counts, the results and how long
+/// it took.
+type Call = (
+    Vec<Ready>,
+    Vec<usize>,
+    anyhow::Result<Vec<Result<ImageText, OcrError>>>,
+    Duration,
+);
 
 /// Has the Kafka source record what the engine is about to run (none: it is idle), and waits
 /// until it is recorded (see [`crate::kafka::journal`]).
@@ -185,6 +195,91 @@ async fn record(cfg: &OcrSettings, running: Vec<(i32, i64, u64)>) {
         // The source answers within a poll; it may be stopping, so do not wait for ever.
         let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
     }
+}
+
+/// The crash-loop journal's entries of a call's records.
+fn entries(batch: &[Ready]) -> Vec<(i32, i64, u64)> {
+    batch
+        .iter()
+        .map(|r| {
+            (
+                r.envelope.partition,
+                r.envelope.offset,
+                r.envelope.generation,
+            )
+        })
+        .collect()
+}
+
+/// Starts one call: every page is an item; the future gives the records back with the results.
+fn submit<'a>(
+    engine: &'a EngineHandle,
+    cfg: &'a OcrSettings,
+    health: &'a Health,
+    mut batch: Vec<Ready>,
+) -> impl std::future::Future<Output = Call> + 'a {
+    let mut images: Vec<RgbImage> = Vec::new();
+    let mut counts = Vec::with_capacity(batch.len());
+    for r in &mut batch {
+        counts.push(r.pages.len());
+        images.append(&mut r.pages);
+    }
+    async move {
+        let t = Instant::now();
+        let results = run_until_healthy(engine, images, cfg, health).await;
+        (batch, counts, results, t.elapsed())
+    }
+}
+
+/// Turns one call's results into outcomes for the sink; `false` when the sink is gone.
+async fn emit(
+    cfg: &OcrSettings,
+    engine: &EngineHandle,
+    metrics: &Metrics,
+    out_tx: &mpsc::Sender<Outcome>,
+    batch: Vec<Ready>,
+    counts: Vec<usize>,
+    results: Vec<Result<ImageText, OcrError>>,
+) -> bool {
+    for t in results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|t| t.timings)
+    {
+        for (stage, ms) in [
+            ("det", t.det),
+            ("crop", t.crop),
+            ("cls", t.cls),
+            ("rec", t.rec),
+        ] {
+            metrics
+                .engine_stage_seconds
+                .with_label_values(&[stage])
+                .inc_by(ms.max(0.0) / 1000.0);
+        }
+    }
+    let mut results = results.into_iter();
+    for (ready, n) in batch.into_iter().zip(counts) {
+        let outcome = match per_message(results.by_ref().take(n).collect()) {
+            Ok(text) => Outcome::Doc(Box::new(document(cfg, engine.model_version(), ready, text))),
+            Err(e) => {
+                let stage = if e.is_input_error() {
+                    Stage::Decode
+                } else {
+                    Stage::Ocr
+                };
+                Outcome::Failed(Failure {
+                    envelope: ready.envelope,
+                    rejection: Rejection::new(stage, e.class(), e.to_string())
+                        .attempts(ready.attempts),
+                })
+            }
+        };
+        if out_tx.send(outcome).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// A message's result from its pages' results: the first failing page fails it (its page

@@ -262,6 +262,7 @@ pub async fn sink_stage(
             match o {
                 Outcome::Doc(d) => docs.push(*d),
                 Outcome::Failed(f) => failures.push(f),
+                Outcome::Dropped(e) => done.push(e.done()),
             }
         }
         if !docs.is_empty() {

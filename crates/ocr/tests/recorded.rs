@@ -1,4 +1,4 @@
-//! The replay device (model outputs recorded from a real run, answered again without the
+//! The recorded device (model outputs recorded from a real run, answered again without the
 //! models) and the host pool: neither may change a single result.
 
 mod common;
@@ -50,9 +50,9 @@ fn replay_reproduces_the_real_run_and_never_runs_a_model() {
     match &r[0] {
         Err(OcrError::Inference { stage, message }) => {
             assert_eq!(*stage, Stage::Detect);
-            assert!(message.contains("replay"), "{message}");
+            assert!(message.contains("not recorded"), "{message}");
         }
-        other => panic!("expected a replay miss, got {other:?}"),
+        other => panic!("expected a recording miss, got {other:?}"),
     }
     e.stop_replay();
     let (_, first) = &images[0];
@@ -67,7 +67,7 @@ fn the_host_pool_size_does_not_change_the_text() {
         let mut cfg = EngineConfig::with_models_dir(repo_root().join("models"));
         cfg.intra_threads = 2;
         cfg.host_threads = host_threads;
-        let mut e = Engine::new(cfg).expect("engine starts (run models/fetch.sh first)");
+        let e = Engine::new(cfg).expect("engine starts (run models/fetch.sh first)");
         lines(&e.recognize_bytes(&refs))
     };
     assert_eq!(run(1), run(3));
