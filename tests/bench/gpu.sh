@@ -1,81 +1,107 @@
 #!/usr/bin/env bash
-# GPU benchmark, to run ON the CUDA host (it builds nothing there). Prepare here with
-#   bash tests/bench/gpu_prepare.sh [REAL_PAGES_DIR]
-# which says which calls to make; the last one runs
-#   source .gpu/4/on-device.sh && bash tests/bench/gpu.sh [SECTION ...]
-# Every section has its own time limit, so a slow one cannot eat the others; tables go to $OUT
-# (or ./gpu-out) as they are made: results.txt (every table), stderr.log, worker.log, gpu.txt,
-# util.txt (nvidia-smi utilisation every 500 ms). Sections, in the default order (the scarcest
-# evidence first):
-#   pages      engine on the rendered document pages (~77 lines each), v4, batch 1..32, and the
-#              pipeline at batch 32 with the overlap off, for comparison
-#   e2e        noida-db (Kafka + ES) + loopback image server + one worker on cuda:0, v4, on the
-#              real pages when staged, else the rendered ones
-#   real       engine on the real pages (when staged), v4, and v6 when staged
-#   models     model only (det/rec/cls at fixed shapes, batch 1..64), v4
-#   v6         engine on the rendered pages with v6 (when staged)
-#   mixed      engine on the rendered pages with v4det-v6rec, the default set (when v6 is staged)
-#   fp16       engine on the rendered pages with v4 fp16 (when staged)
-#   fixtures   engine on the 31 single-line fixtures, v4
+# The GPU benchmark: one prepared call ON the CUDA host (it builds nothing there). Prepare here
+# with `bash tests/bench/gpu_prepare.sh`, which lists the device calls; the last one runs
+#   source .gpu/4/on-device.sh && bash tests/bench/gpu.sh
+# Every step has its own time limit and is skipped when too little of the budget (GPU_BUDGET,
+# 360 s) is left, so the scarcest evidence comes first. Tables go to $OUT (or ./gpu-out) as they
+# are made: results.txt (every table, with date, commit and device), stderr.log, worker.log,
+# util.txt (nvidia-smi utilisation and memory every 500 ms). Steps, in order:
+#   env       the device, its driver, whether TensorRT is installed
+#   models    model only, the default set's models at their bucket shapes, fused fp32 and fp16
+#   pipeline  the engine on the real pages at K = 1, 2, 4 runners per model (2K calls in
+#             flight): warm-up seconds, sessions, img/s, device busy; the best K is kept
+#   e2e       the worker end to end at the best K (noida-db Kafka and Elasticsearch, the real
+#             pages over a loopback image server)
+#   discount  the batch discount: img/s and p50/p99 latency at batch 1, 8, 32, best K
+# GPU_DRY_RUN=1 runs every step on the CPU with tiny inputs and a stub nvidia-smi (the test
+# suite does, so that the script cannot rot).
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 run=.gpu-run
+dry=${GPU_DRY_RUN:-0}
+budget=${GPU_BUDGET:-360}
+start=$(date +%s)
+dev=cuda:0
+[ "$dry" = 1 ] && dev=cpu
+[ -x $run/ocrfleet ] || xz -dkf $run/ocrfleet.xz
+[ -x $run/noida-db ] || { xz -dkc $run/noida-db.xz > $run/noida-db && chmod +x $run/noida-db; }
 bin=$run/ocrfleet
-dev=${DEVICE:-cuda:0}
-extra=/tmp/stage/extra
-[ -d $extra/v6 ] && [ ! -e $run/models/v6 ] && ln -s $extra/v6 $run/models/v6
-cp $extra/v4/*.onnx $run/models/v4/ 2>/dev/null || true
-noida=$run/noida-db
-[ -x $noida ] || noida=$extra/noida-db
-pages=$run/pages
-[ -d $run/real ] && pages=$run/real
-# The figures so far are PP-OCRv4's: every section runs v4 unless it names a set (the default set,
-# v4det-v6rec, needs models/v6 from the extra stage; section `mixed` runs it).
-export OCRFLEET_MODELS=v4
-log() { echo "== $(date +%T) $*" | tee -a "$out/results.txt" >>"$out/stderr.log"; }
-ocr() { # time-limit, then bench ocr arguments
+pages=$run/real
+commit=$(cat $run/commit 2>/dev/null || echo unknown)
+res="$out/results.txt"
+left() { echo $(( budget - ($(date +%s) - start) )); }
+log() { echo "== $(date -u +%FT%TZ) $*" | tee -a "$res" >> "$out/stderr.log"; }
+# step NAME SECONDS: true when the step fits in what is left of the budget (else logged skipped)
+fits() {
+  if [ "$(left)" -lt "$2" ]; then
+    log "$1 skipped: $(left) s of the budget left, needs $2"
+    return 1
+  fi
+  log "$1 (limit $2 s)"
+}
+bench() { # seconds, bench arguments...
   local t=$1
   shift
-  timeout "$t" "$bin" bench ocr --device "$dev" --models-dir $run/models "$@" \
-    2>>"$out/stderr.log" | tee -a "$out/results.txt"
+  timeout "$t" "$bin" bench "$@" --device "$dev" --models-dir $run/models 2>>"$out/stderr.log"
 }
+small=()
+[ "$dry" = 1 ] && small=(--threads 1 --host-threads 1)
 
-s_pages() {
-  ocr 90 --images $run/pages --repeat 2 --batch-sizes 1,8,32 --stages det,rec,pipeline
-  ocr 35 --images $run/pages --repeat 2 --batch-sizes 32 --stages pipeline --no-overlap
-}
-s_real() {
-  [ -d $run/real ] || return 0
-  ocr 80 --images $run/real --repeat 2 --batch-sizes 1,8,32 --stages det,rec,pipeline
-  [ -e $run/models/v6 ] && ocr 40 --models v6 --images $run/real --repeat 2 --batch-sizes 8,32 --stages pipeline
-}
-s_e2e() {
-  timeout 100 python3 tests/bench/e2e.py --deadline 80 --kafka noida --noida $noida --bin "$bin" --models v4 \
-    --models-dir $run/models --images $pages --copies 20 --partitions 12 --device "$dev" \
-    --threads 4 --ocr-batch 32 --no-engine-only --worker-arg=--fetch-concurrency=128 \
-    --worker-log "$out/worker.log" 2>>"$out/stderr.log" | tee -a "$out/results.txt"
-}
-s_models() {
-  timeout 45 "$bin" bench models --device "$dev" --models-dir $run/models --repeat 20 --batch-sizes 1,8,32,64 \
-    --shapes det:960x960,det:960x736,det:640x640,rec:48x320,rec:48x640,rec:48x1280,cls:48x192 \
-    2>>"$out/stderr.log" | tee -a "$out/results.txt"
-}
-s_v6() { [ -e $run/models/v6 ] && ocr 35 --models v6 --images $run/pages --repeat 2 --batch-sizes 8,32 --stages pipeline; }
-s_mixed() { [ -e $run/models/v6 ] && ocr 35 --models v4det-v6rec --images $run/pages --repeat 2 --batch-sizes 8,32 --stages pipeline; }
-s_fp16() { [ -e $run/models/v4/det.fp16.onnx ] && ocr 35 --fp16 --images $run/pages --repeat 2 --batch-sizes 8,32 --stages pipeline; }
-s_fixtures() { ocr 25 --images tests/fixtures/images --repeat 3 --batch-sizes 1,16,64 --stages pipeline; }
-
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; } > "$out/gpu.txt" 2>&1
-cat "$out/gpu.txt"
-# The device's own utilisation counter, every 500 ms, to set beside the "in run %" columns.
+log "ocrfleet GPU benchmark, commit $commit, dry run $dry"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; echo "host cores: $(nproc)"; } 2>&1 | tee -a "$res"
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -lms 500 > "$out/util.txt" 2>&1 &
 smi=$!
-sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(pages e2e real models v6 mixed fp16 fixtures)
-for s in "${sections[@]}"; do
-  log "$s"
-  "s_$s"
-done
-kill $smi 2>/dev/null
-log "done"
+trap 'kill $smi 2>/dev/null' EXIT
+# The sampler's mean utilisation and peak memory since line $1 of util.txt.
+util_since() {
+  tail -n +"$1" "$out/util.txt" | awk -F', ' '{gsub(/ %/,"",$2); gsub(/ MiB/,"",$3); if ($2+0==$2) {u+=$2; n++; if ($3>m) m=$3}} END {if (n) printf "GPU util mean %.0f %% over %d samples, memory peak %d MiB", u/n, n, m; else print "no nvidia-smi samples"}'
+}
+
+if fits env 20; then
+  ( ldconfig -p 2>/dev/null | grep -i -E 'nvinfer|tensorrt' | head -3
+    python3 -c 'import tensorrt; print("tensorrt", tensorrt.__version__)' 2>&1 | tail -1 ) | tee -a "$res"
+fi
+
+if fits models 60; then
+  shapes=det:960x736,det:960x960,det:480x384,rec:48x320,rec:48x640,rec:48x960,cls:48x192
+  points=(--repeat 10 --batch-sizes 1,8,32)
+  [ "$dry" = 1 ] && { shapes=det:480x384,rec:48x320,cls:48x192; points=(--repeat 1 --batch-sizes 1); }
+  for variant in "" "--fp16"; do
+    echo "# variant: ${variant:-fused fp32}" | tee -a "$res"
+    bench 25 models $variant "${points[@]}" --shapes $shapes "${small[@]}" | tee -a "$res"
+  done
+fi
+
+best_k=1
+best_ips=0
+if fits pipeline 150; then
+  for k in 1 2 4; do
+    [ "$(left)" -lt 45 ] && { log "pipeline K=$k skipped: $(left) s left"; continue; }
+    n=$(wc -l < "$out/util.txt")
+    json=$(bench 45 ocr --images $pages --device-streams $k --lanes $((2 * k)) --repeat 2 \
+      --batch-sizes 16 --stages pipeline --json "${small[@]}" | tee -a "$res" | tail -1)
+    echo "K=$k: $(util_since "$n")" | tee -a "$res"
+    ips=$(echo "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["img_per_s"])' 2>/dev/null || echo 0)
+    if python3 -c "import sys; sys.exit(0 if $ips > $best_ips else 1)"; then best_k=$k; best_ips=$ips; fi
+  done
+  echo "best K: $best_k ($best_ips img/s)" | tee -a "$res"
+fi
+
+if fits e2e 100; then
+  n=$(wc -l < "$out/util.txt")
+  copies=20
+  [ "$dry" = 1 ] && copies=1
+  timeout 90 python3 tests/bench/e2e.py --deadline 75 --kafka noida --noida $run/noida-db \
+    --bin "$bin" --models-dir $run/models --images $pages --copies $copies --partitions 12 \
+    --device "$dev" --threads 4 --ocr-batch 16 --no-engine-only \
+    --worker-arg=--device-streams=$best_k --worker-arg=--fetch-concurrency=128 \
+    --worker-log "$out/worker.log" 2>>"$out/stderr.log" | tee -a "$res"
+  echo "e2e: $(util_since "$n")" | tee -a "$res"
+fi
+
+if fits discount 60; then
+  bench 55 ocr --images $pages --device-streams $best_k --lanes $((2 * best_k)) --repeat 1 \
+    --batch-sizes 1,8,32 --stages pipeline "${small[@]}" | tee -a "$res"
+fi
+log "done in $(( $(date +%s) - start )) s"

@@ -133,10 +133,20 @@ pub struct OcrBenchArgs {
     /// small host).
     #[arg(long, default_value_t = 1.0, requires = "device_costs")]
     pub device_scale: f64,
+    /// With --simulate, shape the work as the CUDA path does (detector canvases, CUDA width
+    /// buckets, recogniser batch 32, batches padded to 1, ⌈B/4⌉ or B), so that the simulated
+    /// device sees CUDA's tensors.
+    #[arg(long, requires = "simulate")]
+    pub like_cuda: bool,
     /// Engine calls in flight at once in the pipeline rows (0: one per runner, as the worker on
     /// CPU; the worker keeps two per runner on CUDA).
     #[arg(long, default_value_t = 0)]
     pub lanes: usize,
+    /// Print, for the crops of the images, how much of the recogniser's tensors is padding
+    /// under several width-bucket sets and batch paddings (and how many sessions each needs on
+    /// CUDA), then stop.
+    #[arg(long)]
+    pub padding_report: bool,
     /// Also print one JSON object at the end (img_per_s, device_busy, host_cpu_ms_per_img,
     /// device, ...) for the best pipeline row, for scripts.
     #[arg(long)]
@@ -275,6 +285,9 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let mut cfg = args.engine.config();
+    if args.like_cuda {
+        cfg = cfg.like_cuda();
+    }
     cfg.overlap = !args.no_overlap;
     let images: Vec<RgbImage> = files
         .iter()
@@ -307,6 +320,10 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default()
         })
         .collect();
+    if args.padding_report {
+        padding_report(&crops);
+        return Ok(ExitCode::SUCCESS);
+    }
     let warm = engine.recognize(&images);
     if args.simulate {
         // The stage rows run cls and rec on unrotated crops, which the pipeline never saw.
@@ -315,7 +332,7 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
     }
     let warm_up = warm_up.elapsed().as_secs_f64();
     let recorded = if args.simulate {
-        Some(engine.simulate(costs.unwrap_or_default()))
+        Some(engine.simulate(costs.unwrap_or_default(), args.like_cuda))
     } else {
         None
     };
@@ -562,4 +579,89 @@ fn process_cpu_seconds() -> f64 {
         .and_then(|p| p.stat())
         .map(|s| (s.utime + s.stime) as f64 / procfs::ticks_per_second() as f64)
         .unwrap_or(0.0)
+}
+
+/// The recogniser's padded share for `crops` under several bucket sets and batch paddings (see
+/// `--padding-report`): batches as the recogniser stage makes them (sorted by bucket, at most
+/// `B` = 32 each), each padded to its bucket's width and to the batch size the ladder gives.
+fn padding_report(crops: &[RgbImage]) {
+    use ocrfleet_ocr::rec;
+    let widths: Vec<u32> = crops
+        .iter()
+        .map(|c| {
+            ocrfleet_ocr::preprocess::width_at_height(c.width(), c.height(), rec::HEIGHT, u32::MAX)
+        })
+        .collect();
+    let every = |from: u32, to: u32, step: u32| -> Vec<u32> {
+        (from..=to).step_by(step as usize).collect()
+    };
+    let mut cuda = vec![320, 480, 640, 960, 1280, 1920, 2560];
+    let mut fine = every(128, 1280, 64);
+    fine.extend([1920, 2560]);
+    let mut mid = ocrfleet_ocr::RecConfig::CUDA_WIDTHS.to_vec();
+    let sets: Vec<(&str, Vec<u32>)> = vec![
+        (
+            "CUDA today: 320, 480, 640, 960, 1280, 1920, 2560",
+            std::mem::take(&mut cuda),
+        ),
+        (
+            "160, 240, 320, 400, 480, 640, 800, 960, 1280, 1920, 2560",
+            std::mem::take(&mut mid),
+        ),
+        (
+            "every 64 px from 128 to 1280, 1920, 2560",
+            std::mem::take(&mut fine),
+        ),
+        ("every 32 px from 64 (the CPU's)", every(64, 2560, 32)),
+    ];
+    let b = 32usize;
+    /// A batch padding: its name, the padded size of a run of n, and the sizes it makes.
+    type Ladder = (&'static str, Box<dyn Fn(usize) -> usize>, usize);
+    let ladders: Vec<Ladder> = vec![
+        (
+            "1, B/4, B",
+            Box::new(move |n| [1, b / 4, b].into_iter().find(|&s| s >= n).unwrap_or(n)),
+            3,
+        ),
+        (
+            "multiples of 8",
+            Box::new(|n: usize| n.div_ceil(8) * 8),
+            b / 8,
+        ),
+        ("none (exact)", Box::new(|n| n), b),
+    ];
+    println!("# recogniser padding over {} crops (content = each crop's width at height 48, capped by its bucket); B = {b}", crops.len());
+    println!("| width buckets | batch padding | padded share | of which batch padding | sessions per runner |");
+    println!("|---|---|---|---|---|");
+    for (name, set) in &sets {
+        for (lname, ladder, sizes) in &ladders {
+            let mut sorted: Vec<(u32, u32)> = widths
+                .iter()
+                .map(|&w| {
+                    let bucket = set
+                        .iter()
+                        .copied()
+                        .find(|&x| x >= w)
+                        .unwrap_or(*set.last().unwrap());
+                    (bucket, w.min(bucket))
+                })
+                .collect();
+            sorted.sort_unstable();
+            let (mut content, mut width_padded, mut total) = (0u64, 0u64, 0u64);
+            for run in sorted.chunk_by(|a, b| a.0 == b.0) {
+                for batch in run.chunks(b) {
+                    let bucket = u64::from(batch[0].0);
+                    content += batch.iter().map(|x| u64::from(x.1)).sum::<u64>();
+                    width_padded += bucket * batch.len() as u64;
+                    total += bucket * ladder(batch.len()) as u64;
+                }
+            }
+            println!(
+                "| {name} | {lname} | {:.1} % | {:.1} % | {} |",
+                100.0 * (1.0 - content as f64 / total as f64),
+                100.0 * (total - width_padded) as f64 / total as f64,
+                set.len() * sizes
+            );
+        }
+    }
 }

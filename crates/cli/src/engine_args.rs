@@ -24,6 +24,13 @@ pub struct EngineArgs {
     /// runs of each model in flight, from as many concurrent calls.
     #[arg(long, env = "OCRFLEET_DEVICE_STREAMS", default_value_t = 1)]
     pub device_streams: usize,
+    /// On CUDA, the device memory all sessions together may take (bytes), shared out as each
+    /// session's arena limit.
+    #[arg(long, env = "OCRFLEET_DEVICE_MEMORY_LIMIT")]
+    pub device_memory_limit: Option<u64>,
+    /// On CUDA, capture each fixed-shape session's runs as CUDA graphs.
+    #[arg(long, env = "OCRFLEET_CUDA_GRAPHS")]
+    pub cuda_graphs: bool,
     /// ONNX Runtime intra-op threads per model (0 = all cores).
     #[arg(long, env = "OCRFLEET_THREADS", default_value_t = 0)]
     pub threads: usize,
@@ -99,6 +106,8 @@ impl EngineArgs {
         cfg.cls.thresh = self.cls_thresh;
         cfg.max_pages = self.max_pages.max(1);
         cfg.streams = self.device_streams.max(1);
+        cfg.device_memory_limit = self.device_memory_limit;
+        cfg.cuda_graphs = self.cuda_graphs;
         if !self.rec_widths.is_empty() {
             cfg.rec.widths = self.rec_widths.clone();
         }

@@ -305,12 +305,17 @@ impl RecConfig {
     /// with `ocrfleet bench ocr --threads 1 --stages rec` on 12 rendered receipt pages (920
     /// crops): 41.0 lines/s, against 25.6 with [`RecConfig::CUDA_WIDTHS`], whose 320 px floor
     /// pads a 100 px price to 320. The text is batch-invariant either way (a crop's tensor
-    /// depends on the crop and its bucket only); README "CPU recognition widths" has the
-    /// accuracy on real scans.
+    /// depends on the crop and its bucket only); deploy/docs/accuracy.md has the accuracy on
+    /// real scans.
     pub const CPU_WIDTHS: (u32, u32, u32) = (64, 2560, 32);
     /// CUDA width buckets: few, because each new input shape costs a cuDNN plan (75-900 ms
-    /// measured on an H200) and, with a session per shape, GPU memory.
-    pub const CUDA_WIDTHS: [u32; 7] = [320, 480, 640, 960, 1280, 1920, 2560];
+    /// measured on an H200) and, with a session per shape, GPU memory; fine enough that little
+    /// of the tensor is padding. On the 45 real pages (2,197 crops; `ocrfleet bench ocr
+    /// --padding-report --images .eval/real45`, deploy/docs/performance.md), these 11 widths pad
+    /// 24.1 % of the recogniser's tensors with batches padded to 1, B/4 or B, against 35.4 %
+    /// with the earlier 7 (320, 480, 640, 960, 1280, 1920, 2560), for 33 sessions per runner
+    /// instead of 21 (the cap is 48).
+    pub const CUDA_WIDTHS: [u32; 11] = [160, 240, 320, 400, 480, 640, 800, 960, 1280, 1920, 2560];
 }
 
 impl Default for RecConfig {
@@ -359,6 +364,15 @@ pub struct EngineConfig {
     /// stream), so that up to this many runs of each model are in flight at once, from as many
     /// concurrent calls. Default 1.
     pub streams: usize,
+    /// On CUDA, the device memory all sessions together may take (`--device-memory-limit`),
+    /// shared out evenly as each session's arena limit (ONNX Runtime's `gpu_mem_limit`). `None`:
+    /// no limit (each arena grows by what it asks for). Default none: the figures to set it from
+    /// come from `tests/bench/gpu.sh`'s memory samples.
+    pub device_memory_limit: Option<u64>,
+    /// On CUDA, capture each session's run as a CUDA graph (ONNX Runtime's `enable_cuda_graph`),
+    /// which needs every node on the CUDA provider and fixed shapes (a session per shape has
+    /// them). Default false: not yet run on a GPU.
+    pub cuda_graphs: bool,
     /// Images with more decoded pixels than this are refused. Default 50 000 000.
     pub max_pixels: u64,
     /// Pages read of a multi-page TIFF at most; a file with more is refused whole
@@ -460,6 +474,8 @@ impl Default for EngineConfig {
             fp16: false,
             fused: true,
             streams: 1,
+            device_memory_limit: None,
+            cuda_graphs: false,
             max_pixels: crate::decode::DEFAULT_MAX_PIXELS,
             max_pages: crate::decode::DEFAULT_MAX_PAGES,
             ort_library: None,
@@ -592,6 +608,40 @@ impl EngineConfig {
             (None, Device::Cpu) => Vec::new(),
             (None, Device::Cuda(_)) => DetConfig::cuda_canvases(self.det.limit_side_len),
         }
+    }
+
+    /// Sessions the engine makes at most on CUDA: every input shape of every model (see
+    /// [`crate::Engine::warm_up`]), times the runners per model.
+    pub fn max_sessions(&self) -> usize {
+        let ladder = |b: usize| crate::sessions::batch_sizes(b).len();
+        let canvases = self.det_canvases().len().max(1);
+        let second = usize::from(self.det.small_text_px > 0.0);
+        let det = (canvases + second) * ladder(self.det.batch_size);
+        let cls = if self.cls.enabled {
+            ladder(self.cls.batch_size)
+        } else {
+            0
+        };
+        let rec = self.rec_widths().len() * ladder(self.rec_batch_size());
+        (det + cls + rec) * self.streams.max(1)
+    }
+
+    /// Each session's arena limit from [`EngineConfig::device_memory_limit`].
+    pub fn session_memory_limit(&self) -> Option<usize> {
+        self.device_memory_limit
+            .map(|l| (l / self.max_sessions().max(1) as u64) as usize)
+    }
+
+    /// The shapes the CUDA path gives its tensors, on any device: the detector's canvases, the
+    /// recogniser's CUDA width buckets and batch size (for simulating the CUDA path's work on
+    /// a CPU, see [`crate::Engine::simulate`]).
+    pub fn like_cuda(mut self) -> Self {
+        self.det.canvases = Some(DetConfig::cuda_canvases(self.det.limit_side_len));
+        self.rec.widths = RecConfig::CUDA_WIDTHS.to_vec();
+        if self.rec.batch_size == 0 {
+            self.rec.batch_size = 32;
+        }
+        self
     }
 
     /// Builds a config for a models folder, with defaults elsewhere.

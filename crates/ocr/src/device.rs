@@ -279,6 +279,9 @@ pub(crate) struct Simulated {
     pub(crate) device: Arc<Device>,
     /// Padding sizes as the real runner's (so that the simulated tensors are the real ones).
     pub(crate) ladder: Box<dyn ModelRunner>,
+    /// Pad batches to the CUDA ladder (1, ⌈B/4⌉, B) whatever the real runner does, to simulate
+    /// the CUDA path's tensors from a recording made on CPU.
+    pub(crate) pad_like_cuda: bool,
 }
 
 /// What is left in a wrapper whose runner was taken out: fails every run.
@@ -306,7 +309,14 @@ impl ModelRunner for Simulated {
     }
 
     fn padded_batch(&self, n: usize, max: usize) -> usize {
-        self.ladder.padded_batch(n, max)
+        if self.pad_like_cuda {
+            crate::sessions::batch_sizes(max)
+                .into_iter()
+                .find(|&s| s >= n)
+                .unwrap_or(n)
+        } else {
+            self.ladder.padded_batch(n, max)
+        }
     }
 
     fn sessions(&self) -> usize {
@@ -379,6 +389,7 @@ mod tests {
             recording,
             device,
             ladder: Box::new(Fake::new()),
+            pad_like_cuda: false,
         };
         // Items 2 and 3 as a run of 2, padded to 3.
         let mut part = t[4..8].to_vec();

@@ -364,13 +364,14 @@ impl Engine {
     /// models, at once (an infinitely fast device); returns the number of items recorded. An
     /// input that was never recorded fails its image with an inference error.
     pub fn replay(&mut self) -> usize {
-        self.simulate(Costs::default())
+        self.simulate(Costs::default(), false)
     }
 
     /// [`Engine::replay`] on a simulated device ([`crate::device::Device`]) of `costs`, with as
     /// many streams as the engine has runners per model. Host work overlapped with the device's
-    /// time is hidden, as it would be on a GPU.
-    pub fn simulate(&mut self, costs: Costs) -> usize {
+    /// time is hidden, as it would be on a GPU. With `pad_like_cuda`, batches are padded as
+    /// the CUDA path pads them (with [`EngineConfig::like_cuda`], the tensors are CUDA's).
+    pub fn simulate(&mut self, costs: Costs, pad_like_cuda: bool) -> usize {
         let recording = self.recording.get_or_insert_with(Default::default).clone();
         let device = Arc::new(crate::device::Device::new(Costs {
             streams: self.streams(),
@@ -383,6 +384,7 @@ impl Engine {
                     recording: recording.clone(),
                     device: device.clone(),
                     ladder: r,
+                    pad_like_cuda,
                 })
             })
         });
@@ -709,4 +711,136 @@ pub enum Model {
     Det,
     Cls,
     Rec,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{RunError, RunOutput};
+    use ndarray::{ArrayD, IxDyn};
+
+    /// A fake detector: a zero probability map (no text) for every item, and a failed run for any
+    /// batch holding a bright image (mean input above 0.5): the engine must fail that image
+    /// alone, keep the order of the results, and work from several threads at once.
+    struct FakeDet {
+        runs: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl ModelRunner for FakeDet {
+        fn run(&mut self, b: &Batch<'_>) -> Result<RunOutput, RunError> {
+            self.runs.fetch_add(1, Ordering::Relaxed);
+            let bright = b.tensor[..b.n * b.slot()]
+                .chunks(b.slot())
+                .any(|s| s.iter().sum::<f32>() / s.len() as f32 > 0.5);
+            if bright {
+                return Err(RunError::from_message("fake detector: bright input"));
+            }
+            let [_, h, w] = b.chw;
+            Ok(RunOutput {
+                main: ArrayD::zeros(IxDyn(&[b.run_n, 1, h, w])),
+                indices: None,
+                space: None,
+            })
+        }
+    }
+
+    /// A recogniser that is never reached (no boxes): fails loudly if it is.
+    struct Unreachable;
+
+    impl ModelRunner for Unreachable {
+        fn run(&mut self, _: &Batch<'_>) -> Result<RunOutput, RunError> {
+            panic!("no crop should reach this model");
+        }
+    }
+
+    fn fake_engine(streams: usize) -> (Engine, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut cfg = EngineConfig::default();
+        cfg.det.canvases = Some(Vec::new());
+        cfg.rec.widths = cfg.rec_widths();
+        cfg.det.batch_size = 4;
+        let det = (0..streams)
+            .map(|_| Box::new(FakeDet { runs: runs.clone() }) as Box<dyn ModelRunner>)
+            .collect();
+        let engine = Engine {
+            cfg,
+            det: Streams::new(det),
+            cls: Some(Streams::new(vec![Box::new(Unreachable)])),
+            rec: Streams::new(vec![Box::new(Unreachable)]),
+            dict: Dictionary::from_metadata("a\nb"),
+            pool: rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap(),
+            recording: None,
+            device: None,
+            images: AtomicUsize::new(0),
+        };
+        (engine, runs)
+    }
+
+    fn image(v: u8, w: u32) -> RgbImage {
+        RgbImage::from_pixel(w, 40, image::Rgb([v, v, v]))
+    }
+
+    #[test]
+    fn a_failing_image_fails_alone_and_results_keep_their_order() {
+        let (engine, runs) = fake_engine(1);
+        // Two shapes (widths 100 and 300); the bright one is in the second batch of the first.
+        let images: Vec<RgbImage> = [
+            (0, 100),
+            (0, 300),
+            (0, 100),
+            (0, 100),
+            (0, 100),
+            (255, 100),
+            (0, 300),
+        ]
+        .iter()
+        .map(|&(v, w)| image(v, w))
+        .collect();
+        let out = engine.recognize(&images);
+        assert_eq!(out.len(), images.len());
+        for (i, r) in out.iter().enumerate() {
+            match (i, r) {
+                (5, Err(OcrError::Inference { stage, message })) => {
+                    assert_eq!(*stage, Stage::Detect);
+                    assert!(message.contains("bright"), "{message}");
+                }
+                (5, other) => panic!("image 5 must fail alone, got {other:?}"),
+                (_, Ok(t)) => {
+                    assert_eq!(t.width, images[i].width(), "result {i} is image {i}'s");
+                    assert!(t.lines.is_empty());
+                }
+                (_, Err(e)) => panic!("image {i} failed with its batch-mate: {e}"),
+            }
+        }
+        // Batches: 4 narrow, then 1 narrow + the bright one... by shape: [0,2,3,4] [5] and
+        // [1,6]; the failed batch of one is not retried, so three runs.
+        assert_eq!(runs.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn calls_from_several_threads_share_the_runners() {
+        let (engine, runs) = fake_engine(2);
+        let engine = std::sync::Arc::new(engine);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let e = engine.clone();
+                std::thread::spawn(move || {
+                    let images: Vec<RgbImage> =
+                        (0..5).map(|i| image(0, 60 + 20 * (t + i))).collect();
+                    let out = e.recognize(&images);
+                    out.iter()
+                        .zip(&images)
+                        .all(|(r, im)| r.as_ref().is_ok_and(|t| t.width == im.width()))
+                })
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().unwrap(), "every call got its own images' results");
+        }
+        assert!(runs.load(Ordering::Relaxed) >= 4);
+        assert_eq!(engine.det.len(), 2);
+    }
 }

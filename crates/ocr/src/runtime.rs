@@ -85,6 +85,21 @@ pub fn session(
     env: &Environment,
     model: &Path,
 ) -> Result<Session, EngineError> {
+    session_fixed(cfg, env, model, &[], &[])
+}
+
+/// [`session`] for one input shape: each named symbolic dimension of the input (`symbols`,
+/// empty names skipped) is fixed to its size in `shape` (ONNX Runtime's free dimension
+/// overrides), so that the optimiser folds the graph's shape computations into constants. A
+/// graph whose `Shape` nodes are folded away runs wholly on the CUDA provider (ONNX Runtime
+/// would otherwise place them on the CPU), which CUDA graphs need.
+pub fn session_fixed(
+    cfg: &EngineConfig,
+    env: &Environment,
+    model: &Path,
+    symbols: &[String],
+    shape: &[usize],
+) -> Result<Session, EngineError> {
     if !model.is_file() {
         return Err(EngineError::Model {
             path: model.display().to_string(),
@@ -106,9 +121,14 @@ pub fn session(
             .with_intra_threads(threads)
             .map_err(ort::Error::from)?;
     }
+    for (symbol, size) in fixed_dimensions(symbols, shape) {
+        builder = builder
+            .with_dimension_override(&symbol, size as i64)
+            .map_err(ort::Error::from)?;
+    }
     match cfg.device {
         Device::Cpu => {}
-        Device::Cuda(n) => builder = with_cuda(builder, n)?,
+        Device::Cuda(n) => builder = with_cuda(builder, n, cfg)?,
     }
     builder.commit_from_file(model).map_err(|e| {
         let message = e.to_string();
@@ -124,16 +144,44 @@ pub fn session(
     })
 }
 
+/// The symbolic dimensions that `shape` fixes: a named one whose every use has the same size
+/// (an exporter may name several dimensions alike, such as height and width; such a name is
+/// left symbolic when they differ).
+pub(crate) fn fixed_dimensions(symbols: &[String], shape: &[usize]) -> Vec<(String, usize)> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    let mut conflicting = Vec::new();
+    for (symbol, &size) in symbols.iter().zip(shape) {
+        if symbol.is_empty() {
+            continue;
+        }
+        match out.iter().find(|(s, _)| s == symbol) {
+            Some((_, n)) if *n != size => conflicting.push(symbol.clone()),
+            Some(_) => {}
+            None => out.push((symbol.clone(), size)),
+        }
+    }
+    out.retain(|(s, _)| !conflicting.contains(s));
+    out
+}
+
 #[cfg(feature = "cuda")]
 fn with_cuda(
     builder: ort::session::builder::SessionBuilder,
     device: u32,
+    cfg: &EngineConfig,
 ) -> Result<ort::session::builder::SessionBuilder, EngineError> {
     use ort::ep::{self, ExecutionProvider};
-    let cuda = ep::CUDA::default()
+    let mut cuda = ep::CUDA::default()
         .with_device_id(device as i32)
         // HEURISTIC: DEFAULT measured 17× slower on det; EXHAUSTIVE pays seconds per new shape.
-        .with_conv_algorithm_search(ep::cuda::ConvAlgorithmSearch::Heuristic);
+        .with_conv_algorithm_search(ep::cuda::ConvAlgorithmSearch::Heuristic)
+        // Each session has its own arena, and there are many (a session per shape, times the
+        // runners): grow each by what it asks for, not by powers of two.
+        .with_arena_extend_strategy(ep::ArenaExtendStrategy::SameAsRequested)
+        .with_cuda_graph(cfg.cuda_graphs);
+    if let Some(limit) = cfg.session_memory_limit() {
+        cuda = cuda.with_memory_limit(limit);
+    }
     match ep::CUDA::is_available() {
         Ok(true) => {}
         Ok(false) => return Err(EngineError::Cuda {
@@ -161,6 +209,29 @@ fn with_cuda(
 fn with_cuda(
     _builder: ort::session::builder::SessionBuilder,
     _device: u32,
+    _cfg: &EngineConfig,
 ) -> Result<ort::session::builder::SessionBuilder, EngineError> {
     Err(EngineError::CudaNotBuilt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixed_dimensions;
+
+    #[test]
+    fn a_dimension_name_used_for_two_sizes_stays_symbolic() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            fixed_dimensions(&names(&["n", "", "h", "w"]), &[8, 3, 48, 320]),
+            vec![("n".into(), 8), ("h".into(), 48), ("w".into(), 320)]
+        );
+        assert_eq!(
+            fixed_dimensions(&names(&["n", "", "d", "d"]), &[8, 3, 48, 192]),
+            vec![("n".into(), 8)]
+        );
+        assert_eq!(
+            fixed_dimensions(&names(&["n", "", "d", "d"]), &[8, 3, 64, 64]),
+            vec![("n".into(), 8), ("d".into(), 64)]
+        );
+    }
 }

@@ -38,6 +38,9 @@ pub(crate) struct ModelSessions {
     cfg: EngineConfig,
     env: Environment,
     path: PathBuf,
+    /// The names of the input's symbolic dimensions (fixed per session, see
+    /// [`runtime::session_fixed`]).
+    symbols: Vec<String>,
     mode: Mode,
 }
 
@@ -61,6 +64,12 @@ impl ModelSessions {
         path: &Path,
     ) -> Result<ModelSessions, EngineError> {
         let first = runtime::session(cfg, env, path)?;
+        let symbols = match first.inputs().first().map(|o| o.dtype()) {
+            Some(ort::value::ValueType::Tensor {
+                dimension_symbols, ..
+            }) => dimension_symbols.iter().cloned().collect(),
+            _ => Vec::new(),
+        };
         let mode = if cfg.per_shape_sessions() {
             Mode::PerShape {
                 sessions: Vec::new(),
@@ -75,6 +84,7 @@ impl ModelSessions {
             cfg: cfg.clone(),
             env: env.clone(),
             path: path.to_path_buf(),
+            symbols,
             mode,
         })
     }
@@ -127,11 +137,17 @@ impl ModelSessions {
                 let idx = match sessions.iter().position(|(s, _, _)| s == shape) {
                     Some(i) => i,
                     None => {
-                        let session = match spare.take() {
-                            Some(s) => s,
-                            None => runtime::session(&self.cfg, &self.env, &self.path)
-                                .map_err(|e| e.to_string())?,
-                        };
+                        // Each session is made for its one shape, its dimensions fixed (the
+                        // spare session made at start, with symbolic ones, is dropped).
+                        spare.take();
+                        let session = runtime::session_fixed(
+                            &self.cfg,
+                            &self.env,
+                            &self.path,
+                            &self.symbols,
+                            shape,
+                        )
+                        .map_err(|e| e.to_string())?;
                         if sessions.len() >= *cap {
                             let oldest = sessions
                                 .iter()

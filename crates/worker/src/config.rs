@@ -266,6 +266,10 @@ settings! {
         device: Device, "device", "OCRFLEET_DEVICE", "cpu";
         /// Runners per model, each with its own sessions (on CUDA its own stream), so that this many runs of each model can be in flight; the worker then keeps 2 × this many engine calls in flight on CUDA, this many on CPU. 0 picks by device: 1 on CPU, 2 on CUDA.
         device_streams: usize, "device-streams", "OCRFLEET_DEVICE_STREAMS", "0";
+        /// On CUDA, the device memory all the engine's sessions together may take, shared out as each session's arena limit (empty: no limit; each arena grows by what it asks for).
+        device_memory_limit: ByteSize, "device-memory-limit", "OCRFLEET_DEVICE_MEMORY_LIMIT", "";
+        /// On CUDA, capture each fixed-shape session's runs as CUDA graphs (ONNX Runtime's enable_cuda_graph; needs every node on the CUDA provider). Not yet measured on a GPU.
+        cuda_graphs: bool, "cuda-graphs", "OCRFLEET_CUDA_GRAPHS", "false";
         /// Model set: v4det-v6rec (PP-OCRv4 detector, PP-OCRv6 recogniser: best on real documents), v4 or v6.
         models: ModelSet, "models", "OCRFLEET_MODELS", "v4det-v6rec";
         /// Load the fp16 model variants (installed by models/fetch.sh; made by models/make_fp16.py): for CUDA, where they were 5-15 % faster.
@@ -546,6 +550,8 @@ impl WorkerConfig {
         engine.rec.spaces.enabled = a.word_spaces.expect("defaulted");
         engine.det.upscale_to = a.det_upscale_to.expect("defaulted");
         engine.max_pages = a.max_pages.expect("defaulted").max(1);
+        engine.device_memory_limit = a.device_memory_limit.map(|b| b.as_u64());
+        engine.cuda_graphs = a.cuda_graphs.expect("defaulted");
         engine.streams = match a.device_streams.expect("defaulted") {
             0 if engine.device == Device::Cpu => 1,
             0 => 2,
