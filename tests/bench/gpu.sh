@@ -23,7 +23,12 @@ dry=${GPU_DRY_RUN:-0}
 budget=${GPU_BUDGET:-360}
 start=$(date +%s)
 dev=cuda:0
-[ "$dry" = 1 ] && dev=cpu
+if [ "$dry" = 1 ]; then
+  dev=cpu
+  # The CPU build of ONNX Runtime stands in for the CUDA one that on-device.sh sets up.
+  ORT_DYLIB_PATH=$(ls "$PWD"/models/lib/libonnxruntime.so.* | head -n 1)
+  export ORT_DYLIB_PATH
+fi
 [ -x $run/ocrfleet ] || xz -dkf $run/ocrfleet.xz
 [ -x $run/noida-db ] || { xz -dkc $run/noida-db.xz > $run/noida-db && chmod +x $run/noida-db; }
 bin=$run/ocrfleet

@@ -61,6 +61,7 @@ fn the_gpu_benchmark_runs_dry_and_its_calls_fit_the_transfer_limit() {
     let results = std::fs::read_to_string(out.join("results.txt")).unwrap_or_default();
     let log = std::fs::read_to_string(out.join("stderr.log")).unwrap_or_default();
     assert!(run.status.success(), "gpu.sh failed:\n{results}\n{log}");
+    assert!(!log.contains("error:"), "a step failed:\n{log}");
     for step in [
         "Stub GPU",
         "== ",
