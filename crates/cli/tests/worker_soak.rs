@@ -1,5 +1,5 @@
 //! Long runs, not part of `tests/run.sh` (they take minutes to tens of minutes on two cores);
-//! run them by hand and copy the figures into the README:
+//! run them by hand and copy the figures into deploy/docs/performance.md ("Long runs"):
 //!
 //! ```sh
 //! cargo test --release -p ocrfleet --test worker_soak -- --ignored --nocapture --test-threads 1
