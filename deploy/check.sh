@@ -7,7 +7,7 @@
 #  3. kustomize (kubectl kustomize) renders k8s/overlays/{gpu,cpu}, k8s/examples/gpu-sasl-tls and
 #     k8s/alternatives/hpa
 #  4. kubernetes-validate --strict: built-in kinds against the Kubernetes 1.30 and 1.34 schemas
-#  5. validate-crds.mjs: ScaledObject and TriggerAuthentication (KEDA), ServiceMonitor
+#  5. validate-crds.mjs: ScaledObject and TriggerAuthentication (KEDA), ServiceMonitor, PrometheusRule
 #     (Prometheus Operator) against their CRD schemas (@kubernetes-models), plus unknown-key and
 #     Kafka-trigger checks
 #  6. deploycheck.py consistency: manifests, compose, Dockerfile and the worker's code agree
