@@ -18,7 +18,24 @@ models/.cache/py/bin/python models/check_cuda_graphs.py models
 if [ -f deploy/check.sh ]; then
   bash deploy/check.sh
 fi
-cargo test --release --workspace "$@"
+# Wall times: each end-to-end test records its own (crates/cli/tests/common: the serial lock's
+# guard) and cargo prints each test binary's; both are summed up at the end, pass or fail.
+times="$root/target/test-times.tsv"
+log="$root/target/test-output.log"
+mkdir -p "$root/target" && rm -f "$times" "$log"
+export OCRFLEET_TEST_TIMES="$times"
+report_times() {
+  echo
+  echo "==> slowest end-to-end tests (seconds, binary, test, result)"
+  if [ -s "$times" ]; then sort -rn "$times" | head -n 15; else echo "(none recorded)"; fi
+  echo "==> end-to-end tests: $(wc -l < "$times" 2>/dev/null || echo 0), $(awk '{s+=$1} END {printf "%.0f", s}' "$times" 2>/dev/null) s in all"
+  echo "==> test binaries (seconds, binary)"
+  awk '/ Running /{bin=$NF; gsub(/[()]/, "", bin); sub(/.*\//, "", bin)} / Doc-tests /{bin="doc-tests " $2}
+       /finished in/{t=$NF; sub(/s$/, "", t); printf "%8.1f  %s\n", t, bin}' "$log" 2>/dev/null \
+    | sort -rn | head -n 12
+}
+trap report_times EXIT
+cargo test --release --workspace "$@" 2>&1 | tee "$log"
 # The CUDA code path (ort's CUDA provider binding), built and tested up to session creation:
 # with the CPU ONNX Runtime it must refuse clearly instead of falling back to CPU.
 cargo test --release -p ocrfleet-ocr --features cuda --test device "$@"

@@ -136,13 +136,37 @@ pub async fn run(
     result.map(|()| summary)
 }
 
+/// The worker's life in three steps: start-up checks, the pipeline's tasks, then supervising
+/// them until a stop request or a fatal fault (and draining on a stop).
 async fn run_inner(
     cfg: &Arc<WorkerConfig>,
     metrics: &metrics::Metrics,
     health: &Arc<health::Health>,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> anyhow::Result<()> {
-    // Start-up: fail fast on what cannot fix itself (topics, models); wait for what can (ES).
+    let Some(started) = start_up(cfg, metrics, health, shutdown).await? else {
+        anyhow::bail!("stopped before Elasticsearch became ready");
+    };
+    let pipeline = Pipeline::spawn(cfg, started, metrics, health)?;
+    health.set_started();
+    tracing::info!("worker ready");
+    pipeline.supervise(cfg.shutdown_grace, shutdown).await
+}
+
+/// What start-up made: a warmed-up engine and an Elasticsearch client whose index is ready.
+struct Started {
+    engine: EngineHandle,
+    es: es::client::EsClient,
+}
+
+/// Fails fast on what cannot fix itself (the topics, the models); waits for what can
+/// (Elasticsearch), reporting it as a fault meanwhile. `None`: stopped while waiting.
+async fn start_up(
+    cfg: &Arc<WorkerConfig>,
+    metrics: &metrics::Metrics,
+    health: &Arc<health::Health>,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> anyhow::Result<Option<Started>> {
     let kafka_cfg = cfg.kafka.clone();
     let topics = [cfg.kafka.topic.clone(), cfg.kafka.dlq_topic.clone()];
     let startup = cfg.startup_timeout;
@@ -182,223 +206,271 @@ async fn run_inner(
                 health.fault(Component::Elasticsearch, "template", format!("{e:#}"));
                 tokio::select! {
                     _ = tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(10))) => {},
-                    _ = &mut *shutdown => anyhow::bail!("stopped before Elasticsearch became ready"),
+                    _ = &mut *shutdown => return Ok(None),
                 }
             }
         }
     }
     health.clear(Component::Elasticsearch, "template");
-    let dlq = kafka::dlq::DeadLetter::new(cfg, metrics.clone())?;
-    let budget = budget::Budget::new(cfg.memory_budget);
-    let prep = stages::prepare::Prepare {
-        fetcher: fetch::Fetcher::new(cfg.fetch.clone())?,
-        outages: fetch::outage::Outages::new(health.clone()),
-        budget: budget.clone(),
-        max_pixels: cfg.engine.max_pixels,
-        max_pages: cfg.engine.max_pages,
-        concurrency: cfg.fetch.concurrency,
-        metrics: metrics.clone(),
-        test_panic: cfg.test_prepare_panic.clone(),
-    };
-    let (journal_tx, journal_rx) = mpsc::unbounded_channel();
-    let ocr_settings = stages::ocr::OcrSettings {
-        batch: cfg.ocr_batch,
-        fault_timeout: cfg.engine_fault_timeout,
-        call_timeout: stages::ocr::OcrSettings::call_timeout(cfg.engine_timeout, warm.slowest_run),
-        topic: cfg.kafka.topic.clone(),
-        worker_id: cfg.worker_id.clone(),
-        journal: (cfg.crash_loop_attempts > 0).then_some(journal_tx),
-        replay_key: cfg
-            .replay_key
-            .as_ref()
-            .map(|k| message::ReplayKey::new(k.expose().as_bytes())),
-        assignment: None,
-    };
-    tracing::info!(engine_timeout = %humantime::format_duration(ocr_settings.call_timeout), "an engine call running longer than this is a hung engine");
-    health.set_liveness_timeout(cfg.liveness_timeout);
+    Ok(Some(Started { engine, es }))
+}
 
-    let assignment = kafka::Assignment::default();
-    let ocr_settings = stages::ocr::OcrSettings {
-        assignment: Some(assignment.clone()),
-        ..ocr_settings
-    };
-    let consumer = kafka::source::consumer(
-        cfg,
-        kafka::source::context(cfg, assignment.clone(), metrics.clone(), health.clone()),
-    )?;
-    let (chunk_tx, chunk_rx) = mpsc::channel(1);
-    let (ready_tx, ready_rx) = mpsc::channel(cfg.ocr_batch * 2);
-    let (out_tx, out_rx) = mpsc::channel(cfg.es.bulk_docs * 2);
-    let (done_tx, done_rx) = mpsc::unbounded_channel();
-    let queues = stages::Queues {
-        chunks: chunk_tx.downgrade(),
-        ready: ready_tx.downgrade(),
-        outcomes: out_tx.downgrade(),
-    };
-    let stop = CancellationToken::new();
-    let drained = CancellationToken::new();
+/// The running pipeline: the Kafka source on its own thread, the prepare, OCR and sink stages,
+/// and the side tasks (meters, probes, the engine watch).
+struct Pipeline {
+    source: std::thread::JoinHandle<()>,
+    source_end: oneshot::Receiver<anyhow::Result<kafka::source::SourceEnd>>,
+    ocr: futures::future::Fuse<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    sink: futures::future::Fuse<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    engine_watch: futures::future::Fuse<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Stopped at the end, whatever they are doing.
+    aborts: Vec<tokio::task::AbortHandle>,
+    /// Stop taking new work (a stop request, an idle exit or a fatal fault).
+    stop: CancellationToken,
+    /// The stages have drained (or the grace period is over): the source commits and leaves.
+    drained: CancellationToken,
+}
 
-    let (source_end_tx, mut source_end) = oneshot::channel();
-    let source_cfg = cfg.clone();
-    let (source_stop, source_drained) = (stop.clone(), drained.clone());
-    let source = std::thread::Builder::new()
-        .name("kafka-source".into())
-        .spawn(move || {
-            let r = kafka::source::run(
-                consumer,
-                &source_cfg,
-                chunk_tx,
-                done_rx,
-                journal_rx,
-                source_stop,
-                source_drained,
-            );
-            let _ = source_end_tx.send(r);
-        })?;
+impl Pipeline {
+    /// Builds each stage's settings from the worker's and spawns every task.
+    fn spawn(
+        cfg: &Arc<WorkerConfig>,
+        started: Started,
+        metrics: &metrics::Metrics,
+        health: &Arc<health::Health>,
+    ) -> anyhow::Result<Pipeline> {
+        let Started { engine, es } = started;
+        let dlq = kafka::dlq::DeadLetter::new(cfg, metrics.clone())?;
+        let budget = budget::Budget::new(cfg.memory_budget);
+        let prep = stages::prepare::Prepare {
+            fetcher: fetch::Fetcher::new(cfg.fetch.clone())?,
+            outages: fetch::outage::Outages::new(health.clone()),
+            budget: budget.clone(),
+            max_pixels: cfg.engine.max_pixels,
+            max_pages: cfg.engine.max_pages,
+            concurrency: cfg.fetch.concurrency,
+            metrics: metrics.clone(),
+            test_panic: cfg.test_prepare_panic.clone(),
+        };
+        let (journal_tx, journal_rx) = mpsc::unbounded_channel();
+        let assignment = kafka::Assignment::default();
+        let ocr_settings = stages::ocr::OcrSettings {
+            batch: cfg.ocr_batch,
+            fault_timeout: cfg.engine_fault_timeout,
+            call_timeout: stages::ocr::OcrSettings::call_timeout(
+                cfg.engine_timeout,
+                engine.warm_up().slowest_run,
+            ),
+            topic: cfg.kafka.topic.clone(),
+            worker_id: cfg.worker_id.clone(),
+            journal: (cfg.crash_loop_attempts > 0).then_some(journal_tx),
+            replay_key: cfg
+                .replay_key
+                .as_ref()
+                .map(|k| message::ReplayKey::new(k.expose().as_bytes())),
+            assignment: Some(assignment.clone()),
+        };
+        tracing::info!(engine_timeout = %humantime::format_duration(ocr_settings.call_timeout), "an engine call running longer than this is a hung engine");
+        health.set_liveness_timeout(cfg.liveness_timeout);
 
-    let tasks = TaskTracker::new();
-    tasks.spawn(stages::prepare::prepare_stage(
-        chunk_rx,
-        prep,
-        ready_tx,
-        out_tx.clone(),
-    ));
-    let ocr = tasks.spawn(stages::ocr::ocr_stage(
-        ready_rx,
-        ocr_settings,
-        engine.clone(),
-        out_tx,
-        metrics.clone(),
-        health.clone(),
-    ));
-    let indexer = stages::sink::Indexer {
-        api: es.clone(),
-        health: health.clone(),
-        metrics: metrics.clone(),
-        max_docs: cfg.es.bulk_docs,
-        max_bytes: cfg.es.bulk_bytes,
-        first_backoff: Duration::from_millis(200),
-    };
-    let sink = tasks.spawn(stages::sink::sink_stage(
-        out_rx,
-        cfg.clone(),
-        indexer,
-        dlq,
-        assignment,
-        done_tx,
-        metrics.clone(),
-        health.clone(),
-    ));
-    tasks.close();
-    let side = [
-        tokio::spawn(stages::busy_meter(engine.clone(), metrics.clone())),
-        tokio::spawn(stages::es_probe(es, health.clone())),
-        tokio::spawn(stages::queue_meter(queues, metrics.clone())),
-        tokio::spawn(stages::budget_watch(
-            budget,
+        let consumer = kafka::source::consumer(
+            cfg,
+            kafka::source::context(cfg, assignment.clone(), metrics.clone(), health.clone()),
+        )?;
+        let (chunk_tx, chunk_rx) = mpsc::channel(1);
+        let (ready_tx, ready_rx) = mpsc::channel(cfg.ocr_batch * 2);
+        let (out_tx, out_rx) = mpsc::channel(cfg.es.bulk_docs * 2);
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let queues = stages::Queues {
+            chunks: chunk_tx.downgrade(),
+            ready: ready_tx.downgrade(),
+            outcomes: out_tx.downgrade(),
+        };
+        let stop = CancellationToken::new();
+        let drained = CancellationToken::new();
+
+        let (source_end_tx, source_end) = oneshot::channel();
+        let source_cfg = cfg.clone();
+        let (source_stop, source_drained) = (stop.clone(), drained.clone());
+        let source = std::thread::Builder::new()
+            .name("kafka-source".into())
+            .spawn(move || {
+                let r = kafka::source::run(
+                    consumer,
+                    &source_cfg,
+                    chunk_tx,
+                    done_rx,
+                    journal_rx,
+                    source_stop,
+                    source_drained,
+                );
+                let _ = source_end_tx.send(r);
+            })?;
+
+        let tasks = TaskTracker::new();
+        tasks.spawn(stages::prepare::prepare_stage(
+            chunk_rx,
+            prep,
+            ready_tx,
+            out_tx.clone(),
+        ));
+        let ocr = tasks.spawn(stages::ocr::ocr_stage(
+            ready_rx,
+            ocr_settings,
+            engine.clone(),
+            out_tx,
             metrics.clone(),
             health.clone(),
-        )),
-    ];
-    let engine_watch = tokio::spawn(stages::engine_watch(engine, health.clone()));
-    // Fused, so that a task that ended in the first wait can be waited on again (it stays
-    // pending) while the stages drain; the abort handles stop them at the end.
-    let aborts = [
-        ocr.abort_handle(),
-        sink.abort_handle(),
-        engine_watch.abort_handle(),
-    ];
-    let (mut ocr, mut sink, mut engine_watch) = (ocr.fuse(), sink.fuse(), engine_watch.fuse());
-    health.set_started();
-    tracing::info!("worker ready");
+        ));
+        let sink = stages::sink::Sink {
+            indexer: stages::sink::Indexer {
+                api: es.clone(),
+                health: health.clone(),
+                metrics: metrics.clone(),
+                max_docs: cfg.es.bulk_docs,
+                max_bytes: cfg.es.bulk_bytes,
+                first_backoff: Duration::from_millis(200),
+            },
+            dlq,
+            assignment,
+            done: done_tx,
+            linger: stages::sink::LINGER,
+        };
+        let sink = tasks.spawn(stages::sink::sink_stage(out_rx, sink));
+        tasks.close();
+        let engine_watch = tokio::spawn(stages::engine_watch(engine.clone(), health.clone()));
+        let mut aborts = vec![
+            ocr.abort_handle(),
+            sink.abort_handle(),
+            engine_watch.abort_handle(),
+        ];
+        for side in [
+            tokio::spawn(stages::busy_meter(engine, metrics.clone())),
+            tokio::spawn(stages::es_probe(es, health.clone())),
+            tokio::spawn(stages::queue_meter(queues, metrics.clone())),
+            tokio::spawn(stages::budget_watch(
+                budget,
+                metrics.clone(),
+                health.clone(),
+            )),
+        ] {
+            aborts.push(side.abort_handle());
+        }
+        // Fused, so that a task that ended in the first wait can be waited on again (it stays
+        // pending) while the stages drain; the abort handles stop them at the end.
+        Ok(Pipeline {
+            source,
+            source_end,
+            ocr: ocr.fuse(),
+            sink: sink.fuse(),
+            engine_watch: engine_watch.fuse(),
+            aborts,
+            stop,
+            drained,
+        })
+    }
 
-    // Until a stop request or a fatal fault.
-    let mut fatal: Option<anyhow::Error> = None;
-    let mut source_seen = false;
-    let mut sink_done = false;
-    tokio::select! {
-        _ = &mut *shutdown => tracing::info!("termination signal received"),
-        _ = stop.cancelled() => {}
-        r = &mut source_end => {
-            source_seen = true;
-            fatal = match r {
-                // An idle exit cancels `stop` before the source returns: not a fault.
-                Ok(Ok(_)) if stop.is_cancelled() => None,
-                Ok(Ok(end)) => Some(anyhow::anyhow!("the Kafka source ended unexpectedly ({end:?})")),
-                Ok(Err(e)) => Some(e.context("the Kafka source failed")),
-                Err(_) => Some(anyhow::anyhow!("the Kafka source thread panicked")),
-            };
-        }
-        r = &mut ocr => fatal = match r {
-            Ok(Err(e)) => Some(e),
-            // An idle exit closes the pipeline from the source: the stages end on their own.
-            Ok(Ok(())) if stop.is_cancelled() => None,
-            Ok(Ok(())) => Some(anyhow::anyhow!("the OCR stage ended unexpectedly")),
-            Err(e) => Some(anyhow::anyhow!("the OCR stage panicked: {e}")),
-        },
-        r = &mut engine_watch => fatal = Some(match r {
-            Ok(Err(e)) => e,
-            Ok(Ok(())) => anyhow::anyhow!("the engine watch ended"),
-            Err(e) => anyhow::anyhow!("the engine watch panicked: {e}"),
-        }),
-        r = &mut sink => {
-            sink_done = true;
-            fatal = match r {
-                Ok(Ok(())) if stop.is_cancelled() => None,
-                Ok(Ok(())) => Some(anyhow::anyhow!("the sink stage ended unexpectedly")),
+    /// Waits for a stop request or a fatal fault; on a stop, lets the stages drain for up to
+    /// `grace`; then the source commits what is finished and leaves the group.
+    async fn supervise(
+        self,
+        grace: Duration,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> anyhow::Result<()> {
+        let Pipeline {
+            source,
+            mut source_end,
+            mut ocr,
+            mut sink,
+            mut engine_watch,
+            aborts,
+            stop,
+            drained,
+        } = self;
+        let mut fatal: Option<anyhow::Error> = None;
+        let mut source_seen = false;
+        let mut sink_done = false;
+        tokio::select! {
+            _ = &mut *shutdown => tracing::info!("termination signal received"),
+            _ = stop.cancelled() => {}
+            r = &mut source_end => {
+                source_seen = true;
+                fatal = match r {
+                    // An idle exit cancels `stop` before the source returns: not a fault.
+                    Ok(Ok(_)) if stop.is_cancelled() => None,
+                    Ok(Ok(end)) => Some(anyhow::anyhow!("the Kafka source ended unexpectedly ({end:?})")),
+                    Ok(Err(e)) => Some(e.context("the Kafka source failed")),
+                    Err(_) => Some(anyhow::anyhow!("the Kafka source thread panicked")),
+                };
+            }
+            r = &mut ocr => fatal = match r {
                 Ok(Err(e)) => Some(e),
-                Err(e) => Some(anyhow::anyhow!("the sink stage panicked: {e}")),
-            };
+                // An idle exit closes the pipeline from the source: the stages end on their own.
+                Ok(Ok(())) if stop.is_cancelled() => None,
+                Ok(Ok(())) => Some(anyhow::anyhow!("the OCR stage ended unexpectedly")),
+                Err(e) => Some(anyhow::anyhow!("the OCR stage panicked: {e}")),
+            },
+            r = &mut engine_watch => fatal = Some(match r {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => anyhow::anyhow!("the engine watch ended"),
+                Err(e) => anyhow::anyhow!("the engine watch panicked: {e}"),
+            }),
+            r = &mut sink => {
+                sink_done = true;
+                fatal = match r {
+                    Ok(Ok(())) if stop.is_cancelled() => None,
+                    Ok(Ok(())) => Some(anyhow::anyhow!("the sink stage ended unexpectedly")),
+                    Ok(Err(e)) => Some(e),
+                    Err(e) => Some(anyhow::anyhow!("the sink stage panicked: {e}")),
+                };
+            }
         }
-    }
-    stop.cancel();
-    if fatal.is_none() && !sink_done {
-        // The source stops taking chunks; the stages drain. Whatever is not finished within the
-        // grace period is dropped uncommitted (redelivered to the next owner).
-        let deadline = tokio::time::sleep(cfg.shutdown_grace);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                r = &mut sink => {
-                    if let Ok(Err(e)) = r {
-                        fatal = Some(e);
-                    } else {
-                        tracing::info!("in-flight work finished");
+        stop.cancel();
+        if fatal.is_none() && !sink_done {
+            // The source stops taking chunks; the stages drain. Whatever is not finished within
+            // the grace period is dropped uncommitted (redelivered to the next owner).
+            let deadline = tokio::time::sleep(grace);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    r = &mut sink => {
+                        if let Ok(Err(e)) = r {
+                            fatal = Some(e);
+                        } else {
+                            tracing::info!("in-flight work finished");
+                        }
+                        break;
                     }
-                    break;
-                }
-                r = &mut ocr => if let Ok(Err(e)) = r {
-                    fatal = Some(e);
-                    break;
-                },
-                _ = &mut deadline => {
-                    tracing::warn!(grace = ?cfg.shutdown_grace, "grace period over; dropping unfinished work (it will be redelivered)");
-                    break;
+                    r = &mut ocr => if let Ok(Err(e)) = r {
+                        fatal = Some(e);
+                        break;
+                    },
+                    _ = &mut deadline => {
+                        tracing::warn!(?grace, "grace period over; dropping unfinished work (it will be redelivered)");
+                        break;
+                    }
                 }
             }
         }
-    }
-    drained.cancel();
-    for a in aborts {
-        a.abort();
-    }
-    for s in side {
-        s.abort();
-    }
-    // The source commits what is finished and leaves the group.
-    let joined = tokio::task::spawn_blocking(move || source.join()).await?;
-    if joined.is_err() && fatal.is_none() {
-        fatal = Some(anyhow::anyhow!("the Kafka source thread panicked"));
-    }
-    if !source_seen {
-        if let Ok(Err(e)) = source_end.try_recv() {
-            if fatal.is_none() {
-                fatal = Some(e.context("the Kafka source failed"));
+        drained.cancel();
+        for a in aborts {
+            a.abort();
+        }
+        // The source commits what is finished and leaves the group.
+        let joined = tokio::task::spawn_blocking(move || source.join()).await?;
+        if joined.is_err() && fatal.is_none() {
+            fatal = Some(anyhow::anyhow!("the Kafka source thread panicked"));
+        }
+        if !source_seen {
+            if let Ok(Err(e)) = source_end.try_recv() {
+                if fatal.is_none() {
+                    fatal = Some(e.context("the Kafka source failed"));
+                }
             }
         }
-    }
-    match fatal {
-        Some(e) => Err(e),
-        None => Ok(()),
+        match fatal {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,10 +28,49 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 
-/// End-to-end tests share two cores; run them one at a time.
-pub fn serial() -> MutexGuard<'static, ()> {
+/// End-to-end tests share two cores; run them one at a time. The guard also records how long
+/// the test held the lock: with `OCRFLEET_TEST_TIMES` set (tests/run.sh sets it), one line per
+/// test is appended to that file, `seconds<TAB>binary<TAB>test<TAB>ok|FAILED`.
+pub fn serial() -> Serial {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    let lock = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    Serial {
+        _lock: lock,
+        start: Instant::now(),
+    }
+}
+
+/// See [`serial`].
+pub struct Serial {
+    _lock: MutexGuard<'static, ()>,
+    start: Instant,
+}
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        let Ok(path) = std::env::var("OCRFLEET_TEST_TIMES") else {
+            return;
+        };
+        let line = format!(
+            "{:.1}\t{}\t{}\t{}\n",
+            self.start.elapsed().as_secs_f64(),
+            env!("CARGO_CRATE_NAME"),
+            std::thread::current().name().unwrap_or("?"),
+            if std::thread::panicking() {
+                "FAILED"
+            } else {
+                "ok"
+            },
+        );
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            eprintln!("could not record the test's time in {path}: {e}");
+        }
+    }
 }
 
 pub fn repo_root() -> PathBuf {
@@ -166,11 +206,17 @@ fn venv_site_packages() -> PathBuf {
     std::fs::read_dir(&lib)
         .ok()
         .and_then(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.path())
-                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("python")))
+            d.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("python"))
+            })
         })
-        .unwrap_or_else(|| panic!("no python* folder in {} (tests/run.sh makes the .venv)", lib.display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no python* folder in {} (tests/run.sh makes the .venv)",
+                lib.display()
+            )
+        })
         .join("site-packages")
 }
 

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::config::WorkerConfig;
 use crate::envelope::{Done, Envelope, Failure, Outcome};
 use crate::es::bulk::{self, ItemOutcome, RequestOutcome};
 use crate::es::client::EsClient;
@@ -227,25 +226,40 @@ async fn dead_letter(
     }
 }
 
+/// How long the sink waits for more outcomes to fill a bulk request once it has one: short
+/// next to a bulk request's own time, long enough that a busy pipeline sends full requests.
+pub const LINGER: Duration = Duration::from_millis(50);
+
+/// The sink stage and everything it uses; nothing else of the worker's settings.
+pub struct Sink {
+    /// Writes the documents; its `max_docs` is also the most outcomes one round takes.
+    pub indexer: Indexer<EsClient>,
+    pub dlq: DeadLetter,
+    /// Which partitions (and generations) are still ours: revoked work is dropped, not written.
+    pub assignment: Assignment,
+    /// Every finished message goes back to the source, which commits its offset.
+    pub done: mpsc::UnboundedSender<Done>,
+    /// See [`LINGER`].
+    pub linger: Duration,
+}
+
 /// Runs until `out_rx` closes. `Err` is fatal for the process (the dead-letter producer can
 /// never send again).
-#[allow(clippy::too_many_arguments)]
-pub async fn sink_stage(
-    mut out_rx: mpsc::Receiver<Outcome>,
-    cfg: Arc<WorkerConfig>,
-    indexer: Indexer<EsClient>,
-    dlq: DeadLetter,
-    assignment: Assignment,
-    done_tx: mpsc::UnboundedSender<Done>,
-    metrics: Metrics,
-    health: Arc<Health>,
-) -> anyhow::Result<()> {
+pub async fn sink_stage(mut out_rx: mpsc::Receiver<Outcome>, sink: Sink) -> anyhow::Result<()> {
+    let Sink {
+        indexer,
+        dlq,
+        assignment,
+        done: done_tx,
+        linger: linger_for,
+    } = sink;
+    let (metrics, health) = (indexer.metrics.clone(), indexer.health.clone());
     let still_ours = |e: &Envelope| assignment.is_current(e.partition, e.generation);
     while let Some(first) = out_rx.recv().await {
         let mut batch = vec![first];
-        let linger = tokio::time::sleep(Duration::from_millis(50));
+        let linger = tokio::time::sleep(linger_for);
         tokio::pin!(linger);
-        while batch.len() < cfg.es.bulk_docs {
+        while batch.len() < indexer.max_docs {
             tokio::select! {
                 o = out_rx.recv() => match o { Some(o) => batch.push(o), None => break },
                 _ = &mut linger => break,
