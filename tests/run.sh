@@ -23,7 +23,7 @@ fi
 times="$root/target/test-times.tsv"
 log="$root/target/test-output.log"
 mkdir -p "$root/target" && rm -f "$times" "$log"
-export OCRFLEET_TEST_TIMES="$times"
+export E2E_TEST_TIMES="$times"
 report_times() {
   echo
   echo "==> slowest end-to-end tests (seconds, binary, test, result)"

@@ -29,7 +29,7 @@ pub struct OcrArgs {
     pub ndjson: bool,
     /// Images per engine call (detection batches group same-shape images within it); the
     /// worker's setting of the same name.
-    #[arg(long = "ocr-batch", alias = "batch-size", default_value_t = 16)]
+    #[arg(long = "ocr-batch", alias = "batch-size", default_value = ocrfleet_worker::config::default_of("ocr-batch"))]
     pub ocr_batch: usize,
     #[command(flatten)]
     pub engine: EngineArgs,

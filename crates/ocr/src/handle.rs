@@ -43,16 +43,25 @@ fn gone(n: usize, why: &str) -> Results {
 /// and an image that panics on its own gets [`OcrError::Panic`], so that one poison image
 /// fails alone instead of killing the engine thread (and, restarted, the next process: a crash
 /// loop). The engine stays usable: its sessions are untouched by a panic in the host code.
-pub(crate) fn recognize_guarded(engine: &Engine, images: &[RgbImage]) -> Results {
+pub(crate) fn recognize_guarded(
+    engine: &Engine,
+    images: &[RgbImage],
+    fault: Option<crate::config::FaultPlan>,
+) -> Results {
     use std::panic::{catch_unwind, AssertUnwindSafe};
-    match catch_unwind(AssertUnwindSafe(|| engine.recognize(images))) {
+    // The test fault plan runs inside the guard, where a real panic of the engine would happen.
+    let run = |images: &[RgbImage]| {
+        crate::fault::check_images(fault, images);
+        engine.recognize(images)
+    };
+    match catch_unwind(AssertUnwindSafe(|| run(images))) {
         Ok(out) => out,
         Err(p) => {
             tracing::error!(images = images.len(), panic = %panic_text(&*p), "the engine panicked on a batch; running its images one by one");
             images
                 .iter()
                 .map(|img| {
-                    catch_unwind(AssertUnwindSafe(|| engine.recognize(std::slice::from_ref(img))))
+                    catch_unwind(AssertUnwindSafe(|| run(std::slice::from_ref(img))))
                         .map(|mut r| r.pop().expect("one result per image"))
                         .unwrap_or_else(|p| {
                             let text = panic_text(&*p);
@@ -129,8 +138,7 @@ impl EngineHandle {
                             let _ = reply.send(engine.recognize_bytes(&refs));
                         }
                         Job::Images(imgs, reply) => {
-                            crate::fault::check_images(fault, &imgs);
-                            let out = recognize_guarded(&engine, &imgs);
+                            let out = recognize_guarded(&engine, &imgs, fault);
                             let _ = reply.send((imgs, out));
                         }
                         Job::Probe(reply) => {

@@ -80,8 +80,27 @@ pub struct Setting {
     pub doc: &'static str,
 }
 
+/// A resolved setting's type: the setting's own type when it has a default, `Option` when not.
+macro_rules! resolved_ty {
+    ($ty:ty, "") => { Option<$ty> };
+    ($ty:ty, $default:tt) => { $ty };
+}
+
+/// A resolved setting's value: as given, else its default (parsed from the table's text).
+macro_rules! resolved_value {
+    ($given:expr, $ty:ty, $flag:literal, "") => {
+        $given
+    };
+    ($given:expr, $ty:ty, $flag:literal, $default:tt) => {
+        match $given {
+            Some(v) => v,
+            None => parse_default::<$ty>($flag, $default)?,
+        }
+    };
+}
+
 macro_rules! settings {
-    ($( $section:literal { $( $(#[doc = $doc:literal])+ $name:ident : $ty:ty, $flag:literal, $env:literal, $default:literal; )* } )*) => {
+    ($( $section:literal { $( $(#[doc = $doc:literal])+ $name:ident : $ty:ty, $flag:literal, $env:literal, $default:tt; )* } )*) => {
         /// Worker settings as given (file, environment or flags); `None` means "not given".
         #[derive(clap::Args, Debug, Default, Clone, Deserialize)]
         #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -94,19 +113,25 @@ macro_rules! settings {
             )* )*
         }
 
+        /// Every setting with its value: as given, else the default of the table below (the
+        /// only place a default is written); settings without a default stay `Option`.
+        #[derive(Debug, Clone)]
+        pub struct Settings {
+            $( $(
+                #[doc = concat!($($doc, "\n"),+)]
+                pub $name: resolved_ty!($ty, $default),
+            )* )*
+        }
+
         impl WorkerArgs {
             /// Fills every setting not given here from `lower` (a lower-precedence source).
             pub fn or(self, lower: WorkerArgs) -> WorkerArgs {
                 WorkerArgs { $( $( $name: self.$name.or(lower.$name), )* )* }
             }
 
-            /// Fills every setting still unset with its documented default.
-            pub fn with_defaults(self) -> Result<WorkerArgs, String> {
-                Ok(WorkerArgs { $( $( $name: match self.$name {
-                    Some(v) => Some(v),
-                    None if $default.is_empty() => None,
-                    None => Some(parse_default::<$ty>($flag, $default)?),
-                }, )* )* })
+            /// Every setting not given takes its documented default.
+            pub fn settle(self) -> Result<Settings, String> {
+                Ok(Settings { $( $( $name: resolved_value!(self.$name, $ty, $flag, $default), )* )* })
             }
         }
 
@@ -115,6 +140,34 @@ macro_rules! settings {
             $( $( Setting { section: $section, flag: $flag, env: $env, default: $default, doc: concat!($($doc),+).trim_ascii() }, )* )*
         ];
     };
+}
+
+/// The default of the setting `flag` in the table (the text of `--help` and the reference), for
+/// the other commands' flags that mean the same thing; a flag not in the table fails the build.
+pub const fn default_of(flag: &str) -> &'static str {
+    let mut i = 0;
+    while i < REFERENCE.len() {
+        if const_eq(REFERENCE[i].flag, flag) {
+            return REFERENCE[i].default;
+        }
+        i += 1;
+    }
+    panic!("no such setting")
+}
+
+const fn const_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// A flag's help: its text, then `[env: …]` and `[default: …]` in the order clap gives them for
@@ -465,9 +518,7 @@ pub struct FetchConfig {
 
 impl Default for FetchConfig {
     fn default() -> Self {
-        let a = WorkerArgs::default()
-            .with_defaults()
-            .expect("defaults parse");
+        let a = WorkerArgs::default().settle().expect("defaults parse");
         WorkerConfig::fetch_from(&a)
     }
 }
@@ -505,24 +556,19 @@ impl WorkerConfig {
             }
             None => WorkerArgs::default(),
         };
-        let a = cli
-            .or(from_file)
-            .with_defaults()
-            .map_err(anyhow::Error::msg)?;
+        let a = cli.or(from_file).settle().map_err(anyhow::Error::msg)?;
         Self::resolve(a)
     }
 
-    fn fetch_from(a: &WorkerArgs) -> FetchConfig {
+    fn fetch_from(a: &Settings) -> FetchConfig {
         FetchConfig {
-            concurrency: a.fetch_concurrency.unwrap_or(64).max(1),
-            connect_timeout: a
-                .fetch_connect_timeout
-                .map_or(Duration::from_secs(5), |d| d.0),
-            timeout: a.fetch_timeout.map_or(Duration::from_secs(30), |d| d.0),
-            attempts: a.fetch_attempts.unwrap_or(4).max(1),
-            backoff: a.fetch_backoff.map_or(Duration::from_millis(200), |d| d.0),
-            max_bytes: a.fetch_max_bytes.map_or(20 << 20, |b| b.as_u64()),
-            max_redirects: a.fetch_max_redirects.unwrap_or(5),
+            concurrency: a.fetch_concurrency.max(1),
+            connect_timeout: a.fetch_connect_timeout.0,
+            timeout: a.fetch_timeout.0,
+            attempts: a.fetch_attempts.max(1),
+            backoff: a.fetch_backoff.0,
+            max_bytes: a.fetch_max_bytes.as_u64(),
+            max_redirects: a.fetch_max_redirects,
             allow: a.fetch_allow.clone().map(|l| l.0).unwrap_or_default(),
             nat64: a
                 .fetch_nat64_prefix
@@ -533,37 +579,33 @@ impl WorkerConfig {
         }
     }
 
-    fn resolve(a: WorkerArgs) -> anyhow::Result<WorkerConfig> {
-        let topic = a.topic.clone().expect("defaulted");
+    fn resolve(a: Settings) -> anyhow::Result<WorkerConfig> {
+        let topic = a.topic.clone();
         let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
         let mut engine = EngineConfig {
-            models_dir: a.models_dir.clone().expect("defaulted"),
-            model_set: a.models.expect("defaulted"),
-            device: a.device.expect("defaulted"),
-            intra_threads: a.threads.expect("defaulted"),
-            host_threads: a.host_threads.expect("defaulted"),
-            fp16: a.fp16.expect("defaulted"),
-            fused: a.fused_graphs.expect("defaulted"),
+            models_dir: a.models_dir.clone(),
+            model_set: a.models,
+            device: a.device,
+            intra_threads: a.threads,
+            host_threads: a.host_threads,
+            fp16: a.fp16,
+            fused: a.fused_graphs,
             ..EngineConfig::default()
         };
-        engine.det.limit_side_len = a.det_limit.expect("defaulted");
-        engine.rec.spaces.enabled = a.word_spaces.expect("defaulted");
-        engine.det.upscale_to = a.det_upscale_to.expect("defaulted");
-        engine.max_pages = a.max_pages.expect("defaulted").max(1);
+        engine.det.limit_side_len = a.det_limit;
+        engine.rec.spaces.enabled = a.word_spaces;
+        engine.det.upscale_to = a.det_upscale_to;
+        engine.max_pages = a.max_pages.max(1);
         engine.device_memory_limit = a.device_memory_limit.map(|b| b.as_u64());
-        engine.cuda_graphs = a.cuda_graphs.expect("defaulted");
-        engine.streams = match a.device_streams.expect("defaulted") {
-            0 if engine.device == Device::Cpu => 1,
-            0 => 2,
-            n => n,
-        };
+        engine.cuda_graphs = a.cuda_graphs;
+        engine.streams = streams_for(engine.device, a.device_streams);
         Ok(WorkerConfig {
             kafka: KafkaConfig {
-                brokers: a.brokers.clone().expect("defaulted"),
+                brokers: a.brokers.clone(),
                 dlq_topic: nonempty(a.dlq_topic.clone()).unwrap_or_else(|| format!("{topic}.dlq")),
                 topic,
-                group: a.group.clone().expect("defaulted"),
-                security_protocol: a.kafka_security_protocol.clone().expect("defaulted"),
+                group: a.group.clone(),
+                security_protocol: a.kafka_security_protocol.clone(),
                 sasl_mechanism: nonempty(a.kafka_sasl_mechanism.clone()),
                 sasl_username: nonempty(a.kafka_sasl_username.clone()),
                 sasl_password: secret(
@@ -588,9 +630,9 @@ impl WorkerConfig {
                     .collect::<anyhow::Result<_>>()?,
             },
             es: EsConfig {
-                url: a.es_url.clone().expect("defaulted"),
-                index: a.es_index.clone().expect("defaulted"),
-                manage_template: a.manage_template.expect("defaulted"),
+                url: a.es_url.clone(),
+                index: a.es_index.clone(),
+                manage_template: a.manage_template,
                 api_key: secret(
                     a.es_api_key.clone(),
                     a.es_api_key_file.clone(),
@@ -603,37 +645,47 @@ impl WorkerConfig {
                     "Elasticsearch password",
                 )?,
                 ca_cert: a.es_ca_cert.clone(),
-                bulk_docs: a.es_bulk_docs.expect("defaulted").max(1),
-                bulk_bytes: a.es_bulk_bytes.expect("defaulted").as_u64().max(1024) as usize,
+                bulk_docs: a.es_bulk_docs.max(1),
+                bulk_bytes: a.es_bulk_bytes.as_u64().max(1024) as usize,
             },
             fetch: Self::fetch_from(&a),
             engine,
-            max_messages: a.max_messages.expect("defaulted").max(1),
-            linger: a.linger.expect("defaulted").0,
-            max_in_flight: match a.max_in_flight.expect("defaulted") {
-                0 => 2 * a.max_messages.expect("defaulted").max(1),
+            max_messages: a.max_messages.max(1),
+            linger: a.linger.0,
+            max_in_flight: match a.max_in_flight {
+                0 => 2 * a.max_messages.max(1),
                 n => n,
             },
-            max_in_flight_bytes: a.max_in_flight_bytes.expect("defaulted").as_u64().max(1),
-            startup_timeout: a.startup_timeout.expect("defaulted").0,
-            engine_fault_timeout: a.engine_fault_timeout.expect("defaulted").0,
+            max_in_flight_bytes: a.max_in_flight_bytes.as_u64().max(1),
+            startup_timeout: a.startup_timeout.0,
+            engine_fault_timeout: a.engine_fault_timeout.0,
             engine_timeout: a.engine_timeout.map(|d| d.0),
-            crash_loop_attempts: a.crash_loop_attempts.expect("defaulted"),
-            liveness_timeout: a.liveness_timeout.expect("defaulted").0,
+            crash_loop_attempts: a.crash_loop_attempts,
+            liveness_timeout: a.liveness_timeout.0,
             replay_key: secret(
                 a.replay_key.clone(),
                 a.replay_key_file.clone(),
                 "replay key",
             )?,
             test_prepare_panic: None,
-            memory_budget: a.memory_budget.expect("defaulted").as_u64(),
-            ocr_batch: a.ocr_batch.expect("defaulted").max(1),
-            http_addr: a.http_addr.expect("defaulted"),
-            shutdown_grace: a.shutdown_grace.expect("defaulted").0,
+            memory_budget: a.memory_budget.as_u64(),
+            ocr_batch: a.ocr_batch.max(1),
+            http_addr: a.http_addr,
+            shutdown_grace: a.shutdown_grace.0,
             exit_when_idle: a.exit_when_idle.map(|d| d.0),
             worker_id: nonempty(a.worker_id.clone())
                 .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned()),
         })
+    }
+}
+
+/// Runners per model for `--device-streams n`: 0 picks by device, 1 on CPU (where runs share
+/// the cores) and 2 on CUDA.
+pub fn streams_for(device: Device, n: usize) -> usize {
+    match n {
+        0 if device == Device::Cpu => 1,
+        0 => 2,
+        n => n,
     }
 }
 
@@ -674,6 +726,26 @@ pub fn reference_markdown() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table's engine defaults are the engine's own (the table's text is what `--help` and
+    /// the reference show, so it has to be written there; this keeps the two from drifting).
+    #[test]
+    fn the_engine_defaults_in_the_table_are_the_engines() {
+        let c = WorkerConfig::load(WorkerArgs::default(), None).unwrap();
+        let e = EngineConfig::default();
+        assert_eq!(c.engine.det.limit_side_len, e.det.limit_side_len);
+        assert_eq!(c.engine.det.upscale_to, e.det.upscale_to);
+        assert_eq!(c.engine.max_pages, e.max_pages);
+        assert_eq!(c.engine.rec.spaces.enabled, e.rec.spaces.enabled);
+        assert_eq!(c.engine.model_set, e.model_set);
+        assert_eq!(c.engine.fused, e.fused);
+        assert_eq!(c.engine.fp16, e.fp16);
+        assert_eq!(c.engine.cuda_graphs, e.cuda_graphs);
+        assert_eq!(c.engine.device, e.device);
+        assert_eq!(c.engine.models_dir, e.models_dir);
+        assert_eq!(c.engine.intra_threads, e.intra_threads);
+        assert_eq!(c.engine.host_threads, e.host_threads);
+    }
 
     #[test]
     fn defaults_resolve() {
@@ -803,7 +875,7 @@ mod tests {
 
     #[test]
     fn every_default_parses() {
-        WorkerArgs::default().with_defaults().unwrap();
+        WorkerArgs::default().settle().unwrap();
         for r in REFERENCE {
             assert!(r.env.starts_with("OCRFLEET_"), "{}", r.env);
         }

@@ -9,12 +9,14 @@ use std::time::Duration;
 use ocrfleet_worker::config::FetchConfig;
 use ocrfleet_worker::fetch::{FetchError, Fetcher};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
+
+mod common;
+use common::loopback::{response, Loopback};
 
 /// A private CA (PEM) and an HTTPS server on 127.0.0.2 with a certificate it signed, which
 /// answers every request with `body`.
-async fn private_tls_server(body: &'static [u8]) -> (String, u16) {
+async fn private_tls_server(body: &'static [u8]) -> (String, Loopback) {
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name
@@ -37,35 +39,11 @@ async fn private_tls_server(body: &'static [u8]) -> (String, u16) {
         )
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                // A handshake the client refuses ends here.
-                let Ok(mut tls) = acceptor.accept(sock).await else {
-                    return;
-                };
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = tls.write_all(reply.as_bytes()).await;
-                let _ = tls.write_all(body).await;
-                let _ = tls.shutdown().await;
-            });
-        }
-    });
-    (ca.pem(), port)
+    let server = Loopback::start_tls("127.0.0.2", acceptor, move |_, _| {
+        response("200 OK", "", body)
+    })
+    .await;
+    (ca.pem(), server)
 }
 
 fn fetcher(ca_cert: Option<std::path::PathBuf>) -> anyhow::Result<Fetcher> {
@@ -85,8 +63,8 @@ fn fetcher(ca_cert: Option<std::path::PathBuf>) -> anyhow::Result<Fetcher> {
 
 #[tokio::test]
 async fn a_private_ca_is_trusted_only_when_given() {
-    let (ca_pem, port) = private_tls_server(b"image bytes").await;
-    let url = format!("https://127.0.0.2:{port}/a.png");
+    let (ca_pem, server) = private_tls_server(b"image bytes").await;
+    let url = format!("https://127.0.0.2:{}/a.png", server.port());
 
     match fetcher(None).unwrap().fetch(&url).await {
         Err((FetchError::Connect(m), _)) => {

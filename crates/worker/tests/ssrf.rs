@@ -2,93 +2,38 @@
 //! redirect or proxy may reach, and an allowed server on 127.0.0.2 (all of 127.0.0.0/8 is
 //! loopback on Linux) that the fetcher does reach, so that the tests can fail.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use ocrfleet_worker::config::FetchConfig;
 use ocrfleet_worker::fetch::{FetchError, Fetcher};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Serialises the proxy test's changes to the environment with the other tests' clients,
 /// which read it when they are built.
 static ENV: Mutex<()> = Mutex::new(());
 
-/// A loopback HTTP/1.1 server that counts connections and requests and answers each request
-/// with `reply(request_line)`, closing the connection after it.
-struct Server {
-    addr: SocketAddr,
-    connections: Arc<AtomicUsize>,
-    requests: Arc<AtomicUsize>,
-}
+mod common;
+use common::loopback::{response, Loopback as Server};
 
-impl Server {
-    async fn start(ip: &str, reply: impl Fn(&str) -> String + Send + Sync + 'static) -> Server {
-        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let (conns, reqs, reply) = (connections.clone(), requests.clone(), Arc::new(reply));
-        tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                conns.fetch_add(1, Ordering::SeqCst);
-                let (reqs, reply) = (reqs.clone(), reply.clone());
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    reqs.fetch_add(1, Ordering::SeqCst);
-                    let text = String::from_utf8_lossy(&head);
-                    let line = text.lines().next().unwrap_or_default().to_owned();
-                    let _ = sock.write_all(reply(&line).as_bytes()).await;
-                    let _ = sock.shutdown().await;
-                });
-            }
-        });
-        Server {
-            addr,
-            connections,
-            requests,
-        }
-    }
-
-    fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    /// Asserts that nothing ever connected.
-    fn assert_untouched(&self, what: &str) {
-        assert_eq!(
-            self.connections.load(Ordering::SeqCst),
-            0,
-            "{what}: {} was reached",
-            self.addr
-        );
-        assert_eq!(self.requests.load(Ordering::SeqCst), 0, "{what}");
-    }
-}
-
-fn response(status: &str, headers: &str, body: &str) -> String {
-    format!(
-        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
+/// Asserts that nothing ever connected to `server`.
+fn assert_untouched(server: &Server, what: &str) {
+    assert_eq!(
+        server.connections(),
+        0,
+        "{what}: {} was reached",
+        server.addr
+    );
+    assert_eq!(server.requests(), 0, "{what}");
 }
 
 /// Replies "allowed" to every request.
 async fn allowed_server() -> Server {
-    Server::start("127.0.0.2", |_| response("200 OK", "", "allowed")).await
+    Server::start("127.0.0.2", |_, _| response("200 OK", "", b"allowed")).await
 }
 
 /// The target the tests must not reach; it would reply "target".
 async fn target_server() -> Server {
-    Server::start("127.0.0.1", |_| response("200 OK", "", "target")).await
+    Server::start("127.0.0.1", |_, _| response("200 OK", "", b"target")).await
 }
 
 /// A fetcher that may reach only 127.0.0.2, built while no test changes the environment.
@@ -153,20 +98,20 @@ async fn every_form_of_a_refused_address_is_refused_before_connecting() {
     ] {
         assert_refused(&f, &url).await;
     }
-    target.assert_untouched("literal and DNS forms");
+    assert_untouched(&target, "literal and DNS forms");
 }
 
 #[tokio::test]
 async fn redirect_to_a_refused_address_is_not_followed() {
     let target = target_server().await;
     let port = target.port();
-    let redirector = Server::start("127.0.0.2", move |line| {
+    let redirector = Server::start("127.0.0.2", move |_, line| {
         let to = if line.contains("/by-name") {
             format!("http://localhost:{port}/x")
         } else {
             format!("http://127.0.0.1:{port}/x")
         };
-        response("302 Found", &format!("Location: {to}\r\n"), "")
+        response("302 Found", &format!("Location: {to}\r\n"), b"")
     })
     .await;
     let f = fetcher();
@@ -177,8 +122,8 @@ async fn redirect_to_a_refused_address_is_not_followed() {
         )
         .await;
     }
-    assert_eq!(redirector.requests.load(Ordering::SeqCst), 2);
-    target.assert_untouched("redirects");
+    assert_eq!(redirector.requests(), 2);
+    assert_untouched(&target, "redirects");
 }
 
 #[tokio::test]
@@ -186,7 +131,7 @@ async fn proxy_environment_is_ignored() {
     let allowed = allowed_server().await;
     let target = target_server().await;
     // A proxy on the allowed address that would fetch anything: it answers itself.
-    let proxy = Server::start("127.0.0.2", |_| response("200 OK", "", "proxied")).await;
+    let proxy = Server::start("127.0.0.2", |_, _| response("200 OK", "", b"proxied")).await;
     let proxy_url = format!("http://127.0.0.2:{}", proxy.port());
     let vars = [
         "HTTP_PROXY",
@@ -224,6 +169,6 @@ async fn proxy_environment_is_ignored() {
         .await
         .expect("the allowed host is fetched directly");
     assert_eq!(ok.bytes, b"allowed");
-    proxy.assert_untouched("proxy");
-    target.assert_untouched("through a proxy");
+    assert_untouched(&proxy, "proxy");
+    assert_untouched(&target, "through a proxy");
 }

@@ -358,6 +358,11 @@ impl Fetcher {
     }
 }
 
+/// The tests' one loopback HTTP server (shared with the crate's integration tests).
+#[cfg(test)]
+#[path = "../../tests/common/loopback.rs"]
+mod loopback;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,9 +380,9 @@ mod tests {
             "{shown}"
         );
     }
-    use std::net::SocketAddr;
     use std::sync::{Arc, Mutex};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::loopback::{response, Loopback};
 
     fn config(attempts: usize, max_redirects: usize) -> FetchConfig {
         FetchConfig {
@@ -394,41 +399,10 @@ mod tests {
         }
     }
 
-    fn response(status: &str, headers: &str, body: &str) -> String {
-        format!(
-            "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-    }
-
-    /// A loopback HTTP/1.1 server that answers request `n` (from 0) with `reply(n)` and closes
-    /// the connection. Returns its address and the number of requests it has read.
-    async fn serve(
-        reply: impl Fn(usize) -> String + Send + Sync + 'static,
-    ) -> (SocketAddr, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let count = Arc::new(AtomicUsize::new(0));
-        let (seen, reply) = (count.clone(), Arc::new(reply));
-        tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                let (seen, reply) = (seen.clone(), reply.clone());
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let n = seen.fetch_add(1, Ordering::SeqCst);
-                    let _ = sock.write_all(reply(n).as_bytes()).await;
-                    let _ = sock.shutdown().await;
-                });
-            }
-        });
-        (addr, count)
+    /// Answers request `n` (from 0) with `reply(n)` on 127.0.0.1 (the tests' one loopback
+    /// server: crates/worker/tests/common/loopback.rs).
+    async fn serve(reply: impl Fn(usize) -> Vec<u8> + Send + Sync + 'static) -> Loopback {
+        Loopback::start("127.0.0.1", move |n, _| reply(n)).await
     }
 
     /// A sleeper that records the delays it is asked for and returns at once.
@@ -545,12 +519,13 @@ mod tests {
     /// A 429 with `Retry-After: 1` waits one second (not the 10 ms backoff) before the retry.
     #[tokio::test]
     async fn retry_after_sets_the_delay() {
-        let (addr, requests) = serve(|n| match n {
-            0 => response("429 Too Many Requests", "Retry-After: 1\r\n", ""),
-            1 => response("503 Service Unavailable", "Retry-After: 3600\r\n", ""),
-            _ => response("200 OK", "", "ok"),
+        let server = serve(|n| match n {
+            0 => response("429 Too Many Requests", "Retry-After: 1\r\n", b""),
+            1 => response("503 Service Unavailable", "Retry-After: 3600\r\n", b""),
+            _ => response("200 OK", "", b"ok"),
         })
         .await;
+        let addr = server.addr;
         let fetcher = Fetcher::new(config(4, 5)).unwrap();
         let (sleeper, slept) = recording_sleeper();
         let got = fetcher
@@ -559,7 +534,7 @@ mod tests {
             .unwrap();
         assert_eq!(got.bytes, b"ok");
         assert_eq!(got.attempts, 3);
-        assert_eq!(requests.load(Ordering::SeqCst), 3);
+        assert_eq!(server.requests(), 3);
         assert_eq!(
             *slept.lock().unwrap(),
             vec![Duration::from_secs(1), MAX_RETRY_AFTER]
@@ -569,7 +544,8 @@ mod tests {
     /// A redirect loop fails once, as `redirects`, after `max_redirects` hops.
     #[tokio::test]
     async fn redirect_loop_is_not_retried() {
-        let (addr, requests) = serve(|_| response("302 Found", "Location: /loop\r\n", "")).await;
+        let server = serve(|_| response("302 Found", "Location: /loop\r\n", b"")).await;
+        let addr = server.addr;
         let fetcher = Fetcher::new(config(4, 2)).unwrap();
         let (sleeper, slept) = recording_sleeper();
         let (e, attempts) = fetcher
@@ -578,20 +554,21 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.class(), "redirects", "{e}");
         assert_eq!(attempts, 1);
-        assert_eq!(requests.load(Ordering::SeqCst), 3);
+        assert_eq!(server.requests(), 3);
         assert!(slept.lock().unwrap().is_empty());
     }
 
     /// A URL too long for a request line is refused before anything is sent, and not retried.
     #[tokio::test]
     async fn unbuildable_request_is_bad_url() {
-        let (addr, requests) = serve(|_| response("200 OK", "", "ok")).await;
+        let server = serve(|_| response("200 OK", "", b"ok")).await;
+        let addr = server.addr;
         let fetcher = Fetcher::new(config(4, 5)).unwrap();
         let url = format!("http://{addr}/{}", "a".repeat(100_000));
         let (e, attempts) = fetcher.fetch(&url).await.unwrap_err();
         assert_eq!(e.class(), "bad_url", "{e}");
         assert_eq!(attempts, 1);
-        assert_eq!(requests.load(Ordering::SeqCst), 0);
+        assert_eq!(server.requests(), 0);
     }
 
     /// Error texts do not repeat the URL, whose query may be a signature.

@@ -1,0 +1,3 @@
+//! Shared by the worker crate's integration tests.
+
+pub mod loopback;
