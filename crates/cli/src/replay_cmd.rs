@@ -1,11 +1,11 @@
 //! `ocrfleet replay`: re-publish dead letters to the source topic once their fault is fixed
-//! (the rules are in `ocrfleet_worker::kafka::replay`).
+//! (the rules are in `ocrfleet_worker::commands::replay`).
 
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
-use ocrfleet_worker::kafka::replay::{self, Counts, Filter, Options};
+use ocrfleet_worker::commands::replay::{self, Counts, Filter, Options};
 
 use crate::worker_cmd::KafkaArgs;
 

@@ -155,12 +155,14 @@ pub fn run_produce(cmd: ProduceCmd) -> anyhow::Result<ExitCode> {
         .build()?;
     if let Some(p) = cmd.create_partitions {
         for t in [cmd.topic.clone(), format!("{}.dlq", cmd.topic)] {
-            if rt.block_on(ocrfleet_worker::kafka::produce::ensure_topic(&kafka, &t, p))? {
+            if rt.block_on(ocrfleet_worker::commands::produce::ensure_topic(
+                &kafka, &t, p,
+            ))? {
                 eprintln!("created topic {t} with {p} partition(s)");
             }
         }
     }
-    let counts = rt.block_on(ocrfleet_worker::kafka::produce::produce(
+    let counts = rt.block_on(ocrfleet_worker::commands::produce::produce(
         &kafka,
         &cmd.topic,
         input,
@@ -185,7 +187,7 @@ pub fn run_produce(cmd: ProduceCmd) -> anyhow::Result<ExitCode> {
 /// skipped), 1 when a delivery failed, 3 when every valid line was delivered but some lines
 /// were invalid (not sent). 2 is for unusable arguments or a check that failed before anything
 /// was sent.
-fn produce_exit(c: &ocrfleet_worker::kafka::produce::ProduceCounts) -> ExitCode {
+fn produce_exit(c: &ocrfleet_worker::commands::produce::ProduceCounts) -> ExitCode {
     if c.failed > 0 {
         ExitCode::from(1)
     } else if c.invalid > 0 {

@@ -38,9 +38,8 @@ fn table_row(out: &str, stage: &str, class: &str) -> Option<u64> {
 
 #[test]
 fn dead_letters_replayed_after_the_fault_is_fixed_are_indexed_once() {
-    let _g = serial();
-    let nd = Noida::start("replay");
-    let srv = images_server();
+    let stack = Stack::start("replay");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, index) = ("replay", "g-replay", "replay-idx");
     let brokers = nd.brokers();
     let hello = std::fs::read(repo_root().join("tests/fixtures/worker/hello.png")).unwrap();

@@ -36,12 +36,11 @@ fn good_messages(srv: &ImageServer, n: usize, tag: &str) -> Vec<String> {
 
 #[test]
 fn happy_path_indexes_everything_commits_and_exits_cleanly_on_sigterm() {
-    let _g = serial();
-    let nd = Noida::start("happy");
-    let srv = images_server();
+    let stack = Stack::start("happy");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, index, parts, n) = ("happy", "g-happy", "happy-idx", 3, 210);
     create_topics(&nd.brokers(), topic, parts);
-    let msgs = good_messages(&srv, n, "h");
+    let msgs = good_messages(srv, n, "h");
     produce(&nd.brokers(), topic, parts, &msgs);
 
     let mut w = Worker::start(
@@ -182,9 +181,8 @@ fn happy_path_indexes_everything_commits_and_exits_cleanly_on_sigterm() {
 
 #[test]
 fn each_failure_gives_exactly_one_dead_letter_record_and_the_rest_is_indexed() {
-    let _g = serial();
-    let nd = Noida::start("faults");
-    let srv = images_server();
+    let stack = Stack::start("faults");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, index, parts) = ("faults", "g-faults", "faults-idx", 2);
     create_topics(&nd.brokers(), topic, parts);
     // (message, expected stage or None when it must be indexed, expected class prefix)
@@ -311,9 +309,8 @@ fn each_failure_gives_exactly_one_dead_letter_record_and_the_rest_is_indexed() {
 
 #[test]
 fn elasticsearch_rejections_are_dead_lettered_and_the_rest_indexed() {
-    let _g = serial();
-    let nd = Noida::start("reject");
-    let srv = images_server();
+    let stack = Stack::start("reject");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, index) = ("reject", "g-reject", "reject-idx");
     create_topics(&nd.brokers(), topic, 1);
     // An index that exists already with an older mapping (an operator's, or a previous template
@@ -368,9 +365,8 @@ fn elasticsearch_rejections_are_dead_lettered_and_the_rest_indexed() {
 
 #[test]
 fn an_index_made_by_the_previous_template_gets_the_new_fields_and_nothing_is_dead_lettered() {
-    let _g = serial();
-    let nd = Noida::start("oldmap");
-    let srv = images_server();
+    let stack = Stack::start("oldmap");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, index) = ("oldmap", "g-oldmap", "oldmap-idx");
     create_topics(&nd.brokers(), topic, 1);
     // Template version 2's index: strict, no `lines.words`, no `text.grams` (nor its analyzer).
@@ -420,12 +416,11 @@ fn an_index_made_by_the_previous_template_gets_the_new_fields_and_nothing_is_dea
 
 #[test]
 fn elasticsearch_outage_holds_commits_and_everything_is_indexed_after_it_returns() {
-    let _g = serial();
-    let nd = Noida::start("outage");
-    let srv = images_server();
+    let stack = Stack::start("outage");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, index, parts, n) = ("outage", "g-outage", "outage-idx", 2, 60);
     create_topics(&nd.brokers(), topic, parts);
-    let first = good_messages(&srv, n / 2, "a");
+    let first = good_messages(srv, n / 2, "a");
     produce(&nd.brokers(), topic, parts, &first);
     let w = Worker::start(&nd.brokers(), &nd.es_url(), topic, group, index, &[]);
     wait_until("first half indexed", Duration::from_secs(300), || {
@@ -436,7 +431,7 @@ fn elasticsearch_outage_holds_commits_and_everything_is_indexed_after_it_returns
     });
 
     nd.stop_es();
-    let second = good_messages(&srv, n / 2, "b");
+    let second = good_messages(srv, n / 2, "b");
     produce(&nd.brokers(), topic, parts, &second);
     // The worker takes the new messages but cannot index them: nothing past them is committed.
     wait_until(
@@ -472,12 +467,11 @@ fn elasticsearch_outage_holds_commits_and_everything_is_indexed_after_it_returns
 
 #[test]
 fn redelivery_without_commit_overwrites_and_never_duplicates() {
-    let _g = serial();
-    let nd = Noida::start("redeliver");
-    let srv = images_server();
+    let stack = Stack::start("redeliver");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, index, parts, n) = ("redeliver", "g-redeliver", "redeliver-idx", 3, 30);
     create_topics(&nd.brokers(), topic, parts);
-    produce(&nd.brokers(), topic, parts, &good_messages(&srv, n, "r"));
+    produce(&nd.brokers(), topic, parts, &good_messages(srv, n, "r"));
     let mut w = Worker::start(
         &nd.brokers(),
         &nd.es_url(),
@@ -593,9 +587,8 @@ fn a_second_worker_joining_mid_run_loses_nothing_tansu() {
 /// the operator's settings kept, and a current one is left alone on the next start.
 #[test]
 fn the_worker_writes_through_an_alias_and_keeps_an_operators_template_settings() {
-    let _g = serial();
-    let nd = Noida::start("alias");
-    let srv = images_server();
+    let stack = Stack::start("alias");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, index) = ("alias", "g-alias", "alias-idx");
     let es = nd.es_url();
     create_topics(&nd.brokers(), topic, 1);
@@ -608,7 +601,7 @@ fn the_worker_writes_through_an_alias_and_keeps_an_operators_template_settings()
     let (s, body) =
         blocking_json("PUT", &format!("{es}/_index_template/{index}"), Some(older)).unwrap();
     assert_eq!(s, 200, "{body}");
-    produce(&nd.brokers(), topic, 1, &good_messages(&srv, 4, "al"));
+    produce(&nd.brokers(), topic, 1, &good_messages(srv, 4, "al"));
     let mut w = Worker::start(&nd.brokers(), &es, topic, group, index, &[]);
     wait_until(
         "indexed through the alias",
@@ -677,7 +670,7 @@ fn the_worker_writes_through_an_alias_and_keeps_an_operators_template_settings()
     )
     .unwrap();
     assert_eq!(s, 200, "{body}");
-    produce(&nd.brokers(), topic, 1, &good_messages(&srv, 2, "al2"));
+    produce(&nd.brokers(), topic, 1, &good_messages(srv, 2, "al2"));
     let w = Worker::start(&nd.brokers(), &es, topic, group, index, &[]);
     wait_until(
         "indexed after the restart",
@@ -699,13 +692,12 @@ fn the_worker_writes_through_an_alias_and_keeps_an_operators_template_settings()
 /// creates it, everything is indexed.
 #[test]
 fn without_template_management_a_missing_index_is_waited_for_not_dead_lettered() {
-    let _g = serial();
-    let nd = Noida::start("nomanage");
-    let srv = images_server();
+    let stack = Stack::start("nomanage");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, index) = ("nomanage", "g-nomanage", "nomanage-idx");
     let es = nd.es_url();
     create_topics(&nd.brokers(), topic, 1);
-    produce(&nd.brokers(), topic, 1, &good_messages(&srv, 3, "nm"));
+    produce(&nd.brokers(), topic, 1, &good_messages(srv, 3, "nm"));
     let w = Worker::start(
         &nd.brokers(),
         &es,

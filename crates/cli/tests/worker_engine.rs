@@ -44,12 +44,11 @@ fn with_poison(srv: &ImageServer, n: usize, at: usize, tag: &str) -> (Vec<String
 /// are indexed, the worker stays up and ready, and the partition is committed to its end.
 #[test]
 fn an_image_that_panics_the_engine_is_dead_lettered_alone_and_the_worker_goes_on() {
-    let _g = serial();
-    let nd = Noida::start("engpanic");
-    let srv = images_server();
+    let stack = Stack::start("engpanic");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, index) = ("engpanic", "g-engpanic", "engpanic-idx");
     create_topics(&nd.brokers(), topic, 1);
-    let (values, poison) = with_poison(&srv, 8, 3, "p");
+    let (values, poison) = with_poison(srv, 8, 3, "p");
     produce(&nd.brokers(), topic, 1, &values);
     let fault = format!("panic:{}x{}", POISON.0, POISON.1);
     let mut w = Worker::start(
@@ -88,12 +87,11 @@ fn an_image_that_panics_the_engine_is_dead_lettered_alone_and_the_worker_goes_on
 /// committed and nothing dead-lettered.
 #[test]
 fn a_hung_engine_fails_liveness_then_ends_the_process_non_zero() {
-    let _g = serial();
-    let nd = Noida::start("enghang");
-    let srv = images_server();
+    let stack = Stack::start("enghang");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, index) = ("enghang", "g-enghang", "enghang-idx");
     create_topics(&nd.brokers(), topic, 1);
-    let (values, _) = with_poison(&srv, 6, 2, "h");
+    let (values, _) = with_poison(srv, 6, 2, "h");
     produce(&nd.brokers(), topic, 1, &values);
     let fault = format!("hang:{}x{}", POISON.0, POISON.1);
     let mut w = Worker::start(
@@ -155,13 +153,12 @@ fn a_hung_engine_fails_liveness_then_ends_the_process_non_zero() {
 /// (`group.instance.id`), as a pod restarted in place can.
 #[test]
 fn a_record_that_crashes_the_process_is_dead_lettered_instead_of_crash_looping() {
-    let _g = serial();
-    let nd = Noida::start("engcrash");
-    let srv = images_server();
+    let stack = Stack::start("engcrash");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let brokers = nd.brokers();
     let (topic, group, index) = ("engcrash", "g-engcrash", "engcrash-idx");
     create_topics(&brokers, topic, 1);
-    let (values, poison) = with_poison(&srv, 6, 2, "c");
+    let (values, poison) = with_poison(srv, 6, 2, "c");
     produce(&brokers, topic, 1, &values);
     let fault = format!("abort:{}x{}", POISON.0, POISON.1);
     let args = [

@@ -152,9 +152,8 @@ fn produce_bytes(brokers: &str, topic: &str, partition: i32, value: &[u8]) {
 /// 600 KB-URL record's full dead letter is refused by Kafka and the minimal one is sent instead.
 #[test]
 fn poison_records_each_give_one_dead_letter_and_nothing_stalls() {
-    let _g = serial();
-    let nd = Noida::start("poison");
-    let srv = images_server();
+    let stack = Stack::start("poison");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let liar = lying_server();
     let (topic, group, index) = ("poison", "g-poison", "poison-idx");
     create_topics(&nd.brokers(), topic, 1);
@@ -486,13 +485,12 @@ fn elasticsearch_refusing_at_start_keeps_the_worker_starting_and_says_why() {
 /// Elasticsearch is stopped for 60 s while messages keep arriving.
 #[test]
 fn elasticsearch_down_60s_holds_commits_and_everything_is_indexed_after_it_returns() {
-    let _g = serial();
-    let nd = Noida::start("esdown");
-    let srv = images_server();
+    let stack = Stack::start("esdown");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, parts) = ("esdown", "g-esdown", 2);
-    let w = first_batch_done(&nd, &srv, &nd.es_url(), topic, parts);
+    let w = first_batch_done(nd, srv, &nd.es_url(), topic, parts);
     nd.stop_es();
-    produce(&nd.brokers(), topic, parts, &messages(&srv, 20, "b"));
+    produce(&nd.brokers(), topic, parts, &messages(srv, 20, "b"));
     let t = Instant::now();
     let mut saw_503 = false;
     while t.elapsed() < Duration::from_secs(60) {
@@ -512,7 +510,7 @@ fn elasticsearch_down_60s_holds_commits_and_everything_is_indexed_after_it_retur
         "the second batch was taken"
     );
     nd.start_es();
-    recovered_cleanly(&nd, &w, topic, parts, 40);
+    recovered_cleanly(nd, &w, topic, parts, 40);
     assert!(w.metric("ocrfleet_es_retries_total") > 0.0);
 }
 
@@ -520,12 +518,11 @@ fn elasticsearch_down_60s_holds_commits_and_everything_is_indexed_after_it_retur
 /// in memory and loses them) is stopped for 15 s: the worker reports it, then resumes alone.
 #[test]
 fn broker_restart_the_worker_resumes() {
-    let _g = serial();
-    let nd = Noida::start("brk");
-    let srv = images_server();
+    let stack = Stack::start("brk");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, index, parts) = ("brk", "g-brk", "brk-idx", 2);
     create_topics(&nd.brokers(), topic, parts);
-    produce(&nd.brokers(), topic, parts, &messages(&srv, 12, "a"));
+    produce(&nd.brokers(), topic, parts, &messages(srv, 12, "a"));
     let w = Worker::start(&nd.brokers(), &nd.es_url(), topic, group, index, &[]);
     wait_until("first batch indexed", Duration::from_secs(300), || {
         es_count(&nd.es_url(), index) == Some(12)
@@ -538,8 +535,8 @@ fn broker_restart_the_worker_resumes() {
     std::thread::sleep(Duration::from_secs(15));
     assert!(w.healthy());
     nd.start_kafka();
-    produce(&nd.brokers(), topic, parts, &messages(&srv, 12, "b"));
-    recovered_cleanly(&nd, &w, topic, parts, 24);
+    produce(&nd.brokers(), topic, parts, &messages(srv, 12, "b"));
+    recovered_cleanly(nd, &w, topic, parts, 24);
 }
 
 /// The engine fails every call for 8 s after 6 images (the test-only fault hook; on a GPU host
@@ -547,12 +544,11 @@ fn broker_restart_the_worker_resumes() {
 /// intake pauses, `/readyz` names the engine, and the same batches run again once it recovers.
 #[test]
 fn an_engine_fault_that_clears_loses_nothing() {
-    let _g = serial();
-    let nd = Noida::start("engfail");
-    let srv = images_server();
+    let stack = Stack::start("engfail");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, index) = ("engfail", "g-engfail", "engfail-idx");
     create_topics(&nd.brokers(), topic, 1);
-    produce(&nd.brokers(), topic, 1, &messages(&srv, 30, "e"));
+    produce(&nd.brokers(), topic, 1, &messages(srv, 30, "e"));
     let w = Worker::start(
         &nd.brokers(),
         &nd.es_url(),
@@ -567,7 +563,7 @@ fn an_engine_fault_that_clears_loses_nothing() {
     });
     let during = committed(&nd.brokers(), group, topic, 1);
     assert!(during <= 6, "nothing past the fault is committed: {during}");
-    recovered_cleanly(&nd, &w, topic, 1, 30);
+    recovered_cleanly(nd, &w, topic, 1, 30);
     assert!(w.metric("ocrfleet_component_faults_total{component=\"engine\"}") > 0.0);
 }
 
@@ -575,9 +571,8 @@ fn an_engine_fault_that_clears_loses_nothing() {
 /// that Kubernetes restarts it, with nothing dead-lettered and nothing unfinished committed.
 #[test]
 fn an_engine_that_cannot_recover_ends_the_process_non_zero() {
-    let _g = serial();
-    let nd = Noida::start("engdead");
-    let srv = images_server();
+    let stack = Stack::start("engdead");
+    let (nd, srv) = (&stack.noida, &stack.images);
     for (name, fault, extra) in [
         (
             "engdeadf",
@@ -588,7 +583,7 @@ fn an_engine_that_cannot_recover_ends_the_process_non_zero() {
     ] {
         let (group, index) = (format!("g-{name}"), format!("{name}-idx"));
         create_topics(&nd.brokers(), name, 1);
-        produce(&nd.brokers(), name, 1, &messages(&srv, 16, name));
+        produce(&nd.brokers(), name, 1, &messages(srv, 16, name));
         let mut args = vec!["--test-engine-fault", fault, "--ocr-batch", "2"];
         args.extend_from_slice(extra);
         let mut w = Worker::start(&nd.brokers(), &nd.es_url(), name, &group, &index, &args);
@@ -690,9 +685,8 @@ fn ten_kill_9s_of_one_of_two_workers_lose_nothing_tansu() {
 /// never holds much more than that, however long the backlog, and its commits follow.
 #[test]
 fn read_ahead_is_bounded_and_commits_follow_the_work() {
-    let _g = serial();
-    let nd = Noida::start("bound");
-    let srv = images_server();
+    let stack = Stack::start("bound");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, index, n) = ("bound", "g-bound", "bound-idx", 600);
     create_topics(&nd.brokers(), topic, 1);
     let values = same_image_messages(&srv.url("img/hello.png"), n, "b");
@@ -729,9 +723,8 @@ fn read_ahead_is_bounded_and_commits_follow_the_work() {
 /// document of a newer one: the record timestamp is the external version.
 #[test]
 fn an_older_record_never_overwrites_a_newer_document() {
-    let _g = serial();
-    let nd = Noida::start("order");
-    let srv = images_server();
+    let stack = Stack::start("order");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, index) = ("order", "g-order", "order-idx");
     create_topics(&nd.brokers(), topic, 2);
     let now = SystemTime::now()

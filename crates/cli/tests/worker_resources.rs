@@ -25,9 +25,8 @@ fn big_solid_png() -> Vec<u8> {
 /// part of it, and everything behind it waited too: consumed 2, indexed 0, `/readyz` 200.)
 #[test]
 fn an_image_over_the_whole_memory_budget_is_dead_lettered_and_the_next_one_runs() {
-    let _g = serial();
-    let nd = Noida::start("budget");
-    let srv = images_server();
+    let stack = Stack::start("budget");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, index) = ("budget", "g-budget", "budget-idx");
     create_topics(&nd.brokers(), topic, 1);
     let big = srv.put("big.png", big_solid_png());
@@ -69,9 +68,8 @@ fn an_image_over_the_whole_memory_budget_is_dead_lettered_and_the_next_one_runs(
 /// part.
 #[test]
 fn every_page_of_a_multi_page_tiff_is_indexed_in_one_document() {
-    let _g = serial();
-    let nd = Noida::start("pages");
-    let srv = images_server();
+    let stack = Stack::start("pages");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, index) = ("pages", "g-pages", "pages-idx");
     create_topics(&nd.brokers(), topic, 1);
     let two = srv.put(
@@ -202,9 +200,8 @@ fn an_egress_outage_dead_letters_nothing_and_resumes_when_the_hosts_answer() {
 /// froze for good while `/readyz` said 200.
 #[test]
 fn a_panic_while_preparing_a_record_is_its_dead_letter_and_commits_go_on() {
-    let _g = serial();
-    let nd = Noida::start("prepanic");
-    let srv = images_server();
+    let stack = Stack::start("prepanic");
+    let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, index) = ("prepanic", "g-prepanic", "prepanic-idx");
     create_topics(&nd.brokers(), topic, 1);
     let poison = srv.put("poison-prepare.png", png(&fixture_image("hello.png")));

@@ -1,7 +1,7 @@
-//! What travels between the stages: a Kafka message's coordinates and raw parts, and how it
-//! ended (a document to index, or a rejection to dead-letter).
+//! What travels between the stages: a Kafka message's coordinates and raw parts, its
+//! completion, and its rejection (how a message left the pipeline is
+//! [`crate::stages::Outcome`]).
 
-use crate::es::document::Document;
 use crate::failure::Rejection;
 use crate::kafka::journal::Care;
 
@@ -71,23 +71,4 @@ pub struct Failure {
 pub struct EngineJournal {
     pub running: Vec<(i32, i64, u64)>,
     pub recorded: tokio::sync::oneshot::Sender<()>,
-}
-
-/// How a message left the pipeline.
-#[derive(Debug)]
-pub enum Outcome {
-    Doc(Box<Document>),
-    Failed(Failure),
-    /// Its partition was revoked before it was run: dropped (the new owner redoes it).
-    Dropped(Envelope),
-}
-
-impl Outcome {
-    pub fn envelope(&self) -> &Envelope {
-        match self {
-            Outcome::Doc(d) => &d.envelope,
-            Outcome::Failed(f) => &f.envelope,
-            Outcome::Dropped(e) => e,
-        }
-    }
 }

@@ -11,6 +11,7 @@
 //! [`config`].
 
 pub(crate) mod budget;
+pub mod commands;
 pub mod config;
 pub(crate) mod envelope;
 pub mod es;
@@ -281,7 +282,7 @@ impl Pipeline {
         let (ready_tx, ready_rx) = mpsc::channel(cfg.ocr_batch * 2);
         let (out_tx, out_rx) = mpsc::channel(cfg.es.bulk_docs * 2);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let queues = stages::Queues {
+        let queues = stages::watch::Queues {
             chunks: chunk_tx.downgrade(),
             ready: ready_tx.downgrade(),
             outcomes: out_tx.downgrade(),
@@ -338,17 +339,18 @@ impl Pipeline {
         };
         let sink = tasks.spawn(stages::sink::sink_stage(out_rx, sink));
         tasks.close();
-        let engine_watch = tokio::spawn(stages::engine_watch(engine.clone(), health.clone()));
+        let engine_watch =
+            tokio::spawn(stages::watch::engine_watch(engine.clone(), health.clone()));
         let mut aborts = vec![
             ocr.abort_handle(),
             sink.abort_handle(),
             engine_watch.abort_handle(),
         ];
         for side in [
-            tokio::spawn(stages::busy_meter(engine, metrics.clone())),
-            tokio::spawn(stages::es_probe(es, health.clone())),
-            tokio::spawn(stages::queue_meter(queues, metrics.clone())),
-            tokio::spawn(stages::budget_watch(
+            tokio::spawn(stages::watch::busy_meter(engine, metrics.clone())),
+            tokio::spawn(stages::watch::es_probe(es, health.clone())),
+            tokio::spawn(stages::watch::queue_meter(queues, metrics.clone())),
+            tokio::spawn(stages::watch::budget_watch(
                 budget,
                 metrics.clone(),
                 health.clone(),

@@ -140,7 +140,7 @@ pub fn document_id(
 }
 
 /// Where a record re-published by `ocrfleet replay` came from: its `ocrfleet.replay.of` and
-/// `ocrfleet.replay.timestamp` headers (see `kafka::replay`), honoured only when they are
+/// `ocrfleet.replay.timestamp` headers (see `commands::replay`), honoured only when they are
 /// provably replay's: signed with the key that `replay` and the worker share
 /// (`--replay-key`, [`ReplayKey`]). Otherwise any producer could take over a document id or
 /// pin a version far in the future; unsigned or badly signed, they are ignored.

@@ -153,3 +153,31 @@ pub fn multipage_tiff(pages: &[image::RgbImage]) -> Vec<u8> {
     }
     out.into_inner()
 }
+
+/// What most end-to-end tests start with, in one call: the serial lock (held until the stack is
+/// dropped), noida-db in its own data dir, and the image server on the fixtures; the test's
+/// topic, group and index are named after it (`name`, `g-name`, `name-idx`). Topics are left to
+/// the test (their partitions differ).
+pub struct Stack {
+    pub noida: Noida,
+    pub images: ImageServer,
+    pub topic: String,
+    pub group: String,
+    pub index: String,
+    // Last: dropped after the servers are stopped.
+    _serial: Serial,
+}
+
+impl Stack {
+    pub fn start(name: &str) -> Stack {
+        let serial = serial();
+        Stack {
+            noida: Noida::start(name),
+            images: images_server(),
+            topic: name.to_owned(),
+            group: format!("g-{name}"),
+            index: format!("{name}-idx"),
+            _serial: serial,
+        }
+    }
+}

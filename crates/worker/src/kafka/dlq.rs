@@ -36,7 +36,7 @@ pub mod headers {
     pub const WORKER: &str = "ocrfleet.worker";
     pub const TIME: &str = "ocrfleet.error.time";
     pub const MINIMAL: &str = "ocrfleet.dlq.minimal";
-    /// Added by `ocrfleet replay` (see `kafka::replay`): replays so far.
+    /// Added by `ocrfleet replay` (see `commands::replay`): replays so far.
     pub const REPLAY_COUNT: &str = "ocrfleet.replay.count";
     /// Added by `ocrfleet replay`: `<topic>-<partition>-<offset>` of the original record.
     pub const REPLAY_OF: &str = "ocrfleet.replay.of";

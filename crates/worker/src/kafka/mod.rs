@@ -6,8 +6,6 @@ pub mod dlq;
 pub mod headers;
 pub mod journal;
 pub mod offsets;
-pub mod produce;
-pub mod replay;
 pub mod source;
 pub mod state;
 

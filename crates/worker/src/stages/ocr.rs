@@ -22,7 +22,8 @@ use ocrfleet_ocr::{EngineHandle, ImageText, OcrError, Timings};
 use tokio::sync::mpsc;
 
 use super::prepare::Ready;
-use crate::envelope::{EngineJournal, Failure, Outcome};
+use super::Outcome;
+use crate::envelope::{EngineJournal, Failure};
 use crate::es::document::{DocBody, DocTimings, Document, SourceRef};
 use crate::failure::{Component, Rejection, Stage};
 use crate::health::Health;

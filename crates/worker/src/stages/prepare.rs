@@ -24,8 +24,9 @@ use ocrfleet_ocr::{decode, OcrError};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
+use super::Outcome;
 use crate::budget::{Budget, Charge};
-use crate::envelope::{Envelope, Failure, Outcome};
+use crate::envelope::{Envelope, Failure};
 use crate::failure::{Rejection, Stage};
 use crate::fetch::outage::{Next, Outages};
 use crate::fetch::{redact_url, Fetched, Fetcher};

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::envelope::{Done, Envelope, Failure, Outcome};
+use super::Outcome;
+use crate::envelope::{Done, Envelope, Failure};
 use crate::es::bulk::{self, ItemOutcome, RequestOutcome};
 use crate::es::client::EsClient;
 use crate::es::document::Document;

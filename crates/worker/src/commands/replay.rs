@@ -45,10 +45,10 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::dlq::headers as h;
-use super::headers::{raw_headers, value as header, RawHeader};
-use super::QuietContext;
 use crate::config::KafkaConfig;
+use crate::kafka::dlq::headers as h;
+use crate::kafka::headers::{raw_headers, value as header, RawHeader};
+use crate::kafka::QuietContext;
 use crate::message::ReplayKey;
 
 /// Which dead letters to replay; an empty list or `None` matches everything.
@@ -205,7 +205,7 @@ pub async fn replay(
     let (checked, timeout) = (kafka.clone(), opts.timeout);
     tokio::task::spawn_blocking(move || {
         let names: Vec<&str> = wanted.iter().map(String::as_str).collect();
-        super::check_topics(&checked, &names, timeout)
+        crate::kafka::check_topics(&checked, &names, timeout)
     })
     .await?
     .map_err(|e| e.context("nothing was replayed"))?;
@@ -292,7 +292,7 @@ pub async fn replay(
                 .create_with_context(QuietContext::default())?,
         )
     };
-    let mut pending = super::InFlight::new();
+    let mut pending = crate::kafka::InFlight::new();
     let mut aborted: Option<anyhow::Error> = None;
     while !ends.is_empty() {
         let m = match tokio::time::timeout(opts.timeout, consumer.recv()).await {

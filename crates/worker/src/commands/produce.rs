@@ -81,12 +81,12 @@ pub async fn produce(
         .create_with_context(QuietContext::default())?;
     let (checked, wanted) = (kafka.clone(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
-        super::check_topics(&checked, &[wanted.as_str()], delivery_timeout)
+        crate::kafka::check_topics(&checked, &[wanted.as_str()], delivery_timeout)
     })
     .await?
     .map_err(|e| e.context("nothing was sent (the check waits --delivery-timeout)"))?;
     let mut counts = ProduceCounts::default();
-    let mut pending = super::InFlight::new();
+    let mut pending = crate::kafka::InFlight::new();
     // Lines as bytes: a line that is not UTF-8 is an invalid line, not the end of the run. An
     // input that cannot be read any more ends the reading; the deliveries already started are
     // awaited and counted either way, and the error is returned after them.
