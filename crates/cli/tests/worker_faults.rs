@@ -322,7 +322,7 @@ fn poison_records_each_give_one_dead_letter_and_nothing_stalls() {
 /// front of noida-db): no dead letter, no commit past unindexed work, `/readyz` 503 naming
 /// Elasticsearch, then everything indexed once the key works again.
 #[test]
-fn elasticsearch_401_for_30s_pauses_the_worker_and_loses_nothing() {
+fn elasticsearch_401_for_15s_pauses_the_worker_and_loses_nothing() {
     let _g = serial();
     let nd = Noida::start("es401");
     let proxy = EsProxy::start(nd.es_url());
@@ -334,7 +334,7 @@ fn elasticsearch_401_for_30s_pauses_the_worker_and_loses_nothing() {
     produce(&nd.brokers(), topic, parts, &messages(&srv, 20, "b"));
     let t = Instant::now();
     let mut saw_503 = false;
-    while t.elapsed() < Duration::from_secs(30) {
+    while t.elapsed() < Duration::from_secs(15) {
         let (status, body) = w.readyz();
         if status == 503 && body.contains("elasticsearch: down") && body.contains("401") {
             saw_503 = true;
@@ -482,9 +482,9 @@ fn elasticsearch_refusing_at_start_keeps_the_worker_starting_and_says_why() {
     assert!(!w.readyz().1.contains("starting"));
 }
 
-/// Elasticsearch is stopped for 60 s while messages keep arriving.
+/// Elasticsearch is stopped for 20 s while messages keep arriving.
 #[test]
-fn elasticsearch_down_60s_holds_commits_and_everything_is_indexed_after_it_returns() {
+fn elasticsearch_down_20s_holds_commits_and_everything_is_indexed_after_it_returns() {
     let stack = Stack::start("esdown");
     let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, parts) = ("esdown", "g-esdown", 2);
@@ -493,7 +493,7 @@ fn elasticsearch_down_60s_holds_commits_and_everything_is_indexed_after_it_retur
     produce(&nd.brokers(), topic, parts, &messages(srv, 20, "b"));
     let t = Instant::now();
     let mut saw_503 = false;
-    while t.elapsed() < Duration::from_secs(60) {
+    while t.elapsed() < Duration::from_secs(20) {
         saw_503 |= w.readyz().0 == 503;
         assert_eq!(
             committed(&nd.brokers(), group, topic, parts),
@@ -616,7 +616,7 @@ fn an_engine_that_cannot_recover_ends_the_process_non_zero() {
     }
 }
 
-/// Ten SIGKILLs of one of two workers while 2 000 messages go through (tansu evicts a killed
+/// Ten SIGKILLs of one of two workers while 1 000 messages go through (tansu evicts a killed
 /// member after its session time-out). Nothing is lost: the index holds exactly the unique ids,
 /// and the group's commits reach the high watermark of every partition.
 #[test]
@@ -626,9 +626,10 @@ fn ten_kill_9s_of_one_of_two_workers_lose_nothing_tansu() {
     let tansu = Tansu::start();
     let srv = images_server();
     let brokers = tansu.brokers();
-    let (topic, group, index, parts, n) = ("kill9", "g-kill9", "kill9-idx", 4, 2000);
+    let (topic, group, index, parts, n) = ("kill9", "g-kill9", "kill9-idx", 4, 1000);
     create_topics(&brokers, topic, parts);
-    // One small image for all, so that 2 000 messages fit a CI run on two cores.
+    // One small image for all, so that 1 000 messages fit a CI run on two cores; they take
+    // longer than the ten kills (2-6 s apart) on this machine.
     let values = same_image_messages(&srv.url("img/hello.png"), n, "k");
     produce(&brokers, topic, parts, &values);
     let extra = ["--max-messages", "50", "--ocr-batch", "16"];
@@ -687,7 +688,7 @@ fn ten_kill_9s_of_one_of_two_workers_lose_nothing_tansu() {
 fn read_ahead_is_bounded_and_commits_follow_the_work() {
     let stack = Stack::start("bound");
     let (nd, srv) = (&stack.noida, &stack.images);
-    let (topic, group, index, n) = ("bound", "g-bound", "bound-idx", 600);
+    let (topic, group, index, n) = ("bound", "g-bound", "bound-idx", 300);
     create_topics(&nd.brokers(), topic, 1);
     let values = same_image_messages(&srv.url("img/hello.png"), n, "b");
     produce(&nd.brokers(), topic, 1, &values);

@@ -241,7 +241,7 @@ impl Pipeline {
         health: &Arc<health::Health>,
     ) -> anyhow::Result<Pipeline> {
         let Started { engine, es } = started;
-        let dlq = kafka::dlq::DeadLetter::new(cfg, metrics.clone())?;
+        let dlq = kafka::dlq::DeadLetter::new(&cfg.kafka, &cfg.worker_id, metrics.clone())?;
         let budget = budget::Budget::new(cfg.memory_budget);
         let prep = stages::prepare::Prepare {
             fetcher: fetch::Fetcher::new(cfg.fetch.clone())?,
@@ -274,9 +274,15 @@ impl Pipeline {
         tracing::info!(engine_timeout = %humantime::format_duration(ocr_settings.call_timeout), "an engine call running longer than this is a hung engine");
         health.set_liveness_timeout(cfg.liveness_timeout);
 
+        let source_cfg = kafka::source::SourceConfig::from_worker(cfg);
         let consumer = kafka::source::consumer(
-            cfg,
-            kafka::source::context(cfg, assignment.clone(), metrics.clone(), health.clone()),
+            &source_cfg,
+            kafka::source::context(
+                &source_cfg,
+                assignment.clone(),
+                metrics.clone(),
+                health.clone(),
+            ),
         )?;
         let (chunk_tx, chunk_rx) = mpsc::channel(1);
         let (ready_tx, ready_rx) = mpsc::channel(cfg.ocr_batch * 2);
@@ -291,7 +297,6 @@ impl Pipeline {
         let drained = CancellationToken::new();
 
         let (source_end_tx, source_end) = oneshot::channel();
-        let source_cfg = cfg.clone();
         let (source_stop, source_drained) = (stop.clone(), drained.clone());
         let source = std::thread::Builder::new()
             .name("kafka-source".into())

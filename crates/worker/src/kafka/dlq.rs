@@ -18,7 +18,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::WorkerConfig;
+use crate::config::KafkaConfig;
 use crate::envelope::Failure;
 use crate::failure::truncate;
 use crate::metrics::Metrics;
@@ -101,13 +101,17 @@ fn is_too_large(e: &KafkaError) -> bool {
 }
 
 impl DeadLetter {
-    pub fn new(cfg: &WorkerConfig, metrics: Metrics) -> anyhow::Result<DeadLetter> {
-        let producer: FutureProducer = cfg
-            .kafka
+    /// A producer to `kafka.dlq_topic`, for records of `kafka.topic`.
+    pub fn new(
+        kafka: &KafkaConfig,
+        worker_id: &str,
+        metrics: Metrics,
+    ) -> anyhow::Result<DeadLetter> {
+        let producer: FutureProducer = kafka
             .client_config_with(
                 &[
                     ("message.timeout.ms", "30000".into()),
-                    ("client.id", format!("ocrfleet-dlq-{}", cfg.worker_id)),
+                    ("client.id", format!("ocrfleet-dlq-{worker_id}")),
                 ],
                 // A dead letter must not be lost or written twice.
                 &[
@@ -118,9 +122,9 @@ impl DeadLetter {
             .create()?;
         Ok(DeadLetter {
             producer,
-            topic: cfg.kafka.dlq_topic.clone(),
-            source_topic: cfg.kafka.topic.clone(),
-            worker_id: cfg.worker_id.clone(),
+            topic: kafka.dlq_topic.clone(),
+            source_topic: kafka.topic.clone(),
+            worker_id: worker_id.to_owned(),
             metrics,
         })
     }

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::state::{Limits, SourceState};
 use super::Assignment;
-use crate::config::WorkerConfig;
+use crate::config::{KafkaConfig, WorkerConfig};
 use crate::envelope::{Done, EngineJournal, Envelope};
 use crate::failure::Component;
 use crate::health::Health;
@@ -189,9 +189,43 @@ impl ConsumerContext for SourceContext {
     }
 }
 
+/// The source's settings: the Kafka connection and its own bounds and timings, nothing else of
+/// the worker's.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub kafka: KafkaConfig,
+    /// Names the consumer's client id.
+    pub worker_id: String,
+    /// `--crash-loop-attempts` (0: the crash-loop journal is off).
+    pub crash_loop_attempts: u32,
+    pub limits: Limits,
+    /// `--exit-when-idle`.
+    pub exit_when_idle: Option<Duration>,
+    /// How long a stop waits for in-flight work before committing what is finished.
+    pub shutdown_grace: Duration,
+}
+
+impl SourceConfig {
+    pub fn from_worker(cfg: &WorkerConfig) -> SourceConfig {
+        SourceConfig {
+            kafka: cfg.kafka.clone(),
+            worker_id: cfg.worker_id.clone(),
+            crash_loop_attempts: cfg.crash_loop_attempts,
+            limits: Limits {
+                max_messages: cfg.max_messages,
+                linger: cfg.linger,
+                max_in_flight: cfg.max_in_flight,
+                max_in_flight_bytes: cfg.max_in_flight_bytes,
+            },
+            exit_when_idle: cfg.exit_when_idle,
+            shutdown_grace: cfg.shutdown_grace,
+        }
+    }
+}
+
 /// Creates the consumer and subscribes it.
 pub fn consumer(
-    cfg: &WorkerConfig,
+    cfg: &SourceConfig,
     ctx: SourceContext,
 ) -> anyhow::Result<BaseConsumer<SourceContext>> {
     // `--kafka-option` may change the timeouts and the assignment strategy, but not what
@@ -219,7 +253,7 @@ pub fn consumer(
 
 /// The source context for `cfg`.
 pub fn context(
-    cfg: &WorkerConfig,
+    cfg: &SourceConfig,
     assignment: Assignment,
     metrics: Metrics,
     health: Arc<Health>,
@@ -227,12 +261,7 @@ pub fn context(
     SourceContext {
         topic: cfg.kafka.topic.clone(),
         crash_loop_attempts: cfg.crash_loop_attempts,
-        state: Mutex::new(SourceState::new(Limits {
-            max_messages: cfg.max_messages,
-            linger: cfg.linger,
-            max_in_flight: cfg.max_in_flight,
-            max_in_flight_bytes: cfg.max_in_flight_bytes,
-        })),
+        state: Mutex::new(SourceState::new(cfg.limits)),
         assignment,
         metrics,
         health,
@@ -252,7 +281,7 @@ pub enum SourceEnd {
 /// `drained` is cancelled) or the worker is idle; then commits and leaves the group.
 pub fn run(
     consumer: BaseConsumer<SourceContext>,
-    cfg: &WorkerConfig,
+    cfg: &SourceConfig,
     chunk_tx: mpsc::Sender<Vec<Envelope>>,
     mut done_rx: mpsc::UnboundedReceiver<Done>,
     mut journal_rx: mpsc::UnboundedReceiver<EngineJournal>,
