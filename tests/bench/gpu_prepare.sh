@@ -42,9 +42,17 @@ else
   cp tests/fixtures/images/* .gpu-run/real/
 fi
 git rev-parse --short HEAD > .gpu-run/commit 2>/dev/null || echo unknown > .gpu-run/commit
-grep -qx '/.gpu-run/' .git/info/exclude 2>/dev/null || echo '/.gpu-run/' >> .git/info/exclude
-# The calls' sizes: the script and the checkout travel too (a few MB; measured as what git tracks).
-tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+# (.gpu-run/ is in .gitignore; nothing here writes inside .git, which a checkout may lack.)
+# The calls' sizes: the script and the checkout travel too (a few MB; measured as what git tracks,
+# or, outside a git checkout, every file but the ignored build, model and cache folders).
+tracked() {
+  git ls-files -z 2>/dev/null && return
+  find . \( -path ./target -o -path ./.git -o -path ./.venv -o -path ./.venv-peers -o -path ./models/v4 -o -path ./models/v6 \
+    -o -path ./models/lib -o -path ./models/.cache -o -path ./.gpu -o -path ./.gpu-run -o -path ./.eval \
+    -o -path ./.ci-cache -o -path ./.ci/tools -o -path ./.noida \) -prune \
+    -o -type f -print0
+}
+tree=$(tracked | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
 size() { du -cb "$@" 2>/dev/null | tail -1 | cut -f1; }
 fail=0
 report() { # name bytes
