@@ -3,7 +3,8 @@ node of a session on the CUDA execution provider, and no machine here has a GPU 
 
     models/.cache/py/bin/python models/check_cuda_graphs.py [MODELS_DIR]
 
-For each graph of the default set (v4det-v6rec; fused fp32 and fp16), at one of its fixed
+For each graph of the default set (v4det-v6rec; fused fp32 and fp16, and their uint8-input
+variants), at one of its fixed
 input shapes:
   1. every operator type must have a CUDA kernel (CUDA_KERNELS: the operators of these graphs
      that docs/OperatorKernels.md of ONNX Runtime lists under CUDAExecutionProvider, read
@@ -30,7 +31,7 @@ CUDA_KERNELS = {
     "HardSwish", "MatMul", "MaxPool", "Mul", "Pow", "ReduceMax", "ReduceMean", "Relu", "Reshape",
     "Resize", "Shape", "Sigmoid", "Slice", "Softmax", "Sqrt", "Squeeze", "Sub", "Transpose",
     "Unsqueeze", "FusedConv", "Gelu", "BiasGelu", "FastGelu", "LayerNormalization",
-    "SkipLayerNormalization", "FusedMatMul",
+    "SkipLayerNormalization", "FusedMatMul", "Where",
 }
 # Nodes that compute shapes: ONNX Runtime places them on the CPU.
 SHAPE_OPS = {"Shape", "Size", "NonZero", "ConstantOfShape"}
@@ -42,6 +43,13 @@ GRAPHS = [
     ("v4/det.fp16.onnx", [8, 3, 736, 960]),
     ("v4/cls.fp16.onnx", [8, 3, 48, 192]),
     ("v6/rec.fp16.argmax.onnx", [32, 3, 48, 320]),
+    # The uint8-input variants (`--u8-input`, models/make_u8.py): NHWC, 4 channels.
+    ("v4/det.fused.u8.onnx", [8, 736, 960, 4]),
+    ("v4/cls.fused.u8.onnx", [8, 48, 192, 4]),
+    ("v6/rec.fused.argmax.u8.onnx", [32, 48, 320, 4]),
+    ("v4/det.fp16.u8.onnx", [8, 736, 960, 4]),
+    ("v4/cls.fp16.u8.onnx", [8, 48, 192, 4]),
+    ("v6/rec.fp16.argmax.u8.onnx", [32, 48, 320, 4]),
 ]
 
 

@@ -10,7 +10,7 @@
 # Result:
 #   models/v4/{det,rec,cls}.onnx, rec.argmax.onnx, the *.fused*.onnx graphs the engine loads by
 #   default and the *.fp16*.onnx variants (derived: models/make_argmax.py, models/make_fused.py,
-#   models/make_fp16.py), the same in models/v6/, models/lib/libonnxruntime.so
+#   models/make_fp16.py) and their *.u8.onnx uint8-input variants (models/make_u8.py), the same in models/v6/, models/lib/libonnxruntime.so
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache="$here/.cache"
@@ -69,7 +69,8 @@ ln -sf libonnxruntime.so.1.32.0 "$here/lib/libonnxruntime.so"
 # Derived models, made here rather than downloaded: the recognisers with the CTC argmax appended
 # (models/make_argmax.py), the fused fp32 graphs (models/make_fused.py: the exporter's element-wise
 # chains folded into the convolutions; the engine's default) and the fp16 variants (models/make_fp16.py: BatchNormalization folded,
-# then fp16 with float32 inputs and outputs; `--fp16`). The graph work runs in a private venv with
+# then fp16 with float32 inputs and outputs; `--fp16`) and the uint8-input variants of the fused and
+# fp16 graphs (models/make_u8.py: the normalisation moved into the graph; `--u8-input`). The graph work runs in a private venv with
 # pinned onnx, onnxruntime and protobuf (the output is deterministic for them), and every result
 # is checked against MANIFEST.tsv like a download. Both scripts also run the models they make and
 # check the outputs against the originals.
@@ -78,6 +79,10 @@ derive() { # set
   local files=("$set/rec.argmax.onnx" "$set/det.fused.onnx" "$set/cls.fused.onnx" "$set/rec.fused.onnx"
     "$set/rec.fused.argmax.onnx" "$set/det.fp16.onnx" "$set/cls.fp16.onnx" "$set/rec.fp16.onnx"
     "$set/rec.fp16.argmax.onnx")
+  local g
+  for g in det.fused cls.fused rec.fused.argmax det.fp16 cls.fp16 rec.fp16.argmax; do
+    files+=("$set/$g.u8.onnx")
+  done
   for f in "${files[@]}"; do
     [ -f "$here/$f" ] && [ "$(sha_of "$here/$f")" = "$(expect "$f")" ] || ok=0
   done
@@ -93,9 +98,10 @@ derive() { # set
   "$py/bin/python" "$here/make_argmax.py" --only-fused "$set" >&2
   "$py/bin/python" "$here/make_fp16.py" "$set" >&2
   "$py/bin/python" "$here/make_argmax.py" --only-fp16 "$set" >&2
+  "$py/bin/python" "$here/make_u8.py" "$set" >&2
   for f in "${files[@]}"; do
     if [ "$(sha_of "$here/$f")" != "$(expect "$f")" ]; then
-      echo "fetch.sh: sha256 mismatch for $f (made by make_argmax.py / make_fused.py / make_fp16.py)" >&2
+      echo "fetch.sh: sha256 mismatch for $f (made by make_argmax.py / make_fused.py / make_fp16.py / make_u8.py)" >&2
       rm -f "$here/$f"; exit 1
     fi
   done

@@ -427,6 +427,7 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
             let tally = std::sync::Mutex::new((0usize, StageCost::default()));
             let cpu0 = process_cpu_seconds();
             let busy0 = engine.simulated_device().map(|d| d.busy_seconds());
+            let bytes0 = engine.input_bytes();
             let t = time_chunks(&mut engine, &images, b, args.repeat, lanes, |e, c| {
                 let out = e.recognize(c);
                 let mut tally = tally.lock().unwrap();
@@ -438,6 +439,7 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
             let (lines, mut cost) = tally.into_inner().unwrap();
             cost.cpu_secs = process_cpu_seconds() - cpu0;
             cost.wall_secs = t.0;
+            cost.input_bytes = engine.input_bytes() - bytes0;
             cost.device_busy = match (busy0, engine.simulated_device()) {
                 (Some(b0), Some(d)) => (d.busy_seconds() - b0) / (t.0 * engine.streams() as f64),
                 _ => t.1 / (t.0 * engine.streams() as f64),
@@ -456,15 +458,24 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
     }
 
     if !costs.is_empty() {
-        println!("\n# pipeline cost per image by stage, ms summed over threads (det, cls and rec include their share of the batch's tensor fill and model run or replay); process CPU per image and images per second per busy core from /proc/self/stat");
+        println!("\n# pipeline cost per image by stage, ms summed over threads (det, cls and rec include their share of the batch's tensor fill and model run or replay); process CPU per image and images per second per busy core from /proc/self/stat; input MB: model input per image, what a device is sent");
         println!(
-            "{:<5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>10}",
-            "batch", "det", "crop", "cls", "rec", "total", "CPU ms", "cores", "img/s/core"
+            "{:<5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>10} {:>9}",
+            "batch",
+            "det",
+            "crop",
+            "cls",
+            "rec",
+            "total",
+            "CPU ms",
+            "cores",
+            "img/s/core",
+            "input MB"
         );
         for (b, c) in &costs {
             let n = c.images.max(1) as f64;
             println!(
-                "{:<5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>7.2} {:>10.1}",
+                "{:<5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>7.2} {:>10.1} {:>9.2}",
                 b,
                 c.det / n,
                 c.crop / n,
@@ -473,7 +484,8 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
                 (c.det + c.crop + c.cls + c.rec) / n,
                 1000.0 * c.cpu_secs / n,
                 c.cpu_secs / c.wall_secs.max(1e-9),
-                n / c.cpu_secs.max(1e-9)
+                n / c.cpu_secs.max(1e-9),
+                c.input_bytes as f64 / 1e6 / n
             );
         }
     }
@@ -497,6 +509,7 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
                 "batch": b,
                 "device_busy": c.device_busy,
                 "host_cpu_ms_per_img": 1000.0 * c.cpu_secs / n,
+                "input_mb_per_img": c.input_bytes as f64 / 1e6 / n,
                 "busy_cores": c.cpu_secs / c.wall_secs.max(1e-9),
                 "p50_ms": percentile(&lat, 0.5),
                 "p99_ms": percentile(&lat, 0.99),
@@ -555,6 +568,8 @@ struct StageCost {
     wall_secs: f64,
     /// The device's busy share per stream during the row (simulated, or time inside runs).
     device_busy: f64,
+    /// Bytes of model input (what a device is sent) during the row.
+    input_bytes: u64,
     det: f64,
     crop: f64,
     cls: f64,

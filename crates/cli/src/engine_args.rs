@@ -31,6 +31,10 @@ pub struct EngineArgs {
     /// On CUDA, capture each fixed-shape session's runs as CUDA graphs.
     #[arg(long, env = "OCRFLEET_CUDA_GRAPHS")]
     pub cuda_graphs: bool,
+    /// Load the uint8-input variants of the fused or fp16 graphs made by models/make_u8.py (4
+    /// bytes a pixel to the device instead of 12; same readings).
+    #[arg(long, env = "OCRFLEET_U8_INPUT")]
+    pub u8_input: bool,
     /// ONNX Runtime intra-op threads per model (0 = all cores).
     #[arg(long, env = "OCRFLEET_THREADS", default_value = default_of("threads"))]
     pub threads: usize,
@@ -108,6 +112,7 @@ impl EngineArgs {
         cfg.streams = streams_for(self.device, self.device_streams);
         cfg.device_memory_limit = self.device_memory_limit;
         cfg.cuda_graphs = self.cuda_graphs;
+        cfg.u8_input = self.u8_input;
         if !self.rec_widths.is_empty() {
             cfg.rec.widths = self.rec_widths.clone();
         }

@@ -2,7 +2,7 @@
 //! lent one, so it could rot unseen between such sessions. Here it runs dry: every step on the
 //! CPU with two small pages and a stub `nvidia-smi` (no GPU exists on this machine), after
 //! `gpu_prepare.sh --dry-run`, which must find every device call under the 64 MiB transfer
-//! limit.
+//! limit. Its last step makes the uint8-input graphs there (models/make_u8.py) and runs them.
 
 mod common;
 
@@ -72,6 +72,8 @@ fn the_gpu_benchmark_runs_dry_and_its_calls_fit_the_transfer_limit() {
         "K=4:",
         "best K:",
         "e2e:",
+        "u8 fused fp32:",
+        "u8 --fp16:",
         "done in",
     ] {
         assert!(
@@ -81,6 +83,10 @@ fn the_gpu_benchmark_runs_dry_and_its_calls_fit_the_transfer_limit() {
     }
     assert!(!results.contains("skipped"), "{results}");
     assert!(results.contains("\"img_per_s\""), "{results}");
+    assert!(
+        results.contains("\"input_mb_per_img\"") && !results.contains("not measured"),
+        "the uint8-input graphs were made and run:\n{results}\n{log}"
+    );
     assert!(results.contains("GPU util mean 50 %"), "{results}");
     assert!(
         results.contains("indexed") || results.contains("img/s"),

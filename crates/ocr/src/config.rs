@@ -373,6 +373,12 @@ pub struct EngineConfig {
     /// which needs every node on the CUDA provider and fixed shapes (a session per shape has
     /// them). Default false: not yet run on a GPU.
     pub cuda_graphs: bool,
+    /// Load the uint8-input variants of the fused or fp16 graphs, `<graph>.u8.onnx` (made by
+    /// `models/make_u8.py`): the normalisation runs inside the graph, and each run takes 4 bytes
+    /// a pixel (B, G, R and a padding mask, NHWC) instead of 12, a third of the host-to-device
+    /// copy. The models see the same values (tests/parity.rs checks identical readings).
+    /// Default false: on CPU there is nothing to copy, and the packing costs host time.
+    pub u8_input: bool,
     /// Images with more decoded pixels than this are refused. Default 50 000 000.
     pub max_pixels: u64,
     /// Pages read of a multi-page TIFF at most; a file with more is refused whole
@@ -476,6 +482,7 @@ impl Default for EngineConfig {
             streams: 1,
             device_memory_limit: None,
             cuda_graphs: false,
+            u8_input: false,
             max_pixels: crate::decode::DEFAULT_MAX_PIXELS,
             max_pages: crate::decode::DEFAULT_MAX_PAGES,
             ort_library: None,
@@ -511,7 +518,8 @@ impl EngineConfig {
         } else {
             ""
         };
-        let file = format!("{name}{variant}{argmax}.onnx");
+        let u8 = if self.u8_input { ".u8" } else { "" };
+        let file = format!("{name}{variant}{argmax}{u8}.onnx");
         self.models_dir
             .join(self.model_set.dir_name(name))
             .join(file)
@@ -553,6 +561,13 @@ impl EngineConfig {
         }
         if self.det.small_text_px > 0.0 && self.det.small_text_limit < 32 {
             return Err("det.small_text_limit must be at least 32".into());
+        }
+        if self.u8_input && (self.graph_variant().is_empty() || !self.rec.argmax_in_model) {
+            return Err(
+                "u8_input needs the fused or fp16 graphs and the recogniser's argmax \
+                        (models/make_u8.py makes only those)"
+                    .into(),
+            );
         }
         if self.max_sessions_per_model == 0 {
             return Err("max_sessions_per_model must be at least 1".into());
@@ -741,7 +756,16 @@ mod tests {
             PathBuf::from("/m/v6/rec.fp16.argmax.onnx")
         );
         assert_eq!(c.model_path("cls"), PathBuf::from("/m/v6/cls.fp16.onnx"));
+        c.u8_input = true;
+        assert_eq!(
+            c.model_path("rec"),
+            PathBuf::from("/m/v6/rec.fp16.argmax.u8.onnx")
+        );
+        assert_eq!(c.model_path("det"), PathBuf::from("/m/v6/det.fp16.u8.onnx"));
+        assert!(c.validate().is_ok());
         c.rec.argmax_in_model = false;
+        assert!(c.validate().is_err(), "no u8 graph without the argmax");
+        c.u8_input = false;
         assert_eq!(c.model_path("rec"), PathBuf::from("/m/v6/rec.fp16.onnx"));
     }
 }

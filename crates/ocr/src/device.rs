@@ -141,6 +141,10 @@ impl ModelRunner for Recorder {
         Some(std::mem::replace(&mut self.inner, Box::new(Taken)))
     }
 
+    fn input_bytes_per_pixel(&self) -> usize {
+        self.inner.input_bytes_per_pixel()
+    }
+
     fn padded_batch(&self, n: usize, max: usize) -> usize {
         self.inner.padded_batch(n, max)
     }
@@ -321,6 +325,10 @@ impl ModelRunner for Simulated {
 
     fn sessions(&self) -> usize {
         self.ladder.sessions()
+    }
+
+    fn input_bytes_per_pixel(&self) -> usize {
+        self.ladder.input_bytes_per_pixel()
     }
 
     fn per_shape(&self) -> bool {

@@ -77,9 +77,8 @@ fn streams(
     let path = cfg.model_path(name);
     let runners = (0..cfg.streams.max(1))
         .map(|_| {
-            let r: Box<dyn ModelRunner> = Box::new(OrtRunner {
-                sessions: ModelSessions::new(cfg, env, &path)?,
-            });
+            let r: Box<dyn ModelRunner> =
+                Box::new(OrtRunner::new(ModelSessions::new(cfg, env, &path)?));
             Ok(match fault {
                 Some(state) => Box::new(FaultRunner {
                     inner: r,
@@ -410,6 +409,14 @@ impl Engine {
             cls: self.cls.as_ref().map_or(0.0, Streams::run_seconds),
             rec: self.rec.run_seconds(),
         }
+    }
+
+    /// Bytes of model input run so far, all models together (what a device is sent; see
+    /// [`Streams::input_bytes`]).
+    pub fn input_bytes(&self) -> u64 {
+        self.det.input_bytes()
+            + self.cls.as_ref().map_or(0, Streams::input_bytes)
+            + self.rec.input_bytes()
     }
 
     fn host(&self) -> Host<'_> {

@@ -86,6 +86,10 @@ impl ModelRunner for FaultRunner {
         self.inner.sessions()
     }
 
+    fn input_bytes_per_pixel(&self) -> usize {
+        self.inner.input_bytes_per_pixel()
+    }
+
     fn per_shape(&self) -> bool {
         self.inner.per_shape()
     }

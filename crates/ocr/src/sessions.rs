@@ -41,6 +41,8 @@ pub(crate) struct ModelSessions {
     /// The names of the input's symbolic dimensions (fixed per session, see
     /// [`runtime::session_fixed`]).
     symbols: Vec<String>,
+    /// The input is uint8 NHWC with a mask channel (`models/make_u8.py`), not f32 NCHW.
+    u8_input: bool,
     mode: Mode,
 }
 
@@ -64,11 +66,16 @@ impl ModelSessions {
         path: &Path,
     ) -> Result<ModelSessions, EngineError> {
         let first = runtime::session(cfg, env, path)?;
-        let symbols = match first.inputs().first().map(|o| o.dtype()) {
+        let (symbols, u8_input) = match first.inputs().first().map(|o| o.dtype()) {
             Some(ort::value::ValueType::Tensor {
-                dimension_symbols, ..
-            }) => dimension_symbols.iter().cloned().collect(),
-            _ => Vec::new(),
+                dimension_symbols,
+                ty,
+                ..
+            }) => (
+                dimension_symbols.iter().cloned().collect(),
+                *ty == ort::value::TensorElementType::Uint8,
+            ),
+            _ => (Vec::new(), false),
         };
         let mode = if cfg.per_shape_sessions() {
             Mode::PerShape {
@@ -85,6 +92,7 @@ impl ModelSessions {
             env: env.clone(),
             path: path.to_path_buf(),
             symbols,
+            u8_input,
             mode,
         })
     }
@@ -95,6 +103,11 @@ impl ModelSessions {
             Mode::Shared(_) => n,
             Mode::PerShape { .. } => batch_sizes(max).into_iter().find(|&s| s >= n).unwrap_or(n),
         }
+    }
+
+    /// True when the model takes uint8 NHWC input with a mask channel (`models/make_u8.py`).
+    pub(crate) fn u8_input(&self) -> bool {
+        self.u8_input
     }
 
     /// True when each input shape has its own session (and so is worth warming up).

@@ -269,6 +269,30 @@ fn fused_graphs_read_like_the_downloaded_ones() {
     }
 }
 
+/// The uint8-input graphs (`models/make_u8.py`, `--u8-input`) take 4 bytes a pixel (B, G, R, a
+/// padding mask) and compute the normalisation themselves: every fixture must read exactly as
+/// with the f32 tensors, on the CPU's shared sessions and on the CUDA path's shapes (detector
+/// canvases with background padding, the 11 width buckets, a session per shape with its
+/// dimensions fixed). (models/make_u8.py checks each fp16 and fused graph against its original;
+/// the fused ones stand for both here, the fp16 graphs being slow on a CPU.)
+#[test]
+fn u8_input_reads_like_f32() {
+    assert_same_reading("u8, fused", |c| c.u8_input = true, |_| {}, 1e-6);
+    let cuda_shapes = |c: &mut EngineConfig| {
+        *c = c.clone().like_cuda();
+        c.session_per_shape = Some(true);
+    };
+    assert_same_reading(
+        "u8 at the CUDA path's shapes",
+        |c| {
+            cuda_shapes(c);
+            c.u8_input = true;
+        },
+        cuda_shapes,
+        1e-6,
+    );
+}
+
 /// The fp16 models (models/make_fp16.py, installed by models/fetch.sh) read the fixtures like
 /// fp32: the same lines in the same places, and the same characters on all but at most two
 /// lines. Measured: 85 of 86 lines have the same characters ('天' read as '大' twice in one
