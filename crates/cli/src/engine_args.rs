@@ -35,6 +35,9 @@ pub struct EngineArgs {
     /// bytes a pixel to the device instead of 12; same readings).
     #[arg(long, env = "OCRFLEET_U8_INPUT")]
     pub u8_input: bool,
+    /// On CUDA, run each fixed-shape session through an IoBinding with pinned host buffers.
+    #[arg(long, env = "OCRFLEET_IO_BINDING")]
+    pub io_binding: bool,
     /// ONNX Runtime intra-op threads per model (0 = all cores).
     #[arg(long, env = "OCRFLEET_THREADS", default_value = default_of("threads"))]
     pub threads: usize,
@@ -113,6 +116,7 @@ impl EngineArgs {
         cfg.device_memory_limit = self.device_memory_limit;
         cfg.cuda_graphs = self.cuda_graphs;
         cfg.u8_input = self.u8_input;
+        cfg.io_binding = self.io_binding;
         if !self.rec_widths.is_empty() {
             cfg.rec.widths = self.rec_widths.clone();
         }

@@ -379,6 +379,11 @@ pub struct EngineConfig {
     /// copy. The models see the same values (tests/parity.rs checks identical readings).
     /// Default false: on CPU there is nothing to copy, and the packing costs host time.
     pub u8_input: bool,
+    /// Run each fixed-shape session through an IoBinding (`crate::binding`): the batch is
+    /// copied into a buffer of CUDA-pinned host memory made once per session, and the outputs
+    /// come back into pinned memory. Only with a session per shape (CUDA, or
+    /// `session_per_shape`). Default false: not yet run on a GPU.
+    pub io_binding: bool,
     /// Images with more decoded pixels than this are refused. Default 50 000 000.
     pub max_pixels: u64,
     /// Pages read of a multi-page TIFF at most; a file with more is refused whole
@@ -483,6 +488,7 @@ impl Default for EngineConfig {
             device_memory_limit: None,
             cuda_graphs: false,
             u8_input: false,
+            io_binding: false,
             max_pixels: crate::decode::DEFAULT_MAX_PIXELS,
             max_pages: crate::decode::DEFAULT_MAX_PAGES,
             ort_library: None,
@@ -567,6 +573,11 @@ impl EngineConfig {
                 "u8_input needs the fused or fp16 graphs and the recogniser's argmax \
                         (models/make_u8.py makes only those)"
                     .into(),
+            );
+        }
+        if self.io_binding && !self.per_shape_sessions() {
+            return Err(
+                "io_binding needs a session per input shape (CUDA, or session_per_shape)".into(),
             );
         }
         if self.max_sessions_per_model == 0 {
@@ -767,5 +778,12 @@ mod tests {
         assert!(c.validate().is_err(), "no u8 graph without the argmax");
         c.u8_input = false;
         assert_eq!(c.model_path("rec"), PathBuf::from("/m/v6/rec.fp16.onnx"));
+        c.io_binding = true;
+        assert!(
+            c.validate().is_err(),
+            "no io binding on the CPU's shared sessions"
+        );
+        c.session_per_shape = Some(true);
+        assert!(c.validate().is_ok());
     }
 }

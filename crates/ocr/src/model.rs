@@ -273,6 +273,14 @@ pub(crate) fn run_session(
         }
     }
     .map_err(|e| e.to_string())?;
+    copy_out(&outputs, n)
+}
+
+/// A run's outputs copied out of ONNX Runtime (see [`RunOutput`]), checked to have `n` items.
+pub(crate) fn copy_out(
+    outputs: &ort::session::SessionOutputs<'_>,
+    n: usize,
+) -> Result<RunOutput, String> {
     let (main, indices) = match (outputs.get("scores"), outputs.get("indices")) {
         (Some(scores), Some(indices)) => (
             scores
@@ -385,8 +393,17 @@ impl ModelRunner for OrtRunner {
         if u8_input {
             pack_u8(b.tensor, b.run_n, b.chw, &mut self.packed);
         }
-        let session = self.sessions.get(&shape).map_err(RunError::from_message)?;
         let packed = u8_input.then_some(&self.packed[..]);
+        if self.sessions.binds() {
+            let (session, bound) = self
+                .sessions
+                .get_bound(&shape)
+                .map_err(RunError::from_message)?;
+            return bound
+                .run(session, b.tensor, packed, b.run_n)
+                .map_err(RunError::from_message);
+        }
+        let session = self.sessions.get(&shape).map_err(RunError::from_message)?;
         run_session(session, b.tensor, b.run_n, b.chw, packed).map_err(RunError::from_message)
     }
 

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use ort::environment::Environment;
 use ort::session::Session;
 
+use crate::binding::Bound;
 use crate::config::EngineConfig;
 use crate::error::EngineError;
 use crate::runtime;
@@ -49,8 +50,8 @@ pub(crate) struct ModelSessions {
 enum Mode {
     Shared(Session),
     PerShape {
-        /// (input shape, session, last use), at most `cap` entries.
-        sessions: Vec<(Vec<usize>, Session, u64)>,
+        /// (input shape, session, last use, its IoBinding once made), at most `cap` entries.
+        sessions: Vec<(Vec<usize>, Session, u64, Option<Bound>)>,
         /// The session made at start (to fail early and read metadata), not yet pinned.
         spare: Option<Session>,
         cap: usize,
@@ -121,7 +122,7 @@ impl ModelSessions {
             Mode::Shared(s) => Some(s),
             Mode::PerShape {
                 sessions, spare, ..
-            } => spare.as_ref().or(sessions.first().map(|(_, s, _)| s)),
+            } => spare.as_ref().or(sessions.first().map(|(_, s, _, _)| s)),
         }
     }
 
@@ -135,10 +136,41 @@ impl ModelSessions {
         }
     }
 
+    /// True when runs go through an IoBinding (`--io-binding`, fixed-shape sessions only).
+    pub(crate) fn binds(&self) -> bool {
+        self.cfg.io_binding && self.per_shape()
+    }
+
     /// The session for an input of `shape`, made on first use.
     pub(crate) fn get(&mut self, shape: &[usize]) -> Result<&mut Session, String> {
+        self.entry(shape).map(|(s, _)| s)
+    }
+
+    /// The session for an input of `shape` and its IoBinding, both made on first use (see
+    /// [`ModelSessions::binds`]; a shared session has none).
+    pub(crate) fn get_bound(
+        &mut self,
+        shape: &[usize],
+    ) -> Result<(&mut Session, &mut Bound), String> {
+        let (device, u8_input) = (self.cfg.device, self.u8_input);
+        match self.entry(shape)? {
+            (session, Some(bound)) => {
+                if bound.is_none() {
+                    *bound = Some(Bound::new(session, device, shape, u8_input)?);
+                }
+                Ok((session, bound.as_mut().expect("made above")))
+            }
+            (_, None) => Err("io binding needs a session per input shape".into()),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn entry(
+        &mut self,
+        shape: &[usize],
+    ) -> Result<(&mut Session, Option<&mut Option<Bound>>), String> {
         match &mut self.mode {
-            Mode::Shared(s) => Ok(s),
+            Mode::Shared(s) => Ok((s, None)),
             Mode::PerShape {
                 sessions,
                 spare,
@@ -147,7 +179,7 @@ impl ModelSessions {
             } => {
                 *clock += 1;
                 let now = *clock;
-                let idx = match sessions.iter().position(|(s, _, _)| s == shape) {
+                let idx = match sessions.iter().position(|(s, _, _, _)| s == shape) {
                     Some(i) => i,
                     None => {
                         // Each session is made for its one shape, its dimensions fixed (the
@@ -165,19 +197,19 @@ impl ModelSessions {
                             let oldest = sessions
                                 .iter()
                                 .enumerate()
-                                .min_by_key(|(_, (_, _, used))| *used)
+                                .min_by_key(|(_, (_, _, used, _))| *used)
                                 .map(|(i, _)| i)
                                 .expect("cap ≥ 1, so not empty");
                             sessions.swap_remove(oldest);
                         }
                         tracing::debug!(model = %self.path.display(), ?shape, alive = sessions.len() + 1, "new session for input shape");
-                        sessions.push((shape.to_vec(), session, now));
+                        sessions.push((shape.to_vec(), session, now, None));
                         sessions.len() - 1
                     }
                 };
                 let entry = &mut sessions[idx];
                 entry.2 = now;
-                Ok(&mut entry.1)
+                Ok((&mut entry.1, Some(&mut entry.3)))
             }
         }
     }

@@ -273,8 +273,9 @@ fn fused_graphs_read_like_the_downloaded_ones() {
 /// padding mask) and compute the normalisation themselves: every fixture must read exactly as
 /// with the f32 tensors, on the CPU's shared sessions and on the CUDA path's shapes (detector
 /// canvases with background padding, the 11 width buckets, a session per shape with its
-/// dimensions fixed). (models/make_u8.py checks each fp16 and fused graph against its original;
-/// the fused ones stand for both here, the fp16 graphs being slow on a CPU.)
+/// dimensions fixed), the latter through IoBinding as well (`--io-binding`; the f32 binding has
+/// its own test below). (models/make_u8.py checks each fp16 and fused graph against its
+/// original; the fused ones stand for both here, the fp16 graphs being slow on a CPU.)
 #[test]
 fn u8_input_reads_like_f32() {
     assert_same_reading("u8, fused", |c| c.u8_input = true, |_| {}, 1e-6);
@@ -283,10 +284,31 @@ fn u8_input_reads_like_f32() {
         c.session_per_shape = Some(true);
     };
     assert_same_reading(
-        "u8 at the CUDA path's shapes",
+        "u8 with io binding at the CUDA path's shapes",
         |c| {
             cuda_shapes(c);
             c.u8_input = true;
+            c.io_binding = true;
+        },
+        cuda_shapes,
+        1e-6,
+    );
+}
+
+/// IoBinding (`--io-binding`: each fixed-shape session's input copied into a buffer made once,
+/// outputs bound to host memory; pinned memory on CUDA, the CPU allocator's here) reads every
+/// fixture exactly as a plain run of the same sessions.
+#[test]
+fn io_binding_reads_like_a_plain_run() {
+    let cuda_shapes = |c: &mut EngineConfig| {
+        *c = c.clone().like_cuda();
+        c.session_per_shape = Some(true);
+    };
+    assert_same_reading(
+        "io binding",
+        |c| {
+            cuda_shapes(c);
+            c.io_binding = true;
         },
         cuda_shapes,
         1e-6,

@@ -325,6 +325,8 @@ settings! {
         cuda_graphs: bool, "cuda-graphs", "OCRFLEET_CUDA_GRAPHS", "false";
         /// Load the uint8-input variants of the fused or fp16 graphs (models/make_u8.py): the normalisation runs in the graph and each run sends 4 bytes a pixel instead of 12 (a third of the host-to-device copy); same readings. For CUDA; not yet measured on a GPU.
         u8_input: bool, "u8-input", "OCRFLEET_U8_INPUT", "false";
+        /// On CUDA, run each fixed-shape session through an IoBinding: the batch goes through a pinned host buffer made once per session, and the outputs come back into pinned memory. Not yet run on a GPU.
+        io_binding: bool, "io-binding", "OCRFLEET_IO_BINDING", "false";
         /// Model set: v4det-v6rec (PP-OCRv4 detector, PP-OCRv6 recogniser: best on real documents), v4 or v6.
         models: ModelSet, "models", "OCRFLEET_MODELS", "v4det-v6rec";
         /// Load the fp16 model variants (installed by models/fetch.sh; made by models/make_fp16.py): for CUDA, where they were 5-15 % faster.
@@ -601,6 +603,7 @@ impl WorkerConfig {
         engine.device_memory_limit = a.device_memory_limit.map(|b| b.as_u64());
         engine.cuda_graphs = a.cuda_graphs;
         engine.u8_input = a.u8_input;
+        engine.io_binding = a.io_binding;
         engine.streams = streams_for(engine.device, a.device_streams);
         Ok(WorkerConfig {
             kafka: KafkaConfig {
@@ -745,6 +748,7 @@ mod tests {
         assert_eq!(c.engine.fp16, e.fp16);
         assert_eq!(c.engine.cuda_graphs, e.cuda_graphs);
         assert_eq!(c.engine.u8_input, e.u8_input);
+        assert_eq!(c.engine.io_binding, e.io_binding);
         assert_eq!(c.engine.device, e.device);
         assert_eq!(c.engine.models_dir, e.models_dir);
         assert_eq!(c.engine.intra_threads, e.intra_threads);
