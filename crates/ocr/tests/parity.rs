@@ -212,19 +212,36 @@ fn assert_same_reading(
     b: impl Fn(&mut EngineConfig),
     score_tolerance: f32,
 ) {
+    let (first, second) = (read_variant(&a), read_variant(&b));
+    assert_readings_match(what, &first, &second, score_tolerance);
+}
+
+/// Every fixture, by name, read by an engine with `variant` applied to the default
+/// configuration.
+fn read_variant(variant: &dyn Fn(&mut EngineConfig)) -> Vec<(String, ImageText)> {
     let images: Vec<(String, Vec<u8>)> = fixture_images();
     let refs: Vec<&[u8]> = images.iter().map(|(_, b)| b.as_slice()).collect();
-    let run = |variant: &dyn Fn(&mut EngineConfig)| {
-        let mut cfg = EngineConfig::with_models_dir(repo_root().join("models"));
-        cfg.intra_threads = 2;
-        variant(&mut cfg);
-        let e = Engine::new(cfg).expect("engine starts (run models/fetch.sh first)");
-        e.recognize_bytes(&refs)
-    };
-    let (first, second) = (run(&a), run(&b));
+    let mut cfg = EngineConfig::with_models_dir(repo_root().join("models"));
+    cfg.intra_threads = 2;
+    variant(&mut cfg);
+    let e = Engine::new(cfg).expect("engine starts (run models/fetch.sh first)");
+    images
+        .iter()
+        .zip(e.recognize_bytes(&refs))
+        .map(|((name, _), r)| (name.clone(), r.unwrap_or_else(|e| panic!("{name}: {e}"))))
+        .collect()
+}
+
+/// Asserts two readings of the fixtures have the same lines, boxes and text, scores within
+/// `score_tolerance`.
+fn assert_readings_match(
+    what: &str,
+    first: &[(String, ImageText)],
+    second: &[(String, ImageText)],
+    score_tolerance: f32,
+) {
     let mut lines = 0;
-    for (((name, _), ra), rb) in images.iter().zip(first).zip(second) {
-        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    for ((name, ra), (_, rb)) in first.iter().zip(second) {
         assert_eq!(ra.lines.len(), rb.lines.len(), "{what}: {name}: line count");
         for (la, lb) in ra.lines.iter().zip(&rb.lines) {
             assert_eq!(la.text, lb.text, "{what}: {name}");
@@ -270,47 +287,36 @@ fn fused_graphs_read_like_the_downloaded_ones() {
 }
 
 /// The uint8-input graphs (`models/make_u8.py`, `--u8-input`) take 4 bytes a pixel (B, G, R, a
-/// padding mask) and compute the normalisation themselves: every fixture must read exactly as
-/// with the f32 tensors, on the CPU's shared sessions and on the CUDA path's shapes (detector
-/// canvases with background padding, the 11 width buckets, a session per shape with its
-/// dimensions fixed), the latter through IoBinding as well (`--io-binding`; the f32 binding has
-/// its own test below). (models/make_u8.py checks each fp16 and fused graph against its
-/// original; the fused ones stand for both here, the fp16 graphs being slow on a CPU.)
+/// padding mask) and compute the normalisation themselves, and IoBinding (`--io-binding`: each
+/// fixed-shape session's input copied into a buffer made once, outputs bound to host memory;
+/// pinned memory on CUDA, the CPU allocator's here) only changes where the tensors live: every
+/// fixture must read exactly as with plain f32 runs, on the CPU's shared sessions (u8) and on
+/// the CUDA path's shapes (detector canvases with background padding, the 11 width buckets, a
+/// session per shape with its dimensions fixed: f32 through IoBinding, u8 through IoBinding).
+/// (models/make_u8.py checks each fp16 and fused graph against its original; the fused ones
+/// stand for both here, the fp16 graphs being slow on a CPU.)
 #[test]
-fn u8_input_reads_like_f32() {
+fn u8_input_and_io_binding_read_like_plain_f32_runs() {
     assert_same_reading("u8, fused", |c| c.u8_input = true, |_| {}, 1e-6);
     let cuda_shapes = |c: &mut EngineConfig| {
         *c = c.clone().like_cuda();
         c.session_per_shape = Some(true);
     };
-    assert_same_reading(
+    let plain = read_variant(&cuda_shapes);
+    let bound = read_variant(&|c: &mut EngineConfig| {
+        cuda_shapes(c);
+        c.io_binding = true;
+    });
+    assert_readings_match("io binding at the CUDA path's shapes", &bound, &plain, 1e-6);
+    let bound_u8 = read_variant(&|c: &mut EngineConfig| {
+        cuda_shapes(c);
+        c.io_binding = true;
+        c.u8_input = true;
+    });
+    assert_readings_match(
         "u8 with io binding at the CUDA path's shapes",
-        |c| {
-            cuda_shapes(c);
-            c.u8_input = true;
-            c.io_binding = true;
-        },
-        cuda_shapes,
-        1e-6,
-    );
-}
-
-/// IoBinding (`--io-binding`: each fixed-shape session's input copied into a buffer made once,
-/// outputs bound to host memory; pinned memory on CUDA, the CPU allocator's here) reads every
-/// fixture exactly as a plain run of the same sessions.
-#[test]
-fn io_binding_reads_like_a_plain_run() {
-    let cuda_shapes = |c: &mut EngineConfig| {
-        *c = c.clone().like_cuda();
-        c.session_per_shape = Some(true);
-    };
-    assert_same_reading(
-        "io binding",
-        |c| {
-            cuda_shapes(c);
-            c.io_binding = true;
-        },
-        cuda_shapes,
+        &bound_u8,
+        &plain,
         1e-6,
     );
 }
