@@ -92,19 +92,11 @@ pub fn run(cmd: ReplayCmd) -> anyhow::Result<ExitCode> {
         },
         dry_run: cmd.dry_run,
         timeout: cmd.timeout,
-        key: match (&cmd.replay_key, &cmd.replay_key_file) {
-            (Some(k), _) => Some(k.clone().into_bytes()),
-            (None, Some(f)) => Some(
-                std::fs::read_to_string(f)
-                    .map_err(|e| {
-                        anyhow::anyhow!("cannot read --replay-key-file {}: {e}", f.display())
-                    })?
-                    .trim_end_matches(['\n', '\r'])
-                    .as_bytes()
-                    .to_vec(),
-            ),
-            (None, None) => None,
-        },
+        key: ocrfleet_worker::config::replay_key(
+            cmd.replay_key.clone().map(Into::into),
+            cmd.replay_key_file.clone(),
+        )?
+        .map(|k| k.expose().as_bytes().to_vec()),
         group: cmd.group.clone(),
     };
     if opts.key.is_none() && !opts.dry_run {

@@ -275,6 +275,8 @@ settings! {
         max_in_flight: usize, "max-in-flight", "OCRFLEET_MAX_IN_FLIGHT", "0";
         /// Bytes of the messages (keys, values, headers) taken from Kafka and not yet indexed or dead-lettered, at most. At the bound the source pauses its partitions, so read-ahead memory is bounded whatever the messages' size.
         max_in_flight_bytes: ByteSize, "max-in-flight-bytes", "OCRFLEET_MAX_IN_FLIGHT_BYTES", "64MiB";
+        /// Headers a message may carry at most; a record with more is dead-lettered (parse/too_many_headers) with its first this-many headers, and only those are ever copied out of librdkafka.
+        max_headers: usize, "max-headers", "OCRFLEET_MAX_HEADERS", "100";
         /// How long start-up waits for Kafka to answer the topic check before it fails.
         startup_timeout: HumanDuration, "startup-timeout", "OCRFLEET_STARTUP_TIMEOUT", "30s";
     }
@@ -305,6 +307,12 @@ settings! {
         fetch_allow: List<IpNet>, "fetch-allow", "OCRFLEET_FETCH_ALLOW", "";
         /// NAT64 prefixes of the cluster's DNS64 besides the well-known 64:ff9b::/96 (a network-specific prefix, RFC 6052: /32, /40, /48, /56, /64 or /96); addresses under them are judged by the IPv4 address they embed; comma-separated.
         fetch_nat64_prefix: List<ipnet::Ipv6Net>, "fetch-nat64-prefix", "OCRFLEET_FETCH_NAT64_PREFIX", "";
+        /// The longest a record is held for an image host that does not answer (its breaker is open: held records take no download slot, and one at a time probes the host with growing waits). After it the record is dead-lettered (fetch/host_unreachable), replayable once the host answers. Time while the --fetch-probe-url outage is open does not count. Keep it under --liveness-timeout.
+        host_hold: HumanDuration, "host-hold", "OCRFLEET_HOST_HOLD", "5m";
+        /// An egress outage (an infrastructure fault: intake pauses, /readyz 503) is recognised when connections to at least this many distinct hosts (scheme, host, port) failed within a minute and no download reached any host since; one host never makes an outage, however much of the traffic it carries. 0: only --fetch-probe-url decides.
+        egress_outage_hosts: usize, "egress-outage-hosts", "OCRFLEET_EGRESS_OUTAGE_HOSTS", "4";
+        /// A URL that answers whenever the pod's way out to the image hosts works (e.g. the object store that serves every image): fetched every 10 s; while it fails the egress outage is open, nothing is dead-lettered however long it lasts (held records' hold time stops), and /healthz fails after --liveness-timeout so that the pod is restarted. It goes through the SSRF guard like any image URL.
+        fetch_probe_url: String, "fetch-probe-url", "OCRFLEET_FETCH_PROBE_URL", "";
         /// PEM file of extra CA certificates to trust for image hosts (a private CA, or a TLS-inspecting corporate proxy's), besides the built-in Mozilla roots.
         fetch_ca_cert: PathBuf, "fetch-ca-cert", "OCRFLEET_FETCH_CA_CERT", "";
     }
@@ -401,6 +409,8 @@ pub struct WorkerConfig {
     pub linger: Duration,
     pub max_in_flight: usize,
     pub max_in_flight_bytes: u64,
+    /// `--max-headers`.
+    pub max_headers: usize,
     pub startup_timeout: Duration,
     pub engine_fault_timeout: Duration,
     /// `None`: derived from the warm-up (see `--engine-timeout`).
@@ -518,6 +528,10 @@ pub struct FetchConfig {
     pub nat64: Vec<ipnet::Ipv6Net>,
     /// Extra trusted CA certificates (PEM) for image hosts.
     pub ca_cert: Option<PathBuf>,
+    /// `--host-hold` and `--egress-outage-hosts`.
+    pub hosts: crate::fetch::hosts::HostRules,
+    /// `--fetch-probe-url`.
+    pub probe_url: Option<String>,
 }
 
 impl Default for FetchConfig {
@@ -546,6 +560,17 @@ fn secret(
         }
         None => Ok(None),
     }
+}
+
+/// `--replay-key` (or its file): an empty key is refused, since anyone could sign with it.
+pub fn replay_key(value: Option<Secret>, file: Option<PathBuf>) -> anyhow::Result<Option<Secret>> {
+    let key = secret(value, file, "replay key")?;
+    if key.as_ref().is_some_and(|k| k.expose().is_empty()) {
+        anyhow::bail!(
+            "the replay key is empty (--replay-key or --replay-key-file): an empty key signs nothing anyone could not sign; give a long random key, or none"
+        );
+    }
+    Ok(key)
 }
 
 impl WorkerConfig {
@@ -580,10 +605,21 @@ impl WorkerConfig {
                 .map(|l| l.0)
                 .unwrap_or_default(),
             ca_cert: a.fetch_ca_cert.clone(),
+            hosts: crate::fetch::hosts::HostRules {
+                hold: a.host_hold.0,
+                outage_hosts: a.egress_outage_hosts,
+            },
+            probe_url: a.fetch_probe_url.clone().filter(|u| !u.is_empty()),
         }
     }
 
     fn resolve(a: Settings) -> anyhow::Result<WorkerConfig> {
+        anyhow::ensure!(
+            a.host_hold.0 < a.liveness_timeout.0,
+            "--host-hold ({}) must be shorter than --liveness-timeout ({}): records held for a dead image host are part of the pending work that /healthz watches",
+            humantime::format_duration(a.host_hold.0),
+            humantime::format_duration(a.liveness_timeout.0)
+        );
         let topic = a.topic.clone();
         let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
         let mut engine = EngineConfig {
@@ -663,16 +699,13 @@ impl WorkerConfig {
                 n => n,
             },
             max_in_flight_bytes: a.max_in_flight_bytes.as_u64().max(1),
+            max_headers: a.max_headers,
             startup_timeout: a.startup_timeout.0,
             engine_fault_timeout: a.engine_fault_timeout.0,
             engine_timeout: a.engine_timeout.map(|d| d.0),
             crash_loop_attempts: a.crash_loop_attempts,
             liveness_timeout: a.liveness_timeout.0,
-            replay_key: secret(
-                a.replay_key.clone(),
-                a.replay_key_file.clone(),
-                "replay key",
-            )?,
+            replay_key: replay_key(a.replay_key.clone(), a.replay_key_file.clone())?,
             test_prepare_panic: None,
             memory_budget: a.memory_budget.as_u64(),
             ocr_batch: a.ocr_batch.max(1),

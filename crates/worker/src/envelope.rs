@@ -18,6 +18,9 @@ pub struct Envelope {
     /// Header keys as bytes: Kafka does not promise UTF-8 (a non-UTF-8 key is a bad record,
     /// not a reason to crash).
     pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Headers the record has on the wire; more than `headers.len()` when the list was cut at
+    /// `--max-headers` (such a record is a dead letter, `parse/too_many_headers`).
+    pub headers_total: usize,
     /// Record timestamp in ms since the epoch (create or log-append time), if any. It is the
     /// document's external version: an older record cannot overwrite a newer one's document.
     pub timestamp_ms: Option<i64>,
@@ -25,15 +28,30 @@ pub struct Envelope {
     pub care: Care,
 }
 
+/// What one header costs in memory besides its bytes: its slot in the list (two vectors) and
+/// the allocator's rounding and bookkeeping of its key and value (about 16 bytes each on
+/// glibc). An empty header is not free: 50 000 of them on a record held 2.4 MB of list.
+pub const HEADER_OVERHEAD: usize = std::mem::size_of::<(Vec<u8>, Option<Vec<u8>>)>() + 32;
+/// What a message costs besides its key, value and headers (the envelope itself, allocator
+/// bookkeeping of the key and value).
+pub const MESSAGE_OVERHEAD: usize = std::mem::size_of::<Envelope>() + 32;
+
 impl Envelope {
-    /// Bytes the message holds: key, value and headers.
+    /// Bytes the message holds in memory: key, value, headers, and the overhead of each
+    /// ([`HEADER_OVERHEAD`], [`MESSAGE_OVERHEAD`]), so that a record of many tiny headers counts
+    /// what it really costs towards `--max-in-flight-bytes`.
     pub fn size(&self) -> u64 {
         let h: usize = self
             .headers
             .iter()
-            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .map(|(k, v)| HEADER_OVERHEAD + k.capacity() + v.as_ref().map_or(0, Vec::capacity))
             .sum();
-        (self.key.as_ref().map_or(0, Vec::len) + self.value.as_ref().map_or(0, Vec::len) + h) as u64
+        (MESSAGE_OVERHEAD
+            + self.key.as_ref().map_or(0, Vec::capacity)
+            + self.value.as_ref().map_or(0, Vec::capacity)
+            + self.headers.capacity().saturating_sub(self.headers.len())
+                * std::mem::size_of::<(Vec<u8>, Option<Vec<u8>>)>()
+            + h) as u64
     }
 
     /// The (partition, offset, generation) that identifies this message's completion.

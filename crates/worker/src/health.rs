@@ -101,7 +101,12 @@ impl Health {
     ) {
         let reason = truncate(&reason.to_string(), 500);
         self.count.with_label_values(&[component.as_str()]).inc();
-        self.progress();
+        // A fault being reported is progress of a kind (the worker is not stuck, it waits for
+        // something outside it), except an egress outage: a fresh process, maybe on another
+        // node, may well get out where this one cannot, so it must not keep /healthz green.
+        if component != Component::ImageHosts {
+            self.progress();
+        }
         let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         match faults.get_mut(&(component, source)) {
@@ -296,6 +301,11 @@ mod tests {
         assert_eq!(h.stuck(), None, "a message finished");
         std::thread::sleep(Duration::from_millis(80));
         assert!(h.stuck().is_some());
+        h.fault(Component::ImageHosts, "egress", "no host answers");
+        assert!(
+            h.stuck().is_some(),
+            "an egress outage is no excuse: a restart may help"
+        );
         h.fault(Component::Elasticsearch, "bulk", "HTTP 503");
         assert_eq!(h.stuck(), None, "a fault being reported is not silence");
         std::thread::sleep(Duration::from_millis(80));

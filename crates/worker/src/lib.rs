@@ -243,18 +243,24 @@ impl Pipeline {
         let Started { engine, es } = started;
         let dlq = kafka::dlq::DeadLetter::new(&cfg.kafka, &cfg.worker_id, metrics.clone())?;
         let budget = budget::Budget::new(cfg.memory_budget);
+        let assignment = kafka::Assignment::default();
+        let hosts = fetch::hosts::Hosts::new(cfg.fetch.hosts, health.clone())
+            .with_gauges(metrics.hosts_open.clone(), metrics.records_held.clone());
+        let fetcher = fetch::Fetcher::new(cfg.fetch.clone())?;
         let prep = stages::prepare::Prepare {
-            fetcher: fetch::Fetcher::new(cfg.fetch.clone())?,
-            outages: fetch::outage::Outages::new(health.clone()),
+            fetcher: fetcher.clone(),
+            hosts: hosts.clone(),
+            slots: Arc::new(tokio::sync::Semaphore::new(cfg.fetch.concurrency.max(1))),
             budget: budget.clone(),
             max_pixels: cfg.engine.max_pixels,
             max_pages: cfg.engine.max_pages,
-            concurrency: cfg.fetch.concurrency,
+            max_headers: cfg.max_headers,
+            attempts: cfg.fetch.attempts,
+            assignment: Some(assignment.clone()),
             metrics: metrics.clone(),
             test_panic: cfg.test_prepare_panic.clone(),
         };
         let (journal_tx, journal_rx) = mpsc::unbounded_channel();
-        let assignment = kafka::Assignment::default();
         let ocr_settings = stages::ocr::OcrSettings {
             batch: cfg.ocr_batch,
             fault_timeout: cfg.engine_fault_timeout,
@@ -354,6 +360,11 @@ impl Pipeline {
         for side in [
             tokio::spawn(stages::watch::busy_meter(engine, metrics.clone())),
             tokio::spawn(stages::watch::es_probe(es, health.clone())),
+            tokio::spawn(stages::watch::egress_probe(
+                fetcher,
+                cfg.fetch.probe_url.clone(),
+                hosts,
+            )),
             tokio::spawn(stages::watch::queue_meter(queues, metrics.clone())),
             tokio::spawn(stages::watch::budget_watch(
                 budget,

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub budget_used: IntGauge,
     pub budget_waiting: IntGauge,
     pub end_to_end: Histogram,
+    pub hosts_open: IntGauge,
+    pub records_held: IntGauge,
 }
 
 impl Metrics {
@@ -108,6 +110,8 @@ impl Metrics {
                     .buckets(exponential_buckets(0.05, 2.0, 18).unwrap()),
             )
             .unwrap(),
+            hosts_open: IntGauge::new("ocrfleet_fetch_hosts_open", "Image hosts whose breaker is open now: they did not answer, and their records are held without download slots").unwrap(),
+            records_held: IntGauge::new("ocrfleet_fetch_records_held", "Records held now for an image host that does not answer (each for at most --host-hold)").unwrap(),
             registry,
         };
         for c in [
@@ -138,6 +142,8 @@ impl Metrics {
             Box::new(m.budget_used.clone()),
             Box::new(m.budget_waiting.clone()),
             Box::new(m.end_to_end.clone()),
+            Box::new(m.hosts_open.clone()),
+            Box::new(m.records_held.clone()),
         ] {
             m.registry.register(c).expect("unique metric names");
         }

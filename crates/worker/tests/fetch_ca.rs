@@ -58,6 +58,8 @@ fn fetcher(ca_cert: Option<std::path::PathBuf>) -> anyhow::Result<Fetcher> {
         allow: vec!["127.0.0.2/32".parse().unwrap()],
         nat64: Vec::new(),
         ca_cert,
+        hosts: Default::default(),
+        probe_url: None,
     })
 }
 

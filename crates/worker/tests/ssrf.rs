@@ -54,6 +54,8 @@ fn build_fetcher() -> Fetcher {
         allow: vec!["127.0.0.2/32".parse().unwrap()],
         nat64: Vec::new(),
         ca_cert: None,
+        hosts: Default::default(),
+        probe_url: None,
     })
     .unwrap()
 }

@@ -25,7 +25,7 @@
 //! error texts leave the URL out: the caller knows which URL failed.
 
 pub mod guard;
-pub mod outage;
+pub mod hosts;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -54,8 +54,12 @@ pub enum FetchError {
     Redirects(String),
     #[error("body larger than {limit} bytes")]
     TooLarge { limit: u64 },
+    /// No answer (no response headers) within the time-out.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// The host answered, then its body did not arrive within the time-out (a trickle).
+    #[error("timed out reading the body: {0}")]
+    BodyTimeout(String),
     #[error("connection failed: {0}")]
     Connect(String),
     #[error("transfer failed: {0}")]
@@ -68,7 +72,10 @@ impl FetchError {
         match self {
             FetchError::Status(s) => *s == 429 || *s >= 500,
             FetchError::Throttled { .. } => true,
-            FetchError::Timeout(_) | FetchError::Connect(_) | FetchError::Transfer(_) => true,
+            FetchError::Timeout(_)
+            | FetchError::BodyTimeout(_)
+            | FetchError::Connect(_)
+            | FetchError::Transfer(_) => true,
             FetchError::BadUrl(_)
             | FetchError::Refused(_)
             | FetchError::TooLarge { .. }
@@ -76,11 +83,24 @@ impl FetchError {
         }
     }
 
-    /// Whether the host could not be reached at all (connect, DNS, TLS, time-out), as opposed
-    /// to a host that answered (a status, a body too large, a transfer broken after the
-    /// headers) or a request refused before it was sent. See [`outage`].
-    pub fn unreachable(&self) -> bool {
+    /// Whether the host did not answer at all (connect, DNS, TLS, or no headers within the
+    /// time-out): the record may be held on its host's breaker (see [`hosts`]).
+    pub fn no_answer(&self) -> bool {
         matches!(self, FetchError::Connect(_) | FetchError::Timeout(_))
+    }
+
+    /// Whether the host answered (a status, a body too large or broken or too slow, a
+    /// redirect): the host is up, whatever the record's fate.
+    pub fn answered(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Status(_)
+                | FetchError::Throttled { .. }
+                | FetchError::Redirects(_)
+                | FetchError::TooLarge { .. }
+                | FetchError::Transfer(_)
+                | FetchError::BodyTimeout(_)
+        )
     }
 
     /// A short machine-readable class for dead-letter headers.
@@ -92,7 +112,7 @@ impl FetchError {
             FetchError::Status(s) | FetchError::Throttled { status: s, .. } => format!("http_{s}"),
             FetchError::Redirects(_) => "redirects".into(),
             FetchError::TooLarge { .. } => "too_large".into(),
-            FetchError::Timeout(_) => "timeout".into(),
+            FetchError::Timeout(_) | FetchError::BodyTimeout(_) => "timeout".into(),
             FetchError::Connect(_) => "connect".into(),
             FetchError::Transfer(_) => "transfer".into(),
         }
@@ -184,12 +204,14 @@ fn from_reqwest(e: reqwest::Error) -> FetchError {
     if e.is_builder() {
         // Nothing was sent (e.g. a URL too long for a request line): retrying cannot help.
         FetchError::BadUrl(text)
+    } else if e.is_connect() {
+        // Before `is_timeout`: a connect time-out is both, and it is about the way to the host
+        // (evidence of an egress outage), not a host that accepted and then kept silent.
+        FetchError::Connect(text)
     } else if e.is_timeout() {
         FetchError::Timeout(text)
     } else if e.is_redirect() {
         FetchError::Redirects(text)
-    } else if e.is_connect() {
-        FetchError::Connect(text)
     } else if e.is_body() || e.is_decode() {
         FetchError::Transfer(text)
     } else {
@@ -295,7 +317,22 @@ impl Fetcher {
 
     /// Downloads `url` with retries.
     pub async fn fetch(&self, url: &str) -> Result<Fetched, (FetchError, usize)> {
-        self.fetch_with(url, backon::TokioSleeper).await
+        self.fetch_with(url, backon::TokioSleeper, self.cfg.attempts, None)
+            .await
+    }
+
+    /// Downloads `url` with at most `attempts` attempts, telling `hosts` what each attempt
+    /// says about its host `origin` (answered, or a connection that failed) and giving up the
+    /// retries as soon as that host's breaker is open (see [`hosts`]).
+    pub async fn fetch_watched(
+        &self,
+        url: &str,
+        attempts: usize,
+        hosts: &hosts::Hosts,
+        origin: &str,
+    ) -> Result<Fetched, (FetchError, usize)> {
+        self.fetch_with(url, backon::TokioSleeper, attempts, Some((hosts, origin)))
+            .await
     }
 
     /// [`Fetcher::fetch`] with the sleep between attempts supplied, so that tests can see the
@@ -304,6 +341,8 @@ impl Fetcher {
         &self,
         url: &str,
         sleeper: S,
+        max_attempts: usize,
+        watch: Option<(&hosts::Hosts, &str)>,
     ) -> Result<Fetched, (FetchError, usize)> {
         let parsed = match Url::parse(url) {
             Ok(u) => u,
@@ -317,15 +356,26 @@ impl Fetcher {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.cfg.backoff)
             .with_max_delay(Duration::from_secs(10))
-            .with_max_times(self.cfg.attempts.saturating_sub(1))
+            .with_max_times(max_attempts.max(1) - 1)
             .with_jitter();
         let result = (|| async {
             attempts.fetch_add(1, Ordering::Relaxed);
-            self.fetch_once(parsed.clone()).await
+            let r = self.fetch_once(parsed.clone()).await;
+            if let Some((hosts, origin)) = watch {
+                match &r {
+                    Ok(_) => hosts.answered(origin),
+                    Err(e) if e.answered() => hosts.answered(origin),
+                    Err(FetchError::Connect(_)) => hosts.connect_failed(origin),
+                    Err(_) => {}
+                }
+            }
+            r
         })
         .retry(backoff)
         .sleep(sleeper)
-        .when(FetchError::retryable)
+        // A host whose breaker opened meanwhile is probed by one record at a time; this
+        // download stops and is held with the others instead of keeping its slot.
+        .when(|e| e.retryable() && !watch.is_some_and(|(h, o)| e.no_answer() && h.is_open(o)))
         // `None` means no attempt left; keep it.
         .adjust(|e, d| d.map(|d| retry_delay(e, d)))
         .notify(|e, d| tracing::debug!(url = %logged, error = %e, retry_in = ?d, "fetch retry"))
@@ -348,7 +398,13 @@ impl Fetcher {
         }
         let mut body =
             Vec::with_capacity(resp.content_length().unwrap_or(64 * 1024).min(limit) as usize);
-        while let Some(chunk) = resp.chunk().await.map_err(from_reqwest)? {
+        // The host has answered: a failure from here on is this body's, not a silent host.
+        let body_error = |e: reqwest::Error| match from_reqwest(e) {
+            FetchError::Timeout(t) => FetchError::BodyTimeout(t),
+            FetchError::Connect(t) => FetchError::Transfer(t),
+            other => other,
+        };
+        while let Some(chunk) = resp.chunk().await.map_err(body_error)? {
             if body.len() as u64 + chunk.len() as u64 > limit {
                 return Err(FetchError::TooLarge { limit });
             }
@@ -396,6 +452,8 @@ mod tests {
             allow: vec!["127.0.0.0/8".parse().unwrap()],
             nat64: Vec::new(),
             ca_cert: None,
+            hosts: Default::default(),
+            probe_url: None,
         }
     }
 
@@ -529,7 +587,7 @@ mod tests {
         let fetcher = Fetcher::new(config(4, 5)).unwrap();
         let (sleeper, slept) = recording_sleeper();
         let got = fetcher
-            .fetch_with(&format!("http://{addr}/a.png"), sleeper)
+            .fetch_with(&format!("http://{addr}/a.png"), sleeper, 4, None)
             .await
             .unwrap();
         assert_eq!(got.bytes, b"ok");
@@ -549,7 +607,7 @@ mod tests {
         let fetcher = Fetcher::new(config(4, 2)).unwrap();
         let (sleeper, slept) = recording_sleeper();
         let (e, attempts) = fetcher
-            .fetch_with(&format!("http://{addr}/loop"), sleeper)
+            .fetch_with(&format!("http://{addr}/loop"), sleeper, 4, None)
             .await
             .unwrap_err();
         assert_eq!(e.class(), "redirects", "{e}");

@@ -24,17 +24,23 @@ pub fn value<'a>(hs: &'a [RawHeader], name: &str) -> Option<&'a str> {
 
 /// All headers of `m`, in order.
 pub fn raw_headers(m: &BorrowedMessage<'_>) -> Vec<RawHeader> {
+    raw_headers_at_most(m, usize::MAX).0
+}
+
+/// The first `max` headers of `m`, in order, and how many it has in all: a record of 50 000
+/// headers is not copied whole only to be refused (`--max-headers`).
+pub fn raw_headers_at_most(m: &BorrowedMessage<'_>, max: usize) -> (Vec<RawHeader>, usize) {
     let mut hdrs: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
     // SAFETY: `m.ptr()` is a live rd_kafka_message_t for the lifetime of `m`; librdkafka
     // writes a pointer to headers it owns (or leaves it null) into `hdrs`.
     let err = unsafe { rd::rd_kafka_message_headers(m.ptr(), &mut hdrs) };
     if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || hdrs.is_null() {
-        return Vec::new();
+        return (Vec::new(), 0);
     }
     // SAFETY: `hdrs` is non-null and owned by the message, which outlives this function.
     let n = unsafe { rd::rd_kafka_header_cnt(hdrs) };
-    let mut out = Vec::with_capacity(n);
-    for idx in 0..n {
+    let mut out = Vec::with_capacity(n.min(max));
+    for idx in 0..n.min(max) {
         let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
         // SAFETY: idx < count; librdkafka fills the three out-pointers with data it owns.
         let err =
@@ -49,5 +55,5 @@ pub fn raw_headers(m: &BorrowedMessage<'_>) -> Vec<RawHeader> {
             .then(|| unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) }.to_vec());
         out.push((key, value));
     }
-    out
+    (out, n)
 }

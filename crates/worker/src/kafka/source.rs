@@ -94,6 +94,7 @@ impl ConsumerContext for SourceContext {
                         .lag
                         .remove_label_values(&[e.topic(), &e.partition().to_string()]);
                     self.assignment.revoke(e.partition());
+                    st.revoked(e.partition());
                     if let Some((pos, meta)) = st.tracker.revoke(e.partition()) {
                         add_commit(&mut commit, e.topic(), e.partition(), pos, &meta);
                     }
@@ -199,6 +200,8 @@ pub struct SourceConfig {
     /// `--crash-loop-attempts` (0: the crash-loop journal is off).
     pub crash_loop_attempts: u32,
     pub limits: Limits,
+    /// `--max-headers`: more are not copied (the record is a dead letter).
+    pub max_headers: usize,
     /// `--exit-when-idle`.
     pub exit_when_idle: Option<Duration>,
     /// How long a stop waits for in-flight work before committing what is finished.
@@ -217,6 +220,7 @@ impl SourceConfig {
                 max_in_flight: cfg.max_in_flight,
                 max_in_flight_bytes: cfg.max_in_flight_bytes,
             },
+            max_headers: cfg.max_headers,
             exit_when_idle: cfg.exit_when_idle,
             shutdown_grace: cfg.shutdown_grace,
         }
@@ -339,6 +343,13 @@ pub fn run(
         if want != ctx.state().is_paused() {
             set_paused(&consumer, want);
             ctx.state().set_paused(want);
+            if !want {
+                // Resuming everything resumed the partitions paused alone too.
+                ctx.state().set_paused_alone(Default::default());
+            }
+        }
+        if !want {
+            pause_over_share(&consumer, &topic);
         }
 
         // Hand the closed chunk to the pipeline.
@@ -376,13 +387,16 @@ pub fn run(
                             m.offset(),
                             ctx.crash_loop_attempts,
                         );
+                        let (headers, headers_total) =
+                            super::headers::raw_headers_at_most(&m, cfg.max_headers);
                         let envelope = Envelope {
                             partition: m.partition(),
                             offset: m.offset(),
                             generation,
                             key: m.key().map(<[u8]>::to_vec),
                             value: m.payload().map(<[u8]>::to_vec),
-                            headers: super::headers::raw_headers(&m),
+                            headers,
+                            headers_total,
                             timestamp_ms: m.timestamp().to_millis(),
                             care,
                         };
@@ -433,6 +447,44 @@ fn set_paused(consumer: &BaseConsumer<SourceContext>, pause: bool) {
             Err(e) => tracing::warn!(error = %e, pause, "pause/resume failed"),
         }
     }
+}
+
+/// Pauses the partitions over their share of the read-ahead and resumes those back under it
+/// (see [`super::state`]), while the source as a whole runs.
+fn pause_over_share(consumer: &BaseConsumer<SourceContext>, topic: &str) {
+    let ctx = consumer.context();
+    let mut st = ctx.state();
+    let assigned = st.tracker.partitions();
+    let want = st.partitions_over_share(&assigned);
+    if &want == st.paused_alone() {
+        return;
+    }
+    let list = |ps: &mut dyn Iterator<Item = &i32>| {
+        let mut tpl = TopicPartitionList::new();
+        for p in ps {
+            tpl.add_partition(topic, *p);
+        }
+        tpl
+    };
+    let pause = list(&mut want.difference(st.paused_alone()));
+    let resume = list(&mut st.paused_alone().difference(&want));
+    for (tpl, pausing) in [(pause, true), (resume, false)] {
+        if tpl.count() == 0 {
+            continue;
+        }
+        let r = if pausing {
+            consumer.pause(&tpl)
+        } else {
+            consumer.resume(&tpl)
+        };
+        match r {
+            Ok(()) => {
+                tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), pausing, "a partition over its share of the read-ahead is paused alone (its records wait, e.g. for a dead image host); the others go on")
+            }
+            Err(e) => tracing::warn!(error = %e, pausing, "pause/resume of one partition failed"),
+        }
+    }
+    st.set_paused_alone(want);
 }
 
 /// How long the poll loop blocks at most while the crash-loop journal is on.

@@ -10,12 +10,18 @@
 //!   drops what it prefetched and fetches again from the last taken offset on resume) and
 //!   resumes when a chunk's worth of messages, and half the bytes, are below it (hysteresis,
 //!   so it does not flap).
+//! - **No partition takes more than its share of the read-ahead:** with P partitions assigned,
+//!   one partition's unfinished messages (or bytes) reaching 1/min(P, 4) of either bound
+//!   pauses that partition alone, until it is back under half its share. A partition whose
+//!   records all wait (held for a dead image host, say) so pauses itself, not the pod: the
+//!   other partitions keep the rest of the read-ahead.
 //! - **Infrastructure faults pause intake** (see [`crate::failure`]); work in flight keeps
 //!   retrying.
 //! - **Commits** are what the [`OffsetTracker`] says is finished; finished events arrive from
 //!   the sink over a channel, and every message taken produces exactly one, including work
 //!   dropped after a revoke (it still left the pipeline).
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::envelope::{Done, Envelope};
@@ -43,6 +49,10 @@ pub struct SourceState {
     /// Bytes of every message taken and not finished (see [`Envelope::size`]).
     bytes: u64,
     paused: bool,
+    /// Unfinished messages and bytes per partition.
+    per_partition: HashMap<i32, (usize, u64)>,
+    /// Partitions paused on their own (over their share).
+    paused_alone: BTreeSet<i32>,
     last_message: Option<Instant>,
 }
 
@@ -61,7 +71,23 @@ impl SourceState {
             in_pipeline: 0,
             bytes: 0,
             paused: false,
+            per_partition: HashMap::new(),
+            paused_alone: BTreeSet::new(),
             last_message: None,
+        }
+    }
+
+    fn count(&mut self, partition: i32, bytes: u64, add: bool) {
+        let e = self.per_partition.entry(partition).or_default();
+        if add {
+            e.0 += 1;
+            e.1 += bytes;
+        } else {
+            e.0 = e.0.saturating_sub(1);
+            e.1 = e.1.saturating_sub(bytes);
+            if e.0 == 0 {
+                self.per_partition.remove(&partition);
+            }
         }
     }
 
@@ -78,6 +104,7 @@ impl SourceState {
     /// A message arrived (its envelope already carries its generation from `tracker`).
     pub fn on_message(&mut self, e: Envelope, now: Instant) {
         self.bytes += e.size();
+        self.count(e.partition, e.size(), true);
         if self.building.is_empty() {
             self.chunk_started = Some(now);
         }
@@ -89,6 +116,7 @@ impl SourceState {
     pub fn on_done(&mut self, d: Done) {
         self.in_pipeline = self.in_pipeline.saturating_sub(1);
         self.bytes = self.bytes.saturating_sub(d.bytes);
+        self.count(d.partition, d.bytes, false);
         self.tracker.finished(d.partition, d.offset, d.generation);
     }
 
@@ -131,13 +159,16 @@ impl SourceState {
     /// Drops everything not yet handed to the pipeline (stopping: it is not committed, so it is
     /// redelivered).
     pub fn drop_undispatched(&mut self) {
-        let dropped: u64 = self
+        let dropped: Vec<(i32, u64)> = self
             .building
             .iter()
             .chain(self.pending.iter().flatten())
-            .map(Envelope::size)
-            .sum();
-        self.bytes = self.bytes.saturating_sub(dropped);
+            .map(|e| (e.partition, e.size()))
+            .collect();
+        for (p, b) in dropped {
+            self.bytes = self.bytes.saturating_sub(b);
+            self.count(p, b, false);
+        }
         self.building.clear();
         self.pending = None;
         self.chunk_started = None;
@@ -161,6 +192,47 @@ impl SourceState {
         } else {
             n >= l.max_in_flight || bytes >= l.max_in_flight_bytes
         }
+    }
+
+    /// The partitions that should be paused on their own now, out of `assigned` (see the
+    /// module documentation): over their share, or paused and not yet under half of it.
+    pub fn partitions_over_share(&self, assigned: &[i32]) -> BTreeSet<i32> {
+        if assigned.len() < 2 {
+            return BTreeSet::new();
+        }
+        let ways = assigned.len().min(4);
+        let l = &self.limits;
+        let (msgs, bytes) = (
+            (l.max_in_flight / ways).max(1),
+            (l.max_in_flight_bytes / ways as u64).max(1),
+        );
+        assigned
+            .iter()
+            .copied()
+            .filter(|p| {
+                let (n, b) = self.per_partition.get(p).copied().unwrap_or_default();
+                if self.paused_alone.contains(p) {
+                    n > msgs / 2 || b > bytes / 2
+                } else {
+                    n >= msgs || b >= bytes
+                }
+            })
+            .collect()
+    }
+
+    /// Records which partitions are paused on their own.
+    pub fn set_paused_alone(&mut self, partitions: BTreeSet<i32>) {
+        self.paused_alone = partitions;
+    }
+
+    /// A partition was revoked: it is no longer paused on its own (its next assignment sets
+    /// its pause flag afresh).
+    pub fn revoked(&mut self, partition: i32) {
+        self.paused_alone.remove(&partition);
+    }
+
+    pub fn paused_alone(&self) -> &BTreeSet<i32> {
+        &self.paused_alone
     }
 
     /// Records that the partitions were paused or resumed.
@@ -213,6 +285,7 @@ mod tests {
             key: None,
             value: Some(b"http://x/a.png".to_vec()),
             headers: Vec::new(),
+            headers_total: 0,
             timestamp_ms: Some(1),
             care: Default::default(),
         }
@@ -347,14 +420,23 @@ mod tests {
         });
         let t0 = Instant::now();
         let mut dones = Vec::new();
+        let each = {
+            let mut e = env(&mut s, 9, 0);
+            e.value = Some(vec![b'x'; 300]);
+            e.size()
+        };
+        s = SourceState::new(Limits {
+            max_in_flight_bytes: 10 * each / 3,
+            ..limits(100, 1000)
+        });
         for o in 0..4 {
             let mut e = env(&mut s, 0, o);
             e.value = Some(vec![b'x'; 300]);
             dones.push(e.done());
             s.on_message(e, t0);
         }
-        assert_eq!(s.in_flight_bytes(), 1200);
-        assert!(s.wants_pause(false), "1200 bytes taken, bound 1000");
+        assert_eq!(s.in_flight_bytes(), 4 * each);
+        assert!(s.wants_pause(false), "4 messages taken, bound 3.3");
         s.set_paused(true);
         s.close_chunk_if_due(t0 + Duration::from_secs(1));
         s.take_pending();
@@ -362,7 +444,66 @@ mod tests {
         s.on_done(dones[1]);
         assert!(s.wants_pause(false), "600 bytes: above half the bound");
         s.on_done(dones[2]);
-        assert_eq!(s.in_flight_bytes(), 300);
-        assert!(!s.wants_pause(false), "300 bytes: resume");
+        assert_eq!(s.in_flight_bytes(), each);
+        assert!(!s.wants_pause(false), "one message's bytes: resume");
+    }
+
+    /// Many tiny headers count what they cost: 50 000 empty headers are megabytes, not zero.
+    #[test]
+    fn headers_count_their_overhead() {
+        let mut s = SourceState::new(limits(10, 100));
+        let mut e = env(&mut s, 0, 0);
+        let bare = e.size();
+        e.headers = vec![(Vec::new(), None); 50_000];
+        assert!(
+            e.size() >= bare + 50_000 * 48,
+            "{} bytes counted for 50 000 headers",
+            e.size() - bare
+        );
+    }
+
+    /// A partition whose messages never finish (all held for a dead host) pauses itself at its
+    /// share of the read-ahead; the others keep going, and it resumes under half its share.
+    #[test]
+    fn one_partition_cannot_take_the_whole_read_ahead() {
+        let mut s = SourceState::new(limits(10, 40));
+        let t0 = Instant::now();
+        let assigned = [0, 1];
+        let mut dones = Vec::new();
+        for o in 0..20 {
+            let e = env(&mut s, 0, o);
+            dones.push(e.done());
+            s.on_message(e, t0);
+        }
+        assert!(
+            !s.wants_pause(false),
+            "20 of 40 in flight: no pod-wide pause"
+        );
+        let over = s.partitions_over_share(&assigned);
+        assert_eq!(over, [0].into(), "partition 0 is at its half");
+        s.set_paused_alone(over);
+        for o in 0..15 {
+            let e = env(&mut s, 1, o);
+            s.on_message(e, t0);
+        }
+        assert_eq!(
+            s.partitions_over_share(&assigned),
+            [0].into(),
+            "1 is under its share"
+        );
+        for d in &dones[..9] {
+            s.on_done(*d);
+        }
+        assert_eq!(
+            s.partitions_over_share(&assigned),
+            [0].into(),
+            "11 > half of 20"
+        );
+        s.on_done(dones[9]);
+        assert!(s.partitions_over_share(&assigned).is_empty(), "10: resume");
+        assert!(
+            s.partitions_over_share(&[0]).is_empty(),
+            "alone, a partition has it all"
+        );
     }
 }

@@ -1,10 +1,14 @@
 //! Stage 1: for every message of a chunk, a task that checks and parses it, downloads its image
 //! and decodes its pages, within the memory budget.
 //!
-//! - **Downloads** are bounded by `--fetch-concurrency`: a task holds a download slot from its
-//!   request until its pages are decoded, so bodies in memory are at most concurrency ×
-//!   `--fetch-max-bytes`. A download that cannot reach its host is judged by
-//!   [`crate::fetch::outage`]: a dead host gives a dead letter, an egress outage pauses intake.
+//! - **Downloads** are bounded by `--fetch-concurrency` download slots: a task holds a slot
+//!   from its request until its pages are decoded, so bodies in memory are at most concurrency
+//!   × `--fetch-max-bytes`. A download whose host does not answer is judged by
+//!   [`crate::fetch::hosts`]: the record's own failure (a dead letter), or a dead host, whose
+//!   records are **held without a slot** (other hosts' records keep flowing) until the host
+//!   answers or `--host-hold` is over (then a `fetch/host_unreachable` dead letter).
+//! - **Revoked work is dropped:** a held record whose partition was revoked leaves at once
+//!   (the new owner redoes it), and so does one that waited for a slot.
 //! - **Decoding** is charged to the budget once, with its body and the decoder's measured peak
 //!   (see [`crate::budget`]); a decode that needs more than the whole budget is dead-lettered at
 //!   once (`decode/over_memory_budget`). The charge shrinks to the RGB pages, held until the
@@ -16,21 +20,22 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use image::RgbImage;
 use ocrfleet_ocr::{decode, OcrError};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::Outcome;
 use crate::budget::{Budget, Charge};
 use crate::envelope::{Envelope, Failure};
 use crate::failure::{Rejection, Stage};
-use crate::fetch::outage::{Next, Outages};
-use crate::fetch::{redact_url, Fetched, Fetcher};
+use crate::fetch::hosts::{self, Hosts, Step, Verdict};
+use crate::fetch::{redact_url, FetchError, Fetched, Fetcher};
 use crate::kafka::journal::Care;
+use crate::kafka::Assignment;
 use crate::message::{self, Request};
 use crate::metrics::Metrics;
 
@@ -50,14 +55,35 @@ pub struct Ready {
 #[derive(Clone)]
 pub struct Prepare {
     pub fetcher: Fetcher,
-    pub outages: Outages,
+    pub hosts: Hosts,
+    /// The download slots (`--fetch-concurrency`).
+    pub slots: Arc<Semaphore>,
     pub budget: Budget,
     pub max_pixels: u64,
     pub max_pages: u32,
-    pub concurrency: usize,
+    /// `--max-headers`.
+    pub max_headers: usize,
+    /// `--fetch-attempts`.
+    pub attempts: usize,
+    /// Which partitions are still ours: revoked work is dropped (none: all are, in tests).
+    pub assignment: Option<Assignment>,
     pub metrics: Metrics,
     /// Test-only: panic (in the decode stage) on a URL containing this text.
     pub test_panic: Option<String>,
+}
+
+/// Why a task did not make its message ready.
+enum Stop {
+    /// The record is bad: a dead letter.
+    Rejected(Rejection),
+    /// Its partition was revoked while it waited: dropped, the new owner redoes it.
+    Dropped,
+}
+
+impl From<Rejection> for Stop {
+    fn from(r: Rejection) -> Stop {
+        Stop::Rejected(r)
+    }
 }
 
 /// What one task made of its message, before the envelope is attached.
@@ -73,11 +99,7 @@ struct Prepared {
 impl Prepare {
     /// Checks, parses, downloads and decodes one message; `reached` follows the stage it is in,
     /// for the dead letter of a panic.
-    async fn prepare(
-        &self,
-        envelope: &Envelope,
-        reached: &mut Stage,
-    ) -> Result<Prepared, Rejection> {
+    async fn prepare(&self, envelope: &Envelope, reached: &mut Stage) -> Result<Prepared, Stop> {
         if let Care::CrashLoop(deaths) = envelope.care {
             return Err(Rejection::new(
                 Stage::Ocr,
@@ -85,9 +107,23 @@ impl Prepare {
                 format!(
                     "a worker process died {deaths} times while this record was in the OCR engine, the last times with the record running alone (a crash that is not a panic: a segfault in ONNX Runtime, an out-of-memory kill, a hung device call); it is dead-lettered so that it cannot crash-loop the fleet (--crash-loop-attempts). Replay it once the cause is fixed"
                 ),
-            ));
+            )
+            .into());
         }
         *reached = Stage::Parse;
+        if envelope.headers_total > self.max_headers {
+            return Err(Rejection::new(
+                Stage::Parse,
+                "too_many_headers",
+                format!(
+                    "the record has {} headers, more than --max-headers ({}); its dead letter keeps the first {}",
+                    envelope.headers_total,
+                    self.max_headers,
+                    envelope.headers.len()
+                ),
+            )
+            .into());
+        }
         if let Some((k, _)) = envelope
             .headers
             .iter()
@@ -98,13 +134,14 @@ impl Prepare {
                 Stage::Parse,
                 "header_key_not_utf8",
                 format!("a header key is not UTF-8: {shown:?}"),
-            ));
+            )
+            .into());
         }
         let request = message::parse(envelope.value.as_deref())
             .map_err(|e| Rejection::new(Stage::Parse, e.class(), e.to_string()))?;
         *reached = Stage::Fetch;
         let t = Instant::now();
-        let fetched = self.download(&request.url).await?;
+        let (fetched, slot) = self.download(envelope, &request.url).await?;
         let fetch_ms = t.elapsed().as_secs_f64() * 1000.0;
         self.metrics
             .stage_seconds
@@ -124,6 +161,8 @@ impl Prepare {
             let e = OcrError::from(e);
             Rejection::new(Stage::Decode, e.class(), e.to_string()).attempts(attempts)
         };
+        // The slot is held until the body is decoded (bodies in memory stay bounded).
+        let _slot = slot;
         let cost = decode::cost_pages(&fetched.bytes, self.max_pixels, self.max_pages)
             .map_err(decode_err)?;
         let need = fetched.bytes.len() as u64 + cost.peak_bytes;
@@ -142,7 +181,8 @@ impl Prepare {
                     mib(self.budget.total())
                 ),
             )
-            .attempts(attempts));
+            .attempts(attempts)
+            .into());
         };
         let t = Instant::now();
         let (max_pixels, max_pages) = (self.max_pixels, self.max_pages);
@@ -165,7 +205,8 @@ impl Prepare {
                     "panic",
                     format!("the decoder crashed on this image: {join}"),
                 )
-                .attempts(attempts))
+                .attempts(attempts)
+                .into())
             }
         };
         Ok(Prepared {
@@ -178,14 +219,65 @@ impl Prepare {
         })
     }
 
-    /// Downloads `url`. A download that could not reach its host is held until it is judged
-    /// (see [`crate::fetch::outage`]): a dead letter, or, during an outage, downloaded again
-    /// until it gets through.
-    async fn download(&self, url: &str) -> Result<Fetched, Rejection> {
-        let first = tokio::time::Instant::now();
+    fn still_ours(&self, e: &Envelope) -> bool {
+        self.assignment
+            .as_ref()
+            .is_none_or(|a| a.is_current(e.partition, e.generation))
+    }
+
+    /// Downloads `url` and returns the body with the download slot it holds. A download whose
+    /// host does not answer is judged by [`crate::fetch::hosts`]: a dead letter, or held
+    /// (without a slot) on the host's breaker, probing it in turn, until the host answers, the
+    /// hold is over (`fetch/host_unreachable`) or the partition is revoked (dropped).
+    async fn download(
+        &self,
+        envelope: &Envelope,
+        url: &str,
+    ) -> Result<(Fetched, OwnedSemaphorePermit), Stop> {
+        let Some(origin) = hosts::origin(url) else {
+            // Not a URL with a host: the fetcher says why (`bad_url`, `scheme`).
+            let slot = self.slot(envelope).await?;
+            return match self.fetcher.fetch(url).await {
+                Ok(f) => Ok((f, slot)),
+                Err((e, n)) => Err(self.rejection(url, &e, n).into()),
+            };
+        };
+        let mut record = Held {
+            hosts: &self.hosts,
+            record: self.hosts.record(&origin),
+        };
         let mut tries = 0usize;
+        let mut last: Option<FetchError> = None;
         loop {
-            let r = self.fetcher.fetch(url).await;
+            if !self.still_ours(envelope) {
+                return Err(Stop::Dropped);
+            }
+            let probe = match self.hosts.step(&mut record.record) {
+                Step::Download { probe } => probe,
+                Step::Wait(until) => {
+                    // At most a second, so that a revoke is seen soon.
+                    self.hosts.wait(until, Duration::from_secs(1)).await;
+                    continue;
+                }
+                Step::Expired => {
+                    return Err(self.unreachable(url, &record.record, tries, last).into())
+                }
+            };
+            let slot = match self.slot(envelope).await {
+                Ok(s) => s,
+                Err(stop) => {
+                    if probe {
+                        self.hosts.probe_abandoned(&origin);
+                    }
+                    return Err(stop);
+                }
+            };
+            let started = tokio::time::Instant::now();
+            let attempts = if probe { 1 } else { self.attempts };
+            let r = self
+                .fetcher
+                .fetch_watched(url, attempts, &self.hosts, &origin)
+                .await;
             let n = match &r {
                 Ok(f) => f.attempts,
                 Err((_, n)) => *n,
@@ -196,23 +288,25 @@ impl Prepare {
             tries += n;
             match r {
                 Ok(mut f) => {
-                    self.outages.reached();
                     f.attempts = tries;
-                    return Ok(f);
+                    return Ok((f, slot));
                 }
-                Err((e, _)) if !e.unreachable() => {
-                    // Refused before any request, or the host answered: not about the way out.
-                    if tries > 0 {
-                        self.outages.reached();
+                Err((e, _)) if !e.no_answer() => {
+                    if probe && !e.answered() {
+                        self.hosts.probe_abandoned(&origin);
                     }
-                    return Err(self.rejection(url, &e, tries));
+                    return Err(self.rejection(url, &e, tries).into());
                 }
                 Err((e, _)) => {
-                    self.outages.unreachable(tries == n);
-                    match self.outages.settle(first, &e.to_string()).await {
-                        Next::DeadLetter => return Err(self.rejection(url, &e, tries)),
-                        Next::Refetch => {
-                            tracing::debug!(url = %redact_url(url), "downloading again after an unreachable host")
+                    drop(slot);
+                    match self
+                        .hosts
+                        .failed(&mut record.record, started, &e.to_string())
+                    {
+                        Verdict::DeadLetter => return Err(self.rejection(url, &e, tries).into()),
+                        Verdict::Hold => {
+                            last = Some(e);
+                            tracing::debug!(url = %redact_url(url), "held: its host does not answer");
                         }
                     }
                 }
@@ -220,8 +314,67 @@ impl Prepare {
         }
     }
 
-    fn rejection(&self, url: &str, e: &crate::fetch::FetchError, tries: usize) -> Rejection {
+    /// A download slot, unless the partition was revoked while waiting for it.
+    async fn slot(&self, envelope: &Envelope) -> Result<OwnedSemaphorePermit, Stop> {
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        if self.still_ours(envelope) {
+            Ok(slot)
+        } else {
+            Err(Stop::Dropped)
+        }
+    }
+
+    /// The dead letter of a record held for its host for the whole `--host-hold`.
+    fn unreachable(
+        &self,
+        url: &str,
+        record: &hosts::Record,
+        tries: usize,
+        last: Option<FetchError>,
+    ) -> Rejection {
+        let origin = &record.origin;
+        let held_for = self.hosts.held_for(record);
+        let open = self.hosts.open_since(origin);
+        let since = open.as_ref().map(|(t, _)| {
+            humantime::format_duration(Duration::from_secs(t.elapsed().as_secs())).to_string()
+        });
+        let last = last
+            .map(|e| e.to_string())
+            .or(open.map(|(_, e)| e))
+            .unwrap_or_else(|| "none".into());
+        Rejection::new(
+            Stage::Fetch,
+            "host_unreachable",
+            format!(
+                "{}: the host {origin} did not answer for {} (--host-hold; {tries} attempt(s) by this record{}); last error: {last}. Replay it once the host answers",
+                redact_url(url),
+                humantime::format_duration(Duration::from_secs(held_for.as_secs())),
+                since.map(|s| format!(", its breaker open for {s}")).unwrap_or_default(),
+            ),
+        )
+        .attempts(tries)
+    }
+
+    fn rejection(&self, url: &str, e: &FetchError, tries: usize) -> Rejection {
         Rejection::new(Stage::Fetch, e.class(), format!("{}: {e}", redact_url(url))).attempts(tries)
+    }
+}
+
+/// A record's download as its host's board knows it, released (no longer held) when dropped,
+/// whichever way the download ends.
+struct Held<'a> {
+    hosts: &'a Hosts,
+    record: hosts::Record,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.hosts.release(&mut self.record);
     }
 }
 
@@ -236,22 +389,15 @@ pub async fn prepare_stage(
     ready_tx: mpsc::Sender<Ready>,
     out_tx: mpsc::Sender<Outcome>,
 ) {
-    let downloads = Arc::new(Semaphore::new(prep.concurrency.max(1)));
     let mut tasks = JoinSet::new();
     while let Some(chunk) = chunks.recv().await {
         for envelope in chunk {
-            let slot = downloads
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("never closed");
             let (prep, ready_tx, out_tx) = (prep.clone(), ready_tx.clone(), out_tx.clone());
             tasks.spawn(async move {
                 let mut reached = Stage::Parse;
                 let r = AssertUnwindSafe(prep.prepare(&envelope, &mut reached))
                     .catch_unwind()
                     .await;
-                drop(slot);
                 let outcome = match r {
                     Ok(Ok(p)) => {
                         let ready = Ready {
@@ -266,7 +412,11 @@ pub async fn prepare_stage(
                         let _ = ready_tx.send(ready).await;
                         return;
                     }
-                    Ok(Err(rejection)) => Failure {
+                    Ok(Err(Stop::Dropped)) => {
+                        let _ = out_tx.send(Outcome::Dropped(envelope)).await;
+                        return;
+                    }
+                    Ok(Err(Stop::Rejected(rejection))) => Failure {
                         envelope,
                         rejection,
                     },

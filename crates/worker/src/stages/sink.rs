@@ -385,6 +385,7 @@ mod tests {
                 key: None,
                 value: None,
                 headers: Vec::new(),
+                headers_total: 0,
                 timestamp_ms: Some(100),
                 care: Default::default(),
             },

@@ -124,3 +124,24 @@ pub async fn budget_watch(budget: Budget, metrics: Metrics, health: std::sync::A
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+/// Fetches `--fetch-probe-url` every [`crate::fetch::hosts::PROBE_URL_EVERY`]: while it fails,
+/// the egress outage is open (see [`crate::fetch::hosts`]). Without a URL it does nothing.
+pub async fn egress_probe(
+    fetcher: crate::fetch::Fetcher,
+    url: Option<String>,
+    hosts: crate::fetch::hosts::Hosts,
+) {
+    let Some(url) = url else { return };
+    let shown = crate::fetch::redact_url(&url);
+    loop {
+        match fetcher.fetch(&url).await {
+            Ok(_) => hosts.probe_url(true),
+            Err((e, _)) => {
+                tracing::debug!(url = %shown, error = %e, "the egress probe URL fails");
+                hosts.probe_url(false);
+            }
+        }
+        tokio::time::sleep(crate::fetch::hosts::PROBE_URL_EVERY).await;
+    }
+}
