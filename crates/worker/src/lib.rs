@@ -241,7 +241,16 @@ impl Pipeline {
         health: &Arc<health::Health>,
     ) -> anyhow::Result<Pipeline> {
         let Started { engine, es } = started;
-        let dlq = kafka::dlq::DeadLetter::new(&cfg.kafka, &cfg.worker_id, metrics.clone())?;
+        let replay_key = cfg
+            .replay_key
+            .as_ref()
+            .map(|k| message::ReplayKey::new(k.expose().as_bytes()));
+        let dlq = kafka::dlq::DeadLetter::new(
+            &cfg.kafka,
+            &cfg.worker_id,
+            replay_key.clone(),
+            metrics.clone(),
+        )?;
         let budget = budget::Budget::new(cfg.memory_budget);
         let assignment = kafka::Assignment::default();
         let hosts = fetch::hosts::Hosts::new(cfg.fetch.hosts, health.clone())
@@ -271,10 +280,7 @@ impl Pipeline {
             topic: cfg.kafka.topic.clone(),
             worker_id: cfg.worker_id.clone(),
             journal: (cfg.crash_loop_attempts > 0).then_some(journal_tx),
-            replay_key: cfg
-                .replay_key
-                .as_ref()
-                .map(|k| message::ReplayKey::new(k.expose().as_bytes())),
+            replay_key,
             assignment: Some(assignment.clone()),
         };
         tracing::info!(engine_timeout = %humantime::format_duration(ocr_settings.call_timeout), "an engine call running longer than this is a hung engine");

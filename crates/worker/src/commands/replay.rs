@@ -49,7 +49,7 @@ use crate::config::KafkaConfig;
 use crate::kafka::dlq::headers as h;
 use crate::kafka::headers::{raw_headers, value as header, RawHeader};
 use crate::kafka::QuietContext;
-use crate::message::ReplayKey;
+use crate::message::{ReplayKey, ReplayOrigin};
 
 /// Which dead letters to replay; an empty list or `None` matches everything.
 #[derive(Debug, Clone, Default)]
@@ -130,19 +130,30 @@ pub fn replay_headers(
             || k == h::WORKER
             || k == h::MINIMAL
     };
+    // What is signed comes only from what the worker wrote: the replay headers of an earlier
+    // replay when their signature checks (the worker keeps those), else the coordinates and
+    // timestamp the worker gave the dead letter. A producer's `ocrfleet.replay.*` headers on
+    // its own record were never signed, so they are ignored here even in dead letters written
+    // before the worker moved them aside.
+    let earlier = key.is_some_and(|k| ReplayOrigin::read(hs, value, Some(k)).of.is_some());
     let count = header(hs, h::REPLAY_COUNT)
+        .filter(|_| earlier)
         .and_then(|c| c.parse::<u64>().ok())
         .unwrap_or(0)
         + 1;
-    let of = header(hs, h::REPLAY_OF).map(str::to_owned).or_else(|| {
-        Some(format!(
-            "{}-{}-{}",
-            header(hs, h::TOPIC)?,
-            header(hs, h::PARTITION)?,
-            header(hs, h::OFFSET)?
-        ))
-    });
+    let of = header(hs, h::REPLAY_OF)
+        .filter(|_| earlier)
+        .map(str::to_owned)
+        .or_else(|| {
+            Some(format!(
+                "{}-{}-{}",
+                header(hs, h::TOPIC)?,
+                header(hs, h::PARTITION)?,
+                header(hs, h::OFFSET)?
+            ))
+        });
     let ts = header(hs, h::REPLAY_TIMESTAMP)
+        .filter(|_| earlier)
         .or_else(|| header(hs, h::TIMESTAMP))
         .map(str::to_owned);
     let mut out: Vec<RawHeader> = hs.iter().filter(|(k, _)| !drop(k)).cloned().collect();
@@ -522,6 +533,28 @@ mod tests {
         let origin = crate::message::ReplayOrigin::read(&out, Some(b"v"), Some(&key));
         assert_eq!(origin.of.as_deref(), Some("ocr.requests-2-41"));
         assert_eq!(origin.timestamp_ms, Some(1_700_000_000_000));
+    }
+
+    /// A producer's own `ocrfleet.replay.*` headers in a dead letter (as a worker before the
+    /// move-aside wrote them, before the worker's own headers) are never signed: replay signs
+    /// the coordinates and timestamp the worker wrote.
+    #[test]
+    fn a_forged_origin_in_a_dead_letter_is_not_signed() {
+        let key = ReplayKey::new(b"k");
+        let mut forged = hs(&[
+            (h::REPLAY_OF, "victim-id"),
+            (h::REPLAY_TIMESTAMP, "99999999999999"),
+            (h::REPLAY_COUNT, "7"),
+        ]);
+        forged.extend(dead_letter());
+        let out = replay_headers(&forged, Some(b"v"), Some(&key));
+        let origin = crate::message::ReplayOrigin::read(&out, Some(b"v"), Some(&key));
+        assert_eq!(origin.of.as_deref(), Some("ocr.requests-2-41"));
+        assert_eq!(origin.timestamp_ms, Some(1_700_000_000_000));
+        assert_eq!(header(&out, h::REPLAY_COUNT), Some("1"));
+        assert!(!out
+            .iter()
+            .any(|(_, v)| v.as_deref() == Some(&b"victim-id"[..])));
     }
 
     #[test]

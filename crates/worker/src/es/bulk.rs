@@ -8,7 +8,8 @@
 //! | HTTP 2xx, item 2xx | indexed |
 //! | HTTP 2xx, item 409 `version_conflict_engine_exception` | superseded: a newer record's document is there (external versioning); finished, not a failure |
 //! | HTTP 2xx, item 429 or 5xx, or no item result | retry that item (infrastructure) |
-//! | HTTP 2xx, item 400 `strict_dynamic_mapping_exception` | the index's mapping is older than the worker's documents (a field the worker writes is unknown to it): infrastructure, retry; see [`crate::es::document::additive_mapping`] |
+//! | HTTP 2xx, item 400 `strict_dynamic_mapping_exception` within `metadata` or `headers` | an operator's strict template refuses a field the producer sent: the record is bad, dead letter (stage `index`) |
+//! | HTTP 2xx, item 400 `strict_dynamic_mapping_exception` elsewhere | the index's mapping is older than the worker's documents (a field the worker writes is unknown to it): infrastructure, retry; see [`crate::es::document::additive_mapping`] |
 //! | HTTP 2xx, item 401/403/404, or an item error about the index rather than the document (`security_exception`, `cluster_block_exception`, `index_closed_exception`, `index_not_found_exception`, an alias without a write index) | infrastructure: retry the item, pausing intake; see [`refuses_every_document`] |
 //! | HTTP 2xx, item other 4xx (mapping, parse, a field value) | the record is bad: dead letter, stage `index` |
 //! | HTTP 413 | the request is too large: split it; one document alone → dead letter, class `too_large` |
@@ -130,9 +131,22 @@ pub fn classify(status: Result<u16, String>, body: &[u8], n: usize) -> RequestOu
                     200..=299 => ItemOutcome::Indexed,
                     409 if kind == "version_conflict_engine_exception" => ItemOutcome::Superseded,
                     429 => ItemOutcome::Retry(format!("item 429 {kind}: {reason}")),
-                    // Producers cannot add fields (`metadata` is `flattened`), so an unknown
-                    // field is one of the worker's own: the index predates its documents, and
-                    // every document would fail the same way.
+                    // A field under `metadata` or `headers` is the producer's: with an
+                    // operator's strict template (`--manage-template false`, `metadata` an
+                    // object) it is this document's error. Any other unknown field is one of
+                    // the worker's own: the index predates its documents, and every document
+                    // would fail the same way.
+                    400 if kind == "strict_dynamic_mapping_exception"
+                        && producers_field(&reason) =>
+                    {
+                        ItemOutcome::Rejected {
+                            status: 400,
+                            kind,
+                            reason: format!(
+                                "{reason} (a field of the message's own under a strict mapping of the index; the operator's template decides what producers may send)"
+                            ),
+                        }
+                    }
                     400 if kind == "strict_dynamic_mapping_exception" => ItemOutcome::Retry(format!(
                         "the index's mapping is older than this worker's documents (item 400 {kind}: {reason}); \
                          the worker adds new fields at start-up when its role may (`manage` on the index), \
@@ -153,6 +167,20 @@ pub fn classify(status: Result<u16, String>, body: &[u8], n: usize) -> RequestOu
             })
             .collect(),
     )
+}
+
+/// Whether a `strict_dynamic_mapping_exception` is about a field the producer chose: one inside
+/// `metadata` or `headers` (Elasticsearch says `dynamic introduction of [k] within [metadata]`,
+/// or `[metadata.a]` deeper down).
+pub fn producers_field(reason: &str) -> bool {
+    let Some(at) = reason.find("within [") else {
+        return false;
+    };
+    let rest = &reason[at + "within [".len()..];
+    let parent = rest.split(']').next().unwrap_or("");
+    ["metadata", "headers"]
+        .iter()
+        .any(|f| parent == *f || parent.starts_with(&format!("{f}.")))
 }
 
 /// Whether an item-level refusal is about the index or the cluster rather than the document,
@@ -306,6 +334,30 @@ mod tests {
         match &items(200, body, 1)[0] {
             ItemOutcome::Retry(r) => assert!(r.contains("older than this worker"), "{r}"),
             other => panic!("expected a retry, got {other:?}"),
+        }
+    }
+
+    /// An operator's strict template refusing a producer's `metadata` (or `headers`) key is
+    /// that document's error; a worker field unknown to the index is not.
+    #[test]
+    fn a_strict_template_refusing_a_producers_field_is_the_documents_error() {
+        for within in ["metadata", "metadata.customer", "headers"] {
+            let body = json!({"errors": true, "items": [
+                {"index": {"_id": "a", "status": 400, "error": {"type": "strict_dynamic_mapping_exception",
+                    "reason": format!("[1:230] mapping set to strict, dynamic introduction of [x] within [{within}] is not allowed")}}}
+            ]});
+            assert!(
+                matches!(
+                    &items(200, body, 1)[0],
+                    ItemOutcome::Rejected { status: 400, .. }
+                ),
+                "within [{within}]"
+            );
+        }
+        for within in ["_doc", "lines", "metadatas", "source"] {
+            assert!(!producers_field(&format!(
+                "dynamic introduction of [x] within [{within}] is not allowed"
+            )));
         }
     }
 

@@ -21,6 +21,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::config::KafkaConfig;
 use crate::envelope::Failure;
 use crate::failure::truncate;
+use crate::message::{ReplayKey, ReplayOrigin};
 use crate::metrics::Metrics;
 
 /// Header names added to every dead-letter record.
@@ -36,6 +37,12 @@ pub mod headers {
     pub const WORKER: &str = "ocrfleet.worker";
     pub const TIME: &str = "ocrfleet.error.time";
     pub const MINIMAL: &str = "ocrfleet.dlq.minimal";
+    /// On a record whose header list was cut at `--max-headers`: how many it had, how many
+    /// are kept.
+    pub const HEADERS_CUT: &str = "ocrfleet.error.headers_cut";
+    /// The prefix put before a producer's own header in the reserved `ocrfleet.` namespace
+    /// (see [`super::carried_headers`]).
+    pub const PRODUCER_PREFIX: &str = "producer.";
     /// Added by `ocrfleet replay` (see `commands::replay`): replays so far.
     pub const REPLAY_COUNT: &str = "ocrfleet.replay.count";
     /// Added by `ocrfleet replay`: `<topic>-<partition>-<offset>` of the original record.
@@ -65,6 +72,37 @@ pub struct DeadLetter {
     source_topic: String,
     worker_id: String,
     metrics: Metrics,
+    /// Tells `ocrfleet replay`'s own headers from a producer's (see [`carried_headers`]).
+    replay_key: Option<ReplayKey>,
+}
+
+/// The original record's headers as its dead letter carries them. The `ocrfleet.` namespace
+/// is the worker's and `ocrfleet replay`'s: a producer's header there (`ocrfleet.replay.of`,
+/// say, which replay would otherwise sign as if the worker had vouched for it) is carried as
+/// `producer.<name>`, where nothing reads it. The replay headers of a record that `ocrfleet
+/// replay` really re-published (their signature checks with `--replay-key`) are kept as they
+/// are, so that a second replay keeps the original's id and version.
+pub fn carried_headers<'a>(
+    headers: &'a [(Vec<u8>, Option<Vec<u8>>)],
+    value: Option<&[u8]>,
+    key: Option<&ReplayKey>,
+) -> Vec<(String, Option<&'a [u8]>)> {
+    let replayed = ReplayOrigin::read(headers, value, key).of.is_some();
+    headers
+        .iter()
+        .map(|(k, v)| {
+            // Keys are bytes in Kafka but &str in rdkafka's producer API: a non-UTF-8 key is
+            // passed on with U+FFFD in place of the bad bytes.
+            let k = String::from_utf8_lossy(k);
+            let ours = replayed && k.starts_with("ocrfleet.replay.");
+            let k = if k.starts_with("ocrfleet.") && !ours {
+                format!("{}{k}", headers::PRODUCER_PREFIX)
+            } else {
+                k.into_owned()
+            };
+            (k, v.as_deref())
+        })
+        .collect()
 }
 
 /// Why a dead letter was not sent.
@@ -105,6 +143,7 @@ impl DeadLetter {
     pub fn new(
         kafka: &KafkaConfig,
         worker_id: &str,
+        replay_key: Option<ReplayKey>,
         metrics: Metrics,
     ) -> anyhow::Result<DeadLetter> {
         let producer: FutureProducer = kafka
@@ -126,6 +165,7 @@ impl DeadLetter {
             source_topic: kafka.topic.clone(),
             worker_id: worker_id.to_owned(),
             metrics,
+            replay_key,
         })
     }
 
@@ -147,6 +187,16 @@ impl DeadLetter {
         if let Some(ts) = e.timestamp_ms {
             h.push((headers::TIMESTAMP, ts.to_string()));
         }
+        if e.headers_total > e.headers.len() {
+            h.push((
+                headers::HEADERS_CUT,
+                format!(
+                    "{} headers, the first {} kept",
+                    e.headers_total,
+                    e.headers.len()
+                ),
+            ));
+        }
         h
     }
 
@@ -154,13 +204,9 @@ impl DeadLetter {
         let e = &f.envelope;
         let mut h = OwnedHeaders::new();
         if !minimal {
-            // Keys are bytes in Kafka but &str in rdkafka's producer API: a non-UTF-8 key is
-            // passed on with U+FFFD in place of the bad bytes.
-            for (k, v) in &e.headers {
-                h = h.insert(Header {
-                    key: &String::from_utf8_lossy(k),
-                    value: v.as_deref(),
-                });
+            for (k, v) in carried_headers(&e.headers, e.value.as_deref(), self.replay_key.as_ref())
+            {
+                h = h.insert(Header { key: &k, value: v });
             }
         }
         for (k, v) in self.error_headers(f) {
@@ -242,6 +288,56 @@ impl DeadLetter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hs(pairs: &[(&str, &str)]) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec())))
+            .collect()
+    }
+
+    /// A producer cannot write the worker's or replay's headers into a dead letter: they go
+    /// aside as `producer.*`. The replay headers of a record that replay really signed stay.
+    #[test]
+    fn a_producers_reserved_headers_are_moved_aside() {
+        let key = ReplayKey::new(b"k");
+        let forged = hs(&[
+            ("trace", "1"),
+            ("ocrfleet.replay.of", "victim-id"),
+            ("ocrfleet.replay.timestamp", "99999999999999"),
+            ("ocrfleet.error.stage", "none"),
+        ]);
+        let names: Vec<String> = carried_headers(&forged, Some(b"v"), Some(&key))
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "trace",
+                "producer.ocrfleet.replay.of",
+                "producer.ocrfleet.replay.timestamp",
+                "producer.ocrfleet.error.stage"
+            ]
+        );
+        let sig = key.sign("t-0-9", "1700000000000", Some(b"v"));
+        let genuine = hs(&[
+            ("ocrfleet.replay.count", "1"),
+            ("ocrfleet.replay.signature", &sig),
+            ("ocrfleet.replay.of", "t-0-9"),
+            ("ocrfleet.replay.timestamp", "1700000000000"),
+        ]);
+        let kept = carried_headers(&genuine, Some(b"v"), Some(&key));
+        assert!(
+            kept.iter().all(|(k, _)| k.starts_with("ocrfleet.replay.")),
+            "{kept:?}"
+        );
+        let other_value = carried_headers(&genuine, Some(b"w"), Some(&key));
+        assert!(
+            other_value.iter().all(|(k, _)| k.starts_with("producer.")),
+            "a signature over another value proves nothing"
+        );
+    }
 
     #[test]
     fn only_a_fatal_producer_error_is_fatal() {

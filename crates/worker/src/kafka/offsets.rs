@@ -58,9 +58,13 @@ impl OffsetTracker {
         };
         if let Some(floor) = self.unassigned.remove(&partition) {
             // A message at `floor` was seen and not taken: hold commits below it until it has
-            // been received again and finished.
-            p.pending.insert(floor, false);
-            p.first_received = Some(floor);
+            // been received again and finished, unless the group's position is already past it
+            // (then nothing below the position is ours to redo, and the message will not come
+            // again: holding it would freeze the partition's commits).
+            if committed.is_none_or(|c| floor >= c) {
+                p.pending.insert(floor, false);
+                p.first_received = Some(floor);
+            }
         }
         self.parts.insert(partition, p);
     }
@@ -312,6 +316,19 @@ mod tests {
         assert_eq!(t.received(5, 40), Some(g));
         assert!(t.finished(5, 40, g));
         assert_eq!(t.take_commits(), vec![(5, 44, String::new())]);
+    }
+
+    /// The floor of a message seen while unassigned must not freeze commits when the group's
+    /// committed position is already past it (it will not be delivered again).
+    #[test]
+    fn a_floor_below_the_committed_position_does_not_freeze_commits() {
+        let mut t = OffsetTracker::default();
+        assert_eq!(t.received(4, 40), None);
+        t.assign_with(4, Some(50), "");
+        let g = t.generation(4).unwrap();
+        t.received(4, 50);
+        t.finished(4, 50, g);
+        assert_eq!(t.take_commits(), vec![(4, 51, String::new())]);
     }
 
     /// The journal follows the engine: recorded before a call (at the partition's position,

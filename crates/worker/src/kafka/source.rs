@@ -128,11 +128,9 @@ impl ConsumerContext for SourceContext {
         if let Rebalance::Assign(tpl) = rebalance {
             // An assignment is an answer from the group coordinator: the broker is up.
             self.health.clear(Component::Broker, "connection");
-            // The group's committed positions and the crash-loop journal in their metadata.
-            let committed: std::collections::HashMap<i32, (Option<i64>, String)> = if self
-                .crash_loop_attempts
-                > 0
-            {
+            // The group's committed positions (they bound what the tracker may hold back) and
+            // the crash-loop journal in their metadata.
+            let committed: std::collections::HashMap<i32, (Option<i64>, String)> = {
                 match consumer.committed_offsets((*tpl).clone(), Duration::from_secs(10)) {
                     Ok(c) => c
                         .elements()
@@ -142,16 +140,25 @@ impl ConsumerContext for SourceContext {
                                 Offset::Offset(o) => Some(o),
                                 _ => None,
                             };
-                            (e.partition(), (pos, e.metadata().to_owned()))
+                            (
+                                e.partition(),
+                                (
+                                    pos,
+                                    // With the journal off, an earlier run's journal means nothing.
+                                    if self.crash_loop_attempts > 0 {
+                                        e.metadata().to_owned()
+                                    } else {
+                                        String::new()
+                                    },
+                                ),
+                            )
                         })
                         .collect(),
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the committed offsets' metadata; crash-loop counts of these partitions start again");
+                        tracing::warn!(error = %e, "cannot read the committed offsets and their metadata; crash-loop counts of these partitions start again");
                         Default::default()
                     }
                 }
-            } else {
-                Default::default()
             };
             let paused = {
                 let mut st = self.state();
