@@ -83,10 +83,12 @@ pub struct Failure {
     pub rejection: Rejection,
 }
 
-/// The engine is about to run these records ((partition, offset, generation); none: it is
-/// idle): the Kafka source records it in the committed offsets' metadata, then answers.
+/// The engine's calls now ((partition, offset, generation, alone); none: it is idle), for
+/// the crash-loop journal (see [`crate::kafka::journal`]). `recorded` is given when a call is
+/// about to add records: the Kafka source answers once that is on the broker. Without it (a
+/// call returned) the source records it with its next commit.
 #[derive(Debug)]
 pub struct EngineJournal {
-    pub running: Vec<(i32, i64, u64)>,
-    pub recorded: tokio::sync::oneshot::Sender<()>,
+    pub running: Vec<(i32, i64, u64, bool)>,
+    pub recorded: Option<tokio::sync::oneshot::Sender<()>>,
 }

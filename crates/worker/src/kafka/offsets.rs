@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::journal::{Care, Journal};
+use super::journal::{Care, Journal, Ranges};
 
 #[derive(Debug, Default)]
 struct Partition {
@@ -27,7 +27,12 @@ struct Partition {
     /// The group's committed position when the partition was assigned (if known).
     assigned_at: Option<i64>,
     journal: Journal,
+    /// The metadata last handed out for commit (at assignment: what the broker holds).
+    written: String,
 }
+
+/// The engine's calls of one moment: (partition, offset, generation, alone).
+pub type Running = [(i32, i64, u64, bool)];
 
 /// Per-partition progress for one topic.
 #[derive(Debug, Default)]
@@ -54,6 +59,9 @@ impl OffsetTracker {
             generation: g,
             assigned_at: committed,
             journal: Journal::after_restart(metadata, committed),
+            // What the last owner left is rewritten at the first commit (its runs become
+            // suspects or deaths now, and must not be counted again by the next owner).
+            written: metadata.to_owned(),
             ..Default::default()
         };
         if let Some(floor) = self.unassigned.remove(&partition) {
@@ -84,51 +92,55 @@ impl OffsetTracker {
             .map_or(Care::Normal, |p| p.journal.care(offset, limit))
     }
 
-    /// The engine is about to run `entries` ((partition, offset, generation); empty: it is
-    /// idle). Returns the commits that record it: for every partition whose `running` set
-    /// changes, its position with the journal as metadata. Entries of stale generations are
-    /// not recorded.
-    pub fn journal_running(&mut self, entries: &[(i32, i64, u64)]) -> Vec<(i32, i64, String)> {
-        let mut now: HashMap<i32, std::collections::BTreeSet<i64>> = HashMap::new();
-        for &(part, offset, generation) in entries {
+    /// The engine's calls now (`entries`; empty: it is idle). Returns whether a record was
+    /// added to a partition's journal: then the journal must be committed (see
+    /// [`OffsetTracker::take_commits`]) before the call starts. Entries of stale generations
+    /// are not recorded.
+    pub fn journal_running(&mut self, entries: &Running) -> bool {
+        let mut now: HashMap<i32, (Ranges, Option<i64>)> = HashMap::new();
+        for &(part, offset, generation, alone) in entries {
             if self.is_current(part, generation) {
-                now.entry(part).or_default().insert(offset);
+                let e = now.entry(part).or_default();
+                if alone {
+                    e.1 = Some(offset);
+                } else {
+                    e.0.insert(offset);
+                }
             }
         }
-        let mut out = Vec::new();
-        let keys: Vec<i32> = self.parts.keys().copied().collect();
-        for part in keys {
-            let running = now.remove(&part).unwrap_or_default();
-            let p = self.parts.get_mut(&part).expect("key exists");
-            if p.journal.running == running {
-                continue;
-            }
-            p.journal.running = running;
-            let pos = match p.pending.first_key_value() {
-                Some((&first, _)) if p.first_received.is_some_and(|s| first > s) => Some(first),
-                Some((&first, _)) => p.committed.or(p.assigned_at).or(Some(first)),
-                None => p.next.or(p.assigned_at),
-            };
-            if let Some(pos) = pos {
-                out.push((part, pos, p.journal.encode()));
-            }
+        let mut added = false;
+        for (part, p) in self.parts.iter_mut() {
+            let (batch, solo) = now.remove(part).unwrap_or_default();
+            added |= p.journal.set_running(batch, solo);
         }
-        out.sort_unstable();
-        out
+        added
     }
 
-    /// A partition was revoked: forget its in-flight work. Returns the position to commit
-    /// first, if any progress was made, with its metadata: the deaths still counted, and no
-    /// `running` (the work is dropped, not crashed on).
+    /// A partition was revoked: forget its in-flight work. Returns what to commit first, if
+    /// anything changed: the position (or the last known one) with the journal as metadata.
+    /// Calls that have not returned stay in it: if this process dies before they return, the
+    /// next owner runs their records alone (suspects, never a death).
     pub fn revoke(&mut self, partition: i32) -> Option<(i64, String)> {
-        let pos = self.commit_position(partition);
+        let moved = self.commit_position(partition);
+        let pos = self.best_position(partition);
         let p = self.parts.remove(&partition)?;
         let mut journal = p.journal;
-        journal.running.clear();
-        if let Some(pos) = pos {
-            journal.finished_below(pos);
+        if let Some(m) = moved {
+            journal.finished_below(m);
         }
-        pos.map(|pos| (pos, journal.encode()))
+        let meta = journal.encode();
+        let changed = moved.is_some_and(|m| p.committed.is_none_or(|c| m > c)) || meta != p.written;
+        pos.filter(|_| changed).map(|pos| (pos, meta))
+    }
+
+    /// The position to commit the journal at when the commit position has not moved: the
+    /// last one handed out, else the group's at assignment, else the first offset received.
+    fn best_position(&self, partition: i32) -> Option<i64> {
+        let p = self.parts.get(&partition)?;
+        self.commit_position(partition)
+            .or(p.committed)
+            .or(p.assigned_at)
+            .or(p.first_received)
     }
 
     /// The current generation of a partition, or `None` if it is not assigned.
@@ -188,19 +200,31 @@ impl OffsetTracker {
         }
     }
 
-    /// Positions that moved since the last call, to commit now, each with its partition's
-    /// journal as metadata.
+    /// What to commit now, each with its partition's journal as metadata: positions that
+    /// moved since the last call, and partitions whose journal changed (at the last known
+    /// position), so that what the engine runs, and its end, reach the broker.
     pub fn take_commits(&mut self) -> Vec<(i32, i64, String)> {
         let mut out = Vec::new();
         let keys: Vec<i32> = self.parts.keys().copied().collect();
         for part in keys {
-            if let Some(pos) = self.commit_position(part) {
-                let p = self.parts.get_mut(&part).expect("key exists");
-                if p.committed.is_none_or(|c| pos > c) {
+            let moved = self.commit_position(part);
+            let best = self.best_position(part);
+            let p = self.parts.get_mut(&part).expect("key exists");
+            let pos = match moved {
+                Some(pos) if p.committed.is_none_or(|c| pos > c) => {
                     p.committed = Some(pos);
                     p.journal.finished_below(pos);
-                    out.push((part, pos, p.journal.encode()));
+                    Some(pos)
                 }
+                _ => None,
+            };
+            let meta = p.journal.encode();
+            match pos.or(best.filter(|_| meta != p.written)) {
+                Some(pos) => {
+                    p.written.clone_from(&meta);
+                    out.push((part, pos, meta));
+                }
+                None => {}
             }
         }
         out.sort_unstable();
@@ -212,6 +236,7 @@ impl OffsetTracker {
     pub fn commit_failed(&mut self, partition: i32) {
         if let Some(p) = self.parts.get_mut(&partition) {
             p.committed = None;
+            p.written = String::from("(not written)");
         }
     }
 
@@ -331,8 +356,8 @@ mod tests {
         assert_eq!(t.take_commits(), vec![(4, 51, String::new())]);
     }
 
-    /// The journal follows the engine: recorded before a call (at the partition's position,
-    /// which does not move), cleared when the engine is idle, and carried by every commit.
+    /// The journal follows the engine: written (at the partition's position, which does not
+    /// move) before a call adds records, cleared as calls return, carried by every commit.
     #[test]
     fn the_engine_journal_rides_on_the_commits() {
         let mut t = OffsetTracker::default();
@@ -341,37 +366,49 @@ mod tests {
         for o in 10..14 {
             t.received(0, o);
         }
-        let c = t.journal_running(&[(0, 10, g), (0, 11, g), (0, 12, g), (7, 1, 1)]);
-        assert_eq!(c, vec![(0, 10, "ocrfleet/1 run=10-12".to_string())]);
+        let batch = [(0, 10, g, false), (0, 11, g, false), (0, 12, g, false)];
+        assert!(t.journal_running(&[&batch[..], &[(7, 1, 1, false)]].concat()));
         assert_eq!(
-            t.journal_running(&[(0, 10, g), (0, 11, g), (0, 12, g)]),
-            vec![],
-            "no change"
+            t.take_commits(),
+            vec![(0, 10, "ocrfleet/2 run=10-12".to_string())]
         );
+        assert!(!t.journal_running(&batch), "no change");
+        assert_eq!(t.take_commits(), vec![]);
         t.finished(0, 10, g);
         t.finished(0, 11, g);
         assert_eq!(
             t.take_commits(),
-            vec![(0, 12, "ocrfleet/1 run=12".to_string())],
+            vec![(0, 12, "ocrfleet/2 run=12".to_string())],
             "a commit during the call keeps what is running"
         );
-        assert_eq!(t.journal_running(&[]), vec![(0, 12, String::new())], "idle");
-        assert_eq!(
-            t.journal_running(&[(0, 13, g + 1)]),
-            vec![],
+        assert!(!t.journal_running(&[]), "idle: nothing added");
+        assert_eq!(t.take_commits(), vec![(0, 12, String::new())], "cleared");
+        assert!(
+            !t.journal_running(&[(0, 13, g + 1, false)]),
             "stale generation"
+        );
+        assert!(t.journal_running(&[(0, 13, g, true)]));
+        assert_eq!(
+            t.take_commits(),
+            vec![(0, 12, "ocrfleet/2 solo=13".to_string())]
         );
     }
 
-    /// A new owner counts a death for what was running, and the deaths ride on until the
-    /// commits pass them.
+    /// A new owner makes suspects of a batch that was running and counts a death for a record
+    /// that ran alone; both ride on until the commits pass them.
     #[test]
     fn deaths_are_read_at_assignment_and_kept_until_finished() {
         let mut t = OffsetTracker::default();
-        t.assign_with(0, Some(10), "ocrfleet/1 run=10,12");
-        assert_eq!(t.deaths(0), vec![(10, 1), (12, 1)]);
+        t.assign_with(0, Some(10), "ocrfleet/2 run=10-11 solo=12");
+        assert_eq!(t.deaths(0), vec![(12, 1)]);
         assert_eq!(t.care(0, 12, 3), Care::Alone(1));
-        assert_eq!(t.care(0, 11, 3), Care::Normal);
+        assert_eq!(t.care(0, 11, 3), Care::Alone(0));
+        assert_eq!(t.care(0, 13, 3), Care::Normal);
+        assert_eq!(
+            t.take_commits(),
+            vec![(0, 10, "ocrfleet/2 sus=10-11 dead=12:1".to_string())],
+            "what the last owner left is rewritten at once: it must not count twice"
+        );
         let g = t.generation(0).unwrap();
         for o in 10..13 {
             t.received(0, o);
@@ -379,12 +416,64 @@ mod tests {
         t.finished(0, 10, g);
         assert_eq!(
             t.take_commits(),
-            vec![(0, 11, "ocrfleet/1 dead=12:1".to_string())]
+            vec![(0, 11, "ocrfleet/2 sus=11 dead=12:1".to_string())]
         );
+        t.finished(0, 11, g);
         assert_eq!(
             t.revoke(0),
-            Some((11, "ocrfleet/1 dead=12:1".to_string())),
+            Some((12, "ocrfleet/2 dead=12:1".to_string())),
             "a revoke keeps the deaths"
         );
+    }
+
+    /// An orderly revoke whose engine calls returned clears `run=` even when the position
+    /// cannot move (a slow download at the head): the next owner counts nothing.
+    #[test]
+    fn a_revoke_behind_a_slow_head_record_clears_what_ran() {
+        let mut t = OffsetTracker::default();
+        t.assign_with(0, Some(100), "");
+        let g = t.generation(0).unwrap();
+        for o in 100..110 {
+            t.received(0, o);
+        }
+        // 100 is still downloading; 101..=104 go through the engine.
+        assert!(t.journal_running(&(101..105).map(|o| (0, o, g, false)).collect::<Vec<_>>()));
+        assert_eq!(
+            t.take_commits(),
+            vec![(0, 100, "ocrfleet/2 run=101-104".into())]
+        );
+        for o in 101..105 {
+            t.finished(0, o, g);
+        }
+        t.journal_running(&[]);
+        assert_eq!(
+            t.revoke(0),
+            Some((100, String::new())),
+            "cleared at the old position"
+        );
+        let next = Journal::after_restart("", Some(100));
+        assert_eq!(next.care(101, 3), Care::Normal);
+        // With a call still in the engine at the revoke, its records stay (suspects at worst).
+        let mut t = OffsetTracker::default();
+        t.assign_with(0, Some(100), "");
+        let g = t.generation(0).unwrap();
+        t.received(0, 100);
+        t.received(0, 101);
+        t.journal_running(&[(0, 101, g, false)]);
+        t.take_commits();
+        assert_eq!(t.revoke(0), None, "nothing changed: run=101 stays written");
+    }
+
+    /// A partition whose metadata could not be written is offered again.
+    #[test]
+    fn a_failed_journal_commit_is_offered_again() {
+        let mut t = OffsetTracker::default();
+        t.assign_with(0, Some(5), "");
+        let g = t.generation(0).unwrap();
+        t.received(0, 5);
+        t.journal_running(&[(0, 5, g, false)]);
+        assert_eq!(t.take_commits(), vec![(0, 5, "ocrfleet/2 run=5".into())]);
+        t.commit_failed(0);
+        assert_eq!(t.take_commits(), vec![(0, 5, "ocrfleet/2 run=5".into())]);
     }
 }

@@ -327,6 +327,11 @@ pub fn run(
                 while let Ok(d) = done_rx.try_recv() {
                     ctx.state().on_done(d);
                 }
+                // The calls that returned leave the journal with the last commit, so that an
+                // orderly stop leaves no `run=` behind for the next owner to count.
+                while let Ok(j) = journal_rx.try_recv() {
+                    ctx.state().tracker.journal_running(&j.running);
+                }
                 break;
             }
         }
@@ -338,8 +343,7 @@ pub fn run(
         commit_finished(&consumer, &topic, CommitMode::Async);
         // What the engine is about to run, recorded before it runs (crash-loop journal).
         while let Ok(j) = journal_rx.try_recv() {
-            record_journal(&consumer, &topic, &j.running);
-            let _ = j.recorded.send(());
+            record_journal(&consumer, &topic, j);
         }
         let in_flight = ctx.state().in_flight();
         ctx.metrics.in_flight.set(in_flight as i64);
@@ -526,24 +530,30 @@ fn commit_finished(consumer: &BaseConsumer<SourceContext>, topic: &str, mode: Co
     }
 }
 
-/// Records in the committed offsets' metadata what the engine is about to run (see
-/// [`super::journal`]), synchronously, so that it is on the broker before the run starts.
-/// Best effort: while the broker is unreachable the run goes ahead unrecorded.
-fn record_journal(
-    consumer: &BaseConsumer<SourceContext>,
-    topic: &str,
-    running: &[(i32, i64, u64)],
-) {
+/// Records what the engine runs in the committed offsets' metadata (see [`super::journal`]):
+/// when a call adds records, synchronously, so that it is on the broker before the call
+/// starts, then answers; when calls returned, with the next commit. Best effort: while the
+/// broker is unreachable the run goes ahead unrecorded.
+fn record_journal(consumer: &BaseConsumer<SourceContext>, topic: &str, j: EngineJournal) {
     let ctx = consumer.context();
-    let commits = ctx.state().tracker.journal_running(running);
-    if commits.is_empty() || !ctx.health.is_up(Component::Broker) {
-        return;
+    let added = ctx.state().tracker.journal_running(&j.running);
+    if added && ctx.health.is_up(Component::Broker) {
+        let commits = ctx.state().tracker.take_commits();
+        if !commits.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (p, pos, meta) in &commits {
+                add_commit(&mut tpl, topic, *p, *pos, meta);
+            }
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                tracing::warn!(error = %e, "cannot record the engine's journal in the committed offsets; this run is not protected against a crash loop");
+                let mut st = ctx.state();
+                for (p, _, _) in &commits {
+                    st.tracker.commit_failed(*p);
+                }
+            }
+        }
     }
-    let mut tpl = TopicPartitionList::new();
-    for (p, pos, meta) in &commits {
-        add_commit(&mut tpl, topic, *p, *pos, meta);
-    }
-    if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-        tracing::warn!(error = %e, "cannot record the engine's journal in the committed offsets; this run is not protected against a crash loop");
+    if let Some(r) = j.recorded {
+        let _ = r.send(());
     }
 }

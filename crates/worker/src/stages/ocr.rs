@@ -79,50 +79,58 @@ pub async fn ocr_stage(
     metrics: Metrics,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
-    use futures::StreamExt;
-    let lanes = engine.lanes().max(1);
-    // Calls complete in the order they were started (FuturesOrdered); beside them, each call's
-    // crash-loop journal entries.
-    let mut in_flight = futures::stream::FuturesOrdered::new();
-    let mut journal: std::collections::VecDeque<Vec<(i32, i64, u64)>> = Default::default();
+    use futures::{FutureExt, StreamExt};
+    let mut lanes = Lanes::new(engine.lanes());
+    // Calls run unordered (one slow call does not hold up the others' lanes) and are emitted
+    // in the order they started; beside them, each running call's crash-loop journal entries.
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut finished: std::collections::BTreeMap<u64, Call> = Default::default();
+    let mut next_emit = 0u64;
+    let mut journal: std::collections::BTreeMap<u64, Vec<(i32, i64, u64, bool)>> =
+        Default::default();
     // A record that crashed a process before runs alone, with nothing else in the engine; one
-    // met while filling a batch waits here.
+    // met while filling a batch, or while other calls run, waits here.
     let mut held: Option<Ready> = None;
     let mut closed = false;
-    let mut alone_in_flight = false;
     loop {
-        // Submit while there is room and work (an alone record only into an empty engine).
-        let can_submit = !closed
-            && !alone_in_flight
-            && in_flight.len() < lanes
-            && held
-                .as_ref()
-                .is_none_or(|r| !is_alone(r) || in_flight.is_empty());
+        let can_take = !closed && lanes.may_take(held.as_ref().map(is_alone));
         tokio::select! {
             biased;
-            done = in_flight.next(), if !in_flight.is_empty() => {
-                let Some(done) = done else { continue };
-                let (batch, counts, results, took): Call = done;
-                journal.pop_front();
-                alone_in_flight = false;
-                let results = results?;
-                metrics.stage_seconds.with_label_values(&["ocr"]).observe(took.as_secs_f64());
-                if !emit(&cfg, &engine, &metrics, &out_tx, batch, counts, results).await {
-                    return Ok(());
+            done = running.next(), if !running.is_empty() => {
+                let Some((id, call)) = done else { continue };
+                let call: Call = call;
+                lanes.finish(id);
+                journal.remove(&id);
+                // The call returned: its records leave the journal with the next commit.
+                record(&cfg, journal.values().flatten().copied().collect(), false).await;
+                finished.insert(id, call);
+                while let Some((batch, counts, results, took)) = finished.remove(&next_emit) {
+                    next_emit += 1;
+                    lanes.emitted();
+                    let results = results?;
+                    metrics.stage_seconds.with_label_values(&["ocr"]).observe(took.as_secs_f64());
+                    if !emit(&cfg, &engine, &metrics, &out_tx, batch, counts, results).await {
+                        return Ok(());
+                    }
                 }
-                if in_flight.is_empty() && held.is_none() && ready_rx.is_empty() {
-                    record(&cfg, Vec::new()).await;
+                if closed && running.is_empty() && held.is_none() {
+                    break;
                 }
             }
-            first = next_ready(&mut held, &mut ready_rx), if can_submit => {
+            first = next_ready(&mut held, &mut ready_rx), if can_take => {
                 let Some(first) = first else {
                     closed = true;
-                    if in_flight.is_empty() {
+                    if running.is_empty() {
                         break;
                     }
                     continue;
                 };
                 let alone = is_alone(&first);
+                if !lanes.may_start(alone) {
+                    // A suspect taken while other calls run waits until the engine is empty.
+                    held = Some(first);
+                    continue;
+                }
                 let mut batch = vec![first];
                 let mut pages = batch[0].pages.len();
                 while !alone && pages < cfg.batch {
@@ -154,16 +162,75 @@ pub async fn ocr_stage(
                     let e = &batch[0].envelope;
                     tracing::warn!(partition = e.partition, offset = e.offset, care = ?e.care, "running a record alone: it was in the engine when a worker process died");
                 }
-                alone_in_flight = alone;
-                journal.push_back(entries(&batch));
-                record(&cfg, journal.iter().flatten().copied().collect()).await;
+                let id = lanes.start(alone);
+                journal.insert(id, entries(&batch, alone));
+                // Written ahead: on the broker before the call starts.
+                record(&cfg, journal.values().flatten().copied().collect(), true).await;
                 metrics.batch_size.with_label_values(&["ocr"]).observe(pages as f64);
-                in_flight.push_back(submit(&engine, &cfg, &health, batch));
+                running.push(submit(&engine, &cfg, &health, batch).map(move |c| (id, c)));
             }
             else => break,
         }
     }
     Ok(())
+}
+
+/// The stage's scheduling rules, without the engine: at most `lanes` calls run at once, and
+/// at most four lanes' worth wait to be emitted behind a slow one; a call of a record that
+/// runs alone starts only into an empty engine, and nothing starts beside it.
+#[derive(Debug)]
+struct Lanes {
+    lanes: usize,
+    /// Running calls: id → alone.
+    running: std::collections::BTreeMap<u64, bool>,
+    /// Calls returned and not yet emitted.
+    unemitted: usize,
+    next_id: u64,
+}
+
+impl Lanes {
+    fn new(lanes: usize) -> Lanes {
+        Lanes {
+            lanes: lanes.max(1),
+            running: Default::default(),
+            unemitted: 0,
+            next_id: 0,
+        }
+    }
+
+    fn alone_running(&self) -> bool {
+        self.running.values().any(|&a| a)
+    }
+
+    /// Whether to take the next record (`held`: whether the record held back runs alone).
+    fn may_take(&self, held: Option<bool>) -> bool {
+        !self.alone_running()
+            && self.running.len() < self.lanes
+            && self.running.len() + self.unemitted < 4 * self.lanes
+            && held.is_none_or(|alone| !alone || self.running.is_empty())
+    }
+
+    /// Whether a call (of a record that runs `alone`) may start now.
+    fn may_start(&self, alone: bool) -> bool {
+        !self.alone_running() && (!alone || self.running.is_empty())
+    }
+
+    fn start(&mut self, alone: bool) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.running.insert(id, alone);
+        id
+    }
+
+    fn finish(&mut self, id: u64) {
+        if self.running.remove(&id).is_some() {
+            self.unemitted += 1;
+        }
+    }
+
+    fn emitted(&mut self) {
+        self.unemitted = self.unemitted.saturating_sub(1);
+    }
 }
 
 /// The next record: the one held back, else the next from the queue (`None` once it closed).
@@ -187,19 +254,33 @@ type Call = (
     Duration,
 );
 
-/// Has the Kafka source record what the engine is about to run (none: it is idle), and waits
-/// until it is recorded (see [`crate::kafka::journal`]).
-async fn record(cfg: &OcrSettings, running: Vec<(i32, i64, u64)>) {
+/// Has the Kafka source record what the engine runs now (none: it is idle); with `ahead` (a
+/// call is about to add records), waits until it is on the broker (see
+/// [`crate::kafka::journal`]).
+async fn record(cfg: &OcrSettings, running: Vec<(i32, i64, u64, bool)>, ahead: bool) {
     let Some(tx) = &cfg.journal else { return };
+    if !ahead {
+        let _ = tx.send(EngineJournal {
+            running,
+            recorded: None,
+        });
+        return;
+    }
     let (recorded, rx) = tokio::sync::oneshot::channel();
-    if tx.send(EngineJournal { running, recorded }).is_ok() {
+    if tx
+        .send(EngineJournal {
+            running,
+            recorded: Some(recorded),
+        })
+        .is_ok()
+    {
         // The source answers within a poll; it may be stopping, so do not wait for ever.
         let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
     }
 }
 
 /// The crash-loop journal's entries of a call's records.
-fn entries(batch: &[Ready]) -> Vec<(i32, i64, u64)> {
+fn entries(batch: &[Ready], alone: bool) -> Vec<(i32, i64, u64, bool)> {
     batch
         .iter()
         .map(|r| {
@@ -207,6 +288,7 @@ fn entries(batch: &[Ready]) -> Vec<(i32, i64, u64)> {
                 r.envelope.partition,
                 r.envelope.offset,
                 r.envelope.generation,
+                alone,
             )
         })
         .collect()
@@ -442,5 +524,63 @@ fn document(cfg: &OcrSettings, model: &str, r: Ready, text: ImageText) -> Docume
         envelope: r.envelope,
         id,
         body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With two lanes, a record that runs alone waits for the engine to be empty, runs with
+    /// nothing beside it, and only its own call's end lets the others in again.
+    #[test]
+    fn a_suspect_runs_alone_even_with_several_lanes() {
+        let mut l = Lanes::new(2);
+        assert!(l.may_take(None) && l.may_start(false));
+        let a = l.start(false);
+        assert!(l.may_take(None), "a second lane is free");
+        assert!(!l.may_start(true), "a suspect does not start beside a call");
+        assert!(!l.may_take(Some(true)), "and is not taken again while held");
+        assert!(l.may_take(Some(false)));
+        let b = l.start(false);
+        assert!(!l.may_take(None), "both lanes busy");
+        l.finish(a);
+        l.emitted();
+        assert!(!l.may_start(true), "b still runs");
+        l.finish(b);
+        l.emitted();
+        assert!(l.may_take(Some(true)) && l.may_start(true));
+        let s = l.start(true);
+        assert!(
+            !l.may_take(None) && !l.may_start(false),
+            "nothing beside a suspect"
+        );
+        let c = l.next_id;
+        l.finish(c); // an unknown id (an older call) does not end the suspect's run
+        assert!(!l.may_take(None));
+        l.finish(s);
+        assert!(l.may_take(None));
+    }
+
+    /// Calls that returned wait to be emitted behind a slow one, but a lane is free as soon as
+    /// its call returns; at most four lanes' worth wait.
+    #[test]
+    fn a_slow_call_holds_its_lane_only() {
+        let mut l = Lanes::new(2);
+        let slow = l.start(false);
+        for _ in 0..7 {
+            assert!(l.may_take(None));
+            let id = l.start(false);
+            l.finish(id); // returned, not emitted (the slow one is first)
+        }
+        assert!(
+            !l.may_take(None),
+            "1 running + 7 unemitted = 8 = 4 lanes' worth"
+        );
+        l.finish(slow);
+        for _ in 0..8 {
+            l.emitted();
+        }
+        assert!(l.may_take(None));
     }
 }
