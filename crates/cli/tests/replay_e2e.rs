@@ -248,6 +248,49 @@ fn dead_letters_replayed_after_the_fault_is_fixed_are_indexed_once() {
         es_get(&nd.es_url(), index, "v").is_none(),
         "the forged ocrfleet.replay.of (\"v\") was not used as the id"
     );
+
+    // Nor can they be laundered through the dead-letter topic: a forged record that fails
+    // keeps its header only as `producer.ocrfleet.replay.of`, and `replay` signs the
+    // coordinates the worker wrote, not the forged id.
+    let since = chrono::Utc::now().to_rfc3339();
+    produce_raw_header(
+        &brokers,
+        topic,
+        0,
+        b"ocrfleet.replay.of",
+        srv.url("blob/late-d.png").as_bytes(),
+    );
+    let dlq = read_all(&brokers, "replay.dlq", 8, Duration::from_secs(120));
+    assert_eq!(dlq.len(), 8);
+    let forged = dlq
+        .iter()
+        .find(|r| r.value.as_deref() == Some(srv.url("blob/late-d.png").as_str()))
+        .expect("the forged record's dead letter");
+    assert_eq!(
+        forged.headers["producer.ocrfleet.replay.of"], "v",
+        "{forged:?}"
+    );
+    assert!(
+        !forged.headers.contains_key("ocrfleet.replay.of"),
+        "{forged:?}"
+    );
+    let coords = format!(
+        "{topic}-{}-{}",
+        forged.headers["ocrfleet.source.partition"], forged.headers["ocrfleet.source.offset"]
+    );
+    srv.put("late-d.png", hello.clone());
+    let (code, out, err) = replay(&["--stage", "fetch", "--since", &since]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("replayed 1"), "{out}");
+    wait_until(
+        "the replayed forged record indexed",
+        Duration::from_secs(120),
+        || es_get(&nd.es_url(), index, &coords).is_some(),
+    );
+    assert!(
+        es_get(&nd.es_url(), index, "v").is_none(),
+        "replay did not sign the forged id"
+    );
     assert!(w.healthy());
 }
 

@@ -84,14 +84,17 @@ fn an_image_that_panics_the_engine_is_dead_lettered_alone_and_the_worker_goes_on
 /// A call that never returns (a stuck device call): first `/healthz` fails, because work is
 /// pending and nothing moves (the liveness probe Kubernetes restarts a stuck pod on); then the
 /// call's deadline (`--engine-timeout`) ends the process non-zero, with nothing of the batch
-/// committed and nothing dead-lettered.
+/// committed and nothing dead-lettered. Restarted, the records of the hung call are suspects:
+/// each runs alone, no death counted; the image that hangs the device every time then hangs
+/// alone, and after three such hangs it is dead-lettered (`ocr/crash_loop`) while its
+/// neighbours, never charged, are indexed.
 #[test]
-fn a_hung_engine_fails_liveness_then_ends_the_process_non_zero() {
+fn a_hung_engine_fails_liveness_ends_the_process_and_only_the_hanging_image_is_dead_lettered() {
     let stack = Stack::start("enghang");
     let (nd, srv) = (&stack.noida, &stack.images);
     let (topic, group, index) = ("enghang", "g-enghang", "enghang-idx");
     create_topics(&nd.brokers(), topic, 1);
-    let (values, _) = with_poison(srv, 6, 2, "h");
+    let (values, poison) = with_poison(srv, 6, 2, "h");
     produce(&nd.brokers(), topic, 1, &values);
     let fault = format!("hang:{}x{}", POISON.0, POISON.1);
     let mut w = Worker::start(
@@ -141,14 +144,52 @@ fn a_hung_engine_fails_liveness_then_ends_the_process_non_zero() {
         0,
         "a hang is the engine's fault, not the records'"
     );
+    // Restarted as Kubernetes would (a short deadline to keep the test short).
+    let args = [
+        "--test-engine-fault",
+        &fault,
+        "--ocr-batch",
+        "8",
+        "--engine-timeout",
+        "6s",
+    ];
+    let mut hangs = 1;
+    'runs: loop {
+        assert!(hangs <= 6, "still hanging after {hangs} runs");
+        let mut w = Worker::start(&nd.brokers(), &nd.es_url(), topic, group, index, &args);
+        let t = Instant::now();
+        loop {
+            if let Some(code) = w.exited() {
+                assert_ne!(code, 0);
+                hangs += 1;
+                continue 'runs;
+            }
+            if es_count(&nd.es_url(), index) == Some(5) && lag(&nd.brokers(), group, topic, 1) == 0
+            {
+                break 'runs;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(180),
+                "neither finished nor hung; log:\n{}",
+                w.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    assert_eq!(hangs, 4, "one hang in its batch, three alone");
+    let dlq = read_all(&nd.brokers(), "enghang.dlq", 2, Duration::from_secs(10));
+    assert_eq!(dlq.len(), 1, "only the hanging image: {dlq:?}");
+    assert_eq!(dlq[0].headers["ocrfleet.error.class"], "crash_loop");
+    assert!(dlq[0].value.as_deref().unwrap().contains(&poison));
 }
 
 /// A record that kills the process (an abort, as a segfault inside ONNX Runtime or an
-/// out-of-memory kill would; not a panic, which the engine catches). Restarted as Kubernetes
-/// would, the workers do not crash-loop for ever: the committed offset's metadata counts the
-/// deaths of what was in the engine, suspects run alone, and the record that died
-/// `--crash-loop-attempts` (3) times is dead-lettered (`ocr/crash_loop`); everything else is
-/// indexed. noida-db keeps commit metadata (tansu does not) but never evicts a dead member, so
+/// out-of-memory kill would; not a panic, which the engine catches), with two engine lanes.
+/// Restarted as Kubernetes would, the workers do not crash-loop for ever: the committed
+/// offset's metadata records what is in the engine, so the next owner makes suspects of a
+/// batch that died (each runs alone, with nothing beside it on any lane) and counts a death
+/// for a record that died alone; the record that died `--crash-loop-attempts` (3) times alone
+/// is dead-lettered (`ocr/crash_loop`); everything else is indexed. noida-db keeps commit metadata (tansu does not) but never evicts a dead member, so
 /// the restarted worker takes the dead one's place with the same static member id
 /// (`group.instance.id`), as a pod restarted in place can.
 #[test]
@@ -161,11 +202,14 @@ fn a_record_that_crashes_the_process_is_dead_lettered_instead_of_crash_looping()
     let (values, poison) = with_poison(srv, 6, 2, "c");
     produce(&brokers, topic, 1, &values);
     let fault = format!("abort:{}x{}", POISON.0, POISON.1);
+    // Two engine lanes: a record that runs alone must still run with nothing beside it.
     let args = [
         "--test-engine-fault",
         &fault,
         "--ocr-batch",
-        "8",
+        "2",
+        "--device-streams",
+        "2",
         "--kafka-option",
         "group.instance.id=engcrash-pod-0",
     ];
@@ -192,9 +236,11 @@ fn a_record_that_crashes_the_process_is_dead_lettered_instead_of_crash_looping()
         }
     }
     println!("{starts} process starts");
-    assert!(
-        starts >= 4,
-        "three crashes, then the dead letter: {starts} starts"
+    // One crash in its batch (its batch-mates become suspects, run alone once, and are
+    // indexed: never charged a death), three alone, then the dead letter.
+    assert_eq!(
+        starts, 5,
+        "a batch crash, three crashes alone, then the dead letter"
     );
     let dlq = read_all(&brokers, "engcrash.dlq", 2, Duration::from_secs(10));
     assert_eq!(dlq.len(), 1, "only the poison is dead-lettered: {dlq:?}");

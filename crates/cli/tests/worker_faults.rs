@@ -778,3 +778,66 @@ fn a_missing_dead_letter_topic_fails_fast() {
     assert!(log.contains("\"nodlq.dlq\" does not exist"), "{log}");
     assert!(log.contains("--create-partitions"), "{log}");
 }
+
+/// An operator's own strict template (`--manage-template false`) with `metadata` mapped as a
+/// strict object: a message whose `metadata` has a key the mapping does not know is refused
+/// by Elasticsearch (item 400 `strict_dynamic_mapping_exception` within `metadata`). That is
+/// the document's error, a dead letter (stage `index`), not an infrastructure fault retried
+/// for ever behind which the sink stops; the messages around it are indexed.
+#[test]
+fn a_strict_template_refusing_a_producers_metadata_key_dead_letters_that_record_only() {
+    let stack = Stack::start("strict");
+    let (nd, srv) = (&stack.noida, &stack.images);
+    let (topic, group, index) = (&stack.topic, &stack.group, &stack.index);
+    create_topics(&nd.brokers(), topic, 1);
+    // The worker's own mappings, with `metadata` a strict object of one known key.
+    let template = ocrfleet_worker::es::document::index_template(index);
+    let mut mappings = template["template"]["mappings"].clone();
+    mappings["properties"]["metadata"] = serde_json::json!({
+        "type": "object", "dynamic": "strict", "properties": {"shop": {"type": "keyword"}}
+    });
+    let (s, v) = blocking_json(
+        "PUT",
+        &format!("{}/{index}", nd.es_url()),
+        Some(serde_json::json!({
+            "settings": template["template"]["settings"].clone(),
+            "mappings": mappings
+        })),
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{v}");
+    let url = srv.url("img/hello.png");
+    let values = [
+        serde_json::json!({"url": url, "id": "known", "metadata": {"shop": "a"}}).to_string(),
+        serde_json::json!({"url": url, "id": "unknown", "metadata": {"evil": 1}}).to_string(),
+        serde_json::json!({"url": url, "id": "none"}).to_string(),
+    ];
+    produce(&nd.brokers(), topic, 1, &values);
+    let w = Worker::start(
+        &nd.brokers(),
+        &nd.es_url(),
+        topic,
+        group,
+        index,
+        &["--manage-template", "false"],
+    );
+    let dlq = read_all(&nd.brokers(), "strict.dlq", 1, Duration::from_secs(180));
+    assert_eq!(dlq.len(), 1, "log:\n{}", w.log_tail());
+    let h = &dlq[0].headers;
+    assert_eq!(
+        (
+            h["ocrfleet.error.stage"].as_str(),
+            h["ocrfleet.error.class"].as_str()
+        ),
+        ("index", "strict_dynamic_mapping_exception"),
+        "{h:?}"
+    );
+    assert!(dlq[0].value.as_deref().unwrap().contains("evil"));
+    wait_until("the other two indexed", Duration::from_secs(120), || {
+        es_count(&nd.es_url(), index) == Some(2)
+    });
+    wait_until("committed to the end", Duration::from_secs(60), || {
+        lag(&nd.brokers(), group, topic, 1) == 0
+    });
+    assert!(w.ready(), "no fault left open");
+}

@@ -307,7 +307,7 @@ settings! {
         fetch_allow: List<IpNet>, "fetch-allow", "OCRFLEET_FETCH_ALLOW", "";
         /// NAT64 prefixes of the cluster's DNS64 besides the well-known 64:ff9b::/96 (a network-specific prefix, RFC 6052: /32, /40, /48, /56, /64 or /96); addresses under them are judged by the IPv4 address they embed; comma-separated.
         fetch_nat64_prefix: List<ipnet::Ipv6Net>, "fetch-nat64-prefix", "OCRFLEET_FETCH_NAT64_PREFIX", "";
-        /// The longest a record is held for an image host that does not answer (its breaker is open: held records take no download slot, and one at a time probes the host with growing waits). After it the record is dead-lettered (fetch/host_unreachable), replayable once the host answers. Time while the --fetch-probe-url outage is open does not count. Keep it under --liveness-timeout.
+        /// The longest a record is held for an image host that does not answer (its breaker is open: held records take no download slot, and one at a time probes the host with growing waits). After it the record is dead-lettered (fetch/host_unreachable), replayable once the host answers. Time while the --fetch-probe-url outage is open does not count. Held records do not count as stuck work for /healthz: the hold is their bound.
         host_hold: HumanDuration, "host-hold", "OCRFLEET_HOST_HOLD", "5m";
         /// An egress outage (an infrastructure fault: intake pauses, /readyz 503) is recognised when connections to at least this many distinct hosts (scheme, host, port) failed within a minute and no download reached any host since; one host never makes an outage, however much of the traffic it carries. 0: only --fetch-probe-url decides.
         egress_outage_hosts: usize, "egress-outage-hosts", "OCRFLEET_EGRESS_OUTAGE_HOSTS", "4";
@@ -614,12 +614,6 @@ impl WorkerConfig {
     }
 
     fn resolve(a: Settings) -> anyhow::Result<WorkerConfig> {
-        anyhow::ensure!(
-            a.host_hold.0 < a.liveness_timeout.0,
-            "--host-hold ({}) must be shorter than --liveness-timeout ({}): records held for a dead image host are part of the pending work that /healthz watches",
-            humantime::format_duration(a.host_hold.0),
-            humantime::format_duration(a.liveness_timeout.0)
-        );
         let topic = a.topic.clone();
         let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
         let mut engine = EngineConfig {

@@ -47,6 +47,9 @@ pub struct Health {
     phase: Mutex<&'static str>,
     /// Messages taken and not finished (published by the Kafka source).
     pending: AtomicUsize,
+    /// Of those, records held for an image host that does not answer: each has its own bound
+    /// (`--host-hold`), so they are not stuck work.
+    held: AtomicUsize,
     /// The last progress: a message finished, a fault reported, or nothing pending.
     progress_at: Mutex<Instant>,
     liveness_timeout: Mutex<Option<Duration>>,
@@ -85,6 +88,7 @@ impl Health {
             started: AtomicBool::new(false),
             phase: Mutex::new("not ready yet"),
             pending: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
             progress_at: Mutex::new(Instant::now()),
             liveness_timeout: Mutex::new(None),
             up,
@@ -152,6 +156,11 @@ impl Health {
         }
     }
 
+    /// Records held for their image host now (see [`crate::fetch::hosts`]).
+    pub fn set_held(&self, n: usize) {
+        self.held.store(n, Ordering::Relaxed);
+    }
+
     /// Sets `--liveness-timeout` (none: never stuck).
     pub fn set_liveness_timeout(&self, timeout: Duration) {
         *self
@@ -167,7 +176,26 @@ impl Health {
             .liveness_timeout
             .lock()
             .unwrap_or_else(|p| p.into_inner()))?;
-        let pending = self.pending.load(Ordering::Relaxed);
+        // An egress outage that lasts: a fresh process, maybe on another node, may get out.
+        let egress = self
+            .faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((c, _), _)| *c == Component::ImageHosts)
+            .map(|(_, f)| f.since.elapsed())
+            .max();
+        if let Some(open) = egress.filter(|open| *open > timeout) {
+            return Some(format!(
+                "stuck: the image hosts' egress outage has lasted {} s (--liveness-timeout {}); a fresh process may get out",
+                open.as_secs(),
+                humantime::format_duration(timeout)
+            ));
+        }
+        let pending = self
+            .pending
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.held.load(Ordering::Relaxed));
         let quiet = self
             .progress_at
             .lock()
@@ -301,13 +329,22 @@ mod tests {
         assert_eq!(h.stuck(), None, "a message finished");
         std::thread::sleep(Duration::from_millis(80));
         assert!(h.stuck().is_some());
-        h.fault(Component::ImageHosts, "egress", "no host answers");
-        assert!(
-            h.stuck().is_some(),
-            "an egress outage is no excuse: a restart may help"
+        h.set_held(3);
+        assert_eq!(
+            h.stuck(),
+            None,
+            "records held for their host have their own bound"
         );
+        h.set_held(0);
         h.fault(Component::Elasticsearch, "bulk", "HTTP 503");
         assert_eq!(h.stuck(), None, "a fault being reported is not silence");
+        h.fault(Component::ImageHosts, "egress", "no host answers");
+        std::thread::sleep(Duration::from_millis(80));
+        let why = h
+            .stuck()
+            .expect("an egress outage is no excuse: a restart may help");
+        assert!(why.contains("egress outage"), "{why}");
+        h.clear(Component::ImageHosts, "egress");
         std::thread::sleep(Duration::from_millis(80));
         h.set_pending(0);
         assert_eq!(h.stuck(), None, "nothing pending");

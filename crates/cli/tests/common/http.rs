@@ -16,7 +16,8 @@ impl ImageServer {
     /// `/slow/NAME` (stalls 30 s), `/big` (4 MiB of bytes), `/text` (not an image),
     /// `/truncated/NAME` (first half of the file), `/loop` (redirects to itself), `/chain/N`
     /// (N redirects, then an image), `/drip` (one byte every 300 ms, for ever), `/empty` (200
-    /// with no body), `/html` (HTML sent as `image/png`), `/blob/NAME` (bytes given by the test).
+    /// with no body), `/html` (HTML sent as `image/png`), `/blob/NAME` (bytes given by the test),
+    /// `/late/MS/NAME` (the image after MS ms), `/late-status/MS/CODE` (that status after MS ms).
     pub fn start(dir: PathBuf) -> ImageServer {
         Self::start_at(dir, 0)
     }
@@ -84,6 +85,28 @@ impl ImageServer {
                         .map(|b| b.into_response())
                         .unwrap_or_else(|_| StatusCode::NOT_FOUND.into_response())
                 }),
+            )
+            .route(
+                "/late/{ms}/{name}",
+                get(
+                    |State(s): State<S>, AxPath((ms, n)): AxPath<(u64, String)>| async move {
+                        count(&s, format!("late/{n}"));
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        std::fs::read(s.dir.join(&n))
+                            .map(|b| b.into_response())
+                            .unwrap_or_else(|_| StatusCode::NOT_FOUND.into_response())
+                    },
+                ),
+            )
+            .route(
+                "/late-status/{ms}/{code}",
+                get(
+                    |State(s): State<S>, AxPath((ms, c)): AxPath<(u64, u16)>| async move {
+                        count(&s, format!("late-status/{c}"));
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        StatusCode::from_u16(c).unwrap_or(StatusCode::IM_A_TEAPOT)
+                    },
+                ),
             )
             .route("/big", get(|| async { vec![0u8; 4 << 20] }))
             .route(

@@ -260,3 +260,51 @@ pub fn committed(brokers: &str, group: &str, topic: &str, parts: i32) -> i64 {
         .map(|(c, _)| c)
         .sum()
 }
+
+/// Per partition: the metadata of `group`'s committed offset (the crash-loop journal).
+pub fn committed_metadata(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<String> {
+    let c = group_consumer(brokers, group);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    (0..partitions)
+        .map(|p| {
+            committed
+                .find_partition(topic, p)
+                .map(|e| e.metadata().to_owned())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Produces `n` records whose value is `value` and which carry `headers` headers each (empty
+/// key, null value).
+pub fn produce_with_headers(brokers: &str, topic: &str, n: usize, value: &str, headers: usize) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.max.bytes", "10000000")
+        .create()
+        .unwrap();
+    rt().block_on(async {
+        for _ in 0..n {
+            let mut h = OwnedHeaders::new_with_capacity(headers);
+            for _ in 0..headers {
+                h = h.insert(Header::<&[u8]> {
+                    key: "",
+                    value: None,
+                });
+            }
+            let rec: FutureRecord<'_, str, str> = FutureRecord::to(topic)
+                .payload(value)
+                .headers(h)
+                .partition(0);
+            p.send(rec, Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| e)
+                .expect("produce");
+        }
+    });
+}

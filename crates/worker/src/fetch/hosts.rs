@@ -220,7 +220,7 @@ impl Board {
 
     fn host(&mut self, origin: &str, now: Instant) -> &mut Host {
         self.ops += 1;
-        if self.ops % 1024 == 0 {
+        if self.ops.is_multiple_of(1024) {
             self.forget(now);
         }
         let h = self.hosts.entry(origin.to_owned()).or_default();
@@ -565,6 +565,7 @@ impl Hosts {
             open.set(counts.0 as i64);
             held.set(counts.1 as i64);
         }
+        self.health.set_held(counts.1);
         if c.outage {
             if outage {
                 self.health.fault(Component::ImageHosts, "egress", why);

@@ -79,9 +79,19 @@ impl OffsetTracker {
 
     /// The crash-loop deaths of a partition, for logs.
     pub fn deaths(&self, partition: i32) -> Vec<(i64, u32)> {
+        self.history(partition).0
+    }
+
+    /// The crash-loop deaths and the suspects (as ranges) of a partition, for logs.
+    pub fn history(&self, partition: i32) -> (Vec<(i64, u32)>, String) {
         self.parts
             .get(&partition)
-            .map(|p| p.journal.deaths.iter().map(|(&o, &n)| (o, n)).collect())
+            .map(|p| {
+                (
+                    p.journal.deaths.iter().map(|(&o, &n)| (o, n)).collect(),
+                    p.journal.suspects.encode_within(200),
+                )
+            })
             .unwrap_or_default()
     }
 
@@ -219,12 +229,9 @@ impl OffsetTracker {
                 _ => None,
             };
             let meta = p.journal.encode();
-            match pos.or(best.filter(|_| meta != p.written)) {
-                Some(pos) => {
-                    p.written.clone_from(&meta);
-                    out.push((part, pos, meta));
-                }
-                None => {}
+            if let Some(pos) = pos.or(best.filter(|_| meta != p.written)) {
+                p.written.clone_from(&meta);
+                out.push((part, pos, meta));
             }
         }
         out.sort_unstable();

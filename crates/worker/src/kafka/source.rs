@@ -167,9 +167,9 @@ impl ConsumerContext for SourceContext {
                         .get(&e.partition())
                         .map_or((None, ""), |(p, m)| (*p, m.as_str()));
                     st.tracker.assign_with(e.partition(), pos, meta);
-                    let deaths = st.tracker.deaths(e.partition());
-                    if !deaths.is_empty() {
-                        tracing::warn!(partition = e.partition(), ?deaths, limit = self.crash_loop_attempts, "records of this partition were in the OCR engine when a worker process died: each runs alone, and one that has died --crash-loop-attempts times is dead-lettered (ocr/crash_loop)");
+                    let (deaths, suspects) = st.tracker.history(e.partition());
+                    if !deaths.is_empty() || !suspects.is_empty() {
+                        tracing::warn!(partition = e.partition(), ?deaths, %suspects, limit = self.crash_loop_attempts, "records of this partition were in the OCR engine when a worker process died: each runs alone (suspects), one that dies alone counts a death, and one with --crash-loop-attempts deaths is dead-lettered (ocr/crash_loop)");
                     }
                     let g = st.tracker.generation(e.partition()).expect("just assigned");
                     self.assignment.assign(e.partition(), g);

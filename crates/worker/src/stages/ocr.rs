@@ -84,7 +84,7 @@ pub async fn ocr_stage(
     // Calls run unordered (one slow call does not hold up the others' lanes) and are emitted
     // in the order they started; beside them, each running call's crash-loop journal entries.
     let mut running = futures::stream::FuturesUnordered::new();
-    let mut finished: std::collections::BTreeMap<u64, Call> = Default::default();
+    let mut finished: std::collections::BTreeMap<u64, Returned> = Default::default();
     let mut next_emit = 0u64;
     let mut journal: std::collections::BTreeMap<u64, Vec<(i32, i64, u64, bool)>> =
         Default::default();
@@ -98,16 +98,18 @@ pub async fn ocr_stage(
             biased;
             done = running.next(), if !running.is_empty() => {
                 let Some((id, call)) = done else { continue };
-                let call: Call = call;
+                let (batch, counts, results, took): Call = call;
+                // A hung or lost engine: the call is still in the engine (or died in it), so
+                // it stays in the journal; the process ends.
+                let results = results?;
                 lanes.finish(id);
                 journal.remove(&id);
                 // The call returned: its records leave the journal with the next commit.
                 record(&cfg, journal.values().flatten().copied().collect(), false).await;
-                finished.insert(id, call);
+                finished.insert(id, (batch, counts, results, took));
                 while let Some((batch, counts, results, took)) = finished.remove(&next_emit) {
                     next_emit += 1;
                     lanes.emitted();
-                    let results = results?;
                     metrics.stage_seconds.with_label_values(&["ocr"]).observe(took.as_secs_f64());
                     if !emit(&cfg, &engine, &metrics, &out_tx, batch, counts, results).await {
                         return Ok(());
@@ -244,6 +246,14 @@ async fn next_ready(held: &mut Option<Ready>, rx: &mut mpsc::Receiver<Ready>) ->
 fn is_alone(r: &Ready) -> bool {
     matches!(r.envelope.care, Care::Alone(_))
 }
+
+/// A call that returned, waiting to be emitted in its turn.
+type Returned = (
+    Vec<Ready>,
+    Vec<usize>,
+    Vec<Result<ImageText, OcrError>>,
+    Duration,
+);
 
 /// What a call in flight gives back: its records, their page counts, the results and how long
 /// it took.

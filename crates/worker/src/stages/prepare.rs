@@ -105,7 +105,7 @@ impl Prepare {
                 Stage::Ocr,
                 "crash_loop",
                 format!(
-                    "a worker process died {deaths} times while this record was in the OCR engine, the last times with the record running alone (a crash that is not a panic: a segfault in ONNX Runtime, an out-of-memory kill, a hung device call); it is dead-lettered so that it cannot crash-loop the fleet (--crash-loop-attempts). Replay it once the cause is fixed"
+                    "a worker process died {deaths} times while this record ran alone in the OCR engine (a crash that is not a panic: a segfault in ONNX Runtime, an out-of-memory kill, a hung device call); it is dead-lettered so that it cannot crash-loop the fleet (--crash-loop-attempts). Replay it once the cause is fixed"
                 ),
             )
             .into());
