@@ -5,8 +5,8 @@
 //!
 //! | kind | examples | what the worker does |
 //! |---|---|---|
-//! | **the record is bad** ([`Rejection`]) | unparsable value, non-UTF-8 header key, refused URL, an unreachable host while others are reached, image host 4xx, oversize or undecodable body, an image that needs more than the whole memory budget, too many pages, a per-image engine error (the engine's probe still passes) or panic, a record that crashed the process repeatedly, an Elasticsearch *item-level* mapping or parse error, a single document over the bulk size limit | one dead-letter record with [`Stage`] and class, then the offset may be committed |
-//! | **the infrastructure is bad** ([`Component`] fault) | Elasticsearch unreachable, request-level 5xx, 429, 400, 401, 403, 404 (missing index with auto-create off), item-level refusals about the index (a write block, a missing privilege, a closed index); a dead-letter produce that fails; the engine's probe failing, or a call that hangs; most downloads failing to reach their hosts (an egress outage); Kafka errors | never a dead letter and never a commit: intake pauses, the work is retried with backoff, `/readyz` answers 503 with the reason, `ocrfleet_component_up{component}` drops to 0, a rate-limited warning is logged; work resumes when the fault clears. A fault that cannot clear inside the process (the engine or source thread is gone) ends the process with a non-zero status, so that Kubernetes restarts it |
+//! | **the record is bad** ([`Rejection`]) | unparsable value, non-UTF-8 header key, refused URL, more than `--max-headers` headers, a host that answers other downloads but not this one, a host that answers nothing for `--host-hold` (`fetch/host_unreachable`), image host 4xx, oversize or undecodable body, an image that needs more than the whole memory budget, too many pages, a per-image engine error (the engine's probe still passes) or panic, a record that crashed the process repeatedly, an Elasticsearch *item-level* mapping or parse error, a single document over the bulk size limit | one dead-letter record with [`Stage`] and class, then the offset may be committed |
+//! | **the infrastructure is bad** ([`Component`] fault) | Elasticsearch unreachable, request-level 5xx, 429, 400, 401, 403, 404 (missing index with auto-create off), item-level refusals about the index (a write block, a missing privilege, a closed index); a dead-letter produce that fails; the engine's probe failing, or a call that hangs; connections to many distinct hosts failing with none answering, or the `--fetch-probe-url` failing (an egress outage; see [`crate::fetch::hosts`]); Kafka errors | never a dead letter and never a commit: intake pauses, the work is retried with backoff, `/readyz` answers 503 with the reason, `ocrfleet_component_up{component}` drops to 0, a rate-limited warning is logged; work resumes when the fault clears. A fault that cannot clear inside the process (the engine or source thread is gone) ends the process with a non-zero status, so that Kubernetes restarts it |
 //!
 //! The decision is made where the failure is seen, with the types here: record faults become a
 //! [`Rejection`], infrastructure faults are reported to [`crate::health::Health`].
@@ -96,8 +96,8 @@ pub enum Component {
     DeadLetter,
     /// The OCR engine and its device.
     Engine,
-    /// The way out to the image hosts, as seen by downloads that cannot reach them (a DNS or
-    /// egress outage; see [`crate::fetch::outage`]).
+    /// The way out to the image hosts: a DNS or egress outage, as seen across many hosts or by
+    /// the operator's probe URL (see [`crate::fetch::hosts`]).
     ImageHosts,
     /// The memory budget, when a decode has waited for it for long (see [`crate::budget`]).
     MemoryBudget,
