@@ -92,6 +92,13 @@ fn long_version() -> String {
 
 fn main() -> ExitCode {
     use clap::{CommandFactory, FromArgMatches};
+    // The PDF renderer child (`ocrfleet pdf-child --library PATH`), started by `ocr` and the
+    // worker: before anything else, since its stdout is a protocol, not a terminal.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == "pdf-child") {
+        let code = ocrfleet_pdf::child_main(args);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let mut command = Cli::command();
     if std::env::args().any(|a| a == "--version") {
         command = command.long_version(long_version());

@@ -1,5 +1,9 @@
 //! `ocrfleet ocr PATHS...`: OCR files and directories, print text or NDJSON.
 //!
+//! PDFs (known by their magic bytes) are read as the worker reads them: pages with a usable
+//! text layer from it, the others rendered by a PDFium child process and OCRed; each page is
+//! numbered, with where its text came from.
+//!
 //! An unreadable or undecodable file is reported in the output (an `error` object in NDJSON)
 //! and the run goes on. At the end a summary line goes to stderr when any file failed or more
 //! than one was read. Exit code: 0 when every file was read, 1 when any failed, 2 for unusable
@@ -21,9 +25,15 @@ use crate::engine_args::EngineArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct OcrArgs {
-    /// Image files or directories (searched recursively for jpg, jpeg, png, webp, bmp, tif, tiff, gif).
+    /// Image or PDF files, or directories (searched recursively for jpg, jpeg, png, webp, bmp, tif, tiff, gif, pdf).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+    /// Where a PDF page's text comes from: auto (its text layer when usable, else render and OCR it), ocr or text; the worker's setting of the same name.
+    #[arg(long, default_value = ocrfleet_worker::config::default_of("pdf-text"))]
+    pub pdf_text: ocrfleet_pdf::TextMode,
+    /// Resolution PDF pages are rendered at for OCR; the worker's setting of the same name.
+    #[arg(long, default_value = ocrfleet_worker::config::default_of("pdf-dpi"))]
+    pub pdf_dpi: f32,
     /// Print one JSON object per image instead of readable text.
     #[arg(long)]
     pub ndjson: bool,
@@ -35,7 +45,9 @@ pub struct OcrArgs {
     pub engine: EngineArgs,
 }
 
-const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"];
+const EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "pdf",
+];
 
 /// Expands directories (sorted, recursive); files named explicitly are always kept.
 pub fn collect_files(paths: &[PathBuf]) -> Vec<PathBuf> {
@@ -75,6 +87,7 @@ pub fn run(args: OcrArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("no image files found under {:?}", args.paths);
     }
     let engine = Engine::new(args.engine.config()).context("cannot start the OCR engine")?;
+    let pdf = PdfReader::new(&args)?;
     let progress = if files.len() > 8 {
         let pb = ProgressBar::new(files.len() as u64);
         pb.set_style(
@@ -99,9 +112,17 @@ pub fn run(args: OcrArgs) -> anyhow::Result<ExitCode> {
                 Err(e) => results[i] = Some(Err(("read".into(), e.to_string()))),
             }
         }
-        let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
-        for (i, r) in slots.into_iter().zip(engine.recognize_bytes(&refs)) {
-            results[i] = Some(r.map_err(|e: OcrError| (e.stage().to_string(), e.to_string())));
+        // PDFs go through the renderer; images to the engine in one call.
+        let (pdfs, images): (Vec<_>, Vec<_>) = slots
+            .into_iter()
+            .zip(bytes)
+            .partition(|(_, b)| ocrfleet_pdf::is_pdf(b));
+        let refs: Vec<&[u8]> = images.iter().map(|(_, b)| b.as_slice()).collect();
+        for ((i, _), r) in images.iter().zip(engine.recognize_bytes(&refs)) {
+            results[*i] = Some(r.map_err(|e: OcrError| (e.stage().to_string(), e.to_string())));
+        }
+        for (i, b) in pdfs {
+            results[i] = Some(pdf.read(&engine, b));
         }
         let mut buf = Vec::new();
         for (f, r) in chunk.iter().zip(results) {
@@ -132,6 +153,58 @@ pub fn run(args: OcrArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Reads PDFs for `ocr` with one renderer child, as the worker does (see [`ocrfleet_pdf`]).
+pub struct PdfReader {
+    rt: tokio::runtime::Runtime,
+    renderers: ocrfleet_pdf::Renderers,
+    opts: ocrfleet_pdf::ReadOptions,
+}
+
+impl PdfReader {
+    pub fn new(args: &OcrArgs) -> anyhow::Result<PdfReader> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let renderers = ocrfleet_pdf::Renderers::new(ocrfleet_pdf::RendererConfig {
+            program: std::env::current_exe()?,
+            args: vec!["pdf-child".into()],
+            library: args.engine.models_dir.join("lib/libpdfium.so"),
+            children: 1,
+            memory_limit: 0,
+            test_faults: false,
+        });
+        Ok(PdfReader {
+            rt,
+            renderers,
+            opts: ocrfleet_pdf::ReadOptions {
+                mode: args.pdf_text,
+                dpi: args.pdf_dpi,
+                max_pages: args.engine.max_pages.max(1),
+                ..ocrfleet_pdf::ReadOptions::default()
+            },
+        })
+    }
+
+    /// One PDF: its text-layer pages, its rendered pages OCRed, in page order.
+    pub fn read(&self, engine: &Engine, bytes: Vec<u8>) -> Result<ImageText, (String, String)> {
+        let decode = |e: ocrfleet_pdf::PdfError| ("decode".to_string(), e.to_string());
+        let (plan, images) = self
+            .rt
+            .block_on(async {
+                let mut s = self.renderers.session().await?;
+                let plan = ocrfleet_pdf::plan(&mut s, bytes, &self.opts).await?;
+                let images = ocrfleet_pdf::render(&mut s, &plan, &self.opts).await?;
+                Ok((plan, images))
+            })
+            .map_err(decode)?;
+        let mut pages = Vec::with_capacity(images.len());
+        for r in engine.recognize(&images) {
+            pages.push(r.map_err(|e| (e.stage().to_string(), e.to_string()))?);
+        }
+        ocrfleet_pdf::assemble(plan, pages).ok_or_else(|| decode(ocrfleet_pdf::PdfError::NoPages))
+    }
+}
+
 fn write_result(
     out: &mut impl Write,
     file: &Path,
@@ -141,7 +214,7 @@ fn write_result(
     let name = file.display().to_string();
     match (r, ndjson) {
         (Ok(t), true) => {
-            let v = json!({"file": name, "width": t.width, "height": t.height, "pages": t.pages, "lines": t.lines, "timings_ms": t.timings});
+            let v = json!({"file": name, "width": t.width, "height": t.height, "pages": t.pages, "page_sources": t.sources, "lines": t.lines, "timings_ms": t.timings});
             writeln!(out, "{v}")
         }
         (Err((stage, message)), true) => {
@@ -160,7 +233,16 @@ fn write_result(
                 t.lines.len(),
                 t.timings.total
             )?;
+            let mut page = 0;
             for l in &t.lines {
+                if t.pages > 1 && l.page != page {
+                    page = l.page;
+                    let source = t
+                        .sources
+                        .get(page as usize - 1)
+                        .map_or("ocr", |s| s.as_str());
+                    writeln!(out, "-- page {page} ({source})")?;
+                }
                 writeln!(out, "{}", l.text)?;
             }
             writeln!(out)

@@ -23,6 +23,10 @@ pub struct WorkerCmd {
     /// Test-only: a prepare task panics (in its decode stage) on a URL containing this text.
     #[arg(long, hide = true)]
     pub test_prepare_panic: Option<String>,
+    /// Test-only: the PDF renderer children abort on a document containing
+    /// `%ocrfleet-test-abort` and hang on one containing `%ocrfleet-test-hang`.
+    #[arg(long, hide = true)]
+    pub test_pdf_faults: bool,
     #[command(flatten)]
     pub settings: WorkerArgs,
 }
@@ -42,6 +46,10 @@ pub fn run_worker(cmd: WorkerCmd) -> anyhow::Result<ExitCode> {
     if let Some(plan) = cmd.test_engine_fault {
         tracing::warn!(?plan, "test-only engine fault injection is on");
         cfg.engine.fault = Some(plan);
+    }
+    if cmd.test_pdf_faults {
+        tracing::warn!("test-only PDF renderer fault injection is on");
+        cfg.pdf.test_faults = true;
     }
     if let Some(s) = cmd.test_prepare_panic {
         tracing::warn!(url_contains = %s, "test-only prepare panic injection is on");

@@ -21,9 +21,17 @@ pub const TEST_FAULTS_ENV: &str = "OCRFLEET_TEST_PDF_FAULTS";
 
 /// Serves requests from `input` until it closes. `Err` for an I/O failure or a library that
 /// cannot be bound (the worker then sees the child end).
-pub fn serve(library: &Path, mut input: impl Read, mut output: impl Write) -> anyhow_like::Result<()> {
-    let bindings = Pdfium::bind_to_library(library)
-        .map_err(|e| anyhow_like::Error(format!("cannot load PDFium from {}: {e}", library.display())))?;
+pub fn serve(
+    library: &Path,
+    mut input: impl Read,
+    mut output: impl Write,
+) -> anyhow_like::Result<()> {
+    let bindings = Pdfium::bind_to_library(library).map_err(|e| {
+        anyhow_like::Error(format!(
+            "cannot load PDFium from {}: {e}",
+            library.display()
+        ))
+    })?;
     let pdfium = Pdfium::new(bindings);
     let faults = std::env::var(TEST_FAULTS_ENV).is_ok_and(|v| v == "1");
     let mut doc: Option<PdfDocument<'_>> = None;
@@ -43,14 +51,22 @@ pub fn serve(library: &Path, mut input: impl Read, mut output: impl Write) -> an
                     Err(e) => (failed(open_failure(&e), e), Vec::new()),
                 }
             }
-            Request::Page { index, dpi, max_side } => match doc.as_ref() {
+            Request::Page {
+                index,
+                dpi,
+                max_side,
+            } => match doc.as_ref() {
                 None => (no_document(), Vec::new()),
                 Some(d) => match page_data(d, index, dpi, max_side) {
                     Ok(p) => (Response::Page(p), Vec::new()),
                     Err(e) => (failed(Failure::Page, e), Vec::new()),
                 },
             },
-            Request::Render { index, width, height } => match doc.as_ref() {
+            Request::Render {
+                index,
+                width,
+                height,
+            } => match doc.as_ref() {
                 None => (no_document(), Vec::new()),
                 Some(d) => match render(d, index, width, height) {
                     Ok(px) => (Response::Rendered { width, height }, px),
@@ -194,10 +210,7 @@ fn page_data(d: &PdfDocument<'_>, index: u32, dpi: f32, max_side: u32) -> Result
                 to_px(b.right(), b.bottom()),
                 to_px(b.left(), b.bottom()),
             ];
-            let origin = c
-                .origin()
-                .map(|(x, y)| to_px(x, y))
-                .unwrap_or(corners[3]);
+            let origin = c.origin().map(|(x, y)| to_px(x, y)).unwrap_or(corners[3]);
             let visible = !matches!(c.render_mode(), Ok(PdfPageTextRenderMode::Invisible));
             chars.push(RawChar {
                 unicode: c.unicode_value(),

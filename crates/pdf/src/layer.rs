@@ -65,13 +65,20 @@ fn is_space(c: u32) -> bool {
 }
 
 fn centre(q: &[f32; 8]) -> (f32, f32) {
-    ((q[0] + q[2] + q[4] + q[6]) / 4.0, (q[1] + q[3] + q[5] + q[7]) / 4.0)
+    (
+        (q[0] + q[2] + q[4] + q[6]) / 4.0,
+        (q[1] + q[3] + q[5] + q[7]) / 4.0,
+    )
 }
 
 /// Counts the layer's characters (see [`Counts`]).
 pub fn counts(page: &PageData) -> Counts {
     let mut n = Counts::default();
-    for c in page.chars.iter().filter(|c| !c.generated && !is_space(c.unicode)) {
+    for c in page
+        .chars
+        .iter()
+        .filter(|c| !c.generated && !is_space(c.unicode))
+    {
         n.drawn += 1;
         if suspicious(c.unicode) {
             n.suspicious += 1;
@@ -163,7 +170,9 @@ impl Run {
     fn direction(&self) -> (f32, f32) {
         let d: Vec<&RawChar> = self.drawn().collect();
         let (dx, dy) = match (d.first(), d.last()) {
-            (Some(a), Some(b)) if d.len() > 1 => (b.origin[0] - a.origin[0], b.origin[1] - a.origin[1]),
+            (Some(a), Some(b)) if d.len() > 1 => {
+                (b.origin[0] - a.origin[0], b.origin[1] - a.origin[1])
+            }
             (Some(a), _) => (a.quad[2] - a.quad[0], a.quad[3] - a.quad[1]),
             _ => (1.0, 0.0),
         };
@@ -176,7 +185,10 @@ impl Run {
     }
 
     /// The oriented box of `chars` in direction `d`: corners TL, TR, BR, BL.
-    fn quad_of<'a>(chars: impl Iterator<Item = &'a RawChar>, d: (f32, f32)) -> Option<[[i32; 2]; 4]> {
+    fn quad_of<'a>(
+        chars: impl Iterator<Item = &'a RawChar>,
+        d: (f32, f32),
+    ) -> Option<[[i32; 2]; 4]> {
         let (ux, uy) = d;
         let (vx, vy) = (-uy, ux); // "down" in image coordinates
         let (mut u0, mut u1, mut v0, mut v1) = (f32::MAX, f32::MIN, f32::MAX, f32::MIN);
@@ -195,7 +207,12 @@ impl Run {
         if !any {
             return None;
         }
-        let pt = |u: f32, v: f32| [(u * ux + v * vx).round() as i32, (u * uy + v * vy).round() as i32];
+        let pt = |u: f32, v: f32| {
+            [
+                (u * ux + v * vx).round() as i32,
+                (u * uy + v * vy).round() as i32,
+            ]
+        };
         Some([pt(u0, v0), pt(u1, v0), pt(u1, v1), pt(u0, v1)])
     }
 
@@ -284,7 +301,9 @@ pub fn lines(page: &PageData) -> Vec<Line> {
     for (l, d) in &lines {
         weight[bucket(*d) as usize] += l.text.chars().count();
     }
-    let main = (0..4).max_by_key(|&b| (weight[b], std::cmp::Reverse(b))).unwrap_or(0) as u8;
+    let main = (0..4)
+        .max_by_key(|&b| (weight[b], std::cmp::Reverse(b)))
+        .unwrap_or(0) as u8;
     let (main_lines, others): (Vec<_>, Vec<_>) =
         lines.drain(..).partition(|(_, d)| bucket(*d) == main);
     // Into the main direction's frame: text runs along +x, lines go down +y.
@@ -390,7 +409,12 @@ fn xy_cut(boxes: &[Rect], idx: &mut Vec<usize>, out: &mut Vec<usize>) {
 }
 
 /// `idx` split at the cut positions, by the key of each box, in order.
-fn split(boxes: &[Rect], idx: &[usize], cuts: &[f32], key: impl Fn(&Rect) -> f32) -> Vec<Vec<usize>> {
+fn split(
+    boxes: &[Rect],
+    idx: &[usize],
+    cuts: &[f32],
+    key: impl Fn(&Rect) -> f32,
+) -> Vec<Vec<usize>> {
     let mut parts = vec![Vec::new(); cuts.len() + 1];
     for &i in idx {
         let k = key(&boxes[i]);
@@ -443,13 +467,25 @@ mod tests {
 
     #[test]
     fn a_plain_page_is_usable_and_reads_in_order() {
-        let p = page([line("Hello world of documents", 100.0, 100.0), line("second line here", 100.0, 130.0)].concat());
+        let p = page(
+            [
+                line("Hello world of documents", 100.0, 100.0),
+                line("second line here", 100.0, 130.0),
+            ]
+            .concat(),
+        );
         assert_eq!(judge(&p), Verdict::Usable);
         let l = lines(&p);
-        assert_eq!(l.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["Hello world of documents", "second line here"]);
+        assert_eq!(
+            l.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(),
+            ["Hello world of documents", "second line here"]
+        );
         assert_eq!(l[0].words.len(), 4);
         assert_eq!(l[0].words[1].text, "world");
-        assert_eq!(l[0].words[1].bbox, [[160, 100], [210, 100], [210, 120], [160, 120]]);
+        assert_eq!(
+            l[0].words[1].bbox,
+            [[160, 100], [210, 100], [210, 120], [160, 120]]
+        );
         assert_eq!(l[0].bbox[0], [100, 100]);
     }
 
@@ -463,7 +499,15 @@ mod tests {
         }
         let order: Vec<String> = lines(&page(chars)).into_iter().map(|l| l.text).collect();
         assert_eq!(order[0], "A title across the whole page");
-        assert_eq!(&order[1..5], ["left column row 0", "left column row 1", "left column row 2", "left column row 3"]);
+        assert_eq!(
+            &order[1..5],
+            [
+                "left column row 0",
+                "left column row 1",
+                "left column row 2",
+                "left column row 3"
+            ]
+        );
         assert_eq!(order[5], "right column row 0");
     }
 
@@ -478,7 +522,9 @@ mod tests {
         for c in chars.iter_mut().filter(|c| !c.generated).take(4) {
             c.unicode = 0xE041;
         }
-        assert!(matches!(judge(&page(chars)), Verdict::Unusable(why) if why.contains("private-use")));
+        assert!(
+            matches!(judge(&page(chars)), Verdict::Unusable(why) if why.contains("private-use"))
+        );
     }
 
     #[test]
@@ -487,9 +533,16 @@ mod tests {
         for c in &mut chars {
             c.visible = false;
         }
-        assert!(matches!(judge(&page(chars.clone())), Verdict::Unusable(why) if why.contains("invisible")));
-        assert!(lines(&page(chars)).is_empty(), "invisible text is not a line");
-        assert!(matches!(judge(&page(line("Page 1", 10.0, 10.0))), Verdict::Unusable(why) if why.contains("fewer")));
+        assert!(
+            matches!(judge(&page(chars.clone())), Verdict::Unusable(why) if why.contains("invisible"))
+        );
+        assert!(
+            lines(&page(chars)).is_empty(),
+            "invisible text is not a line"
+        );
+        assert!(
+            matches!(judge(&page(line("Page 1", 10.0, 10.0))), Verdict::Unusable(why) if why.contains("fewer"))
+        );
         let mut scan = page(line("a visible header over a scanned page", 10.0, 10.0));
         scan.image_cover = 0.9;
         assert!(matches!(judge(&scan), Verdict::Unusable(why) if why.contains("images")));
@@ -518,6 +571,13 @@ mod tests {
         chars.extend(line("and goes on here", 100.0, 130.0));
         let l = lines(&page(chars));
         let texts: Vec<&str> = l.iter().map(|l| l.text.as_str()).collect();
-        assert_eq!(texts, ["the main text of the page reads across", "and goes on here", "margin"]);
+        assert_eq!(
+            texts,
+            [
+                "the main text of the page reads across",
+                "and goes on here",
+                "margin"
+            ]
+        );
     }
 }

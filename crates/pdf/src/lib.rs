@@ -65,7 +65,9 @@ impl std::str::FromStr for TextMode {
 
 impl<'de> serde::Deserialize<'de> for TextMode {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -324,12 +326,20 @@ mod tests {
         };
         let plan = vec![
             PlannedPage::Text(t("one", TextSource::Text)),
-            PlannedPage::Render { index: 1, width: 1, height: 1, why: String::new() },
+            PlannedPage::Render {
+                index: 1,
+                width: 1,
+                height: 1,
+                why: String::new(),
+            },
             PlannedPage::Text(t("three", TextSource::Text)),
         ];
         let doc = assemble(plan, vec![t("two", TextSource::Ocr)]).unwrap();
         assert_eq!(doc.text, "one\n\ntwo\n\nthree");
         assert_eq!(doc.pages, 3);
-        assert_eq!(doc.sources, [TextSource::Text, TextSource::Ocr, TextSource::Text]);
+        assert_eq!(
+            doc.sources,
+            [TextSource::Text, TextSource::Ocr, TextSource::Text]
+        );
     }
 }

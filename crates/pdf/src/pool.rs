@@ -137,7 +137,11 @@ impl Renderers {
         let d = Duration::from_secs(30);
         match s.open(crate::PROBE_PDF.to_vec(), d).await? {
             1 => {}
-            n => return Err(PdfError::Renderer(format!("the probe PDF has 1 page, the renderer says {n}"))),
+            n => {
+                return Err(PdfError::Renderer(format!(
+                    "the probe PDF has 1 page, the renderer says {n}"
+                )))
+            }
         }
         let p = s.page(0, 72.0, 200, d).await?;
         s.render(0, p.width_px, p.height_px, d).await?;
@@ -196,7 +200,9 @@ impl Session {
                     Ok(Ok(s)) => describe_exit(s),
                     _ => format!("({io})"),
                 };
-                Err(PdfError::Crashed(format!("the PDF renderer ended while {what}: {how}")))
+                Err(PdfError::Crashed(format!(
+                    "the PDF renderer ended while {what}: {how}"
+                )))
             }
             Err(_) => {
                 let _ = proc.child.start_kill();
@@ -227,7 +233,10 @@ impl Session {
 
     /// Opens `bytes` (the empty user password only); the page count.
     pub async fn open(&mut self, bytes: Vec<u8>, deadline: Duration) -> Result<u32, PdfError> {
-        match self.call(&Request::Open, &bytes, deadline, "opening the document").await? {
+        match self
+            .call(&Request::Open, &bytes, deadline, "opening the document")
+            .await?
+        {
             (Response::Opened { pages }, _) => Ok(pages),
             (Response::Failed { failure, message }, _) => Err(Self::failed(failure, message, None)),
             (r, _) => Err(Self::unexpected(r)),
@@ -244,7 +253,16 @@ impl Session {
     ) -> Result<PageData, PdfError> {
         let what = format!("reading page {}", index + 1);
         match self
-            .call(&Request::Page { index, dpi, max_side }, &[], deadline, &what)
+            .call(
+                &Request::Page {
+                    index,
+                    dpi,
+                    max_side,
+                },
+                &[],
+                deadline,
+                &what,
+            )
             .await?
         {
             (Response::Page(p), _) => Ok(p),
@@ -265,14 +283,29 @@ impl Session {
     ) -> Result<image::RgbImage, PdfError> {
         let what = format!("rendering page {}", index + 1);
         match self
-            .call(&Request::Render { index, width, height }, &[], deadline, &what)
+            .call(
+                &Request::Render {
+                    index,
+                    width,
+                    height,
+                },
+                &[],
+                deadline,
+                &what,
+            )
             .await?
         {
-            (Response::Rendered { width: w, height: h }, px) => {
-                image::RgbImage::from_raw(w, h, px).ok_or_else(|| {
-                    PdfError::Renderer(format!("the renderer sent {w}x{h} with the wrong pixel count"))
-                })
-            }
+            (
+                Response::Rendered {
+                    width: w,
+                    height: h,
+                },
+                px,
+            ) => image::RgbImage::from_raw(w, h, px).ok_or_else(|| {
+                PdfError::Renderer(format!(
+                    "the renderer sent {w}x{h} with the wrong pixel count"
+                ))
+            }),
             (Response::Failed { failure, message }, _) => {
                 Err(Self::failed(failure, message, Some(index)))
             }
@@ -284,13 +317,16 @@ impl Session {
 fn describe_exit(s: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (s.code(), s.signal()) {
-        (_, Some(sig)) => format!("killed by signal {sig}{}", match sig {
-            libc::SIGSEGV => " (segmentation fault)",
-            libc::SIGABRT => " (abort)",
-            libc::SIGKILL => " (killed: its memory limit, or from outside)",
-            libc::SIGBUS => " (bus error)",
-            _ => "",
-        }),
+        (_, Some(sig)) => format!(
+            "killed by signal {sig}{}",
+            match sig {
+                libc::SIGSEGV => " (segmentation fault)",
+                libc::SIGABRT => " (abort)",
+                libc::SIGKILL => " (killed: its memory limit, or from outside)",
+                libc::SIGBUS => " (bus error)",
+                _ => "",
+            }
+        ),
         (Some(c), None) => format!("exit status {c}"),
         _ => "an unknown end".into(),
     }

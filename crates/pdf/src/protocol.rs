@@ -45,12 +45,20 @@ pub enum Failure {
 /// A renderer child's answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum Response {
-    Opened { pages: u32 },
+    Opened {
+        pages: u32,
+    },
     Page(PageData),
     /// The payload holds `width` × `height` RGB pixels.
-    Rendered { width: u32, height: u32 },
+    Rendered {
+        width: u32,
+        height: u32,
+    },
     Closed,
-    Failed { failure: Failure, message: String },
+    Failed {
+        failure: Failure,
+        message: String,
+    },
 }
 
 /// A page as the child sees it, in the pixels of the raster it would render.
@@ -99,7 +107,11 @@ fn bad(what: impl Into<String>) -> std::io::Error {
 }
 
 /// Writes one frame.
-pub fn write_frame<T: Serialize>(w: &mut impl Write, header: &T, payload: &[u8]) -> std::io::Result<()> {
+pub fn write_frame<T: Serialize>(
+    w: &mut impl Write,
+    header: &T,
+    payload: &[u8],
+) -> std::io::Result<()> {
     let h = serde_json::to_vec(header).map_err(|e| bad(e.to_string()))?;
     w.write_all(&(h.len() as u32).to_le_bytes())?;
     w.write_all(&h)?;
@@ -183,14 +195,36 @@ mod tests {
     #[test]
     fn frames_round_trip_and_bounds_hold() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, &Request::Page { index: 3, dpi: 150.0, max_side: 4000 }, b"").unwrap();
+        write_frame(
+            &mut buf,
+            &Request::Page {
+                index: 3,
+                dpi: 150.0,
+                max_side: 4000,
+            },
+            b"",
+        )
+        .unwrap();
         write_frame(&mut buf, &Request::Open, b"%PDF-1.7").unwrap();
         let mut r = buf.as_slice();
         let (a, p): (Request, _) = read_frame(&mut r).unwrap().unwrap();
-        assert_eq!((a, p.len()), (Request::Page { index: 3, dpi: 150.0, max_side: 4000 }, 0));
+        assert_eq!(
+            (a, p.len()),
+            (
+                Request::Page {
+                    index: 3,
+                    dpi: 150.0,
+                    max_side: 4000
+                },
+                0
+            )
+        );
         let (b, p): (Request, _) = read_frame(&mut r).unwrap().unwrap();
         assert_eq!((b, p), (Request::Open, b"%PDF-1.7".to_vec()));
-        assert!(read_frame::<Request>(&mut r).unwrap().is_none(), "clean end");
+        assert!(
+            read_frame::<Request>(&mut r).unwrap().is_none(),
+            "clean end"
+        );
         let huge = (u32::MAX).to_le_bytes();
         assert!(read_frame::<Request>(&mut huge.as_slice()).is_err());
     }

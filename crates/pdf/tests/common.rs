@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use ocrfleet_pdf::{RendererConfig, Renderers};
 
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// The fixtures folder; fails with what to run when they are missing.

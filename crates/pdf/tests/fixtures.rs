@@ -30,7 +30,11 @@ async fn every_fixture_gives_what_its_expectation_says() {
             continue;
         }
         let pages = got.unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(pages.len() as u64, want["pages"].as_u64().unwrap(), "{name}");
+        assert_eq!(
+            pages.len() as u64,
+            want["pages"].as_u64().unwrap(),
+            "{name}"
+        );
         let sources: Vec<&str> = pages
             .iter()
             .map(|p| match p {
@@ -45,14 +49,28 @@ async fn every_fixture_gives_what_its_expectation_says() {
             .map(|v| v.as_str().unwrap())
             .collect();
         assert_eq!(sources, want_sources, "{name}");
-        let images = render(&mut s, &pages, &ReadOptions::default()).await.unwrap();
-        assert_eq!(images.len(), sources.iter().filter(|s| **s == "ocr").count());
-        for (img, p) in images.iter().zip(pages.iter().filter(|p| matches!(p, PlannedPage::Render { .. }))) {
-            let PlannedPage::Render { width, height, .. } = p else { unreachable!() };
+        let images = render(&mut s, &pages, &ReadOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            images.len(),
+            sources.iter().filter(|s| **s == "ocr").count()
+        );
+        for (img, p) in images.iter().zip(
+            pages
+                .iter()
+                .filter(|p| matches!(p, PlannedPage::Render { .. })),
+        ) {
+            let PlannedPage::Render { width, height, .. } = p else {
+                unreachable!()
+            };
             assert_eq!(img.dimensions(), (*width, *height), "{name}");
             assert!(img.width().max(img.height()) <= ocrfleet_pdf::DEFAULT_MAX_SIDE);
             // Something was drawn: not a blank page.
-            assert!(img.pixels().any(|px| px.0[0] < 128), "{name}: a blank render");
+            assert!(
+                img.pixels().any(|px| px.0[0] < 128),
+                "{name}: a blank render"
+            );
         }
     }
 }
@@ -69,10 +87,17 @@ async fn the_text_layer_is_read_in_reading_order() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    for (name, first) in [("born_digital.pdf", "Annual Summary 2026"), ("rotated.pdf", "Rotated page")] {
+    for (name, first) in [
+        ("born_digital.pdf", "Annual Summary 2026"),
+        ("rotated.pdf", "Rotated page"),
+    ] {
         let mut s = pool.session().await.unwrap();
-        let pages = plan(&mut s, common::fixture(name), &ReadOptions::default()).await.unwrap();
-        let PlannedPage::Text(t) = &pages[0] else { panic!("{name}: page 1 rendered") };
+        let pages = plan(&mut s, common::fixture(name), &ReadOptions::default())
+            .await
+            .unwrap();
+        let PlannedPage::Text(t) = &pages[0] else {
+            panic!("{name}: page 1 rendered")
+        };
         assert_eq!(t.sources, [TextSource::Text]);
         let lines: Vec<&str> = t.lines.iter().map(|l| l.text.as_str()).collect();
         assert_eq!(lines[0], first, "{name}");
@@ -90,8 +115,13 @@ async fn word_boxes_sit_on_the_rendered_words() {
     let opts = ReadOptions::default();
     let bytes = common::fixture("born_digital.pdf");
     let text = plan(&mut s, bytes.clone(), &opts).await.unwrap();
-    let PlannedPage::Text(t) = &text[0] else { panic!() };
-    let forced = ReadOptions { mode: TextMode::Ocr, ..opts };
+    let PlannedPage::Text(t) = &text[0] else {
+        panic!()
+    };
+    let forced = ReadOptions {
+        mode: TextMode::Ocr,
+        ..opts
+    };
     let pages = plan(&mut s, bytes, &forced).await.unwrap();
     let img = render(&mut s, &pages, &forced).await.unwrap().remove(0);
     assert_eq!((t.width, t.height), img.dimensions());
@@ -99,8 +129,14 @@ async fn word_boxes_sit_on_the_rendered_words() {
     for w in t.lines.iter().flat_map(|l| &l.words) {
         let xs = w.bbox.iter().map(|p| p[0]);
         let ys = w.bbox.iter().map(|p| p[1]);
-        let (x0, x1) = (xs.clone().min().unwrap().max(0) as u32, xs.max().unwrap() as u32);
-        let (y0, y1) = (ys.clone().min().unwrap().max(0) as u32, ys.max().unwrap() as u32);
+        let (x0, x1) = (
+            xs.clone().min().unwrap().max(0) as u32,
+            xs.max().unwrap() as u32,
+        );
+        let (y0, y1) = (
+            ys.clone().min().unwrap().max(0) as u32,
+            ys.max().unwrap() as u32,
+        );
         let ink = (y0..y1.min(img.height()))
             .flat_map(|y| (x0..x1.min(img.width())).map(move |x| (x, y)))
             .filter(|&(x, y)| img.get_pixel(x, y).0[0] < 128)

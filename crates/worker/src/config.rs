@@ -360,6 +360,22 @@ settings! {
         /// A record whose image crashed the worker process (a crash that is not a panic: a segfault in ONNX Runtime, an out-of-memory kill) this many times, each time run alone, is dead-lettered (ocr/crash_loop) instead of crash-looping the fleet; the count is kept in the committed offset's metadata. 0 turns this off.
         crash_loop_attempts: u32, "crash-loop-attempts", "OCRFLEET_CRASH_LOOP_ATTEMPTS", "3";
     }
+    "PDF" {
+        /// Where a PDF page's text comes from: auto (its text layer when usable, else render and OCR it), ocr (always render and OCR) or text (never render: the layer as it is).
+        pdf_text: ocrfleet_pdf::TextMode, "pdf-text", "OCRFLEET_PDF_TEXT", "auto";
+        /// Resolution PDF pages are rendered at for OCR (the detector scales a page to --det-limit; the recogniser reads the rendered pixels).
+        pdf_dpi: f32, "pdf-dpi", "OCRFLEET_PDF_DPI", "150";
+        /// Longest side of a rendered PDF page in pixels: a larger page (a poster) is rendered smaller, to fit.
+        pdf_max_side: u32, "pdf-max-side", "OCRFLEET_PDF_MAX_SIDE", "4096";
+        /// PDF renderer child processes (PDFium, one document at a time each): PDFs read at once.
+        pdf_renderers: usize, "pdf-renderers", "OCRFLEET_PDF_RENDERERS", "2";
+        /// Address-space limit of each PDF renderer child (a document that needs more ends as decode/pdf_crash).
+        pdf_renderer_memory: ByteSize, "pdf-renderer-memory", "OCRFLEET_PDF_RENDERER_MEMORY", "1GiB";
+        /// Each call to a PDF renderer (open the document, read a page's text layer, render a page) must end within this; else the child is killed and the record dead-lettered (decode/pdf_timeout).
+        pdf_page_timeout: HumanDuration, "pdf-page-timeout", "OCRFLEET_PDF_PAGE_TIMEOUT", "20s";
+        /// A whole PDF (every page's text layer and renders) must be read within this (decode/pdf_timeout).
+        pdf_timeout: HumanDuration, "pdf-timeout", "OCRFLEET_PDF_TIMEOUT", "2m";
+    }
     "Elasticsearch" {
         /// Elasticsearch URL.
         es_url: String, "es-url", "OCRFLEET_ES_URL", "http://127.0.0.1:9200";
@@ -398,9 +414,27 @@ settings! {
     }
 }
 
+/// How the worker reads PDFs.
+#[derive(Debug, Clone)]
+pub struct PdfConfig {
+    pub read: ocrfleet_pdf::ReadOptions,
+    /// `--pdf-timeout`.
+    pub deadline: Duration,
+    pub renderers: usize,
+    pub memory: u64,
+    /// PDFium (`<models-dir>/lib/libpdfium.so`).
+    pub library: PathBuf,
+    /// Test-only (the hidden `--test-pdf-faults`): the renderer children's fault hooks.
+    pub test_faults: bool,
+}
+
 /// Fully resolved settings.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
+    pub pdf: PdfConfig,
+    /// How to start a PDF renderer child: the program and its arguments (the `ocrfleet`
+    /// binary's `pdf-child` command, by default this process's own executable).
+    pub pdf_program: (PathBuf, Vec<std::ffi::OsString>),
     pub kafka: KafkaConfig,
     pub es: EsConfig,
     pub fetch: FetchConfig,
@@ -635,7 +669,30 @@ impl WorkerConfig {
         engine.u8_input = a.u8_input;
         engine.io_binding = a.io_binding;
         engine.streams = streams_for(engine.device, a.device_streams);
+        let pdf = PdfConfig {
+            read: ocrfleet_pdf::ReadOptions {
+                mode: a.pdf_text,
+                dpi: a.pdf_dpi.clamp(36.0, 600.0),
+                // A rendered page stays within --max-pixels as well.
+                max_side: a
+                    .pdf_max_side
+                    .clamp(64, 32_768)
+                    .min((engine.max_pixels as f64).sqrt().max(64.0) as u32),
+                max_pages: a.max_pages.max(1),
+                page_deadline: a.pdf_page_timeout.0,
+            },
+            deadline: a.pdf_timeout.0,
+            renderers: a.pdf_renderers.max(1),
+            memory: a.pdf_renderer_memory.as_u64(),
+            library: a.models_dir.join("lib/libpdfium.so"),
+            test_faults: false,
+        };
         Ok(WorkerConfig {
+            pdf,
+            pdf_program: (
+                std::env::current_exe().unwrap_or_else(|_| PathBuf::from("ocrfleet")),
+                vec!["pdf-child".into()],
+            ),
             kafka: KafkaConfig {
                 brokers: a.brokers.clone(),
                 dlq_topic: nonempty(a.dlq_topic.clone()).unwrap_or_else(|| format!("{topic}.dlq")),

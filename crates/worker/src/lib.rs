@@ -154,9 +154,11 @@ async fn run_inner(
     pipeline.supervise(cfg.shutdown_grace, shutdown).await
 }
 
-/// What start-up made: a warmed-up engine and an Elasticsearch client whose index is ready.
+/// What start-up made: a warmed-up engine, the PDF renderers (probed) and an Elasticsearch
+/// client whose index is ready.
 struct Started {
     engine: EngineHandle,
+    pdf: ocrfleet_pdf::Renderers,
     es: es::client::EsClient,
 }
 
@@ -197,6 +199,21 @@ async fn start_up(
         .set(1);
     metrics.engine_warmup_seconds.set(warm.seconds);
     metrics.engine_sessions.set(warm.sessions as i64);
+    health.set_phase("starting a PDF renderer and reading a test page");
+    let pdf = ocrfleet_pdf::Renderers::new(ocrfleet_pdf::RendererConfig {
+        program: cfg.pdf_program.0.clone(),
+        args: cfg.pdf_program.1.clone(),
+        library: cfg.pdf.library.clone(),
+        children: cfg.pdf.renderers,
+        memory_limit: cfg.pdf.memory,
+        test_faults: cfg.pdf.test_faults,
+    });
+    pdf.probe().await.with_context(|| {
+        format!(
+            "cannot read PDFs (PDFium at {}; models/fetch.sh installs it)",
+            cfg.pdf.library.display()
+        )
+    })?;
     health.set_phase("preparing the Elasticsearch index (template, write alias)");
     let es = es::client::EsClient::new(&cfg.es, metrics.clone())?;
     let mut delays = retry::unbounded(Duration::from_millis(500));
@@ -213,7 +230,7 @@ async fn start_up(
         }
     }
     health.clear(Component::Elasticsearch, "template");
-    Ok(Some(Started { engine, es }))
+    Ok(Some(Started { engine, pdf, es }))
 }
 
 /// The running pipeline: the Kafka source on its own thread, the prepare, OCR and sink stages,
@@ -240,7 +257,7 @@ impl Pipeline {
         metrics: &metrics::Metrics,
         health: &Arc<health::Health>,
     ) -> anyhow::Result<Pipeline> {
-        let Started { engine, es } = started;
+        let Started { engine, es, .. } = started;
         let replay_key = cfg
             .replay_key
             .as_ref()
@@ -256,6 +273,10 @@ impl Pipeline {
         let hosts = fetch::hosts::Hosts::new(cfg.fetch.hosts, health.clone())
             .with_gauges(metrics.hosts_open.clone(), metrics.records_held.clone());
         let fetcher = fetch::Fetcher::new(cfg.fetch.clone())?;
+        let pdfs = stages::prepare::Pdfs {
+            renderers: started.pdf.clone(),
+            cfg: cfg.pdf.clone(),
+        };
         let prep = stages::prepare::Prepare {
             fetcher: fetcher.clone(),
             hosts: hosts.clone(),
@@ -266,6 +287,8 @@ impl Pipeline {
             max_headers: cfg.max_headers,
             attempts: cfg.fetch.attempts,
             assignment: Some(assignment.clone()),
+            pdfs,
+            health: health.clone(),
             metrics: metrics.clone(),
             test_panic: cfg.test_prepare_panic.clone(),
         };

@@ -22,7 +22,8 @@ use crate::envelope::Envelope;
 /// 2: `metadata` is `flattened` (one mapping field however many keys producers send).
 /// 3: `lines.words` (stored, not indexed) and the `text.grams` subfield.
 /// 4: `pages` and `lines.page` (multi-page TIFFs).
-pub const TEMPLATE_VERSION: u64 = 4;
+/// 5: `page_sources` (PDFs: where each page's text came from, `ocr` or `text`).
+pub const TEMPLATE_VERSION: u64 = 5;
 
 /// The `text.grams` subfield's analyzer: lower-cased 4- to 12-grams of letters and digits, so
 /// that a search for a word finds it where OCR glued it to a neighbour or a number
@@ -34,12 +35,13 @@ pub const GRAMS: (usize, usize) = (4, 12);
 
 /// The fields added since an index could have been made by an earlier template, which
 /// `PUT <index>/_mapping` can add to an existing index in place: `lines.words` (version 3),
-/// `pages` and `lines.page` (version 4).
+/// `pages` and `lines.page` (version 4), `page_sources` (version 5).
 /// The `text.grams` subfield needs an analyzer in the index settings, which an open index
 /// cannot take; an older index gets it only by rolling over to a new index.
 pub fn additive_mapping() -> Value {
     json!({"properties": {
         "pages": {"type": "integer"},
+        "page_sources": {"type": "keyword"},
         "lines": {"properties": {
             "words": {"type": "object", "enabled": false},
             "page": {"type": "integer"}
@@ -85,8 +87,11 @@ pub struct DocBody {
     /// The first page's size.
     pub width: u32,
     pub height: u32,
-    /// Pages read (a multi-page TIFF has several; each line says which it is on).
+    /// Pages read (a multi-page TIFF or a PDF has several; each line says which it is on).
     pub pages: u32,
+    /// Where each page's text came from, page after page: `ocr`, or `text` (a PDF page's
+    /// text layer).
+    pub page_sources: Vec<&'static str>,
     pub metadata: serde_json::Map<String, Value>,
     /// Kafka headers, stored but not indexed (keys and values as lossy UTF-8).
     pub headers: BTreeMap<String, Option<String>>,
@@ -144,6 +149,7 @@ pub fn index_template(index: &str) -> Value {
                     "width": {"type": "integer"},
                     "height": {"type": "integer"},
                     "pages": {"type": "integer"},
+                    "page_sources": {"type": "keyword"},
                     "metadata": {"type": "flattened"},
                     "headers": {"type": "object", "enabled": false},
                     "source": {"properties": {
@@ -297,6 +303,7 @@ mod tests {
             width: 10,
             height: 5,
             pages: 1,
+            page_sources: vec!["ocr"],
             metadata: serde_json::from_value(json!({"shop": {"id": 7, "tags": ["a"]}})).unwrap(),
             headers: BTreeMap::from([("h".to_string(), Some("v".to_string()))]),
             source: SourceRef {

@@ -319,6 +319,10 @@ fn submit<'a>(
     }
     async move {
         let t = Instant::now();
+        if images.is_empty() {
+            // PDFs read wholly from their text layers: nothing for the engine.
+            return (batch, counts, Ok(Vec::new()), t.elapsed());
+        }
         let results = run_until_healthy(engine, images, cfg, health).await;
         (batch, counts, results, t.elapsed())
     }
@@ -352,8 +356,20 @@ async fn emit(
         }
     }
     let mut results = results.into_iter();
-    for (ready, n) in batch.into_iter().zip(counts) {
-        let outcome = match per_message(results.by_ref().take(n).collect()) {
+    for (mut ready, n) in batch.into_iter().zip(counts) {
+        let pages = per_page(results.by_ref().take(n).collect());
+        let text = pages.and_then(|pages| {
+            match ready.plan.take() {
+                // A PDF: its text-layer pages and its OCRed ones, in page order.
+                Some(plan) => ocrfleet_pdf::assemble(plan, pages),
+                None => ImageText::from_pages(pages),
+            }
+            .ok_or_else(|| OcrError::Inference {
+                stage: ocrfleet_ocr::Stage::Detect,
+                message: "a message with no page".into(),
+            })
+        });
+        let outcome = match text {
             Ok(text) => Outcome::Doc(Box::new(document(cfg, engine.model_version(), ready, text))),
             Err(e) => {
                 let stage = if e.is_input_error() {
@@ -375,9 +391,9 @@ async fn emit(
     true
 }
 
-/// A message's result from its pages' results: the first failing page fails it (its page
-/// number in the message when there are several).
-fn per_message(pages: Vec<Result<ImageText, OcrError>>) -> Result<ImageText, OcrError> {
+/// A message's pages from their results: the first failing page fails it (its page number
+/// among the OCRed pages when there are several).
+fn per_page(pages: Vec<Result<ImageText, OcrError>>) -> Result<Vec<ImageText>, OcrError> {
     let several = pages.len() > 1;
     let mut ok = Vec::with_capacity(pages.len());
     for (i, p) in pages.into_iter().enumerate() {
@@ -395,7 +411,7 @@ fn per_message(pages: Vec<Result<ImageText, OcrError>>) -> Result<ImageText, Ocr
             Err(e) => return Err(e),
         }
     }
-    Ok(ImageText::from_pages(ok).expect("a message has at least one page"))
+    Ok(ok)
 }
 
 /// Runs `images` until the results can be trusted (see the module doc).
@@ -505,6 +521,7 @@ fn document(cfg: &OcrSettings, model: &str, r: Ready, text: ImageText) -> Docume
         width: text.width,
         height: text.height,
         pages: text.pages,
+        page_sources: text.sources.iter().map(|s| s.as_str()).collect(),
         metadata: r.request.metadata,
         headers,
         source: SourceRef {

@@ -9,6 +9,11 @@
 //!   answers or `--host-hold` is over (then a `fetch/host_unreachable` dead letter).
 //! - **Revoked work is dropped:** a held record whose partition was revoked leaves at once
 //!   (the new owner redoes it), and so does one that waited for a slot.
+//! - **PDFs** (known by their magic bytes) are read by the renderer children
+//!   ([`ocrfleet_pdf`]): pages with a usable text layer are read from it, the others rendered,
+//!   each rendered page charged to the budget before it is rendered; a document over
+//!   `--max-pages`, encrypted, malformed, or that crashes or hangs its renderer is one dead
+//!   letter of stage `decode`.
 //! - **Decoding** is charged to the budget once, with its body and the decoder's measured peak
 //!   (see [`crate::budget`]); a decode that needs more than the whole budget is dead-lettered at
 //!   once (`decode/over_memory_budget`). The charge shrinks to the RGB pages, held until the
@@ -25,13 +30,14 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use image::RgbImage;
 use ocrfleet_ocr::{decode, OcrError};
+use ocrfleet_pdf::PlannedPage;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::Outcome;
 use crate::budget::{Budget, Charge};
 use crate::envelope::{Envelope, Failure};
-use crate::failure::{Rejection, Stage};
+use crate::failure::{Component, Rejection, Stage};
 use crate::fetch::hosts::{self, Hosts, Step, Verdict};
 use crate::fetch::{redact_url, FetchError, Fetched, Fetcher};
 use crate::kafka::journal::Care;
@@ -44,11 +50,21 @@ pub struct Ready {
     pub envelope: Envelope,
     pub request: Request,
     pub pages: Vec<RgbImage>,
+    /// A PDF's plan: which pages come from the text layer (already read) and which are among
+    /// `pages`, rendered, in order (see [`ocrfleet_pdf::assemble`]). `None` for an image.
+    pub plan: Option<Vec<PlannedPage>>,
     /// The pages' share of the budget, held (never read) until the engine is done with them.
     pub _charge: Charge,
     pub fetch_ms: f64,
     pub decode_ms: f64,
     pub attempts: usize,
+}
+
+/// How prepare reads PDFs: the renderer children and the settings.
+#[derive(Clone)]
+pub struct Pdfs {
+    pub renderers: ocrfleet_pdf::Renderers,
+    pub cfg: crate::config::PdfConfig,
 }
 
 /// What the prepare tasks share.
@@ -67,6 +83,10 @@ pub struct Prepare {
     pub attempts: usize,
     /// Which partitions are still ours: revoked work is dropped (none: all are, in tests).
     pub assignment: Option<Assignment>,
+    /// PDF input.
+    pub pdfs: Pdfs,
+    /// Where a renderer that does not work is reported (an infrastructure fault).
+    pub health: Arc<crate::health::Health>,
     pub metrics: Metrics,
     /// Test-only: panic (in the decode stage) on a URL containing this text.
     pub test_panic: Option<String>,
@@ -90,6 +110,7 @@ impl From<Rejection> for Stop {
 struct Prepared {
     request: Request,
     pages: Vec<RgbImage>,
+    plan: Option<Vec<PlannedPage>>,
     charge: Charge,
     fetch_ms: f64,
     decode_ms: f64,
@@ -163,6 +184,24 @@ impl Prepare {
         };
         // The slot is held until the body is decoded (bodies in memory stay bounded).
         let _slot = slot;
+        if ocrfleet_pdf::is_pdf(&fetched.bytes) {
+            let t = Instant::now();
+            let (pages, plan, charge) = self.read_pdf(fetched.bytes, attempts).await?;
+            let decode_ms = t.elapsed().as_secs_f64() * 1000.0;
+            self.metrics
+                .stage_seconds
+                .with_label_values(&["decode"])
+                .observe(decode_ms / 1000.0);
+            return Ok(Prepared {
+                request,
+                pages,
+                plan: Some(plan),
+                charge,
+                fetch_ms,
+                decode_ms,
+                attempts,
+            });
+        }
         let cost = decode::cost_pages(&fetched.bytes, self.max_pixels, self.max_pages)
             .map_err(decode_err)?;
         let need = fetched.bytes.len() as u64 + cost.peak_bytes;
@@ -212,11 +251,89 @@ impl Prepare {
         Ok(Prepared {
             request,
             pages,
+            plan: None,
             charge,
             fetch_ms,
             decode_ms,
             attempts,
         })
+    }
+
+    /// Reads a PDF (see [`ocrfleet_pdf`]): its plan within `--pdf-timeout`, the rendered
+    /// pages charged to the budget before they are rendered. A renderer that does not work is
+    /// an infrastructure fault (reported, retried, nothing dead-lettered); a crash on this
+    /// document is its own only when a probe shows the renderer works.
+    async fn read_pdf(
+        &self,
+        bytes: Vec<u8>,
+        attempts: usize,
+    ) -> Result<(Vec<RgbImage>, Vec<PlannedPage>, Charge), Stop> {
+        let cfg = &self.pdfs.cfg;
+        let body = bytes.len() as u64;
+        let mut delays = crate::retry::unbounded(Duration::from_millis(500));
+        loop {
+            let read = async {
+                let mut s = self.pdfs.renderers.session().await?;
+                let plan = ocrfleet_pdf::plan(&mut s, bytes.clone(), &cfg.read).await?;
+                let rgb: u64 = plan.iter().map(PlannedPage::raster_bytes).sum();
+                // The renderer's own raster (4 bytes a pixel) of the largest page, beside ours.
+                let child = plan
+                    .iter()
+                    .map(|p| p.raster_bytes() / 3 * 4)
+                    .max()
+                    .unwrap_or(0);
+                let need = body + rgb + child;
+                let Some(mut charge) = self.budget.charge(need).await else {
+                    return Ok(Err(Rejection::new(
+                        Stage::Decode,
+                        "over_memory_budget",
+                        format!(
+                            "reading this PDF needs {} (its {} body and {} of rendered pages, {} page(s) of {} to render), more than the whole --memory-budget of {}: raise the budget (or lower --pdf-dpi), then replay this record",
+                            mib(need),
+                            mib(body),
+                            mib(rgb + child),
+                            plan.iter().filter(|p| p.raster_bytes() > 0).count(),
+                            plan.len(),
+                            mib(self.budget.total())
+                        ),
+                    )));
+                };
+                let pages = ocrfleet_pdf::render(&mut s, &plan, &cfg.read).await?;
+                charge.shrink_to(rgb);
+                Ok::<_, ocrfleet_pdf::PdfError>(Ok((pages, plan, charge)))
+            };
+            let e = match tokio::time::timeout(cfg.deadline, read).await {
+                Ok(Ok(Ok(done))) => {
+                    self.health.clear(Component::Engine, "pdf_renderer");
+                    return Ok(done);
+                }
+                Ok(Ok(Err(over_budget))) => return Err(over_budget.attempts(attempts).into()),
+                Ok(Err(e)) => e,
+                Err(_) => ocrfleet_pdf::PdfError::Timeout(format!(
+                    "the PDF was not read within {} (--pdf-timeout)",
+                    humantime::format_duration(cfg.deadline)
+                )),
+            };
+            let renderer_fault = match &e {
+                ocrfleet_pdf::PdfError::Renderer(why) => Some(why.clone()),
+                ocrfleet_pdf::PdfError::Crashed(_) => match self.pdfs.renderers.probe().await {
+                    Ok(()) => None,
+                    Err(p) => Some(format!("{e}; and the renderer fails its probe: {p}")),
+                },
+                _ => None,
+            };
+            match renderer_fault {
+                None => {
+                    return Err(Rejection::new(Stage::Decode, e.class(), e.to_string())
+                        .attempts(attempts)
+                        .into())
+                }
+                Some(why) => {
+                    self.health.fault(Component::Engine, "pdf_renderer", &why);
+                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(10))).await;
+                }
+            }
+        }
     }
 
     fn still_ours(&self, e: &Envelope) -> bool {
@@ -404,6 +521,7 @@ pub async fn prepare_stage(
                             envelope,
                             request: p.request,
                             pages: p.pages,
+                            plan: p.plan,
                             _charge: p.charge,
                             fetch_ms: p.fetch_ms,
                             decode_ms: p.decode_ms,

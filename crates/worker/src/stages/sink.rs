@@ -399,6 +399,7 @@ mod tests {
                 width: 1,
                 height: 1,
                 pages: 1,
+                page_sources: vec!["ocr"],
                 metadata: Default::default(),
                 headers: Default::default(),
                 source: SourceRef {
