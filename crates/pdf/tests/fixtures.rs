@@ -146,3 +146,83 @@ async fn word_boxes_sit_on_the_rendered_words() {
     }
     assert!(words > 50, "{words} words");
 }
+
+/// The born-digital page read both ways: its text layer, and the same page rendered and OCRed
+/// by the real engine. Words found by both (same text) have boxes that overlap: the mean IoU is
+/// printed, and must be at least 0.5.
+#[test]
+fn text_layer_word_boxes_overlap_the_boxes_ocr_finds() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pool = common::pool(1, false);
+    let opts = ReadOptions::default();
+    let bytes = common::fixture("born_digital.pdf");
+    let (text, img) = rt.block_on(async {
+        let mut s = pool.session().await.unwrap();
+        let text = plan(&mut s, bytes.clone(), &opts).await.unwrap().remove(0);
+        let forced = ReadOptions {
+            mode: TextMode::Ocr,
+            ..opts
+        };
+        let pages = plan(&mut s, bytes, &forced).await.unwrap();
+        (
+            text,
+            render(&mut s, &pages, &forced).await.unwrap().remove(0),
+        )
+    });
+    let PlannedPage::Text(layer) = text else {
+        panic!()
+    };
+    let engine = ocrfleet_ocr::Engine::new(ocrfleet_ocr::EngineConfig {
+        models_dir: common::root().join("models"),
+        intra_threads: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let ocr = engine
+        .recognize(std::slice::from_ref(&img))
+        .remove(0)
+        .unwrap();
+    let rect = |b: &[[i32; 2]; 4]| {
+        let xs = b.iter().map(|p| p[0] as f64);
+        let ys = b.iter().map(|p| p[1] as f64);
+        (
+            xs.clone().fold(f64::MAX, f64::min),
+            ys.clone().fold(f64::MAX, f64::min),
+            xs.fold(f64::MIN, f64::max),
+            ys.fold(f64::MIN, f64::max),
+        )
+    };
+    let iou = |a: (f64, f64, f64, f64), b: (f64, f64, f64, f64)| {
+        let i = (a.2.min(b.2) - a.0.max(b.0)).max(0.0) * (a.3.min(b.3) - a.1.max(b.1)).max(0.0);
+        let u = (a.2 - a.0) * (a.3 - a.1) + (b.2 - b.0) * (b.3 - b.1) - i;
+        if u > 0.0 {
+            i / u
+        } else {
+            0.0
+        }
+    };
+    let ocr_words: Vec<_> = ocr.lines.iter().flat_map(|l| &l.words).collect();
+    let mut ious = Vec::new();
+    for w in layer.lines.iter().flat_map(|l| &l.words) {
+        let a = rect(&w.bbox);
+        let best = ocr_words
+            .iter()
+            .filter(|o| o.text == w.text)
+            .map(|o| iou(a, rect(&o.bbox)))
+            .fold(0.0, f64::max);
+        if ocr_words.iter().any(|o| o.text == w.text) {
+            ious.push(best);
+        }
+    }
+    let mean = ious.iter().sum::<f64>() / ious.len().max(1) as f64;
+    let mut sorted = ious.clone();
+    sorted.sort_by(f64::total_cmp);
+    println!(
+        "{} words in both readings; word-box IoU mean {mean:.3}, median {:.3}, min {:.3}",
+        ious.len(),
+        sorted[sorted.len() / 2],
+        sorted[0]
+    );
+    assert!(ious.len() >= 40, "{} words matched", ious.len());
+    assert!(mean >= 0.5, "mean IoU {mean:.3}");
+}
