@@ -22,6 +22,9 @@ pub struct PdfBenchArgs {
     /// Resolution of the rendered pages.
     #[arg(long, default_value = ocrfleet_worker::config::default_of("pdf-dpi"))]
     pub pdf_dpi: f32,
+    /// A scanned page is rendered at its scan's own resolution, at most this.
+    #[arg(long, default_value = ocrfleet_worker::config::default_of("pdf-max-scan-dpi"))]
+    pub pdf_max_scan_dpi: f32,
     /// auto, ocr (render every page) or text.
     #[arg(long, default_value = ocrfleet_worker::config::default_of("pdf-text"))]
     pub pdf_text: TextMode,
@@ -72,6 +75,7 @@ pub fn bench_pdf(args: PdfBenchArgs) -> anyhow::Result<ExitCode> {
     let opts = ReadOptions {
         mode: args.pdf_text,
         dpi: args.pdf_dpi,
+        max_scan_dpi: args.pdf_max_scan_dpi,
         max_pages: args.engine.max_pages.max(1),
         ..ReadOptions::default()
     };

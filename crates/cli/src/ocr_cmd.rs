@@ -34,6 +34,9 @@ pub struct OcrArgs {
     /// Resolution PDF pages are rendered at for OCR; the worker's setting of the same name.
     #[arg(long, default_value = ocrfleet_worker::config::default_of("pdf-dpi"))]
     pub pdf_dpi: f32,
+    /// A scanned PDF page is rendered at its scan's own resolution, at most this; the worker's setting of the same name.
+    #[arg(long, default_value = ocrfleet_worker::config::default_of("pdf-max-scan-dpi"))]
+    pub pdf_max_scan_dpi: f32,
     /// Print one JSON object per image instead of readable text.
     #[arg(long)]
     pub ndjson: bool,
@@ -179,6 +182,7 @@ impl PdfReader {
             opts: ocrfleet_pdf::ReadOptions {
                 mode: args.pdf_text,
                 dpi: args.pdf_dpi,
+                max_scan_dpi: args.pdf_max_scan_dpi,
                 max_pages: args.engine.max_pages.max(1),
                 ..ocrfleet_pdf::ReadOptions::default()
             },

@@ -55,9 +55,10 @@ pub fn serve(
                 index,
                 dpi,
                 max_side,
+                max_scan_dpi,
             } => match doc.as_ref() {
                 None => (no_document(), Vec::new()),
-                Some(d) => match page_data(d, index, dpi, max_side) {
+                Some(d) => match page_data(d, index, dpi, max_side, max_scan_dpi) {
                     Ok(p) => (Response::Page(p), Vec::new()),
                     Err(e) => (failed(Failure::Page, e), Vec::new()),
                 },
@@ -162,9 +163,40 @@ fn config(width: u32, height: u32) -> PdfRenderConfig {
         .render_annotations(true)
 }
 
-fn page_data(d: &PdfDocument<'_>, index: u32, dpi: f32, max_side: u32) -> Result<PageData, String> {
+fn page_data(
+    d: &PdfDocument<'_>,
+    index: u32,
+    dpi: f32,
+    max_side: u32,
+    max_scan_dpi: f32,
+) -> Result<PageData, String> {
     let p = page(d, index)?;
     let (w, h) = (p.width().value, p.height().value);
+    let mut image_area = 0.0f32;
+    // The largest image covering a quarter of the page or more: a scan, whose own resolution
+    // the page is rendered at (its pixels read as scanned, neither blurred up nor thrown away).
+    let mut scan: Option<(f32, f32)> = None;
+    for o in p.objects().iter() {
+        if o.object_type() == PdfPageObjectType::Image {
+            if let Ok(b) = o.bounds() {
+                let (l, r) = (b.left().value.max(0.0), b.right().value.min(w.max(h)));
+                let (bt, t) = (b.bottom().value.max(0.0), b.top().value.min(w.max(h)));
+                let area = (r - l).max(0.0) * (t - bt).max(0.0);
+                image_area += area;
+                if let Some(img) = o.as_image_object() {
+                    let own = img
+                        .horizontal_dpi()
+                        .unwrap_or(0.0)
+                        .max(img.vertical_dpi().unwrap_or(0.0));
+                    if area >= 0.25 * w * h && own > 0.0 && scan.is_none_or(|(a, _)| area > a) {
+                        scan = Some((area, own));
+                    }
+                }
+            }
+        }
+    }
+    let min = crate::protocol::MIN_SCAN_DPI;
+    let dpi = scan.map_or(dpi, |(_, own)| own.clamp(min, max_scan_dpi.max(min)));
     let (width_px, height_px) = raster_size(w, h, dpi, max_side);
     let cfg = config(width_px, height_px);
     let to_px = |x: PdfPoints, y: PdfPoints| -> [f32; 2] {
@@ -180,16 +212,6 @@ fn page_data(d: &PdfDocument<'_>, index: u32, dpi: f32, max_side: u32) -> Result
         Ok(PdfPageRenderRotation::Degrees270) => 270,
         _ => 0,
     };
-    let mut image_area = 0.0f32;
-    for o in p.objects().iter() {
-        if o.object_type() == PdfPageObjectType::Image {
-            if let Ok(b) = o.bounds() {
-                let (l, r) = (b.left().value.max(0.0), b.right().value.min(w.max(h)));
-                let (bt, t) = (b.bottom().value.max(0.0), b.top().value.min(w.max(h)));
-                image_area += (r - l).max(0.0) * (t - bt).max(0.0);
-            }
-        }
-    }
     let annotations = p
         .annotations()
         .iter()
@@ -236,6 +258,7 @@ fn page_data(d: &PdfDocument<'_>, index: u32, dpi: f32, max_side: u32) -> Result
         rotation,
         width_px,
         height_px,
+        dpi,
         image_cover: (image_area / (w * h).max(1.0)).min(1.0),
         annotations,
         chars,

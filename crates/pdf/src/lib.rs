@@ -11,9 +11,11 @@
 //! for what "usable" means) and rendering; the caller charges the rendered pages to its memory
 //! budget, then [`render`]s them.
 //!
-//! **Rendering resolution.** [`DEFAULT_DPI`] (150), with the longer side at most
-//! [`DEFAULT_MAX_SIDE`] pixels: see deploy/docs/performance.md ("PDF pages") for the
-//! measurement behind it.
+//! **Rendering resolution.** A page that carries a scan (an image over a quarter of the page or
+//! more) is rendered at the scan's own resolution (between 72 and [`DEFAULT_MAX_SCAN_DPI`]), so
+//! that its pixels reach the engine as they were scanned; other pages at [`DEFAULT_DPI`] (150);
+//! the longer side at most [`DEFAULT_MAX_SIDE`] pixels. deploy/docs/performance.md ("PDF
+//! pages") has the measurement behind both.
 
 pub mod child;
 pub mod layer;
@@ -28,6 +30,8 @@ pub use pool::{RendererConfig, Renderers, Session};
 
 /// Pages are rendered at this resolution for OCR.
 pub const DEFAULT_DPI: f32 = 150.0;
+/// A scanned page is rendered at its scan's own resolution, at most this.
+pub const DEFAULT_MAX_SCAN_DPI: f32 = 400.0;
 /// The longest side of a rendered page, in pixels (a poster-sized page is scaled down to it).
 pub const DEFAULT_MAX_SIDE: u32 = 4096;
 /// The version of PDFium that models/fetch.sh installs (pypdfium2 5.15.2's build).
@@ -118,7 +122,10 @@ impl PdfError {
 #[derive(Debug, Clone, Copy)]
 pub struct ReadOptions {
     pub mode: TextMode,
+    /// Resolution of pages drawn as text and vectors.
     pub dpi: f32,
+    /// A scanned page is rendered at its scan's own resolution, at most this.
+    pub max_scan_dpi: f32,
     pub max_side: u32,
     pub max_pages: u32,
     /// Each request to the renderer (open, a page's layer, a page's render) within this.
@@ -130,6 +137,7 @@ impl Default for ReadOptions {
         ReadOptions {
             mode: TextMode::Auto,
             dpi: DEFAULT_DPI,
+            max_scan_dpi: DEFAULT_MAX_SCAN_DPI,
             max_side: DEFAULT_MAX_SIDE,
             max_pages: 50,
             page_deadline: Duration::from_secs(30),
@@ -198,7 +206,13 @@ pub async fn plan(
     let mut out = Vec::with_capacity(pages as usize);
     for index in 0..pages {
         let p = session
-            .page(index, opts.dpi, opts.max_side, opts.page_deadline)
+            .page(
+                index,
+                opts.dpi,
+                opts.max_side,
+                opts.max_scan_dpi,
+                opts.page_deadline,
+            )
             .await?;
         let render = |why: String| PlannedPage::Render {
             index,

@@ -143,7 +143,7 @@ impl Renderers {
                 )))
             }
         }
-        let p = s.page(0, 72.0, 200, d).await?;
+        let p = s.page(0, 72.0, 200, 72.0, d).await?;
         s.render(0, p.width_px, p.height_px, d).await?;
         Ok(())
     }
@@ -243,28 +243,24 @@ impl Session {
         }
     }
 
-    /// Page `index` (from 0): its size and text layer at `dpi`, at most `max_side` pixels.
+    /// Page `index` (from 0): its size and text layer at `dpi` (a scan's own resolution, at
+    /// most `max_scan_dpi`, on a scanned page), at most `max_side` pixels.
     pub async fn page(
         &mut self,
         index: u32,
         dpi: f32,
         max_side: u32,
+        max_scan_dpi: f32,
         deadline: Duration,
     ) -> Result<PageData, PdfError> {
         let what = format!("reading page {}", index + 1);
-        match self
-            .call(
-                &Request::Page {
-                    index,
-                    dpi,
-                    max_side,
-                },
-                &[],
-                deadline,
-                &what,
-            )
-            .await?
-        {
+        let req = Request::Page {
+            index,
+            dpi,
+            max_side,
+            max_scan_dpi,
+        };
+        match self.call(&req, &[], deadline, &what).await? {
             (Response::Page(p), _) => Ok(p),
             (Response::Failed { failure, message }, _) => {
                 Err(Self::failed(failure, message, Some(index)))

@@ -9,6 +9,9 @@ use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 
+/// A scan is rendered at its own resolution, but at least this.
+pub const MIN_SCAN_DPI: f32 = 72.0;
+
 /// The longest header accepted (a page's characters can be a few MB of JSON).
 pub const MAX_HEADER: u64 = 64 << 20;
 /// The longest payload accepted: a PDF's bytes, or one page's RGB pixels.
@@ -20,8 +23,15 @@ pub enum Request {
     /// Open the PDF in the payload (closing any open one), with the empty user password.
     Open,
     /// Describe page `index` (from 0) as a raster of at most `max_side` pixels on its longer
-    /// side at `dpi`: its size and its text layer's characters in that raster's pixels.
-    Page { index: u32, dpi: f32, max_side: u32 },
+    /// side at `dpi`, or at the resolution of the scan on it (an image covering a quarter of the
+    /// page or more, at its own resolution, between [`MIN_SCAN_DPI`] and `max_scan_dpi`): its
+    /// size and its text layer's characters in that raster's pixels.
+    Page {
+        index: u32,
+        dpi: f32,
+        max_side: u32,
+        max_scan_dpi: f32,
+    },
     /// Render page `index` at `width` × `height` pixels (as the `Page` answer gave them), with
     /// its annotations and form fields as a viewer shows them.
     Render { index: u32, width: u32, height: u32 },
@@ -72,6 +82,9 @@ pub struct PageData {
     /// The raster: `dpi`, scaled down to `max_side` when the page is larger.
     pub width_px: u32,
     pub height_px: u32,
+    /// The raster's resolution (before a scale-down to `max_side`): the request's, or the
+    /// scan's own.
+    pub dpi: f32,
     /// The share of the page's area covered by images (0..1, overlaps counted twice).
     pub image_cover: f32,
     /// Annotations that show something on the page (form fields, free text, stamps; not links

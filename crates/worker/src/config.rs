@@ -363,8 +363,10 @@ settings! {
     "PDF" {
         /// Where a PDF page's text comes from: auto (its text layer when usable, else render and OCR it), ocr (always render and OCR) or text (never render: the layer as it is).
         pdf_text: ocrfleet_pdf::TextMode, "pdf-text", "OCRFLEET_PDF_TEXT", "auto";
-        /// Resolution PDF pages are rendered at for OCR (the detector scales a page to --det-limit; the recogniser reads the rendered pixels).
+        /// Resolution PDF pages drawn as text and vectors are rendered at for OCR (the detector scales a page to --det-limit; the recogniser reads the rendered pixels). A page that carries a scan is rendered at the scan's own resolution instead.
         pdf_dpi: f32, "pdf-dpi", "OCRFLEET_PDF_DPI", "150";
+        /// A scanned PDF page (an image over a quarter of the page or more) is rendered at its scan's own resolution, so that its pixels reach the engine as scanned; at most this.
+        pdf_max_scan_dpi: f32, "pdf-max-scan-dpi", "OCRFLEET_PDF_MAX_SCAN_DPI", "400";
         /// Longest side of a rendered PDF page in pixels: a larger page (a poster) is rendered smaller, to fit.
         pdf_max_side: u32, "pdf-max-side", "OCRFLEET_PDF_MAX_SIDE", "4096";
         /// PDF renderer child processes (PDFium, one document at a time each): PDFs read at once.
@@ -673,6 +675,7 @@ impl WorkerConfig {
             read: ocrfleet_pdf::ReadOptions {
                 mode: a.pdf_text,
                 dpi: a.pdf_dpi.clamp(36.0, 600.0),
+                max_scan_dpi: a.pdf_max_scan_dpi.clamp(72.0, 1200.0),
                 // A rendered page stays within --max-pixels as well.
                 max_side: a
                     .pdf_max_side
