@@ -208,30 +208,17 @@ mod tests {
     #[test]
     fn frames_round_trip_and_bounds_hold() {
         let mut buf = Vec::new();
-        write_frame(
-            &mut buf,
-            &Request::Page {
-                index: 3,
-                dpi: 150.0,
-                max_side: 4000,
-            },
-            b"",
-        )
-        .unwrap();
+        let page = Request::Page {
+            index: 3,
+            dpi: 150.0,
+            max_side: 4000,
+            max_scan_dpi: 300.0,
+        };
+        write_frame(&mut buf, &page, b"").unwrap();
         write_frame(&mut buf, &Request::Open, b"%PDF-1.7").unwrap();
         let mut r = buf.as_slice();
         let (a, p): (Request, _) = read_frame(&mut r).unwrap().unwrap();
-        assert_eq!(
-            (a, p.len()),
-            (
-                Request::Page {
-                    index: 3,
-                    dpi: 150.0,
-                    max_side: 4000
-                },
-                0
-            )
-        );
+        assert_eq!((a, p.len()), (page, 0));
         let (b, p): (Request, _) = read_frame(&mut r).unwrap().unwrap();
         assert_eq!((b, p), (Request::Open, b"%PDF-1.7".to_vec()));
         assert!(
