@@ -116,7 +116,10 @@ async fn mutated_pdfs_end_as_documents_or_typed_errors() {
     for _ in 0..cases {
         let mut b = seeds[(next() % seeds.len() as u64) as usize].clone();
         for _ in 0..1 + next() % 4 {
-            let n = b.len().max(1) as u64;
+            if b.is_empty() {
+                b.push(b'%');
+            }
+            let n = b.len() as u64;
             let at = (next() % n) as usize;
             let last = b.len() - 1;
             match next() % 5 {
