@@ -105,55 +105,22 @@ async fn mutated_pdfs_end_as_documents_or_typed_errors() {
         page_deadline: Duration::from_secs(10),
         ..ReadOptions::default()
     };
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    let mut inputs = Vec::with_capacity(cases);
-    for _ in 0..cases {
-        let mut b = seeds[(next() % seeds.len() as u64) as usize].clone();
-        for _ in 0..1 + next() % 4 {
-            if b.is_empty() {
-                b.push(b'%');
-            }
-            let n = b.len() as u64;
-            let at = (next() % n) as usize;
-            let last = b.len() - 1;
-            match next() % 5 {
-                0 => b[at.min(last)] ^= 1 << (next() % 8),
-                1 => b.truncate(at.max(8)),
-                2 => {
-                    let len = (next() % 64) as usize;
-                    let chunk: Vec<u8> = b[at..(at + len).min(b.len())].to_vec();
-                    let to = (next() % n) as usize;
-                    b.splice(to..to, chunk);
-                }
-                3 => {
-                    let end = (at + (next() % 32) as usize).min(b.len());
-                    b.drain(at..end);
-                }
-                _ => {
-                    let digits = b"0123456789";
-                    b[at.min(last)] = digits[(next() % 10) as usize];
-                }
-            }
-        }
-        inputs.push(b);
-    }
+    let seeds = std::sync::Arc::new(seeds);
     let t = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    let queue = std::sync::Arc::new(std::sync::Mutex::new(inputs));
+    // Cases are made as they are taken (case i from its own seed), so memory stays flat
+    // however many there are.
+    let queue = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for _ in 0..2 {
-        let (pool, queue) = (pool.clone(), queue.clone());
+        let (pool, queue, seeds) = (pool.clone(), queue.clone(), seeds.clone());
         tasks.spawn(async move {
             let mut outcomes: std::collections::BTreeMap<&'static str, usize> = Default::default();
             loop {
-                let Some(bytes) = queue.lock().unwrap().pop() else {
+                let i = queue.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= cases {
                     break;
-                };
+                }
+                let bytes = mutate(seeds.as_slice(), i as u64);
                 let mut s = pool.session().await.unwrap();
                 let r = match plan(&mut s, bytes, &opts).await {
                     Ok(pages) => render(&mut s, &pages, &opts).await.map(|_| ()),
@@ -187,4 +154,44 @@ async fn mutated_pdfs_end_as_documents_or_typed_errors() {
         "{all:?}"
     );
     pool.probe().await.expect("the renderer still works");
+}
+
+/// Case `i`: a fixture with one to four mutations (a bit flipped, the file cut, a run copied
+/// elsewhere, a run deleted, a byte made a digit), all drawn from `i`'s own generator.
+fn mutate(seeds: &[Vec<u8>], i: u64) -> Vec<u8> {
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ i.wrapping_mul(0x2545_f491_4f6c_dd1d);
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut b = seeds[(next() % seeds.len() as u64) as usize].clone();
+    for _ in 0..1 + next() % 4 {
+        if b.is_empty() {
+            b.push(b'%');
+        }
+        let n = b.len() as u64;
+        let at = (next() % n) as usize;
+        let last = b.len() - 1;
+        match next() % 5 {
+            0 => b[at.min(last)] ^= 1 << (next() % 8),
+            1 => b.truncate(at.max(8)),
+            2 => {
+                let len = (next() % 64) as usize;
+                let chunk: Vec<u8> = b[at..(at + len).min(b.len())].to_vec();
+                let to = (next() % n) as usize;
+                b.splice(to..to, chunk);
+            }
+            3 => {
+                let end = (at + (next() % 32) as usize).min(b.len());
+                b.drain(at..end);
+            }
+            _ => {
+                let digits = b"0123456789";
+                b[at.min(last)] = digits[(next() % 10) as usize];
+            }
+        }
+    }
+    b
 }
