@@ -1,5 +1,6 @@
-"""Static check for CUDA graphs (`--cuda-graphs`): ONNX Runtime's `enable_cuda_graph` needs every
-node of a session on the CUDA execution provider, and no machine here has a GPU to try it on.
+"""Static check that every graph of the default set runs wholly on the CUDA execution provider
+(nothing placed on the CPU between device kernels, which costs copies; it is also what CUDA graph
+capture would need, should it come back), since no machine here has a GPU to try it on.
 
     models/.cache/py/bin/python models/check_cuda_graphs.py [MODELS_DIR]
 

@@ -28,9 +28,6 @@ pub struct EngineArgs {
     /// session's arena limit.
     #[arg(long, env = "OCRFLEET_DEVICE_MEMORY_LIMIT")]
     pub device_memory_limit: Option<u64>,
-    /// On CUDA, capture each fixed-shape session's runs as CUDA graphs.
-    #[arg(long, env = "OCRFLEET_CUDA_GRAPHS")]
-    pub cuda_graphs: bool,
     /// Load the uint8-input variants of the fused or fp16 graphs made by models/make_u8.py (4
     /// bytes a pixel to the device instead of 12; same readings).
     #[arg(long, env = "OCRFLEET_U8_INPUT")]
@@ -114,7 +111,6 @@ impl EngineArgs {
         cfg.max_pages = self.max_pages.max(1);
         cfg.streams = streams_for(self.device, self.device_streams);
         cfg.device_memory_limit = self.device_memory_limit;
-        cfg.cuda_graphs = self.cuda_graphs;
         cfg.u8_input = self.u8_input;
         cfg.io_binding = self.io_binding;
         if !self.rec_widths.is_empty() {

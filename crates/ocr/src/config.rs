@@ -369,10 +369,6 @@ pub struct EngineConfig {
     /// no limit (each arena grows by what it asks for). Default none: the figures to set it from
     /// come from `tests/bench/gpu.sh`'s memory samples.
     pub device_memory_limit: Option<u64>,
-    /// On CUDA, capture each session's run as a CUDA graph (ONNX Runtime's `enable_cuda_graph`),
-    /// which needs every node on the CUDA provider and fixed shapes (a session per shape has
-    /// them). Default false: not yet run on a GPU.
-    pub cuda_graphs: bool,
     /// Load the uint8-input variants of the fused or fp16 graphs, `<graph>.u8.onnx` (made by
     /// `models/make_u8.py`): the normalisation runs inside the graph, and each run takes 4 bytes
     /// a pixel (B, G, R and a padding mask, NHWC) instead of 12, a third of the host-to-device
@@ -486,7 +482,6 @@ impl Default for EngineConfig {
             fused: true,
             streams: 1,
             device_memory_limit: None,
-            cuda_graphs: false,
             u8_input: false,
             io_binding: false,
             max_pixels: crate::decode::DEFAULT_MAX_PIXELS,
@@ -652,6 +647,40 @@ impl EngineConfig {
         (det + cls + rec) * self.streams.max(1)
     }
 
+    /// The sessions the engine makes when every input shape has its own (CUDA), one line for
+    /// the start-up log: per model, its shapes and batch sizes; the runners; the total; each
+    /// arena's limit.
+    pub fn session_plan(&self) -> String {
+        let ladder = |b: usize| crate::sessions::batch_sizes(b);
+        let canvases = self.det_canvases();
+        let second = self.det.small_text_px > 0.0;
+        let det = (canvases.len().max(1) + usize::from(second)) * ladder(self.det.batch_size).len();
+        let cls = if self.cls.enabled {
+            ladder(self.cls.batch_size).len()
+        } else {
+            0
+        };
+        let widths = self.rec_widths();
+        let rec = widths.len() * ladder(self.rec_batch_size()).len();
+        let streams = self.streams.max(1);
+        let total = (det + cls + rec) * streams;
+        debug_assert_eq!(total, self.max_sessions());
+        let arena = match self.session_memory_limit() {
+            Some(l) => format!("each arena at most {} MiB", l >> 20),
+            None => "arenas without a limit".to_string(),
+        };
+        format!(
+            "det {} canvas(es){} x batch {:?} = {det}; cls batch {:?} = {cls}; rec {} width(s) x batch {:?} = {rec}; {} per runner x {streams} runner(s) = {total} sessions; {arena}",
+            canvases.len(),
+            if second { " + the small-text canvas" } else { "" },
+            ladder(self.det.batch_size),
+            if self.cls.enabled { ladder(self.cls.batch_size) } else { Vec::new() },
+            widths.len(),
+            ladder(self.rec_batch_size()),
+            det + cls + rec,
+        )
+    }
+
     /// Each session's arena limit from [`EngineConfig::device_memory_limit`].
     pub fn session_memory_limit(&self) -> Option<usize> {
         self.device_memory_limit
@@ -712,6 +741,23 @@ mod tests {
         assert!("cuda:x".parse::<Device>().is_err());
         assert!("tpu".parse::<Device>().is_err());
         assert_eq!(Device::Cuda(2).to_string(), "cuda:2");
+    }
+
+    /// The plan printed at start names every model's sessions and adds up to
+    /// [`EngineConfig::max_sessions`].
+    #[test]
+    fn the_session_plan_adds_up() {
+        let mut cfg = EngineConfig::default().like_cuda();
+        cfg.streams = 2;
+        cfg.device_memory_limit = Some(20 << 30);
+        let plan = cfg.session_plan();
+        let total = cfg.max_sessions();
+        assert!(
+            plan.contains(&format!("x 2 runner(s) = {total} sessions")),
+            "{plan}"
+        );
+        assert!(plan.contains("each arena at most"), "{plan}");
+        assert!(plan.starts_with("det "), "{plan}");
     }
 
     #[test]

@@ -100,6 +100,9 @@ impl Engine {
         // Resolve the device-dependent detector canvases once, so every plan uses the same.
         cfg.det.canvases = Some(cfg.det_canvases());
         cfg.rec.widths = cfg.rec_widths();
+        if cfg.per_shape_sessions() {
+            tracing::info!(plan = %cfg.session_plan(), "session plan (a session per input shape on CUDA)");
+        }
         let env = runtime::environment(&cfg.ort_library_path())?;
         let fault = cfg.fault.and_then(FailState::new);
         let det = streams(&cfg, &env, "det", &fault)?;

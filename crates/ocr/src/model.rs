@@ -51,14 +51,19 @@ pub struct RunError {
 }
 
 impl RunError {
-    /// An error from ONNX Runtime's text, recognising out-of-memory failures (the CUDA
-    /// allocator's and the arena's wordings).
+    /// An error from ONNX Runtime's text, recognising out-of-memory failures: the CUDA
+    /// allocator's and the arena's wordings, and the libraries' own (cuDNN and cuBLAS fail to
+    /// allocate their workspaces with `*_STATUS_ALLOC_FAILED`; the driver API says
+    /// `CUDA_ERROR_OUT_OF_MEMORY`).
     pub fn from_message(message: impl Into<String>) -> RunError {
         let message = message.into();
         let m = message.to_ascii_lowercase();
         let out_of_memory = m.contains("out of memory")
             || m.contains("failed to allocate memory")
             || m.contains("cudaerrormemoryallocation")
+            || m.contains("cuda_error_out_of_memory")
+            || m.contains("cudnn_status_alloc_failed")
+            || m.contains("cublas_status_alloc_failed")
             || m.contains("bfcarena");
         RunError {
             message,
@@ -683,6 +688,29 @@ pub(crate) mod tests {
             vec![4, 1, 1, 1, 1],
             "the batch, then each item alone"
         );
+    }
+
+    /// Every wording of "the device is out of memory" seen from ONNX Runtime's CUDA provider
+    /// and the libraries under it is recognised; an input's own error is not.
+    #[test]
+    fn out_of_memory_is_recognised_in_every_library_s_words() {
+        for m in [
+            "CUDA failure 2: out of memory ; GPU=0",
+            "Failed to allocate memory for requested buffer of size 1073741824",
+            "BFCArena::AllocateRawInternal Available memory of 0 is smaller than requested bytes",
+            "CUDNN failure 4: CUDNN_STATUS_ALLOC_FAILED ; GPU=0 ; hostname=x",
+            "CUBLAS failure 3: CUBLAS_STATUS_ALLOC_FAILED ; GPU=0",
+            "CUDA driver error CUDA_ERROR_OUT_OF_MEMORY",
+            "cudaErrorMemoryAllocation",
+        ] {
+            assert!(RunError::from_message(m).out_of_memory, "{m}");
+        }
+        for m in [
+            "Got invalid dimensions for input: x",
+            "CUDNN failure 3: CUDNN_STATUS_BAD_PARAM",
+        ] {
+            assert!(!RunError::from_message(m).out_of_memory, "{m}");
+        }
     }
 
     #[test]

@@ -121,6 +121,16 @@ pub fn session_fixed(
             .with_intra_threads(threads)
             .map_err(ort::Error::from)?;
     }
+    if let Device::Cuda(n) = cfg.device {
+        // A spinning intra-op thread per session would burn a core each while the device works
+        // (and there are many sessions): the host's cores belong to the engine's host stages.
+        builder = builder
+            .with_intra_op_spinning(false)
+            .map_err(ort::Error::from)?
+            .with_inter_op_spinning(false)
+            .map_err(ort::Error::from)?;
+        blocking_sync(n);
+    }
     for (symbol, size) in fixed_dimensions(symbols, shape) {
         builder = builder
             .with_dimension_override(&symbol, size as i64)
@@ -164,6 +174,54 @@ pub(crate) fn fixed_dimensions(symbols: &[String], shape: &[usize]) -> Vec<(Stri
     out
 }
 
+/// Asks CUDA to block, not spin, a host thread that waits for the device
+/// (`cudaDeviceScheduleBlockingSync`), once per device and before ONNX Runtime makes its context:
+/// by default the CUDA runtime spin-waits in every synchronisation, a whole core per waiting
+/// lane on top of the engine's host work, against the pod's CPU limit. Through the CUDA runtime
+/// library that ONNX Runtime's provider uses (the same shared object, so the same device state);
+/// without it, a warning and the default schedule. Not yet run on a GPU.
+#[cfg(feature = "cuda")]
+fn blocking_sync(device: u32) {
+    static DONE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
+    if done.contains(&device) {
+        return;
+    }
+    done.push(device);
+    const BLOCKING_SYNC: u32 = 0x04; // cudaDeviceScheduleBlockingSync
+    for name in ["libcudart.so.13", "libcudart.so.12", "libcudart.so"] {
+        // SAFETY: the CUDA runtime's C API: cudaSetDevice(int) and cudaSetDeviceFlags(unsigned)
+        // take plain integers and return a cudaError_t; the library stays loaded (leaked) so
+        // that the state it keeps outlives this call.
+        unsafe {
+            let Ok(lib) = libloading::Library::new(name) else {
+                continue;
+            };
+            let set_device = lib.get::<unsafe extern "C" fn(i32) -> i32>(b"cudaSetDevice");
+            let set_flags = lib.get::<unsafe extern "C" fn(u32) -> i32>(b"cudaSetDeviceFlags");
+            if let (Ok(set_device), Ok(set_flags)) = (set_device, set_flags) {
+                let a = set_device(device as i32);
+                let b = set_flags(BLOCKING_SYNC);
+                if a == 0 && b == 0 {
+                    tracing::info!(
+                        device,
+                        library = name,
+                        "CUDA waits block instead of spinning (cudaDeviceScheduleBlockingSync)"
+                    );
+                } else {
+                    tracing::warn!(device, library = name, cuda_set_device = a, cuda_set_device_flags = b, "could not ask CUDA for blocking synchronisation; its waits may spin a core each");
+                }
+            }
+            std::mem::forget(lib);
+            return;
+        }
+    }
+    tracing::warn!(device, "no CUDA runtime library (libcudart) found to ask for blocking synchronisation; CUDA's waits may spin a core each");
+}
+
+#[cfg(not(feature = "cuda"))]
+fn blocking_sync(_device: u32) {}
+
 #[cfg(feature = "cuda")]
 fn with_cuda(
     builder: ort::session::builder::SessionBuilder,
@@ -177,8 +235,11 @@ fn with_cuda(
         .with_conv_algorithm_search(ep::cuda::ConvAlgorithmSearch::Heuristic)
         // Each session has its own arena, and there are many (a session per shape, times the
         // runners): grow each by what it asks for, not by powers of two.
-        .with_arena_extend_strategy(ep::ArenaExtendStrategy::SameAsRequested)
-        .with_cuda_graph(cfg.cuda_graphs);
+        .with_arena_extend_strategy(ep::ArenaExtendStrategy::SameAsRequested);
+    // No CUDA graphs (ONNX Runtime's enable_cuda_graph): a captured graph replays the device
+    // addresses of its capture, and a run's input is copied to a new buffer at a new address
+    // each time, so a replay would read another page's pixels, silently. Left out until the
+    // inputs live in device buffers bound once per session and a device run proves it.
     if let Some(limit) = cfg.session_memory_limit() {
         cuda = cuda.with_memory_limit(limit);
     }

@@ -329,8 +329,6 @@ settings! {
         device_streams: usize, "device-streams", "OCRFLEET_DEVICE_STREAMS", "0";
         /// On CUDA, the device memory all the engine's sessions together may take, shared out as each session's arena limit (empty: no limit; each arena grows by what it asks for).
         device_memory_limit: ByteSize, "device-memory-limit", "OCRFLEET_DEVICE_MEMORY_LIMIT", "";
-        /// On CUDA, capture each fixed-shape session's runs as CUDA graphs (ONNX Runtime's enable_cuda_graph; needs every node on the CUDA provider). Not yet measured on a GPU.
-        cuda_graphs: bool, "cuda-graphs", "OCRFLEET_CUDA_GRAPHS", "false";
         /// Load the uint8-input variants of the fused or fp16 graphs (models/make_u8.py): the normalisation runs in the graph and each run sends 4 bytes a pixel instead of 12 (a third of the host-to-device copy); same readings. For CUDA; not yet measured on a GPU.
         u8_input: bool, "u8-input", "OCRFLEET_U8_INPUT", "false";
         /// On CUDA, run each fixed-shape session through an IoBinding: the batch goes through a pinned host buffer made once per session, and the outputs come back into pinned memory. Not yet run on a GPU.
@@ -667,7 +665,6 @@ impl WorkerConfig {
         engine.det.upscale_to = a.det_upscale_to;
         engine.max_pages = a.max_pages.max(1);
         engine.device_memory_limit = a.device_memory_limit.map(|b| b.as_u64());
-        engine.cuda_graphs = a.cuda_graphs;
         engine.u8_input = a.u8_input;
         engine.io_binding = a.io_binding;
         engine.streams = streams_for(engine.device, a.device_streams);
@@ -833,7 +830,6 @@ mod tests {
         assert_eq!(c.engine.model_set, e.model_set);
         assert_eq!(c.engine.fused, e.fused);
         assert_eq!(c.engine.fp16, e.fp16);
-        assert_eq!(c.engine.cuda_graphs, e.cuda_graphs);
         assert_eq!(c.engine.u8_input, e.u8_input);
         assert_eq!(c.engine.io_binding, e.io_binding);
         assert_eq!(c.engine.device, e.device);
