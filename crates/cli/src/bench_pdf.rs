@@ -64,14 +64,7 @@ pub fn bench_pdf(args: PdfBenchArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let pool = ocrfleet_pdf::Renderers::new(ocrfleet_pdf::RendererConfig {
-        program: std::env::current_exe()?,
-        args: vec!["pdf-child".into()],
-        library: args.engine.models_dir.join("lib/libpdfium.so"),
-        children: 1,
-        memory_limit: 0,
-        test_faults: false,
-    });
+    let pool = crate::ocr_cmd::one_renderer(&args.engine.models_dir)?;
     let opts = ReadOptions {
         mode: args.pdf_text,
         dpi: args.pdf_dpi,

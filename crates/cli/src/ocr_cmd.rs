@@ -156,6 +156,19 @@ pub fn run(args: OcrArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// One PDF renderer child (this binary's `pdf-child`) over the PDFium of `models_dir`, for the
+/// commands that read PDFs one at a time (`ocr`, `bench pdf`).
+pub fn one_renderer(models_dir: &Path) -> anyhow::Result<ocrfleet_pdf::Renderers> {
+    Ok(ocrfleet_pdf::Renderers::new(ocrfleet_pdf::RendererConfig {
+        program: std::env::current_exe()?,
+        args: vec!["pdf-child".into()],
+        library: models_dir.join("lib/libpdfium.so"),
+        children: 1,
+        memory_limit: 0,
+        test_faults: false,
+    }))
+}
+
 /// Reads PDFs for `ocr` with one renderer child, as the worker does (see [`ocrfleet_pdf`]).
 pub struct PdfReader {
     rt: tokio::runtime::Runtime,
@@ -168,14 +181,7 @@ impl PdfReader {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let renderers = ocrfleet_pdf::Renderers::new(ocrfleet_pdf::RendererConfig {
-            program: std::env::current_exe()?,
-            args: vec!["pdf-child".into()],
-            library: args.engine.models_dir.join("lib/libpdfium.so"),
-            children: 1,
-            memory_limit: 0,
-            test_faults: false,
-        });
+        let renderers = one_renderer(&args.engine.models_dir)?;
         Ok(PdfReader {
             rt,
             renderers,

@@ -823,14 +823,11 @@ fn a_strict_template_refusing_a_producers_metadata_key_dead_letters_that_record_
     );
     let dlq = read_all(&nd.brokers(), "strict.dlq", 1, Duration::from_secs(180));
     assert_eq!(dlq.len(), 1, "log:\n{}", w.log_tail());
-    let h = &dlq[0].headers;
     assert_eq!(
-        (
-            h["ocrfleet.error.stage"].as_str(),
-            h["ocrfleet.error.class"].as_str()
-        ),
+        dlq[0].stage_class(),
         ("index", "strict_dynamic_mapping_exception"),
-        "{h:?}"
+        "{:?}",
+        dlq[0]
     );
     assert!(dlq[0].value.as_deref().unwrap().contains("evil"));
     wait_until("the other two indexed", Duration::from_secs(120), || {

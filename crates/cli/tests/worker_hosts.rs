@@ -92,16 +92,8 @@ fn a_dead_host_holds_only_its_own_records_for_the_hold_then_dead_letters_them() 
     let dlq = read_all(&nd.brokers(), "deadhost.dlq", 70, Duration::from_secs(180));
     assert_eq!(dlq.len(), 70, "log:\n{}", w.log_tail());
     for d in &dlq {
-        let h = &d.headers;
-        assert_eq!(
-            (
-                h["ocrfleet.error.stage"].as_str(),
-                h["ocrfleet.error.class"].as_str()
-            ),
-            ("fetch", "host_unreachable"),
-            "{h:?}"
-        );
-        let m = &h["ocrfleet.error.message"];
+        assert_eq!(d.stage_class(), ("fetch", "host_unreachable"), "{d:?}");
+        let m = &d.headers["ocrfleet.error.message"];
         assert!(
             m.contains(&format!("127.0.0.1:{port}")) && m.contains("--host-hold"),
             "{m}"

@@ -101,8 +101,9 @@ fn every_pdf_fixture_ends_as_one_document_or_one_dead_letter_and_crashes_cost_on
                     .is_some_and(|v| v.contains(&format!("\"id\":\"{id}\"")))
             })
             .map(|d| {
-                assert_eq!(d.headers["ocrfleet.error.stage"], "decode", "{d:?}");
-                d.headers["ocrfleet.error.class"].clone()
+                let (stage, class) = d.stage_class();
+                assert_eq!(stage, "decode", "{d:?}");
+                class.to_owned()
             })
     };
     for (name, class) in &errors {

@@ -212,16 +212,9 @@ fn records_of_many_tiny_headers_are_dead_lettered_and_memory_stays_bounded() {
     );
     let dlq = read_all(&nd.brokers(), "headers.dlq", 300, Duration::from_secs(240));
     assert_eq!(dlq.len(), 300, "log:\n{}", w.log_tail());
-    let h = &dlq[0].headers;
+    assert_eq!(dlq[0].stage_class(), ("parse", "too_many_headers"));
     assert_eq!(
-        (
-            h["ocrfleet.error.stage"].as_str(),
-            h["ocrfleet.error.class"].as_str()
-        ),
-        ("parse", "too_many_headers")
-    );
-    assert_eq!(
-        h["ocrfleet.error.headers_cut"],
+        dlq[0].headers["ocrfleet.error.headers_cut"],
         "50000 headers, the first 100 kept"
     );
     wait_until("committed to the end", Duration::from_secs(60), || {

@@ -90,6 +90,16 @@ pub struct DlqRecord {
     pub headers: HashMap<String, String>,
 }
 
+impl DlqRecord {
+    /// Its `ocrfleet.error.stage` and `ocrfleet.error.class`.
+    pub fn stage_class(&self) -> (&str, &str) {
+        (
+            self.headers["ocrfleet.error.stage"].as_str(),
+            self.headers["ocrfleet.error.class"].as_str(),
+        )
+    }
+}
+
 /// Reads every record of `topic` (all partitions) until `expected` arrived or `timeout`.
 pub fn read_all(brokers: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<DlqRecord> {
     let c: BaseConsumer = ClientConfig::new()
@@ -143,6 +153,22 @@ pub fn group_consumer(brokers: &str, group: &str) -> BaseConsumer {
         .unwrap()
 }
 
+/// `group`'s committed offsets of `topic`'s partitions, and the consumer that read them.
+fn committed_list(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> (BaseConsumer, TopicPartitionList) {
+    let c = group_consumer(brokers, group);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    (c, committed)
+}
+
 /// Per partition: (committed offset of `group`, high watermark).
 pub fn committed_and_high(
     brokers: &str,
@@ -150,12 +176,7 @@ pub fn committed_and_high(
     topic: &str,
     partitions: i32,
 ) -> Vec<(i64, i64)> {
-    let c = group_consumer(brokers, group);
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    let (c, committed) = committed_list(brokers, group, topic, partitions);
     (0..partitions)
         .map(|p| {
             let off = match committed.find_partition(topic, p).map(|e| e.offset()) {
@@ -263,12 +284,7 @@ pub fn committed(brokers: &str, group: &str, topic: &str, parts: i32) -> i64 {
 
 /// Per partition: the metadata of `group`'s committed offset (the crash-loop journal).
 pub fn committed_metadata(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<String> {
-    let c = group_consumer(brokers, group);
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    let (_, committed) = committed_list(brokers, group, topic, partitions);
     (0..partitions)
         .map(|p| {
             committed
