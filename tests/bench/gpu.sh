@@ -7,6 +7,10 @@
 # are made: results.txt (every table, with date, commit and device), stderr.log, worker.log,
 # util.txt (nvidia-smi utilisation and memory every 500 ms). Steps, in order:
 #   env       the device, its driver, whether TensorRT is installed
+#   parity    the real pages read on the device and on the host's CPU (`ocrfleet ocr`), their
+#             text compared page by page (tests/bench/parity.py): the set's CER of the GPU
+#             text against the CPU text must be at most 0.001 (fp32), else the step says FAILED
+#             loudly (every later figure is then a figure of wrong text)
 #   models    model only, the default set's models at their bucket shapes, fused fp32 and fp16
 #   pipeline  the engine on the real pages at K = 1, 2, 4 runners per model (2K calls in
 #             flight): warm-up seconds, sessions, img/s, device busy; the best K is kept
@@ -70,6 +74,20 @@ util_since() {
 if fits env 20; then
   ( ldconfig -p 2>/dev/null | grep -i -E 'nvinfer|tensorrt' | head -3
     python3 -c 'import tensorrt; print("tensorrt", tensorrt.__version__)' 2>&1 | tail -1 ) | tee -a "$res"
+fi
+
+if fits parity 70; then
+  lim=(--threads 0)
+  [ "$dry" = 1 ] && lim=(--threads 1)
+  timeout 60 "$bin" ocr --ndjson --device "$dev" --models-dir $run/models "${lim[@]}" $pages \
+    > "$out/parity-device.ndjson" 2>>"$out/stderr.log"
+  timeout 60 "$bin" ocr --ndjson --device cpu --models-dir $run/models "${lim[@]}" $pages \
+    > "$out/parity-cpu.ndjson" 2>>"$out/stderr.log"
+  if python3 tests/bench/parity.py "$out/parity-cpu.ndjson" "$out/parity-device.ndjson" --max-cer 0.001 | tee -a "$res"; then
+    echo "parity: ok" | tee -a "$res"
+  else
+    echo "parity: FAILED: the device's text is not the CPU's (see the lines above); every figure below measures wrong text" | tee -a "$res"
+  fi
 fi
 
 if fits models 60; then

@@ -66,6 +66,8 @@ fn the_gpu_benchmark_runs_dry_and_its_calls_fit_the_transfer_limit() {
         "Stub GPU",
         "== ",
         "env",
+        "parity: ok",
+        "CER GPU against CPU 0.00000",
         "variant: fused fp32",
         "variant: --fp16",
         "K=1:",
