@@ -414,7 +414,7 @@ pub enum FaultPlan {
     /// the health probe too) for `seconds`, then the engine works again. `seconds` = infinity
     /// never recovers.
     Fail { after_images: usize, seconds: f64 },
-    /// After `after_images` images, the engine thread exits, as if the process lost its device
+    /// After `after_images` images, the engine's threads exit, as if the process lost its device
     /// for good.
     Exit { after_images: usize },
     /// A call with an image of this size does what `on` says: a poison image, as a bug in the

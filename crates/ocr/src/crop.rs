@@ -427,7 +427,11 @@ mod tests {
     fn whole_pixel_boxes_are_copied_and_agree_with_the_warp() {
         // Page-sized, so that the warp's projection works with large coordinates.
         let img = RgbImage::from_fn(1100, 1500, |x, y| {
-            image::Rgb([(x * 7 + y * 3) as u8, (x * y) as u8, (255 - x * 2) as u8])
+            image::Rgb([
+                (x * 7 + y * 3) as u8,
+                (x * y) as u8,
+                255u32.wrapping_sub(x * 2) as u8,
+            ])
         });
         let boxes = [
             (0, 0, 97, 61),

@@ -268,7 +268,8 @@ impl Device {
             .as_secs_f64()
     }
 
-    /// Busy seconds per model: det, cls, rec.
+    /// Busy seconds per model: det, cls, rec. (tests only)
+    #[cfg(test)]
     pub fn busy_per_model(&self) -> [f64; 3] {
         self.per_model
             .lock()

@@ -115,6 +115,19 @@ impl OcrError {
     }
 }
 
+/// Why an engine's health probe failed. The caller decides on the kind: a [`ProbeError::Gone`]
+/// engine cannot come back inside this process (exit and be restarted), a
+/// [`ProbeError::Failing`] one may (back off and probe again).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// The engine's threads have stopped: no call can run any more.
+    #[error("the engine is gone: {0}")]
+    Gone(String),
+    /// The engine is there and its known-good run failed (the device or runtime is failing).
+    #[error("the engine failed its probe: {0}")]
+    Failing(String),
+}
+
 /// Errors building the engine: missing model files, ONNX Runtime that cannot load, a CUDA
 /// provider that was asked for and is not there. These are configuration problems, reported
 /// once at start-up with what to do about them.

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::EngineConfig;
 use crate::engine::{Engine, WarmUp};
-use crate::error::{EngineError, OcrError};
+use crate::error::{EngineError, OcrError, ProbeError};
 use crate::output::ImageText;
 
 type Results = Vec<Result<ImageText, OcrError>>;
@@ -204,13 +204,17 @@ impl EngineHandle {
     }
 
     /// Runs the engine's health check (see [`crate::Engine::probe`]) on the engine thread.
-    pub async fn probe(&self) -> Result<(), String> {
+    pub async fn probe(&self) -> Result<(), ProbeError> {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Job::Probe(reply)).await.is_err() {
-            return Err("engine thread has stopped".into());
+            return Err(ProbeError::Gone("the engine threads have stopped".into()));
         }
-        rx.await
-            .unwrap_or_else(|_| Err("engine thread stopped during the probe".into()))
+        match rx.await {
+            Ok(answer) => answer.map_err(ProbeError::Failing),
+            Err(_) => Err(ProbeError::Gone(
+                "an engine thread stopped during the probe".into(),
+            )),
+        }
     }
 
     /// Seconds the engine threads have spent running calls since they started, divided by the

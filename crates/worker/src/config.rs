@@ -321,7 +321,7 @@ settings! {
         memory_budget: ByteSize, "memory-budget", "OCRFLEET_MEMORY_BUDGET", "2GiB";
         /// Pages read of a multi-page TIFF at most; a file with more is dead-lettered (decode/too_many_pages). Animated GIF and WebP give their first frame.
         max_pages: u32, "max-pages", "OCRFLEET_MAX_PAGES", "50";
-        /// Images per OCR engine call.
+        /// Pages per OCR engine call at most (an image is one page; a message's pages are never split across calls).
         ocr_batch: usize, "ocr-batch", "OCRFLEET_OCR_BATCH", "16";
         /// Inference device: cpu, cuda or cuda:N (no silent fallback).
         device: Device, "device", "OCRFLEET_DEVICE", "cpu";

@@ -3,7 +3,19 @@
 //! [`crate::stages::Outcome`]).
 
 use crate::failure::Rejection;
-use crate::kafka::journal::Care;
+
+/// How a record is to be handled, from its history so far (kept by
+/// [`crate::kafka::journal`], read by the stages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Care {
+    #[default]
+    Normal,
+    /// It was in the engine when a process died (as a suspect, or this many times alone): run
+    /// it alone.
+    Alone(u32),
+    /// It has died this many times alone, at the limit: dead-letter it without running it.
+    CrashLoop(u32),
+}
 
 /// A message as received, with the generation of its partition's assignment (see
 /// [`crate::kafka::offsets::OffsetTracker`]). Its bytes count towards the source's

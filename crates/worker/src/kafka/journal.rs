@@ -40,6 +40,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::envelope::Care;
+
 /// The metadata's prefix and format version.
 const TAG: &str = "ocrfleet/2";
 const TAG_V1: &str = "ocrfleet/1";
@@ -51,18 +53,6 @@ pub const MAX_METADATA: usize = 4096;
 const RUN_BUDGET: usize = 1300;
 const SUSPECT_BUDGET: usize = 1300;
 const DEATH_BUDGET: usize = 1400;
-
-/// How a record is to be handled, from its history so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Care {
-    #[default]
-    Normal,
-    /// It was in the engine when a process died (as a suspect, or this many times alone): run
-    /// it alone.
-    Alone(u32),
-    /// It has died this many times alone, at the limit: dead-letter it without running it.
-    CrashLoop(u32),
-}
 
 /// A set of offsets kept as inclusive ranges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -11,7 +11,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::journal::{Care, Journal, Ranges};
+use super::journal::{Journal, Ranges};
+use crate::envelope::Care;
 
 #[derive(Debug, Default)]
 struct Partition {

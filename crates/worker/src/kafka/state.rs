@@ -96,7 +96,8 @@ impl SourceState {
         self.building.len() + self.pending.as_ref().map_or(0, Vec::len) + self.in_pipeline
     }
 
-    /// Bytes of the messages taken and not finished.
+    /// Bytes of the messages taken and not finished. (tests only)
+    #[cfg(test)]
     pub fn in_flight_bytes(&self) -> u64 {
         self.bytes
     }
@@ -151,7 +152,8 @@ impl SourceState {
         self.pending = Some(chunk);
     }
 
-    /// Whether a chunk is waiting for the pipeline.
+    /// Whether a chunk is waiting for the pipeline. (tests only)
+    #[cfg(test)]
     pub fn has_pending(&self) -> bool {
         self.pending.is_some()
     }

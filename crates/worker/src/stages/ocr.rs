@@ -18,18 +18,56 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
-use ocrfleet_ocr::{EngineHandle, ImageText, OcrError, Timings};
+use ocrfleet_ocr::{EngineHandle, ImageText, OcrError, ProbeError, Timings};
 use tokio::sync::mpsc;
 
 use super::prepare::Ready;
 use super::Outcome;
+use crate::envelope::Care;
 use crate::envelope::{EngineJournal, Failure};
 use crate::es::document::{DocBody, DocTimings, Document, SourceRef};
 use crate::failure::{Component, Rejection, Stage};
 use crate::health::Health;
-use crate::kafka::journal::Care;
 use crate::message::{self, CONTRACT_VERSION};
 use crate::metrics::Metrics;
+
+/// What the OCR stage needs of an engine: the seam between the stage's decisions (lanes, the
+/// run-alone rule, bad image or broken engine, the hang deadline) and ONNX Runtime, so that
+/// the decisions can be tested on their own. [`EngineHandle`] is the one implementation that
+/// runs; the unit tests below drive the stage with a scripted one.
+pub trait Recognizer: Send + Sync {
+    /// Calls that may run at once.
+    fn lanes(&self) -> usize;
+    /// The model set's version, written into each document.
+    fn model_version(&self) -> &str;
+    /// Recognises `images` and gives them back with one result each (so that they can be run
+    /// again); every result is [`OcrError::EngineGone`] when the engine has stopped.
+    fn recognize_keep(
+        &self,
+        images: Vec<RgbImage>,
+    ) -> impl std::future::Future<Output = (Vec<RgbImage>, Vec<Result<ImageText, OcrError>>)> + Send;
+    /// A tiny known-good run: does the engine still work?
+    fn probe(&self) -> impl std::future::Future<Output = Result<(), ProbeError>> + Send;
+}
+
+impl Recognizer for EngineHandle {
+    fn lanes(&self) -> usize {
+        EngineHandle::lanes(self)
+    }
+    fn model_version(&self) -> &str {
+        EngineHandle::model_version(self)
+    }
+    fn recognize_keep(
+        &self,
+        images: Vec<RgbImage>,
+    ) -> impl std::future::Future<Output = (Vec<RgbImage>, Vec<Result<ImageText, OcrError>>)> + Send
+    {
+        EngineHandle::recognize_keep(self, images)
+    }
+    fn probe(&self) -> impl std::future::Future<Output = Result<(), ProbeError>> + Send {
+        EngineHandle::probe(self)
+    }
+}
 
 /// What the OCR stage needs of the settings.
 #[derive(Debug, Clone)]
@@ -71,10 +109,10 @@ impl OcrSettings {
 
 /// Runs batches until `ready_rx` closes, keeping up to the engine's lanes of calls in flight
 /// (so that the engine's stages overlap across calls). `Err` is fatal for the process.
-pub async fn ocr_stage(
+pub async fn ocr_stage<E: Recognizer>(
     mut ready_rx: mpsc::Receiver<Ready>,
     cfg: OcrSettings,
-    engine: EngineHandle,
+    engine: E,
     out_tx: mpsc::Sender<Outcome>,
     metrics: Metrics,
     health: Arc<Health>,
@@ -305,8 +343,8 @@ fn entries(batch: &[Ready], alone: bool) -> Vec<(i32, i64, u64, bool)> {
 }
 
 /// Starts one call: every page is an item; the future gives the records back with the results.
-fn submit<'a>(
-    engine: &'a EngineHandle,
+fn submit<'a, E: Recognizer>(
+    engine: &'a E,
     cfg: &'a OcrSettings,
     health: &'a Health,
     mut batch: Vec<Ready>,
@@ -331,7 +369,7 @@ fn submit<'a>(
 /// Turns one call's results into outcomes for the sink; `false` when the sink is gone.
 async fn emit(
     cfg: &OcrSettings,
-    engine: &EngineHandle,
+    engine: &impl Recognizer,
     metrics: &Metrics,
     out_tx: &mpsc::Sender<Outcome>,
     batch: Vec<Ready>,
@@ -416,7 +454,7 @@ fn per_page(pages: Vec<Result<ImageText, OcrError>>) -> Result<Vec<ImageText>, O
 
 /// Runs `images` until the results can be trusted (see the module doc).
 async fn run_until_healthy(
-    engine: &EngineHandle,
+    engine: &impl Recognizer,
     mut images: Vec<RgbImage>,
     cfg: &OcrSettings,
     health: &Health,
@@ -452,7 +490,11 @@ async fn run_until_healthy(
                 health.clear(Component::Engine, "probe");
                 return Ok(results);
             }
-            Err(reason) => {
+            Err(ProbeError::Gone(reason)) => {
+                health.fault(Component::Engine, "thread", &reason);
+                anyhow::bail!("the OCR engine stopped: {reason}");
+            }
+            Err(ProbeError::Failing(reason)) => {
                 health.fault(Component::Engine, "probe", &reason);
                 wait_for_engine(engine, cfg.fault_timeout, health).await?;
                 images = back;
@@ -463,11 +505,12 @@ async fn run_until_healthy(
 
 /// Probes with backoff until the engine works again, or fails after `timeout`.
 async fn wait_for_engine(
-    engine: &EngineHandle,
+    engine: &impl Recognizer,
     timeout: Duration,
     health: &Health,
 ) -> anyhow::Result<()> {
-    let since = Instant::now();
+    // Tokio's clock, so that the deadline can be tested with paused time.
+    let since = tokio::time::Instant::now();
     let mut delays = crate::retry::unbounded(Duration::from_millis(500));
     loop {
         if since.elapsed() >= timeout {
@@ -481,11 +524,11 @@ async fn wait_for_engine(
                 health.clear(Component::Engine, "probe");
                 return Ok(());
             }
-            Err(reason) if reason.contains("engine thread") => {
+            Err(ProbeError::Gone(reason)) => {
                 health.fault(Component::Engine, "thread", &reason);
                 anyhow::bail!("the OCR engine stopped: {reason}");
             }
-            Err(reason) => health.fault(Component::Engine, "probe", reason),
+            Err(ProbeError::Failing(reason)) => health.fault(Component::Engine, "probe", reason),
         }
     }
 }
@@ -557,6 +600,349 @@ fn document(cfg: &OcrSettings, model: &str, r: Ready, text: ImageText) -> Docume
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use ocrfleet_ocr::TextSource;
+
+    use crate::envelope::Envelope;
+
+    /// One call's script: each image's answer, or `None` for a call that never returns.
+    type Script = Option<Vec<Result<(), OcrError>>>;
+
+    /// A scripted engine: the stage's decisions are tested against it, with Tokio's clock
+    /// paused. This is a stand-in on purpose: the real engine's side of each decision (an image
+    /// that fails, an engine that stops or hangs) runs end to end against ONNX Runtime in
+    /// `crates/cli/tests/worker_engine.rs`; what is proven here is the stage's logic alone.
+    struct Scripted {
+        lanes: usize,
+        /// One entry per call: each image's result (by index), or a call that never returns.
+        calls: Mutex<VecDeque<Script>>,
+        probes: Mutex<VecDeque<Result<(), ProbeError>>>,
+        /// How long each call takes.
+        took: Duration,
+        /// Calls as they start and end: the images' widths (each record's id), + start, - end.
+        log: Mutex<Vec<(bool, Vec<u32>)>>,
+    }
+
+    impl Scripted {
+        fn new(lanes: usize) -> Scripted {
+            Scripted {
+                lanes,
+                calls: Mutex::default(),
+                probes: Mutex::default(),
+                took: Duration::from_secs(1),
+                log: Mutex::default(),
+            }
+        }
+        fn calls(self, calls: Vec<Script>) -> Self {
+            *self.calls.lock().unwrap() = calls.into();
+            self
+        }
+        fn probes(self, probes: Vec<Result<(), ProbeError>>) -> Self {
+            *self.probes.lock().unwrap() = probes.into();
+            self
+        }
+        fn started(&self) -> usize {
+            self.log.lock().unwrap().iter().filter(|(s, _)| *s).count()
+        }
+    }
+
+    fn text(width: u32) -> ImageText {
+        ImageText {
+            width,
+            height: 1,
+            lines: Vec::new(),
+            text: format!("image {width}"),
+            pages: 1,
+            sources: vec![TextSource::Ocr],
+            timings: Timings::default(),
+        }
+    }
+
+    fn failed() -> OcrError {
+        OcrError::Inference {
+            stage: ocrfleet_ocr::Stage::Recognize,
+            message: "bad tensor".into(),
+        }
+    }
+
+    impl Recognizer for Scripted {
+        fn lanes(&self) -> usize {
+            self.lanes
+        }
+        fn model_version(&self) -> &str {
+            "scripted"
+        }
+        async fn recognize_keep(
+            &self,
+            images: Vec<RgbImage>,
+        ) -> (Vec<RgbImage>, Vec<Result<ImageText, OcrError>>) {
+            let widths: Vec<u32> = images.iter().map(|i| i.width()).collect();
+            self.log.lock().unwrap().push((true, widths.clone()));
+            let script = self.calls.lock().unwrap().pop_front();
+            let answers = match script {
+                Some(None) => std::future::pending().await,
+                Some(Some(answers)) => answers,
+                None => vec![Ok(()); images.len()],
+            };
+            tokio::time::sleep(self.took).await;
+            self.log.lock().unwrap().push((false, widths.clone()));
+            let results = widths
+                .iter()
+                .zip(answers)
+                .map(|(w, a)| a.map(|()| text(*w)))
+                .collect();
+            (images, results)
+        }
+        async fn probe(&self) -> Result<(), ProbeError> {
+            self.probes.lock().unwrap().pop_front().unwrap_or(Ok(()))
+        }
+    }
+
+    fn settings() -> OcrSettings {
+        OcrSettings {
+            batch: 4,
+            fault_timeout: Duration::from_secs(60),
+            call_timeout: Duration::from_secs(300),
+            topic: "t".into(),
+            worker_id: "w".into(),
+            journal: None,
+            replay_key: None,
+            assignment: None,
+        }
+    }
+
+    fn health() -> Health {
+        let h = Health::new(&prometheus::Registry::new());
+        h.set_started();
+        h
+    }
+
+    fn images(widths: &[u32]) -> Vec<RgbImage> {
+        widths.iter().map(|w| RgbImage::new(*w, 1)).collect()
+    }
+
+    /// Inference errors and a probe that passes: the errors are the images' own, returned
+    /// for the dead-letter topic, and the engine stays up.
+    #[tokio::test(start_paused = true)]
+    async fn a_bad_image_with_a_working_engine_is_the_images_fault() {
+        let engine = Scripted::new(1).calls(vec![Some(vec![Ok(()), Err(failed()), Ok(())])]);
+        let h = health();
+        let r = run_until_healthy(&engine, images(&[1, 2, 3]), &settings(), &h)
+            .await
+            .expect("not fatal");
+        assert!(r[0].is_ok() && r[2].is_ok());
+        assert!(matches!(r[1], Err(OcrError::Inference { .. })));
+        assert_eq!(engine.started(), 1, "run once");
+        assert!(h.ready(), "the engine is not marked down");
+    }
+
+    /// Inference errors and a failing probe: a broken engine. Nothing is returned as failed:
+    /// the engine is marked down, probed with backoff, and the same images run again once it
+    /// passes.
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_engine_holds_the_batch_and_runs_it_again_once_it_passes() {
+        let engine = Scripted::new(1)
+            .calls(vec![Some(vec![Err(failed()), Err(failed())])])
+            .probes(vec![
+                Err(ProbeError::Failing("CUDA error".into())),
+                Err(ProbeError::Failing("CUDA error".into())),
+                Ok(()),
+            ]);
+        let h = Arc::new(health());
+        let (h2, t0) = (h.clone(), tokio::time::Instant::now());
+        let run = tokio::spawn(async move {
+            let r = run_until_healthy(&engine, images(&[1, 2]), &settings(), &h2).await;
+            (r, engine.started())
+        });
+        // After the first call (1 s) and the first probe, the engine is down.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(!h.ready(), "the engine is marked down while it fails");
+        let (r, calls) = run.await.unwrap();
+        let r = r.expect("not fatal: the engine came back");
+        assert!(r.iter().all(Result::is_ok), "the second run's results");
+        assert_eq!(calls, 2, "the same images ran again");
+        assert!(h.ready(), "cleared once the probe passed");
+        assert!(
+            t0.elapsed() >= Duration::from_secs(2),
+            "backed off between probes"
+        );
+    }
+
+    /// A probe that keeps failing past `--engine-fault-timeout` is fatal (the process exits
+    /// and a fresh one gets the device), and nothing is dead-lettered on the way.
+    #[tokio::test(start_paused = true)]
+    async fn an_engine_that_stays_broken_past_the_fault_timeout_ends_the_process() {
+        let engine = Scripted::new(1)
+            .calls(vec![Some(vec![Err(failed())])])
+            .probes(vec![Err(ProbeError::Failing("CUDA error".into())); 1000]);
+        let h = health();
+        let t0 = tokio::time::Instant::now();
+        let e = run_until_healthy(&engine, images(&[1]), &settings(), &h)
+            .await
+            .expect_err("fatal");
+        assert!(e.to_string().contains("--engine-fault-timeout"), "{e}");
+        assert!(
+            t0.elapsed() >= Duration::from_secs(60),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(t0.elapsed() < Duration::from_secs(80), "{:?}", t0.elapsed());
+        assert_eq!(engine.started(), 1);
+    }
+
+    /// A probe that finds the engine gone is fatal at once: no waiting for a timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_gone_engine_is_fatal_at_once() {
+        let engine = Scripted::new(1)
+            .calls(vec![Some(vec![Err(failed())])])
+            .probes(vec![Err(ProbeError::Gone("threads stopped".into()))]);
+        let h = health();
+        let t0 = tokio::time::Instant::now();
+        let e = run_until_healthy(&engine, images(&[1]), &settings(), &h)
+            .await
+            .expect_err("fatal");
+        assert!(e.to_string().contains("stopped"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert!(!h.ready());
+    }
+
+    /// A call that does not return within `--engine-timeout` is a hung engine: fatal, with the
+    /// `engine` component down, after exactly the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_past_the_engine_timeout_is_a_hang() {
+        let engine = Scripted::new(1).calls(vec![None]);
+        let h = health();
+        let t0 = tokio::time::Instant::now();
+        let e = run_until_healthy(&engine, images(&[1, 2]), &settings(), &h)
+            .await
+            .expect_err("fatal");
+        assert!(e.to_string().contains("--engine-timeout"), "{e}");
+        assert!(
+            t0.elapsed() >= Duration::from_secs(300),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(301),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(h.describe().contains("hang"), "{}", h.describe());
+    }
+
+    fn ready(width: u32, care: Care) -> Ready {
+        Ready {
+            envelope: Envelope {
+                partition: 0,
+                offset: i64::from(width),
+                generation: 1,
+                key: None,
+                value: None,
+                headers: Vec::new(),
+                headers_total: 0,
+                timestamp_ms: Some(100),
+                care,
+            },
+            request: message::Request {
+                url: format!("http://x/{width}.png"),
+                id: None,
+                metadata: Default::default(),
+            },
+            pages: images(&[width]),
+            plan: None,
+            _charge: Default::default(),
+            fetch_ms: 0.0,
+            decode_ms: 0.0,
+            attempts: 1,
+        }
+    }
+
+    /// The whole stage with two lanes: records 1–3 and 5–7 run in batches beside each other; a
+    /// record that crashed a process before (4) waits for the engine to empty, runs in a call
+    /// of its own with nothing beside it, and every record comes out once, in order.
+    #[tokio::test(start_paused = true)]
+    async fn the_stage_runs_a_suspect_alone_between_full_lanes() {
+        let engine = Scripted::new(2);
+        let mut cfg = settings();
+        cfg.batch = 2;
+        let (ready_tx, ready_rx) = mpsc::channel(16);
+        let (out_tx, mut out_rx) = mpsc::channel(16);
+        for w in 1..=7 {
+            let care = if w == 4 { Care::Alone(0) } else { Care::Normal };
+            ready_tx.send(ready(w, care)).await.unwrap();
+        }
+        drop(ready_tx);
+        let engine = Arc::new(engine);
+        ocr_stage(
+            ready_rx,
+            cfg,
+            ArcRecognizer(engine.clone()),
+            out_tx,
+            Metrics::new(),
+            Arc::new(health()),
+        )
+        .await
+        .expect("the stage ends when its input closes");
+        let log = engine.log.lock().unwrap().clone();
+        let mut out = Vec::new();
+        while let Ok(o) = out_rx.try_recv() {
+            match o {
+                Outcome::Doc(d) => out.push(d.envelope.offset),
+                _ => panic!("only documents expected"),
+            }
+        }
+        assert_eq!(out, vec![1, 2, 3, 4, 5, 6, 7], "each once, in order");
+        // Replay the log: at the suspect's start nothing runs, and nothing starts until it ends.
+        let mut open: Vec<Vec<u32>> = Vec::new();
+        let mut overlapped = false;
+        for (start, call) in &log {
+            if *start {
+                assert!(
+                    call != &vec![4] || open.is_empty(),
+                    "the suspect started beside {open:?}"
+                );
+                assert!(
+                    !open.contains(&vec![4]),
+                    "{call:?} started beside the suspect"
+                );
+                assert!(
+                    !call.contains(&4) || call == &vec![4],
+                    "the suspect shared a call: {call:?}"
+                );
+                open.push(call.clone());
+                overlapped |= open.len() > 1;
+            } else {
+                open.retain(|c| c != call);
+            }
+        }
+        assert!(overlapped, "two lanes ran at once: {log:?}");
+        assert!(log.iter().any(|(s, c)| *s && c == &vec![4]), "{log:?}");
+    }
+
+    /// Lets the test keep a handle on the scripted engine that the stage owns.
+    struct ArcRecognizer(Arc<Scripted>);
+
+    impl Recognizer for ArcRecognizer {
+        fn lanes(&self) -> usize {
+            self.0.lanes()
+        }
+        fn model_version(&self) -> &str {
+            self.0.model_version()
+        }
+        fn recognize_keep(
+            &self,
+            images: Vec<RgbImage>,
+        ) -> impl std::future::Future<Output = (Vec<RgbImage>, Vec<Result<ImageText, OcrError>>)> + Send
+        {
+            self.0.recognize_keep(images)
+        }
+        fn probe(&self) -> impl std::future::Future<Output = Result<(), ProbeError>> + Send {
+            self.0.probe()
+        }
+    }
 
     /// With two lanes, a record that runs alone waits for the engine to be empty, runs with
     /// nothing beside it, and only its own call's end lets the others in again.

@@ -36,11 +36,11 @@ use tokio::task::JoinSet;
 
 use super::Outcome;
 use crate::budget::{Budget, Charge};
+use crate::envelope::Care;
 use crate::envelope::{Envelope, Failure};
 use crate::failure::{Component, Rejection, Stage};
 use crate::fetch::hosts::{self, Hosts, Step, Verdict};
 use crate::fetch::{redact_url, FetchError, Fetched, Fetcher};
-use crate::kafka::journal::Care;
 use crate::kafka::Assignment;
 use crate::message::{self, Request};
 use crate::metrics::Metrics;
