@@ -12,11 +12,12 @@
 
 use std::collections::BTreeMap;
 
-use ocrfleet_ocr::{Line, Timings};
+use ocrfleet_ocr::{ImageText, Line, Timings};
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::envelope::Envelope;
+use crate::message::{self, ReplayKey, ReplayOrigin, Request, CONTRACT_VERSION};
 
 /// Version of the index template this worker writes; bump when the mapping changes.
 /// 2: `metadata` is `flattened` (one mapping field however many keys producers send).
@@ -57,6 +58,100 @@ pub struct Document {
     /// External version (the record timestamp), when the record has one.
     pub version: Option<i64>,
     pub body: DocBody,
+}
+
+/// Who writes a document: the source topic, this worker, the model set, and the key that
+/// proves a replayed record's origin (none: replay headers are ignored).
+#[derive(Debug, Clone, Copy)]
+pub struct Writer<'a> {
+    pub topic: &'a str,
+    pub worker: &'a str,
+    pub model: &'a str,
+    pub replay_key: Option<&'a ReplayKey>,
+}
+
+/// How a record's file was read before the engine: tries and milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reading {
+    pub attempts: usize,
+    pub fetch_ms: f64,
+    pub decode_ms: f64,
+}
+
+impl Document {
+    /// The document for a record read as `text`: its id (the request's `id`, else a proven
+    /// replay's original coordinates, else the record's own, [`message::document_id`]), its
+    /// version (a proven replay's original timestamp, else the record's), header names and
+    /// values as text (invalid UTF-8 replaced), and the timings with the download and decode
+    /// added.
+    pub fn new(
+        envelope: Envelope,
+        request: Request,
+        text: ImageText,
+        reading: Reading,
+        writer: &Writer<'_>,
+    ) -> Document {
+        let e = &envelope;
+        let replay = ReplayOrigin::read(&e.headers, e.value.as_deref(), writer.replay_key);
+        let id = message::document_id(
+            request.id.as_deref(),
+            replay.of.as_deref(),
+            writer.topic,
+            e.partition,
+            e.offset,
+        );
+        let headers = e
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(k).into_owned(),
+                    v.as_deref()
+                        .map(|v| String::from_utf8_lossy(v).into_owned()),
+                )
+            })
+            .collect();
+        let t = text.timings;
+        let body = DocBody {
+            url: request.url,
+            message_id: request.id,
+            text: text.text,
+            lines: text.lines,
+            width: text.width,
+            height: text.height,
+            pages: text.pages,
+            page_sources: text.sources.iter().map(|s| s.as_str()).collect(),
+            metadata: request.metadata,
+            headers,
+            source: SourceRef {
+                topic: writer.topic.to_owned(),
+                partition: e.partition,
+                offset: e.offset,
+                timestamp: e.timestamp_ms,
+            },
+            model: writer.model.to_owned(),
+            contract: CONTRACT_VERSION,
+            worker: writer.worker.to_owned(),
+            attempts: reading.attempts,
+            timings_ms: DocTimings {
+                fetch: reading.fetch_ms,
+                stages: Timings {
+                    decode: reading.decode_ms,
+                    total: reading.fetch_ms + reading.decode_ms + t.total,
+                    ..t
+                },
+            },
+            processed_at: chrono::Utc::now().to_rfc3339(),
+        };
+        Document {
+            // A replayed record is versioned by its original's timestamp, so that it cannot
+            // overwrite a document written since by a newer record for the same id.
+            version: replay.timestamp_ms.or(envelope.timestamp_ms),
+            envelope,
+            id,
+            body,
+        }
+    }
 }
 
 /// Where the document came from.
@@ -248,6 +343,148 @@ fn merge(base: Value, over: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(offset: i64, headers: Vec<(Vec<u8>, Option<Vec<u8>>)>, value: &[u8]) -> Envelope {
+        Envelope {
+            partition: 3,
+            offset,
+            generation: 1,
+            key: None,
+            value: Some(value.to_vec()),
+            headers_total: headers.len(),
+            headers,
+            timestamp_ms: Some(2_000),
+            care: Default::default(),
+        }
+    }
+
+    fn read(id: Option<&str>) -> (Request, ImageText) {
+        let request = Request {
+            url: "http://x/a.png".into(),
+            id: id.map(str::to_owned),
+            metadata: Default::default(),
+        };
+        let text = ImageText {
+            width: 10,
+            height: 20,
+            lines: Vec::new(),
+            text: "hello".into(),
+            pages: 2,
+            sources: vec![
+                ocrfleet_ocr::TextSource::Text,
+                ocrfleet_ocr::TextSource::Ocr,
+            ],
+            timings: Timings {
+                det: 4.0,
+                total: 10.0,
+                ..Timings::default()
+            },
+        };
+        (request, text)
+    }
+
+    const WRITER: Writer<'static> = Writer {
+        topic: "t",
+        worker: "w1",
+        model: "m",
+        replay_key: None,
+    };
+
+    /// Without a request id the record's coordinates are the id; its timestamp the version;
+    /// header bytes that are not UTF-8 are replaced, not refused; the download and decode add
+    /// to the engine's total.
+    #[test]
+    fn a_record_without_an_id_is_named_by_its_coordinates() {
+        let (request, text) = read(None);
+        let headers = vec![
+            (b"trace".to_vec(), Some(vec![0xff, b'a'])),
+            (b"empty".to_vec(), None),
+        ];
+        let reading = Reading {
+            attempts: 2,
+            fetch_ms: 5.0,
+            decode_ms: 1.0,
+        };
+        let d = Document::new(record(7, headers, b"v"), request, text, reading, &WRITER);
+        assert_eq!(d.id, "t-3-7");
+        assert_eq!(d.version, Some(2_000));
+        assert_eq!(d.body.headers["trace"].as_deref(), Some("\u{fffd}a"));
+        assert_eq!(d.body.headers["empty"], None);
+        assert_eq!(d.body.timings_ms.stages.total, 16.0);
+        assert_eq!(d.body.timings_ms.stages.decode, 1.0);
+        assert_eq!(d.body.timings_ms.stages.det, 4.0);
+        assert_eq!(d.body.page_sources, vec!["text", "ocr"]);
+        assert_eq!(
+            (d.body.attempts, d.body.pages, d.body.worker.as_str()),
+            (2, 2, "w1")
+        );
+        assert_eq!(d.body.source.partition, 3);
+    }
+
+    /// A replay's headers name the document and its version only when signed with the key;
+    /// a request's own id always wins.
+    #[test]
+    fn a_proven_replay_takes_its_originals_id_and_version() {
+        let key = ReplayKey::new(b"k");
+        let value = br#"{"url":"http://x/a.png"}"#;
+        let signed = |sig: &str| {
+            vec![
+                (b"ocrfleet.replay.of".to_vec(), Some(b"t-0-9".to_vec())),
+                (
+                    b"ocrfleet.replay.timestamp".to_vec(),
+                    Some(b"1000".to_vec()),
+                ),
+                (
+                    b"ocrfleet.replay.signature".to_vec(),
+                    Some(sig.as_bytes().to_vec()),
+                ),
+            ]
+        };
+        let good = key.sign("t-0-9", "1000", Some(value));
+        let with_key = Writer {
+            replay_key: Some(&key),
+            ..WRITER
+        };
+        let (request, text) = read(None);
+        let d = Document::new(
+            record(7, signed(&good), value),
+            request,
+            text,
+            Reading::default(),
+            &with_key,
+        );
+        assert_eq!((d.id.as_str(), d.version), ("t-0-9", Some(1_000)));
+
+        let (request, text) = read(None);
+        let forged = Document::new(
+            record(7, signed(&"0".repeat(64)), value),
+            request,
+            text,
+            Reading::default(),
+            &with_key,
+        );
+        assert_eq!((forged.id.as_str(), forged.version), ("t-3-7", Some(2_000)));
+
+        let (request, text) = read(None);
+        let no_key = Document::new(
+            record(7, signed(&good), value),
+            request,
+            text,
+            Reading::default(),
+            &WRITER,
+        );
+        assert_eq!(no_key.id, "t-3-7", "without a key nothing is proven");
+
+        let (request, text) = read(Some("invoice-1"));
+        let named = Document::new(
+            record(7, signed(&good), value),
+            request,
+            text,
+            Reading::default(),
+            &with_key,
+        );
+        assert_eq!(named.id, "invoice-1");
+    }
 
     /// Every leaf path of `v` (objects are walked, arrays looked into).
     fn leaves(prefix: &str, v: &Value, out: &mut Vec<String>) {

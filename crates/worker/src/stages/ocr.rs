@@ -18,17 +18,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
-use ocrfleet_ocr::{EngineHandle, ImageText, OcrError, ProbeError, Timings};
+use ocrfleet_ocr::{EngineHandle, ImageText, OcrError, ProbeError};
 use tokio::sync::mpsc;
 
 use super::prepare::Ready;
 use super::Outcome;
 use crate::envelope::Care;
 use crate::envelope::{EngineJournal, Failure};
-use crate::es::document::{DocBody, DocTimings, Document, SourceRef};
+use crate::es::document::{Document, Reading, Writer};
 use crate::failure::{Component, Rejection, Stage};
 use crate::health::Health;
-use crate::message::{self, CONTRACT_VERSION};
+use crate::message;
 use crate::metrics::Metrics;
 
 /// What the OCR stage needs of an engine: the seam between the stage's decisions (lanes, the
@@ -534,67 +534,18 @@ async fn wait_for_engine(
 }
 
 fn document(cfg: &OcrSettings, model: &str, r: Ready, text: ImageText) -> Document {
-    let e = &r.envelope;
-    let replay =
-        message::ReplayOrigin::read(&e.headers, e.value.as_deref(), cfg.replay_key.as_ref());
-    let id = message::document_id(
-        r.request.id.as_deref(),
-        replay.of.as_deref(),
-        &cfg.topic,
-        e.partition,
-        e.offset,
-    );
-    let headers = e
-        .headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                String::from_utf8_lossy(k).into_owned(),
-                v.as_deref()
-                    .map(|v| String::from_utf8_lossy(v).into_owned()),
-            )
-        })
-        .collect();
-    let t = text.timings;
-    let body = DocBody {
-        url: r.request.url,
-        message_id: r.request.id,
-        text: text.text,
-        lines: text.lines,
-        width: text.width,
-        height: text.height,
-        pages: text.pages,
-        page_sources: text.sources.iter().map(|s| s.as_str()).collect(),
-        metadata: r.request.metadata,
-        headers,
-        source: SourceRef {
-            topic: cfg.topic.clone(),
-            partition: e.partition,
-            offset: e.offset,
-            timestamp: e.timestamp_ms,
-        },
-        model: model.to_owned(),
-        contract: CONTRACT_VERSION,
-        worker: cfg.worker_id.clone(),
-        attempts: r.attempts,
-        timings_ms: DocTimings {
-            fetch: r.fetch_ms,
-            stages: Timings {
-                decode: r.decode_ms,
-                total: r.fetch_ms + r.decode_ms + t.total,
-                ..t
-            },
-        },
-        processed_at: chrono::Utc::now().to_rfc3339(),
+    let writer = Writer {
+        topic: &cfg.topic,
+        worker: &cfg.worker_id,
+        model,
+        replay_key: cfg.replay_key.as_ref(),
     };
-    Document {
-        // A replayed record is versioned by its original's timestamp, so that it cannot
-        // overwrite a document written since by a newer record for the same id.
-        version: replay.timestamp_ms.or(r.envelope.timestamp_ms),
-        envelope: r.envelope,
-        id,
-        body,
-    }
+    let reading = Reading {
+        attempts: r.attempts,
+        fetch_ms: r.fetch_ms,
+        decode_ms: r.decode_ms,
+    };
+    Document::new(r.envelope, r.request, text, reading, &writer)
 }
 
 #[cfg(test)]
@@ -604,7 +555,7 @@ mod tests {
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
-    use ocrfleet_ocr::TextSource;
+    use ocrfleet_ocr::{TextSource, Timings};
 
     use crate::envelope::Envelope;
 
