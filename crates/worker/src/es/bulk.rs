@@ -17,6 +17,28 @@
 
 use serde::Deserialize;
 
+/// Elasticsearch's HTTP answer to a bulk request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// A bulk request that got no answer: always an infrastructure fault (the request is sent
+/// again, never dead-lettered).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoAnswer {
+    /// The request could not be sent, or no status came back (refused, reset, timed out).
+    #[error("transport error: {0}")]
+    Send(String),
+    /// A status came back, and reading the body failed.
+    #[error("transport error: HTTP {status} and reading the answer failed: {message}")]
+    Read { status: u16, message: String },
+}
+
+/// What a bulk request got back.
+pub type Reply = Result<Answer, NoAnswer>;
+
 /// How one document's write ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ItemOutcome {
@@ -96,10 +118,10 @@ fn describe_error(status: u16, body: &[u8]) -> String {
 
 /// Reads a bulk answer for `n` documents. `status` is `Err` with the transport error when no
 /// HTTP answer came back.
-pub fn classify(status: Result<u16, String>, body: &[u8], n: usize) -> RequestOutcome {
-    let status = match status {
-        Ok(s) => s,
-        Err(e) => return RequestOutcome::Infra(format!("transport error: {e}")),
+pub fn classify(reply: &Reply, n: usize) -> RequestOutcome {
+    let (status, body) = match reply {
+        Ok(Answer { status, body }) => (*status, body.as_slice()),
+        Err(e) => return RequestOutcome::Infra(e.to_string()),
     };
     if status == 413 {
         return RequestOutcome::TooLarge;
@@ -249,8 +271,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn answer(status: u16, body: &[u8]) -> Reply {
+        Ok(Answer {
+            status,
+            body: body.to_vec(),
+        })
+    }
+
     fn items(status: u16, body: serde_json::Value, n: usize) -> Vec<ItemOutcome> {
-        match classify(Ok(status), body.to_string().as_bytes(), n) {
+        match classify(&answer(status, body.to_string().as_bytes()), n) {
             RequestOutcome::Items(v) => v,
             other => panic!("expected items, got {other:?}"),
         }
@@ -384,32 +413,34 @@ mod tests {
             (503, json!({"error": "service unavailable"})),
             (502, json!(null)),
         ] {
-            match classify(Ok(status), body.to_string().as_bytes(), 3) {
+            match classify(&answer(status, body.to_string().as_bytes()), 3) {
                 RequestOutcome::Infra(m) => assert!(m.contains(&status.to_string()), "{m}"),
                 other => panic!("HTTP {status} must be an infrastructure fault, got {other:?}"),
             }
         }
         let RequestOutcome::Infra(m) = classify(
-            Ok(401),
-            br#"{"error":{"type":"security_exception","reason":"expired"}}"#,
+            &answer(
+                401,
+                br#"{"error":{"type":"security_exception","reason":"expired"}}"#,
+            ),
             1,
         ) else {
             panic!()
         };
         assert!(m.contains("security_exception: expired"), "{m}");
         assert!(matches!(
-            classify(Err("connection refused".into()), b"", 2),
+            classify(&Err(NoAnswer::Send("connection refused".into())), 2),
             RequestOutcome::Infra(_)
         ));
         assert!(matches!(
-            classify(Ok(200), b"<html>proxy</html>", 1),
+            classify(&answer(200, b"<html>proxy</html>"), 1),
             RequestOutcome::Infra(_)
         ));
     }
 
     #[test]
     fn http_413_even_with_an_empty_body_means_split() {
-        assert_eq!(classify(Ok(413), b"", 4), RequestOutcome::TooLarge);
+        assert_eq!(classify(&answer(413, b""), 4), RequestOutcome::TooLarge);
     }
 
     #[test]

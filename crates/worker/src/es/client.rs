@@ -23,6 +23,7 @@ use elasticsearch::indices::{
 use elasticsearch::{BulkParts, Elasticsearch};
 use serde_json::Value;
 
+use super::bulk::{Answer, NoAnswer, Reply};
 use super::document::{additive_mapping, plan_template, TemplatePlan, TEMPLATE_VERSION};
 use crate::config::EsConfig;
 use crate::fetch::redact_url;
@@ -341,7 +342,7 @@ impl EsClient {
 
     /// Sends one bulk request (`ndjson`: action and document lines, newline-terminated) of
     /// `docs` documents. Returns the HTTP status (or the transport error) and the body.
-    pub async fn bulk(&self, ndjson: Vec<u8>, docs: usize) -> (Result<u16, String>, Vec<u8>) {
+    pub async fn bulk(&self, ndjson: Vec<u8>, docs: usize) -> Reply {
         let t = Instant::now();
         let r = self
             .client
@@ -351,13 +352,19 @@ impl EsClient {
             .await;
         let out = match r {
             Ok(r) => {
-                let s = r.status_code().as_u16();
+                let status = r.status_code().as_u16();
                 match r.bytes().await {
-                    Ok(b) => (Ok(s), b.to_vec()),
-                    Err(e) => (Err(format!("reading the answer: {e}")), Vec::new()),
+                    Ok(b) => Ok(Answer {
+                        status,
+                        body: b.to_vec(),
+                    }),
+                    Err(e) => Err(NoAnswer::Read {
+                        status,
+                        message: e.to_string(),
+                    }),
                 }
             }
-            Err(e) => (Err(e.to_string()), Vec::new()),
+            Err(e) => Err(NoAnswer::Send(e.to_string())),
         };
         self.metrics
             .stage_seconds

@@ -28,19 +28,11 @@ use crate::metrics::Metrics;
 
 /// Sends one bulk request: the seam that lets the retry logic be tested on canned answers.
 pub trait BulkApi: Send + Sync {
-    fn bulk(
-        &self,
-        ndjson: Vec<u8>,
-        docs: usize,
-    ) -> impl Future<Output = (Result<u16, String>, Vec<u8>)> + Send;
+    fn bulk(&self, ndjson: Vec<u8>, docs: usize) -> impl Future<Output = bulk::Reply> + Send;
 }
 
 impl BulkApi for EsClient {
-    fn bulk(
-        &self,
-        ndjson: Vec<u8>,
-        docs: usize,
-    ) -> impl Future<Output = (Result<u16, String>, Vec<u8>)> + Send {
+    fn bulk(&self, ndjson: Vec<u8>, docs: usize) -> impl Future<Output = bulk::Reply> + Send {
         EsClient::bulk(self, ndjson, docs)
     }
 }
@@ -107,8 +99,8 @@ impl<B: BulkApi> Indexer<B> {
                 .map(|&i| lines[i].as_slice())
                 .collect::<Vec<_>>()
                 .concat();
-            let (status, body) = self.api.bulk(ndjson, group.len()).await;
-            let fault = match bulk::classify(status, &body, group.len()) {
+            let reply = self.api.bulk(ndjson, group.len()).await;
+            let fault = match bulk::classify(&reply, group.len()) {
                 RequestOutcome::Items(items) => {
                     let mut retry = Vec::new();
                     let mut reason = String::new();
@@ -360,11 +352,7 @@ mod tests {
     }
 
     impl BulkApi for &Canned {
-        fn bulk(
-            &self,
-            _ndjson: Vec<u8>,
-            docs: usize,
-        ) -> impl Future<Output = (Result<u16, String>, Vec<u8>)> + Send {
+        fn bulk(&self, _ndjson: Vec<u8>, docs: usize) -> impl Future<Output = bulk::Reply> + Send {
             self.seen.lock().unwrap().push(docs);
             let (s, b) = self
                 .answers
@@ -372,7 +360,14 @@ mod tests {
                 .unwrap()
                 .pop_front()
                 .expect("no more canned answers");
-            async move { (s, b.into_bytes()) }
+            let reply = match s {
+                Ok(status) => Ok(bulk::Answer {
+                    status,
+                    body: b.into_bytes(),
+                }),
+                Err(e) => Err(bulk::NoAnswer::Send(e)),
+            };
+            async move { reply }
         }
     }
 
