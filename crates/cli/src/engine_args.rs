@@ -4,8 +4,9 @@
 
 use std::path::PathBuf;
 
+use ocrfleet_ocr::streams_for;
 use ocrfleet_ocr::{Device, EngineConfig, ModelSet};
-use ocrfleet_worker::config::{default_of, streams_for};
+use ocrfleet_worker::config::default_of;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct EngineArgs {

@@ -708,6 +708,16 @@ impl EngineConfig {
     }
 }
 
+/// Runners per model for `--device-streams n`: 0 picks by device, 1 on CPU (where runs share
+/// the cores) and 2 on CUDA.
+pub fn streams_for(device: Device, n: usize) -> usize {
+    match n {
+        0 if device == Device::Cpu => 1,
+        0 => 2,
+        n => n,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,7 +38,8 @@ mod sessions;
 pub mod words;
 
 pub use config::{
-    ClsConfig, DetConfig, Device, EngineConfig, FaultPlan, ImageFault, ModelSet, RecConfig,
+    streams_for, ClsConfig, DetConfig, Device, EngineConfig, FaultPlan, ImageFault, ModelSet,
+    RecConfig,
 };
 pub use engine::{Engine, Model, ModelTime, WarmUp};
 pub use error::{DecodeError, EngineError, OcrError, ProbeError, Stage};

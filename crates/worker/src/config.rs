@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use ipnet::IpNet;
-use ocrfleet_ocr::{Device, EngineConfig, ModelSet};
+use ocrfleet_ocr::{streams_for, Device, EngineConfig, ModelSet};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -766,16 +766,6 @@ impl WorkerConfig {
             worker_id: nonempty(a.worker_id.clone())
                 .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned()),
         })
-    }
-}
-
-/// Runners per model for `--device-streams n`: 0 picks by device, 1 on CPU (where runs share
-/// the cores) and 2 on CUDA.
-pub fn streams_for(device: Device, n: usize) -> usize {
-    match n {
-        0 if device == Device::Cpu => 1,
-        0 => 2,
-        n => n,
     }
 }
 
