@@ -3,10 +3,15 @@
 //!
 //! Every failure is one of two kinds, and the kind decides what happens:
 //!
-//! | kind | examples | what the worker does |
-//! |---|---|---|
-//! | **the record is bad** ([`Rejection`]) | unparsable value, non-UTF-8 header key, refused URL, more than `--max-headers` headers, a host that answers other downloads but not this one, a host that answers nothing for `--host-hold` (`fetch/host_unreachable`), image host 4xx, oversize or undecodable body, an image (or a PDF's rendered pages) that needs more than the whole memory budget, too many pages, a PDF that is encrypted, malformed, or that crashes or outlasts its renderer child, a per-image engine error (the engine's probe still passes) or panic, a record that crashed the process repeatedly, an Elasticsearch *item-level* mapping or parse error, a single document over the bulk size limit | one dead-letter record with [`Stage`] and class, then the offset may be committed |
-//! | **the infrastructure is bad** ([`Component`] fault) | Elasticsearch unreachable, request-level 5xx, 429, 400, 401, 403, 404 (missing index with auto-create off), item-level refusals about the index (a write block, a missing privilege, a closed index); a dead-letter produce that fails; the engine's probe failing, or a call that hangs; a PDF renderer that cannot start or fails its probe; connections to many distinct hosts failing with none answering, or the `--fetch-probe-url` failing (an egress outage; see [`crate::fetch::hosts`]); Kafka errors | never a dead letter and never a commit: intake pauses, the work is retried with backoff, `/readyz` answers 503 with the reason, `ocrfleet_component_up{component}` drops to 0, a rate-limited warning is logged; work resumes when the fault clears. A fault that cannot clear inside the process (the engine or source thread is gone) ends the process with a non-zero status, so that Kubernetes restarts it |
+//! - **the record is bad** (a [`Rejection`]): exactly one dead-letter record naming its
+//!   [`Stage`] and class, then the offset may be committed;
+//! - **the infrastructure is bad** (a [`Component`] fault): never a dead letter and never a
+//!   commit past it; intake pauses, the work is retried with backoff, `/readyz` answers 503 with
+//!   the reason, and work resumes when the fault clears. A fault that cannot clear inside the
+//!   process ends it with a non-zero status, so that Kubernetes restarts it.
+//!
+//! Which failure is which kind, case by case, is the README's table ("The fault model"), the one
+//! copy kept; the tests named in its proof table hold each row.
 //!
 //! The decision is made where the failure is seen, with the types here: record faults become a
 //! [`Rejection`], infrastructure faults are reported to [`crate::health::Health`].

@@ -1,11 +1,8 @@
 //! The pipeline's stages, in the order a message flows through them:
 //!
-//! ```text
-//!  Kafka ──(source thread)──chunks──▶ prepare: parse, fetch, decode ──ready──▶ ocr (engine thread)
-//!                ▲                      │ rejections                              │ documents, rejections
-//!                │ done events          ▼                                         ▼
-//!          source owns offsets ◀──── sink: Elasticsearch bulk ──rejections──▶ dead-letter topic
-//! ```
+//! source → prepare (parse, fetch, decode) → ocr (the engine's lanes) → sink (Elasticsearch
+//! bulk), with rejections to the dead-letter topic and done events back to the source, which owns
+//! the offsets: the diagram is in the README ("How a message flows").
 //!
 //! Downloads run as independent tasks, so fetching and decoding chunk N+1 goes on while the
 //! engine works on chunk N. Every channel is bounded; read-ahead is bounded in messages by the
