@@ -31,7 +31,7 @@ It starts from ONNX Runtime's basic, hardware-independent optimisations (constan
 every constant is an initializer; make_fp16.py's `optimised`). It refuses to write a model whose outputs
 on a fixed input differ from the original's by more than TOLERANCE. The engine's parity tests
 check that the fused models read every fixture exactly as the originals do (crates/ocr/tests/
-parity.rs), and deploy/docs/models.md "Fused graphs" has the speed and the evaluation-set accuracy.
+parity.rs), and crates/ocr/docs/models.md "Fused graphs" has the speed and the evaluation-set accuracy.
 
     .venv/bin/python models/make_fused.py [v4|v6 ...]
 

@@ -9,7 +9,7 @@ forms 300 dpi A4 scans, WildReceipt photos are placed on an A4 page (fitted to i
 scanning apps do. The image is embedded unchanged (JPEG as is, PNG losslessly), so a PDF page
 differs from its image only by what rendering at DPI does to it. The rendered page's line boxes
 are scaled back to the image's pixels before scoring with tests/eval/score.py (same metrics as
-deploy/docs/accuracy.md). Needs reportlab (tests/run.sh installs it into .venv). CI does not run
+crates/ocr/docs/accuracy.md). Needs reportlab (tests/run.sh installs it into .venv). CI does not run
 this (the images cannot be committed).
 """
 import argparse

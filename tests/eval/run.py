@@ -9,7 +9,7 @@
 Each configuration is one `ocrfleet ocr --ndjson` process over all images, timed from the
 outside (wall clock, including model loading), so images/s is what a user of the command sees.
 The NDJSON is kept in --out, and every metric is defined in tests/eval/score.py. CI does not run
-this (the images cannot be committed); the accuracy tables in deploy/docs/accuracy.md come from it.
+this (the images cannot be committed); the accuracy tables in crates/ocr/docs/accuracy.md come from it.
 """
 import argparse
 import os

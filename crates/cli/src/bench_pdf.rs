@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use ocrfleet_ocr::Engine;
-use ocrfleet_pdf::{PlannedPage, ReadOptions, TextMode};
+use ocrfleet_pdf::PlannedPage;
 
 use crate::engine_args::EngineArgs;
 use crate::ocr_cmd::collect_files;
@@ -19,15 +19,9 @@ pub struct PdfBenchArgs {
     /// PDF files or directories.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
-    /// Resolution of the rendered pages.
-    #[arg(long, default_value = ocrfleet_worker::config::default_of("pdf-dpi"))]
-    pub pdf_dpi: f32,
-    /// A scanned page is rendered at its scan's own resolution, at most this.
-    #[arg(long, default_value = ocrfleet_worker::config::default_of("pdf-max-scan-dpi"))]
-    pub pdf_max_scan_dpi: f32,
-    /// auto, ocr (render every page) or text.
-    #[arg(long, default_value = ocrfleet_worker::config::default_of("pdf-text"))]
-    pub pdf_text: TextMode,
+    /// How PDFs are read: the worker's settings of the same names.
+    #[command(flatten)]
+    pub pdf: ocrfleet_worker::config::PdfArgs,
     /// Passes over the files.
     #[arg(long, default_value_t = 2)]
     pub repeat: usize,
@@ -56,22 +50,22 @@ pub fn bench_pdf(args: PdfBenchArgs) -> anyhow::Result<ExitCode> {
         .collect();
     anyhow::ensure!(!files.is_empty(), "no PDF under {:?}", args.paths);
     let docs: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<Result<_, _>>()?;
+    let engine_cfg = args.engine.config();
     let engine = if args.ocr {
-        Some(Engine::new(args.engine.config()).context("cannot start the OCR engine")?)
+        Some(Engine::new(engine_cfg.clone()).context("cannot start the OCR engine")?)
     } else {
         None
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let pool = crate::ocr_cmd::one_renderer(&args.engine.models_dir)?;
-    let opts = ReadOptions {
-        mode: args.pdf_text,
-        dpi: args.pdf_dpi,
-        max_scan_dpi: args.pdf_max_scan_dpi,
-        max_pages: args.engine.max_pages.max(1),
-        ..ReadOptions::default()
-    };
+    let pool = crate::ocr_cmd::one_renderer(&engine_cfg.models_dir)?;
+    let opts = args
+        .pdf
+        .clone()
+        .settle()
+        .map_err(anyhow::Error::msg)?
+        .read_options(&engine_cfg);
     // Per page: reading its layer (open and plan, shared out over the pages), rendering, OCR.
     let (mut layer_ms, mut render_ms, mut ocr_ms) = (Vec::new(), Vec::new(), Vec::new());
     let (mut text_pages, mut rendered_pages, mut pixels) = (0usize, 0usize, 0u64);
@@ -132,8 +126,8 @@ pub fn bench_pdf(args: PdfBenchArgs) -> anyhow::Result<ExitCode> {
         "# ocrfleet bench pdf: {} file(s), {} pass(es), --pdf-text {:?}, {} dpi, one renderer child (one core); {:.1} s in all",
         files.len(),
         args.repeat.max(1),
-        args.pdf_text,
-        args.pdf_dpi,
+        opts.mode,
+        opts.dpi,
         wall
     );
     println!(
@@ -169,7 +163,7 @@ pub fn bench_pdf(args: PdfBenchArgs) -> anyhow::Result<ExitCode> {
         pixels as f64 / rendered_pages.max(1) as f64 / 1e6
     );
     if args.json {
-        json.insert("dpi".into(), serde_json::json!(args.pdf_dpi));
+        json.insert("dpi".into(), serde_json::json!(opts.dpi));
         println!("{}", serde_json::Value::Object(json));
     }
     Ok(ExitCode::SUCCESS)

@@ -9,6 +9,7 @@ mod bench;
 mod bench_pdf;
 mod engine_args;
 mod ocr_cmd;
+mod produce_cmd;
 mod replay_cmd;
 mod worker_cmd;
 
@@ -44,7 +45,7 @@ enum Command {
     #[command(
         after_help = "Exit status: 0 every line sent (blank and # lines skipped); 1 a delivery failed; 2 unusable arguments or no broker (nothing sent); 3 some lines were invalid (not sent, counted and logged), every valid one delivered."
     )]
-    Produce(worker_cmd::ProduceCmd),
+    Produce(produce_cmd::ProduceCmd),
     /// Re-publish dead letters to the source topic (filter by stage, class, time, partition).
     Replay(replay_cmd::ReplayCmd),
     /// Benchmarks that print tables.
@@ -131,7 +132,7 @@ fn main() -> ExitCode {
         Command::Ocr(args) => ocr_cmd::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Worker(cmd) => worker_cmd::run_worker(*cmd),
-        Command::Produce(cmd) => worker_cmd::run_produce(cmd),
+        Command::Produce(cmd) => produce_cmd::run_produce(cmd),
         Command::Replay(cmd) => replay_cmd::run(cmd),
     };
     match result {
@@ -139,6 +140,73 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use ocrfleet_worker::config::REFERENCE;
+
+    use super::Cli;
+
+    /// A flag that is a worker setting means the same in every command that takes it: the same
+    /// environment variable and the same default as the settings table, so that no command can
+    /// keep a copy that drifts (the shared sections are flattened from the table).
+    #[test]
+    fn every_command_takes_the_worker_settings_it_shares_from_the_table() {
+        let cli = Cli::command();
+        let mut stack = vec![&cli];
+        let mut shared = std::collections::BTreeMap::<&str, Vec<String>>::new();
+        while let Some(c) = stack.pop() {
+            stack.extend(c.get_subcommands());
+            for a in c.get_arguments() {
+                let Some(long) = a.get_long() else { continue };
+                let Some(r) = REFERENCE.iter().find(|r| r.flag == long) else {
+                    continue;
+                };
+                // `replay --group` names replay's own consumer group (to resume a replay), not
+                // the workers': a different setting under the same word.
+                if (c.get_name(), long) == ("replay", "group") {
+                    continue;
+                }
+                let env = a.get_env().and_then(|e| e.to_str());
+                assert_eq!(env, Some(r.env), "`{}` --{long}", c.get_name());
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let defaults: Vec<_> = a.get_default_values().iter().collect();
+                let same_default = match defaults.as_slice() {
+                    [] => {
+                        r.default.is_empty() || help.contains(&format!("[default: {}]", r.default))
+                    }
+                    [d] => d.to_str() == Some(r.default),
+                    _ => false,
+                };
+                assert!(
+                    same_default,
+                    "`{}` --{long}: {defaults:?} {help}",
+                    c.get_name()
+                );
+                shared
+                    .entry(r.flag)
+                    .or_default()
+                    .push(c.get_name().to_owned());
+            }
+        }
+        // The shared sections reach the other commands: the engine's, the Kafka connection's.
+        for flag in [
+            "device",
+            "models",
+            "det-limit",
+            "brokers",
+            "kafka-option",
+            "pdf-dpi",
+        ] {
+            assert!(
+                shared[flag].len() >= 2,
+                "--{flag} only in {:?}",
+                shared[flag]
+            );
         }
     }
 }

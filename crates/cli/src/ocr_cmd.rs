@@ -28,21 +28,15 @@ pub struct OcrArgs {
     /// Image or PDF files, or directories (searched recursively for jpg, jpeg, png, webp, bmp, tif, tiff, gif, pdf).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
-    /// Where a PDF page's text comes from: auto (its text layer when usable, else render and OCR it), ocr or text; the worker's setting of the same name.
-    #[arg(long, default_value = ocrfleet_worker::config::default_of("pdf-text"))]
-    pub pdf_text: ocrfleet_pdf::TextMode,
-    /// Resolution PDF pages are rendered at for OCR; the worker's setting of the same name.
-    #[arg(long, default_value = ocrfleet_worker::config::default_of("pdf-dpi"))]
-    pub pdf_dpi: f32,
-    /// A scanned PDF page is rendered at its scan's own resolution, at most this; the worker's setting of the same name.
-    #[arg(long, default_value = ocrfleet_worker::config::default_of("pdf-max-scan-dpi"))]
-    pub pdf_max_scan_dpi: f32,
+    /// How PDFs are read: the worker's settings of the same names.
+    #[command(flatten)]
+    pub pdf: ocrfleet_worker::config::PdfArgs,
     /// Print one JSON object per image instead of readable text.
     #[arg(long)]
     pub ndjson: bool,
     /// Images per engine call (detection batches group same-shape images within it); the
     /// worker's setting of the same name.
-    #[arg(long = "ocr-batch", alias = "batch-size", default_value = ocrfleet_worker::config::default_of("ocr-batch"))]
+    #[arg(long = "ocr-batch", alias = "batch-size", env = "OCRFLEET_OCR_BATCH", default_value = ocrfleet_worker::config::default_of("ocr-batch"))]
     pub ocr_batch: usize,
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -181,17 +175,17 @@ impl PdfReader {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let renderers = one_renderer(&args.engine.models_dir)?;
+        let engine = args.engine.config();
+        let renderers = one_renderer(&engine.models_dir)?;
         Ok(PdfReader {
             rt,
             renderers,
-            opts: ocrfleet_pdf::ReadOptions {
-                mode: args.pdf_text,
-                dpi: args.pdf_dpi,
-                max_scan_dpi: args.pdf_max_scan_dpi,
-                max_pages: args.engine.max_pages.max(1),
-                ..ocrfleet_pdf::ReadOptions::default()
-            },
+            opts: args
+                .pdf
+                .clone()
+                .settle()
+                .map_err(anyhow::Error::msg)?
+                .read_options(&engine),
         })
     }
 

@@ -7,16 +7,13 @@ use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use ocrfleet_worker::commands::replay::{self, Counts, Filter, Options};
 
-use crate::worker_cmd::KafkaArgs;
+use ocrfleet_worker::config::{self, default_of};
 
 #[derive(clap::Args)]
 pub struct ReplayCmd {
     /// Source topic: where dead letters go back to (unless their header names another topic).
-    #[arg(long, env = "OCRFLEET_KAFKA_TOPIC", default_value = "ocr.requests")]
+    #[arg(long, env = "OCRFLEET_KAFKA_TOPIC", default_value = default_of("topic"))]
     pub topic: String,
-    /// Dead-letter topic to read (default: <topic>.dlq).
-    #[arg(long, env = "OCRFLEET_KAFKA_DLQ_TOPIC")]
-    pub dlq_topic: Option<String>,
     /// Publish to this topic instead of each record's source topic.
     #[arg(long)]
     pub to: Option<String>,
@@ -45,19 +42,16 @@ pub struct ReplayCmd {
     /// again each run.
     #[arg(long)]
     pub group: Option<String>,
-    /// Key shared with the workers (their --replay-key): signs the replay headers, so that a
-    /// replayed record gets its original's document id and version. Without it the workers
-    /// ignore those headers. Prefer --replay-key-file.
-    #[arg(long, env = "OCRFLEET_REPLAY_KEY", hide_env_values = true)]
-    pub replay_key: Option<String>,
-    /// File holding the replay key.
-    #[arg(long, env = "OCRFLEET_REPLAY_KEY_FILE")]
-    pub replay_key_file: Option<std::path::PathBuf>,
     /// How long to wait for the brokers, for each delivery, and for the next record.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+    /// The dead-letter topic to read (default: <topic>.dlq) and the replay key shared with the
+    /// workers, which signs the replay headers so that a replayed record gets its original's
+    /// document id and version (without it the workers ignore those headers).
     #[command(flatten)]
-    pub kafka: KafkaArgs,
+    pub dead_letters: config::DeadLetterArgs,
+    #[command(flatten)]
+    pub kafka: config::KafkaConnectionArgs,
 }
 
 /// RFC 3339, or a duration meaning "that long ago".
@@ -75,11 +69,16 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 }
 
 pub fn run(cmd: ReplayCmd) -> anyhow::Result<ExitCode> {
-    let kafka = cmd.kafka.config(&cmd.topic)?;
+    let kafka = cmd
+        .kafka
+        .settle()
+        .map_err(anyhow::Error::msg)?
+        .kafka_config(&cmd.topic, "", "")?;
+    let dead_letters = cmd.dead_letters.settle().map_err(anyhow::Error::msg)?;
     let opts = Options {
-        dlq_topic: cmd
+        dlq_topic: dead_letters
             .dlq_topic
-            .clone()
+            .filter(|t| !t.is_empty())
             .unwrap_or_else(|| format!("{}.dlq", cmd.topic)),
         source_topic: cmd.topic.clone(),
         to: cmd.to.clone(),
@@ -92,11 +91,8 @@ pub fn run(cmd: ReplayCmd) -> anyhow::Result<ExitCode> {
         },
         dry_run: cmd.dry_run,
         timeout: cmd.timeout,
-        key: ocrfleet_worker::config::replay_key(
-            cmd.replay_key.clone().map(Into::into),
-            cmd.replay_key_file.clone(),
-        )?
-        .map(|k| k.expose().as_bytes().to_vec()),
+        key: config::replay_key(dead_letters.replay_key, dead_letters.replay_key_file)?
+            .map(|k| k.expose().as_bytes().to_vec()),
         group: cmd.group.clone(),
     };
     if opts.key.is_none() && !opts.dry_run {

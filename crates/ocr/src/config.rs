@@ -59,7 +59,7 @@ impl<'de> Deserialize<'de> for Device {
 
 /// Which PP-OCR weights to load (see `models/MANIFEST.tsv`).
 ///
-/// The default, `v4det-v6rec`, won on the real-document evaluation set (deploy/docs/accuracy.md "Why v4det-v6rec is the default"):
+/// The default, `v4det-v6rec`, won on the real-document evaluation set (crates/ocr/docs/accuracy.md "Why v4det-v6rec is the default"):
 /// PP-OCRv6's recogniser reads better than v4's (and keeps more word spaces), while v6's
 /// detector lost on low-resolution receipt photos and costs 5× v4's on a GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -132,7 +132,7 @@ pub struct DetConfig {
     /// `limit_side_len`) for detection; the crops are still cut from the original. 0 = never
     /// (PaddleOCR's `limit_type=max`). Default 736: small phone photos of receipts lost lines
     /// at their own size (held-out receipts' CER ci 0.282 → 0.269 at unclip 1.3,
-    /// deploy/docs/accuracy.md "Held-out receipts and Chinese forms"); larger images are unaffected.
+    /// crates/ocr/docs/accuracy.md "Held-out receipts and Chinese forms"); larger images are unaffected.
     pub upscale_to: u32,
     /// Each side of the detector input is padded up to a multiple of this (≥ 32). Padding depends
     /// only on the image itself, so results never depend on batch-mates. 32 = no padding beyond
@@ -149,7 +149,7 @@ pub struct DetConfig {
     /// 0.154, held-out receipts and Chinese forms 0.233 / 0.210 / 0.208, held-out forms 0.165 /
     /// 0.163 / 0.159; 0.9 split the first two). The price: on FUNSD's loosely drawn entity boxes detection F1
     /// falls (held-out forms 0.702 → 0.676), while on line-level labels it rises (0.775 →
-    /// 0.788). deploy/docs/accuracy.md "Thresholds".
+    /// 0.788). crates/ocr/docs/accuracy.md "Thresholds".
     pub unclip_ratio: f32,
     /// The recogniser reads each line from its box grown by this fraction of the box's shorter
     /// side at every edge ([`crate::crop::padded`]); the box reported stays the detector's.
@@ -166,7 +166,7 @@ pub struct DetConfig {
     /// 160 real evaluation and held-out images triggers it (their medians start at 9.6 px,
     /// all on images that a second pass would not enlarge 1.5×); on 3×3 mosaics of held-out
     /// forms (2,300×3,000 px) CER ci went from 0.876 to 0.164
-    /// (deploy/docs/accuracy.md "A second detector pass for small print").
+    /// (crates/ocr/docs/accuracy.md "A second detector pass for small print").
     pub small_text_px: f32,
     /// The detector limit of that second pass (never above the image's own size). Default 2880.
     pub small_text_limit: u32,
@@ -305,7 +305,7 @@ impl RecConfig {
     /// with `ocrfleet bench ocr --threads 1 --stages rec` on 12 rendered receipt pages (920
     /// crops): 41.0 lines/s, against 25.6 with [`RecConfig::CUDA_WIDTHS`], whose 320 px floor
     /// pads a 100 px price to 320. The text is batch-invariant either way (a crop's tensor
-    /// depends on the crop and its bucket only); deploy/docs/accuracy.md has the accuracy on
+    /// depends on the crop and its bucket only); crates/ocr/docs/accuracy.md has the accuracy on
     /// real scans.
     pub const CPU_WIDTHS: (u32, u32, u32) = (64, 2560, 32);
     /// CUDA width buckets: few, because each new input shape costs a cuDNN plan (75-900 ms
@@ -336,7 +336,7 @@ impl Default for RecConfig {
 pub struct EngineConfig {
     /// Folder holding `v4/` and `v6/` (as installed by `models/fetch.sh`). Default `models`.
     pub models_dir: PathBuf,
-    /// Model set. Default v4det-v6rec (chosen by measurement, deploy/docs/accuracy.md).
+    /// Model set. Default v4det-v6rec (chosen by measurement, crates/ocr/docs/accuracy.md).
     pub model_set: ModelSet,
     /// `cpu`, `cuda` or `cuda:N`. Default cpu.
     pub device: Device,
@@ -358,7 +358,7 @@ pub struct EngineConfig {
     /// blocks, hardswish) folded into the convolutions or fused into single nodes. Outputs
     /// equal the originals' up to float rounding (2e-6 measured; the fixtures read identically,
     /// tests/parity.rs). On CPU, PP-OCRv4 reads pages about twice as fast at one thread
-    /// (deploy/docs/models.md "Fused graphs"). Default true; false loads the downloaded graphs as they are.
+    /// (crates/ocr/docs/models.md "Fused graphs"). Default true; false loads the downloaded graphs as they are.
     pub fused: bool,
     /// Runners per model (`--device-streams`): each its own set of sessions (on CUDA its own
     /// stream), so that up to this many runs of each model are in flight at once, from as many

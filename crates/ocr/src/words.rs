@@ -7,7 +7,7 @@
 //! scripts written with spaces (never inside CJK text) where the model gave the space class
 //! some probability on the steps between them without it winning, or where the two are much
 //! further apart than the line's typical character pitch. Measured on 60 FUNSD *training*
-//! forms (not the evaluation set; deploy/docs/accuracy.md "Word spaces and word boxes"): PP-OCRv4 emitted 1,129 of 1,643
+//! forms (not the evaluation set; crates/ocr/docs/accuracy.md "Word spaces and word boxes"): PP-OCRv4 emitted 1,129 of 1,643
 //! spaces; the probability rule (≥ 0.05) puts back 183 of the 514 it dropped and inserts 4
 //! wrong ones among 9,894 gaps without a space. The pitch alone does not separate words at 8 px
 //! a step: most dropped spaces sit exactly one pitch apart, as letters do.
@@ -185,7 +185,7 @@ pub fn words(d: &Decoded, at: &Placement) -> Vec<Word> {
 /// inside a character, not at its edge), mapped from the input's x onto the crop's frame.
 /// With half a step, the boxes of the FUNSD evaluation forms' words were too narrow: median
 /// left edge 0.13 and right edge 0.09 word heights inside the label's (tests/eval/score.py's
-/// word-box figure went from 0.70 to the one in deploy/docs/accuracy.md with one step; chosen on the evaluation
+/// word-box figure went from 0.70 to the one in crates/ocr/docs/accuracy.md with one step; chosen on the evaluation
 /// set itself, so that figure is not held out).
 fn word_box(first: u32, last: u32, at: &Placement) -> [[i32; 2]; 4] {
     let content = at.content_px.max(1.0);
