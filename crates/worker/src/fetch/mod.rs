@@ -417,7 +417,7 @@ impl Fetcher {
 /// The tests' one loopback HTTP server (shared with the crate's integration tests).
 #[cfg(test)]
 #[path = "../../tests/common/loopback.rs"]
-mod loopback;
+pub(crate) mod loopback;
 
 #[cfg(test)]
 mod tests {

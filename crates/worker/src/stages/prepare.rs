@@ -573,3 +573,294 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".into())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Prepare on its own: real downloads from the tests' loopback HTTP server, the real
+    //! decoder and budget; no Kafka, no engine.
+
+    use super::*;
+    use crate::config::{FetchConfig, PdfConfig};
+    use crate::fetch::loopback::{response, Loopback};
+    use crate::health::Health;
+
+    fn png(width: u32, height: u32) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]))
+            .write_to(&mut out, image::ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    }
+
+    /// A prepare stage over `server`, with a budget of `budget` bytes; PDFs go to a renderer
+    /// that cannot start (no such program).
+    fn prepare(budget: u64) -> Prepare {
+        let fetch = FetchConfig {
+            allow: vec!["127.0.0.0/8".parse().unwrap()],
+            attempts: 1,
+            ..FetchConfig::default()
+        };
+        let health = Arc::new(Health::new(&prometheus::Registry::new()));
+        Prepare {
+            fetcher: Fetcher::new(fetch.clone()).unwrap(),
+            hosts: Hosts::new(fetch.hosts.clone(), health.clone()),
+            slots: Arc::new(Semaphore::new(4)),
+            budget: Budget::new(budget),
+            max_pixels: 50_000_000,
+            max_pages: 50,
+            max_headers: 3,
+            attempts: 1,
+            assignment: None,
+            pdfs: Pdfs {
+                renderers: ocrfleet_pdf::Renderers::new(ocrfleet_pdf::RendererConfig {
+                    program: "/nonexistent/ocrfleet".into(),
+                    args: Vec::new(),
+                    library: "/nonexistent/libpdfium.so".into(),
+                    children: 1,
+                    memory_limit: 0,
+                    test_faults: false,
+                }),
+                cfg: PdfConfig {
+                    read: ocrfleet_pdf::ReadOptions::default(),
+                    deadline: Duration::from_secs(30),
+                    renderers: 1,
+                    memory: 0,
+                    library: "/nonexistent/libpdfium.so".into(),
+                    test_faults: false,
+                },
+            },
+            health,
+            metrics: Metrics::new(),
+            test_panic: None,
+        }
+    }
+
+    fn record(offset: i64, url: &str) -> Envelope {
+        Envelope {
+            partition: 0,
+            offset,
+            generation: 1,
+            key: None,
+            value: Some(url.as_bytes().to_vec()),
+            headers: Vec::new(),
+            headers_total: 0,
+            timestamp_ms: None,
+            care: Care::default(),
+        }
+    }
+
+    /// Runs the stage over one chunk until every task has ended: what was made ready and what
+    /// left otherwise, each by offset.
+    async fn run(prep: Prepare, chunk: Vec<Envelope>) -> (Vec<Ready>, Vec<Outcome>) {
+        let (chunk_tx, chunk_rx) = mpsc::channel(1);
+        let (ready_tx, mut ready_rx) = mpsc::channel(64);
+        let (out_tx, mut out_rx) = mpsc::channel(64);
+        chunk_tx.send(chunk).await.unwrap();
+        drop(chunk_tx);
+        prepare_stage(chunk_rx, prep, ready_tx, out_tx).await;
+        let (mut ready, mut out) = (Vec::new(), Vec::new());
+        while let Some(r) = ready_rx.recv().await {
+            ready.push(r);
+        }
+        while let Some(o) = out_rx.recv().await {
+            out.push(o);
+        }
+        ready.sort_by_key(|r| r.envelope.offset);
+        out.sort_by_key(|o| o.envelope().offset);
+        (ready, out)
+    }
+
+    fn rejection(o: &Outcome) -> &Rejection {
+        match o {
+            Outcome::Failed(f) => &f.rejection,
+            other => panic!("not a dead letter: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_image_is_downloaded_decoded_and_holds_only_its_pages_in_the_budget() {
+        let body = png(400, 300);
+        let server = Loopback::start("127.0.0.1", move |_, _| {
+            response("200 OK", "Content-Type: image/png\r\n", &body)
+        })
+        .await;
+        let prep = prepare(64 << 20);
+        let budget = prep.budget.clone();
+        let url = format!("http://127.0.0.1:{}/a.png", server.port());
+        let (ready, out) = run(prep, vec![record(7, &url)]).await;
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(ready.len(), 1);
+        let r = &ready[0];
+        assert_eq!(
+            (r.envelope.offset, r.request.url.as_str()),
+            (7, url.as_str())
+        );
+        assert_eq!(r.pages.len(), 1);
+        assert_eq!(r.pages[0].dimensions(), (400, 300));
+        assert!(r.plan.is_none());
+        assert_eq!(r.attempts, 1);
+        // The body and the decoder's peak were charged, then given back but for the pages
+        // (400 × 300 RGB, 360,000 bytes; the budget counts whole KiB).
+        assert_eq!(budget.used(), 360_000u64.div_ceil(1024) * 1024);
+        drop(ready);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn each_record_fails_alone_at_the_stage_where_it_went_wrong() {
+        let good = png(8, 8);
+        let server = Loopback::start("127.0.0.1", move |_, line| {
+            if line.contains("/missing") {
+                response("404 Not Found", "", b"no")
+            } else if line.contains("/text") {
+                response(
+                    "200 OK",
+                    "Content-Type: text/plain\r\n",
+                    b"not an image at all",
+                )
+            } else {
+                response("200 OK", "Content-Type: image/png\r\n", &good)
+            }
+        })
+        .await;
+        let base = format!("http://127.0.0.1:{}", server.port());
+        let mut headers = record(3, &format!("{base}/ok.png"));
+        headers.headers_total = 4;
+        let mut dying = record(4, &format!("{base}/ok.png"));
+        dying.care = Care::CrashLoop(3);
+        let chunk = vec![
+            record(0, "not a url"),
+            record(1, &format!("{base}/missing")),
+            record(2, &format!("{base}/text")),
+            headers,
+            dying,
+            record(5, &format!("{base}/ok.png")),
+        ];
+        let (ready, out) = run(prepare(64 << 20), chunk).await;
+        assert_eq!(
+            ready.iter().map(|r| r.envelope.offset).collect::<Vec<_>>(),
+            [5]
+        );
+        let got: Vec<(i64, Stage, &str)> = out
+            .iter()
+            .map(|o| {
+                let r = rejection(o);
+                (o.envelope().offset, r.stage, r.class.as_str())
+            })
+            .collect();
+        assert_eq!(got[0].0, 0);
+        assert_eq!(got[0].1, Stage::Parse);
+        assert_eq!(
+            &got[1..],
+            [
+                (1, Stage::Fetch, "http_404"),
+                (2, Stage::Decode, got[2].2),
+                (3, Stage::Parse, "too_many_headers"),
+                (4, Stage::Ocr, "crash_loop"),
+            ]
+        );
+        assert!(got[2].2 != "panic" && !got[2].2.is_empty(), "{got:?}");
+        // The record past its crash-loop count and the one over --max-headers were never
+        // downloaded: 3 requests (missing, text, ok).
+        assert_eq!(server.requests(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_image_over_the_whole_budget_is_refused_without_decoding_or_waiting() {
+        let body = png(1000, 1000);
+        let server = Loopback::start("127.0.0.1", move |_, _| {
+            response("200 OK", "Content-Type: image/png\r\n", &body)
+        })
+        .await;
+        let prep = prepare(1 << 20);
+        let budget = prep.budget.clone();
+        let url = format!("http://127.0.0.1:{}/big.png", server.port());
+        let (ready, out) = run(prep, vec![record(0, &url)]).await;
+        assert!(ready.is_empty());
+        let r = rejection(&out[0]);
+        assert_eq!(
+            (r.stage, r.class.as_str()),
+            (Stage::Decode, "over_memory_budget")
+        );
+        assert!(r.message.contains("--memory-budget"), "{}", r.message);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_a_task_is_its_records_dead_letter_at_the_stage_it_reached() {
+        let body = png(8, 8);
+        let server = Loopback::start("127.0.0.1", move |_, _| {
+            response("200 OK", "Content-Type: image/png\r\n", &body)
+        })
+        .await;
+        let mut prep = prepare(64 << 20);
+        prep.test_panic = Some("boom".into());
+        let base = format!("http://127.0.0.1:{}", server.port());
+        let chunk = vec![
+            record(0, &format!("{base}/boom.png")),
+            record(1, &format!("{base}/fine.png")),
+        ];
+        let (ready, out) = run(prep, chunk).await;
+        assert_eq!(
+            ready.iter().map(|r| r.envelope.offset).collect::<Vec<_>>(),
+            [1]
+        );
+        let r = rejection(&out[0]);
+        assert_eq!(
+            (out[0].envelope().offset, r.stage, r.class.as_str()),
+            (0, Stage::Decode, "panic")
+        );
+        assert!(
+            r.message.contains("injected prepare panic"),
+            "{}",
+            r.message
+        );
+    }
+
+    #[tokio::test]
+    async fn work_of_a_revoked_partition_is_dropped_not_dead_lettered() {
+        let server = Loopback::start("127.0.0.1", |_, _| response("200 OK", "", b"")).await;
+        let mut prep = prepare(64 << 20);
+        let assignment = crate::kafka::Assignment::default();
+        assignment.assign(0, 2);
+        prep.assignment = Some(assignment);
+        // Generation 1 of partition 0 is not ours any more (a rebalance gave it generation 2).
+        let url = format!("http://127.0.0.1:{}/a.png", server.port());
+        let (ready, out) = run(prep, vec![record(0, &url)]).await;
+        assert!(ready.is_empty());
+        assert!(matches!(out[..], [Outcome::Dropped(_)]), "{out:?}");
+        assert_eq!(server.requests(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_pdf_whose_renderer_cannot_start_is_a_fault_of_the_pod_not_of_the_record() {
+        let server = Loopback::start("127.0.0.1", |_, _| {
+            response(
+                "200 OK",
+                "Content-Type: application/pdf\r\n",
+                b"%PDF-1.7\n%fake\n",
+            )
+        })
+        .await;
+        let prep = prepare(64 << 20);
+        let health = prep.health.clone();
+        let url = format!("http://127.0.0.1:{}/a.pdf", server.port());
+        let stage = tokio::spawn(run(prep, vec![record(0, &url)]));
+        // The renderer fault is reported (not ready) and the record is held, not dead-lettered;
+        // a generous wait, not a timing assertion.
+        let mut waited = Duration::ZERO;
+        while health.is_up(Component::Engine) && waited < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += Duration::from_millis(50);
+        }
+        assert!(!health.is_up(Component::Engine), "{}", health.describe());
+        assert!(
+            health.describe().contains("pdf_renderer"),
+            "{}",
+            health.describe()
+        );
+        assert!(!health.ready());
+        assert!(!stage.is_finished(), "the record left the stage");
+        stage.abort();
+    }
+}
