@@ -299,60 +299,118 @@ pub fn run(
     stop: CancellationToken,
     drained: CancellationToken,
 ) -> anyhow::Result<SourceEnd> {
-    let ctx = consumer.context();
-    let topic = cfg.kafka.topic.clone();
-    let mut chunk_tx = Some(chunk_tx);
-    let mut stop_deadline: Option<Instant> = None;
-    let mut end = SourceEnd::Stopped;
-
+    let mut l = Loop {
+        consumer: &consumer,
+        cfg,
+        topic: cfg.kafka.topic.clone(),
+        chunk_tx: Some(chunk_tx),
+        stop_deadline: None,
+        end: SourceEnd::Stopped,
+    };
     loop {
+        if l.stopped(&stop, &drained, &mut done_rx, &mut journal_rx) {
+            break;
+        }
+        l.take_events(&mut done_rx, &mut journal_rx);
+        l.steer();
+        l.hand_over()?;
+        l.poll();
+    }
+    let end = l.end;
+    commit_finished(&consumer, &cfg.kafka.topic, CommitMode::Sync);
+    consumer.unsubscribe();
+    // Dropping the consumer closes it, which leaves the group.
+    drop(consumer);
+    tracing::info!("left the consumer group");
+    Ok(end)
+}
+
+/// The poll loop's own state, and its steps, in the order of one turn.
+struct Loop<'a> {
+    consumer: &'a BaseConsumer<SourceContext>,
+    cfg: &'a SourceConfig,
+    topic: String,
+    /// `None` once stopping: undispatched messages are no longer handed over.
+    chunk_tx: Option<mpsc::Sender<Vec<Envelope>>>,
+    /// When a stop gives up on in-flight work.
+    stop_deadline: Option<Instant>,
+    end: SourceEnd,
+}
+
+impl Loop<'_> {
+    fn ctx(&self) -> &SourceContext {
+        self.consumer.context()
+    }
+
+    /// Stop requests (idle exit or signal): begins a stop, and says when the loop is over
+    /// (the pipeline drained, or the grace is spent), having taken the last finished events.
+    fn stopped(
+        &mut self,
+        stop: &CancellationToken,
+        drained: &CancellationToken,
+        done_rx: &mut mpsc::UnboundedReceiver<Done>,
+        journal_rx: &mut mpsc::UnboundedReceiver<EngineJournal>,
+    ) -> bool {
         let now = Instant::now();
-        // Stop requests: idle exit or signal.
-        if let (Some(idle), None) = (cfg.exit_when_idle, stop_deadline) {
-            if ctx.state().idle_for(idle, now) {
+        if let (Some(idle), None) = (self.cfg.exit_when_idle, self.stop_deadline) {
+            if self.ctx().state().idle_for(idle, now) {
                 tracing::info!(idle = ?idle, "no messages and nothing in flight; stopping");
-                end = SourceEnd::Idle;
+                self.end = SourceEnd::Idle;
                 stop.cancel();
             }
         }
-        if stop.is_cancelled() && stop_deadline.is_none() {
-            stop_deadline = Some(now + cfg.shutdown_grace);
+        if stop.is_cancelled() && self.stop_deadline.is_none() {
+            self.stop_deadline = Some(now + self.cfg.shutdown_grace);
             // Stop taking chunks: undispatched messages are dropped uncommitted (redelivered).
-            chunk_tx = None;
-            ctx.state().drop_undispatched();
-            tracing::info!(grace = ?cfg.shutdown_grace, "stopping: finishing in-flight work");
+            self.chunk_tx = None;
+            self.ctx().state().drop_undispatched();
+            tracing::info!(grace = ?self.cfg.shutdown_grace, "stopping: finishing in-flight work");
         }
-        if let Some(deadline) = stop_deadline {
-            if drained.is_cancelled() || now >= deadline {
-                while let Ok(d) = done_rx.try_recv() {
-                    ctx.state().on_done(d);
-                }
-                // The calls that returned leave the journal with the last commit, so that an
-                // orderly stop leaves no `run=` behind for the next owner to count.
-                while let Ok(j) = journal_rx.try_recv() {
-                    ctx.state().tracker.journal_running(&j.running);
-                }
-                break;
-            }
+        let Some(deadline) = self.stop_deadline else {
+            return false;
+        };
+        if !(drained.is_cancelled() || now >= deadline) {
+            return false;
         }
-
-        // What the sink finished, then what may be committed.
+        let ctx = self.ctx();
         while let Ok(d) = done_rx.try_recv() {
             ctx.state().on_done(d);
         }
-        commit_finished(&consumer, &topic, CommitMode::Async);
-        // What the engine is about to run, recorded before it runs (crash-loop journal).
+        // The calls that returned leave the journal with the last commit, so that an orderly
+        // stop leaves no `run=` behind for the next owner to count.
         while let Ok(j) = journal_rx.try_recv() {
-            record_journal(&consumer, &topic, j);
+            ctx.state().tracker.journal_running(&j.running);
+        }
+        true
+    }
+
+    /// What the sink finished, then what may be committed; what the engine is about to run,
+    /// recorded before it runs (the crash-loop journal).
+    fn take_events(
+        &self,
+        done_rx: &mut mpsc::UnboundedReceiver<Done>,
+        journal_rx: &mut mpsc::UnboundedReceiver<EngineJournal>,
+    ) {
+        let ctx = self.ctx();
+        while let Ok(d) = done_rx.try_recv() {
+            ctx.state().on_done(d);
+        }
+        commit_finished(self.consumer, &self.topic, CommitMode::Async);
+        while let Ok(j) = journal_rx.try_recv() {
+            record_journal(self.consumer, &self.topic, j);
         }
         let in_flight = ctx.state().in_flight();
         ctx.metrics.in_flight.set(in_flight as i64);
         ctx.health.set_pending(in_flight);
+    }
 
-        // Pause or resume: read-ahead bound, infrastructure faults.
-        let want = ctx.state().wants_pause(ctx.health.intake_blocked()) && stop_deadline.is_none();
+    /// Pause or resume: the read-ahead bound, infrastructure faults, a partition over its share.
+    fn steer(&self) {
+        let ctx = self.ctx();
+        let want =
+            ctx.state().wants_pause(ctx.health.intake_blocked()) && self.stop_deadline.is_none();
         if want != ctx.state().is_paused() {
-            set_paused(&consumer, want);
+            set_paused(self.consumer, want);
             ctx.state().set_paused(want);
             if !want {
                 // Resuming everything resumed the partitions paused alone too.
@@ -360,27 +418,25 @@ pub fn run(
             }
         }
         if !want {
-            pause_over_share(&consumer, &topic);
+            pause_over_share(self.consumer, &self.topic);
         }
+    }
 
-        // Hand the closed chunk to the pipeline.
-        if let Some(tx) = chunk_tx.as_ref() {
-            let chunk = ctx.state().take_pending();
-            if let Some(chunk) = chunk {
-                match tx.try_send(chunk) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(chunk)) => ctx.state().unsent(chunk),
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        anyhow::bail!("the pipeline stopped taking messages")
-                    }
-                }
-            }
+    /// Hands the closed chunk to the pipeline (see [`hand_over`]).
+    fn hand_over(&self) -> anyhow::Result<()> {
+        match &self.chunk_tx {
+            Some(tx) => hand_over(&mut self.ctx().state(), tx),
+            None => Ok(()),
         }
+    }
 
-        let timeout = if stop_deadline.is_some() {
+    /// Waits for the next message (or a rebalance, which runs its callbacks here) and takes it.
+    fn poll(&self) {
+        let ctx = self.ctx();
+        let timeout = if self.stop_deadline.is_some() {
             Duration::from_millis(50)
         } else {
-            ctx.state().poll_timeout(now)
+            ctx.state().poll_timeout(Instant::now())
         };
         // The engine waits for its journal to be recorded: answer within a few ms.
         let timeout = if ctx.crash_loop_attempts > 0 {
@@ -388,58 +444,68 @@ pub fn run(
         } else {
             timeout
         };
-        match consumer.poll(timeout) {
-            Some(Ok(m)) if stop_deadline.is_none() => {
-                let generation = ctx.state().tracker.received(m.partition(), m.offset());
-                match generation {
-                    Some(generation) => {
-                        let care = ctx.state().tracker.care(
-                            m.partition(),
-                            m.offset(),
-                            ctx.crash_loop_attempts,
-                        );
-                        let (headers, headers_total) =
-                            super::headers::raw_headers_at_most(&m, cfg.max_headers);
-                        let envelope = Envelope {
-                            partition: m.partition(),
-                            offset: m.offset(),
-                            generation,
-                            key: m.key().map(<[u8]>::to_vec),
-                            value: m.payload().map(<[u8]>::to_vec),
-                            headers,
-                            headers_total,
-                            timestamp_ms: m.timestamp().to_millis(),
-                            care,
-                        };
-                        ctx.state().on_message(envelope, Instant::now());
-                        ctx.metrics.consumed.inc();
-                    }
-                    // librdkafka delivers a partition's messages only after its assignment, so
-                    // this should not happen; if it does, the message is not taken (and commits
-                    // of that partition stay below it once it is assigned).
-                    None => tracing::warn!(
-                        partition = m.partition(),
-                        offset = m.offset(),
-                        "a message arrived for a partition that is not assigned; not taken"
-                    ),
-                }
-            }
+        match self.consumer.poll(timeout) {
+            Some(Ok(m)) if self.stop_deadline.is_none() => self.take(&m),
             Some(Ok(_)) => {} // stopping: not taken, so not committed
             Some(Err(e)) => ctx.health.fault(Component::Broker, "poll", e),
             None => {}
         }
-        let closed = ctx.state().close_chunk_if_due(Instant::now());
-        if let Some(n) = closed {
+        if let Some(n) = ctx.state().close_chunk_if_due(Instant::now()) {
             ctx.metrics.chunk_size.observe(n as f64);
         }
     }
 
-    commit_finished(&consumer, &topic, CommitMode::Sync);
-    consumer.unsubscribe();
-    // Dropping the consumer closes it, which leaves the group.
-    drop(consumer);
-    tracing::info!("left the consumer group");
-    Ok(end)
+    /// A message becomes an envelope of the current generation of its partition.
+    fn take(&self, m: &rdkafka::message::BorrowedMessage<'_>) {
+        let ctx = self.ctx();
+        let Some(generation) = ctx.state().tracker.received(m.partition(), m.offset()) else {
+            // librdkafka delivers a partition's messages only after its assignment, so this
+            // should not happen; if it does, the message is not taken (and commits of that
+            // partition stay below it once it is assigned).
+            tracing::warn!(
+                partition = m.partition(),
+                offset = m.offset(),
+                "a message arrived for a partition that is not assigned; not taken"
+            );
+            return;
+        };
+        let care = ctx
+            .state()
+            .tracker
+            .care(m.partition(), m.offset(), ctx.crash_loop_attempts);
+        let (headers, headers_total) = super::headers::raw_headers_at_most(m, self.cfg.max_headers);
+        let envelope = Envelope {
+            partition: m.partition(),
+            offset: m.offset(),
+            generation,
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+            headers_total,
+            timestamp_ms: m.timestamp().to_millis(),
+            care,
+        };
+        ctx.state().on_message(envelope, Instant::now());
+        ctx.metrics.consumed.inc();
+    }
+}
+
+/// Hands the state's closed chunk, if any, to the pipeline without waiting: a full channel
+/// keeps the chunk for the next turn (the loop must go on polling); a closed one is an error.
+fn hand_over(state: &mut SourceState, tx: &mpsc::Sender<Vec<Envelope>>) -> anyhow::Result<()> {
+    let Some(chunk) = state.take_pending() else {
+        return Ok(());
+    };
+    match tx.try_send(chunk) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(chunk)) => {
+            state.unsent(chunk);
+            Ok(())
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            anyhow::bail!("the pipeline stopped taking messages")
+        }
+    }
 }
 
 fn set_paused(consumer: &BaseConsumer<SourceContext>, pause: bool) {
@@ -555,5 +621,113 @@ fn record_journal(consumer: &BaseConsumer<SourceContext>, topic: &str, j: Engine
     }
     if let Some(r) = j.recorded {
         let _ = r.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(brokers: &str) -> SourceConfig {
+        let mut kafka = WorkerConfig::load(Default::default(), None).unwrap().kafka;
+        kafka.brokers = brokers.to_owned();
+        SourceConfig {
+            kafka,
+            worker_id: "test".into(),
+            crash_loop_attempts: 3,
+            limits: Limits {
+                max_messages: 2,
+                linger: Duration::from_millis(100),
+                max_in_flight: 4,
+                max_in_flight_bytes: 1 << 20,
+            },
+            max_headers: 100,
+            exit_when_idle: None,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+
+    fn message(state: &mut SourceState, offset: i64) {
+        if state.tracker.generation(0).is_none() {
+            state.tracker.assign(0);
+        }
+        let generation = state.tracker.received(0, offset).unwrap();
+        let envelope = Envelope {
+            partition: 0,
+            offset,
+            generation,
+            key: None,
+            value: Some(b"http://x/a.png".to_vec()),
+            headers: Vec::new(),
+            headers_total: 0,
+            timestamp_ms: None,
+            care: Default::default(),
+        };
+        state.on_message(envelope, Instant::now());
+    }
+
+    /// A full pipeline never blocks the poll loop: the chunk waits in the state and goes on a
+    /// later turn; a pipeline that is gone ends the source with an error.
+    #[test]
+    fn a_chunk_the_pipeline_cannot_take_yet_is_kept_for_the_next_turn() {
+        let mut state = SourceState::new(config("127.0.0.1:1").limits);
+        let (tx, mut rx) = mpsc::channel(1);
+        hand_over(&mut state, &tx).unwrap(); // nothing closed yet: nothing sent
+        assert!(rx.try_recv().is_err());
+        for offset in 0..4 {
+            message(&mut state, offset);
+            state.close_chunk_if_due(Instant::now());
+            hand_over(&mut state, &tx).unwrap();
+        }
+        // Two chunks of two: the first in the channel, the second kept.
+        let first = rx.try_recv().unwrap();
+        assert_eq!(first.iter().map(|e| e.offset).collect::<Vec<_>>(), [0, 1]);
+        assert!(rx.try_recv().is_err());
+        hand_over(&mut state, &tx).unwrap();
+        let second = rx.try_recv().unwrap();
+        assert_eq!(second.iter().map(|e| e.offset).collect::<Vec<_>>(), [2, 3]);
+        message(&mut state, 4);
+        message(&mut state, 5);
+        state.close_chunk_if_due(Instant::now());
+        drop(rx);
+        let e = hand_over(&mut state, &tx).unwrap_err();
+        assert!(e.to_string().contains("stopped taking messages"), "{e}");
+    }
+
+    /// A stopped broker (nothing listens on its port): the source reports a broker fault (the
+    /// worker is not ready, nothing is dead-lettered) and goes on polling; a stop still ends it
+    /// in order, without a broker to leave.
+    #[test]
+    fn a_broker_that_is_down_is_reported_and_a_stop_still_ends_the_loop() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port(); // bound, then closed: nothing listens there
+        let cfg = config(&format!("127.0.0.1:{port}"));
+        let health = Arc::new(Health::new(&prometheus::Registry::new()));
+        let ctx = context(&cfg, Assignment::default(), Metrics::new(), health.clone());
+        let consumer = consumer(&cfg, ctx).unwrap();
+        let (chunk_tx, _chunk_rx) = mpsc::channel(1);
+        let (_done_tx, done_rx) = mpsc::unbounded_channel();
+        let (_journal_tx, journal_rx) = mpsc::unbounded_channel();
+        let (stop, drained) = (CancellationToken::new(), CancellationToken::new());
+        let source = {
+            let (cfg, stop, drained) = (cfg.clone(), stop.clone(), drained.clone());
+            std::thread::spawn(move || {
+                run(consumer, &cfg, chunk_tx, done_rx, journal_rx, stop, drained)
+            })
+        };
+        // A generous wait for librdkafka's first failed connection, not a timing assertion.
+        let waited = Instant::now();
+        while health.is_up(Component::Broker) && waited.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!health.is_up(Component::Broker), "{}", health.describe());
+        assert!(!health.ready());
+        assert!(!source.is_finished(), "the source ended on a broker fault");
+        stop.cancel();
+        drained.cancel();
+        assert_eq!(source.join().unwrap().unwrap(), SourceEnd::Stopped);
     }
 }
