@@ -603,7 +603,7 @@ mod tests {
         let health = Arc::new(Health::new(&prometheus::Registry::new()));
         Prepare {
             fetcher: Fetcher::new(fetch.clone()).unwrap(),
-            hosts: Hosts::new(fetch.hosts.clone(), health.clone()),
+            hosts: Hosts::new(fetch.hosts, health.clone()),
             slots: Arc::new(Semaphore::new(4)),
             budget: Budget::new(budget),
             max_pixels: 50_000_000,
