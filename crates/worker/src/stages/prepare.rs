@@ -132,32 +132,7 @@ impl Prepare {
             .into());
         }
         *reached = Stage::Parse;
-        if envelope.headers_total > self.max_headers {
-            return Err(Rejection::new(
-                Stage::Parse,
-                "too_many_headers",
-                format!(
-                    "the record has {} headers, more than --max-headers ({}); its dead letter keeps the first {}",
-                    envelope.headers_total,
-                    self.max_headers,
-                    envelope.headers.len()
-                ),
-            )
-            .into());
-        }
-        if let Some((k, _)) = envelope
-            .headers
-            .iter()
-            .find(|(k, _)| std::str::from_utf8(k).is_err())
-        {
-            let shown = String::from_utf8_lossy(k).into_owned();
-            return Err(Rejection::new(
-                Stage::Parse,
-                "header_key_not_utf8",
-                format!("a header key is not UTF-8: {shown:?}"),
-            )
-            .into());
-        }
+        self.check_headers(envelope)?;
         let request = message::parse(envelope.value.as_deref())
             .map_err(|e| Rejection::new(Stage::Parse, e.class(), e.to_string()))?;
         *reached = Stage::Fetch;
@@ -178,33 +153,76 @@ impl Prepare {
                 panic!("injected prepare panic on a URL containing {s:?}");
             }
         }
+        // The slot is held until the body is decoded (bodies in memory stay bounded).
+        let _slot = slot;
+        let t = Instant::now();
+        let (pages, plan, charge) = if ocrfleet_pdf::is_pdf(&fetched.bytes) {
+            let (pages, plan, charge) = self.read_pdf(fetched.bytes, attempts).await?;
+            (pages, Some(plan), charge)
+        } else {
+            let (pages, charge) = self.decode_image(fetched.bytes, attempts).await?;
+            (pages, None, charge)
+        };
+        let decode_ms = t.elapsed().as_secs_f64() * 1000.0;
+        self.metrics
+            .stage_seconds
+            .with_label_values(&["decode"])
+            .observe(decode_ms / 1000.0);
+        Ok(Prepared {
+            request,
+            pages,
+            plan,
+            charge,
+            fetch_ms,
+            decode_ms,
+            attempts,
+        })
+    }
+
+    /// A record over `--max-headers`, or with a header key that is not UTF-8, is refused before
+    /// it is parsed.
+    fn check_headers(&self, envelope: &Envelope) -> Result<(), Rejection> {
+        if envelope.headers_total > self.max_headers {
+            return Err(Rejection::new(
+                Stage::Parse,
+                "too_many_headers",
+                format!(
+                    "the record has {} headers, more than --max-headers ({}); its dead letter keeps the first {}",
+                    envelope.headers_total,
+                    self.max_headers,
+                    envelope.headers.len()
+                ),
+            ));
+        }
+        if let Some((k, _)) = envelope
+            .headers
+            .iter()
+            .find(|(k, _)| std::str::from_utf8(k).is_err())
+        {
+            let shown = String::from_utf8_lossy(k).into_owned();
+            return Err(Rejection::new(
+                Stage::Parse,
+                "header_key_not_utf8",
+                format!("a header key is not UTF-8: {shown:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Decodes an image's pages, charged to the budget once with its body and the decoder's
+    /// measured peak; the charge then shrinks to the RGB pages.
+    async fn decode_image(
+        &self,
+        bytes: Vec<u8>,
+        attempts: usize,
+    ) -> Result<(Vec<RgbImage>, Charge), Rejection> {
         let decode_err = |e: ocrfleet_ocr::DecodeError| {
             let e = OcrError::from(e);
             Rejection::new(Stage::Decode, e.class(), e.to_string()).attempts(attempts)
         };
-        // The slot is held until the body is decoded (bodies in memory stay bounded).
-        let _slot = slot;
-        if ocrfleet_pdf::is_pdf(&fetched.bytes) {
-            let t = Instant::now();
-            let (pages, plan, charge) = self.read_pdf(fetched.bytes, attempts).await?;
-            let decode_ms = t.elapsed().as_secs_f64() * 1000.0;
-            self.metrics
-                .stage_seconds
-                .with_label_values(&["decode"])
-                .observe(decode_ms / 1000.0);
-            return Ok(Prepared {
-                request,
-                pages,
-                plan: Some(plan),
-                charge,
-                fetch_ms,
-                decode_ms,
-                attempts,
-            });
-        }
-        let cost = decode::cost_pages(&fetched.bytes, self.max_pixels, self.max_pages)
-            .map_err(decode_err)?;
-        let need = fetched.bytes.len() as u64 + cost.peak_bytes;
+        let cost =
+            decode::cost_pages(&bytes, self.max_pixels, self.max_pages).map_err(decode_err)?;
+        let need = bytes.len() as u64 + cost.peak_bytes;
         let Some(mut charge) = self.budget.charge(need).await else {
             return Err(Rejection::new(
                 Stage::Decode,
@@ -212,7 +230,7 @@ impl Prepare {
                 format!(
                     "decoding this image needs {} (its {} body and the decoder's peak of {} for {} page(s) of {}x{}), more than the whole --memory-budget of {}: raise the budget, then replay this record",
                     mib(need),
-                    mib(fetched.bytes.len() as u64),
+                    mib(bytes.len() as u64),
                     mib(cost.peak_bytes),
                     cost.pages,
                     cost.width,
@@ -220,43 +238,23 @@ impl Prepare {
                     mib(self.budget.total())
                 ),
             )
-            .attempts(attempts)
-            .into());
+            .attempts(attempts));
         };
-        let t = Instant::now();
         let (max_pixels, max_pages) = (self.max_pixels, self.max_pages);
-        let bytes = fetched.bytes;
         let decoded = tokio::task::spawn_blocking(move || {
             decode::decode_pages(&bytes, max_pixels, max_pages)
         })
         .await;
         charge.shrink_to(cost.rgb_bytes);
-        let decode_ms = t.elapsed().as_secs_f64() * 1000.0;
-        self.metrics
-            .stage_seconds
-            .with_label_values(&["decode"])
-            .observe(decode_ms / 1000.0);
-        let pages = match decoded {
-            Ok(r) => r.map_err(decode_err)?,
-            Err(join) => {
-                return Err(Rejection::new(
-                    Stage::Decode,
-                    "panic",
-                    format!("the decoder crashed on this image: {join}"),
-                )
-                .attempts(attempts)
-                .into())
-            }
-        };
-        Ok(Prepared {
-            request,
-            pages,
-            plan: None,
-            charge,
-            fetch_ms,
-            decode_ms,
-            attempts,
-        })
+        match decoded {
+            Ok(r) => Ok((r.map_err(decode_err)?, charge)),
+            Err(join) => Err(Rejection::new(
+                Stage::Decode,
+                "panic",
+                format!("the decoder crashed on this image: {join}"),
+            )
+            .attempts(attempts)),
+        }
     }
 
     /// Reads a PDF (see [`ocrfleet_pdf`]): its plan within `--pdf-timeout`, the rendered
