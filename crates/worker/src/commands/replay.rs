@@ -221,87 +221,28 @@ pub async fn replay(
     .await?
     .map_err(|e| e.context("nothing was replayed"))?;
 
-    let consumer: StreamConsumer<QuietContext> = kafka
-        .client_config_with(
-            &[],
-            &[
-                // A group id is required by librdkafka, but partitions are assigned, never
-                // subscribed, and nothing is committed: the group is never joined.
-                (
-                    "group.id",
-                    opts.group
-                        .clone()
-                        .unwrap_or_else(|| format!("ocrfleet-replay-{}", std::process::id())),
-                ),
-                ("enable.auto.commit", "false".into()),
-                ("enable.auto.offset.store", "false".into()),
-            ],
-        )
-        .create_with_context(QuietContext::default())?;
-    let md = consumer.fetch_metadata(Some(&opts.dlq_topic), opts.timeout)?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    // Where the group stopped last time (with --group).
-    let resumed: HashMap<i32, i64> = match &opts.group {
-        Some(_) => {
-            let mut q = TopicPartitionList::new();
-            for &p in &partitions {
-                q.add_partition(&opts.dlq_topic, p);
-            }
-            consumer
-                .committed_offsets(q, opts.timeout)?
-                .elements()
-                .iter()
-                .filter_map(|e| match e.offset() {
-                    Offset::Offset(o) => Some((e.partition(), o)),
-                    _ => None,
-                })
-                .collect()
-        }
-        None => HashMap::new(),
+    let consumer = reader(kafka, opts)?;
+    let Snapshot {
+        assign,
+        mut ends,
+        mut progress_at,
+        total,
+    } = snapshot(&consumer, opts)?;
+    let mut counts = Counts {
+        total,
+        ..Counts::default()
     };
-    // The snapshot: [start, high) per partition.
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    let mut tpl = TopicPartitionList::new();
-    let mut counts = Counts::default();
-    let mut progress_at: HashMap<i32, Position> = HashMap::new();
-    for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(&opts.dlq_topic, p, opts.timeout)?;
-        let start = resumed.get(&p).copied().unwrap_or(low).clamp(low, high);
-        if high > start {
-            tpl.add_partition_offset(&opts.dlq_topic, p, Offset::Offset(start))?;
-            ends.insert(p, high);
-            progress_at.insert(p, Position::new(start));
-            counts.total += (high - start) as u64;
-        }
-    }
     progress(&counts);
     if ends.is_empty() {
         return Ok(counts);
     }
-    consumer.assign(&tpl)?;
+    consumer.assign(&assign)?;
     let key = opts.key.as_deref().map(ReplayKey::new);
 
-    let producer: Option<FutureProducer<QuietContext>> = if opts.dry_run {
+    let producer = if opts.dry_run {
         None
     } else {
-        Some(
-            kafka
-                .client_config_with(
-                    &[
-                        ("linger.ms", "5".into()),
-                        ("message.timeout.ms", opts.timeout.as_millis().to_string()),
-                    ],
-                    &[
-                        ("enable.idempotence", "true".into()),
-                        ("acks", "all".into()),
-                    ],
-                )
-                .create_with_context(QuietContext::default())?,
-        )
+        Some(writer(kafka, opts)?)
     };
     let mut pending = crate::kafka::InFlight::new();
     let mut aborted: Option<anyhow::Error> = None;
@@ -360,32 +301,12 @@ pub async fn replay(
                 let record_key = m.key().map(<[u8]>::to_vec);
                 let value = m.payload().map(<[u8]>::to_vec);
                 let headers = replay_headers(&hs, value.as_deref(), key.as_ref());
-                let producer = producer.clone();
-                let done = pending.push(async move {
-                    let mut oh = OwnedHeaders::new();
-                    for (k, v) in &headers {
-                        oh = oh.insert(Header {
-                            key: &String::from_utf8_lossy(k),
-                            value: v.as_deref(),
-                        });
-                    }
-                    let mut rec: FutureRecord<'_, [u8], [u8]> =
-                        FutureRecord::to(&topic).headers(oh);
-                    if let Some(k) = &record_key {
-                        rec = rec.key(k.as_slice());
-                    }
-                    if let Some(v) = &value {
-                        rec = rec.payload(v.as_slice());
-                    }
-                    // Waits up to 30 s for room in librdkafka's queue; delivery itself is
-                    // bounded by message.timeout.ms (--timeout).
-                    let r = producer
-                        .send(rec, Duration::from_secs(30))
-                        .await
-                        .map(|_| ())
-                        .map_err(|(e, _)| format!("{e}"));
-                    (p, o, r)
-                });
+                let done = pending.push(deliver(
+                    producer.clone(),
+                    topic,
+                    (record_key, value, headers),
+                    (p, o),
+                ));
                 if let Some(r) = done.await {
                     tally(&mut counts, &mut progress_at, r);
                 }
@@ -398,16 +319,8 @@ pub async fn replay(
         tally(&mut counts, &mut progress_at, r);
         progress(&counts);
     }
-    if let Some(group) = &opts.group {
-        if !opts.dry_run {
-            let mut tpl = TopicPartitionList::new();
-            for (p, pos) in &progress_at {
-                tpl.add_partition_offset(&opts.dlq_topic, *p, Offset::Offset(pos.safe()))?;
-            }
-            consumer
-                .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
-                .map_err(|e| anyhow::anyhow!("cannot commit the progress of group {group:?}: {e}; the next run repeats this one"))?;
-        }
+    if !opts.dry_run {
+        commit_progress(&consumer, opts, &progress_at)?;
     }
     match aborted {
         Some(e) => Err(e.context(format!(
@@ -420,6 +333,160 @@ pub async fn replay(
         ))),
         None => Ok(counts),
     }
+}
+
+/// The dead-letter topic's reader. A group id is required by librdkafka, but partitions are
+/// assigned, never subscribed, and only `--group`'s progress is committed: the group is never
+/// joined.
+fn reader(kafka: &KafkaConfig, opts: &Options) -> anyhow::Result<StreamConsumer<QuietContext>> {
+    Ok(kafka
+        .client_config_with(
+            &[],
+            &[
+                (
+                    "group.id",
+                    opts.group
+                        .clone()
+                        .unwrap_or_else(|| format!("ocrfleet-replay-{}", std::process::id())),
+                ),
+                ("enable.auto.commit", "false".into()),
+                ("enable.auto.offset.store", "false".into()),
+            ],
+        )
+        .create_with_context(QuietContext::default())?)
+}
+
+/// What one run reads: per partition of the dead-letter topic, from where the group stopped
+/// last time (with `--group`) or the start, up to the high watermark when the run began.
+struct Snapshot {
+    assign: TopicPartitionList,
+    /// Per partition: the end of the snapshot (exclusive).
+    ends: HashMap<i32, i64>,
+    progress_at: HashMap<i32, Position>,
+    total: u64,
+}
+
+fn snapshot(consumer: &StreamConsumer<QuietContext>, opts: &Options) -> anyhow::Result<Snapshot> {
+    let md = consumer.fetch_metadata(Some(&opts.dlq_topic), opts.timeout)?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    // Where the group stopped last time (with --group).
+    let resumed: HashMap<i32, i64> = match &opts.group {
+        Some(_) => {
+            let mut q = TopicPartitionList::new();
+            for &p in &partitions {
+                q.add_partition(&opts.dlq_topic, p);
+            }
+            consumer
+                .committed_offsets(q, opts.timeout)?
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some((e.partition(), o)),
+                    _ => None,
+                })
+                .collect()
+        }
+        None => HashMap::new(),
+    };
+    // The snapshot: [start, high) per partition.
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    let mut total = 0u64;
+    let mut progress_at: HashMap<i32, Position> = HashMap::new();
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(&opts.dlq_topic, p, opts.timeout)?;
+        let start = resumed.get(&p).copied().unwrap_or(low).clamp(low, high);
+        if high > start {
+            tpl.add_partition_offset(&opts.dlq_topic, p, Offset::Offset(start))?;
+            ends.insert(p, high);
+            progress_at.insert(p, Position::new(start));
+            total += (high - start) as u64;
+        }
+    }
+    Ok(Snapshot {
+        assign: tpl,
+        ends,
+        progress_at,
+        total,
+    })
+}
+
+/// The producer that re-publishes: idempotent, every replica acknowledging.
+fn writer(kafka: &KafkaConfig, opts: &Options) -> anyhow::Result<FutureProducer<QuietContext>> {
+    Ok(kafka
+        .client_config_with(
+            &[
+                ("linger.ms", "5".into()),
+                ("message.timeout.ms", opts.timeout.as_millis().to_string()),
+            ],
+            &[
+                ("enable.idempotence", "true".into()),
+                ("acks", "all".into()),
+            ],
+        )
+        .create_with_context(QuietContext::default())?)
+}
+
+/// One record's delivery to `topic`, answered with the dead letter's coordinates it came from.
+async fn deliver(
+    producer: FutureProducer<QuietContext>,
+    topic: String,
+    (key, value, headers): (
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ),
+    (p, o): (i32, i64),
+) -> (i32, i64, Result<(), String>) {
+    let mut oh = OwnedHeaders::new();
+    for (k, v) in &headers {
+        oh = oh.insert(Header {
+            key: &String::from_utf8_lossy(k),
+            value: v.as_deref(),
+        });
+    }
+    let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(oh);
+    if let Some(k) = &key {
+        rec = rec.key(k.as_slice());
+    }
+    if let Some(v) = &value {
+        rec = rec.payload(v.as_slice());
+    }
+    // Waits up to 30 s for room in librdkafka's queue; delivery itself is bounded by
+    // message.timeout.ms (--timeout).
+    let r = producer
+        .send(rec, Duration::from_secs(30))
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| format!("{e}"));
+    (p, o, r)
+}
+
+/// With `--group`, commits how far each partition may be resumed from.
+fn commit_progress(
+    consumer: &StreamConsumer<QuietContext>,
+    opts: &Options,
+    progress_at: &HashMap<i32, Position>,
+) -> anyhow::Result<()> {
+    let Some(group) = &opts.group else {
+        return Ok(());
+    };
+    let mut tpl = TopicPartitionList::new();
+    for (p, pos) in progress_at {
+        tpl.add_partition_offset(&opts.dlq_topic, *p, Offset::Offset(pos.safe()))?;
+    }
+    consumer
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot commit the progress of group {group:?}: {e}; the next run repeats this one"
+            )
+        })?;
+    Ok(())
 }
 
 /// How far a partition of the dead-letter topic may be committed: past every record read,
