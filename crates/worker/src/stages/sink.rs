@@ -66,16 +66,7 @@ impl<B: BulkApi> Indexer<B> {
         docs: &[Document],
         still_ours: impl Fn(&Envelope) -> bool,
     ) -> Vec<Written> {
-        let lines: Vec<Vec<u8>> = docs
-            .iter()
-            .map(|d| {
-                let mut l = bulk::action_line(&d.id, d.version);
-                l.push(b'\n');
-                serde_json::to_writer(&mut l, &d.body).expect("documents serialise");
-                l.push(b'\n');
-                l
-            })
-            .collect();
+        let lines: Vec<Vec<u8>> = docs.iter().map(bulk_lines).collect();
         let sizes: Vec<usize> = lines.iter().map(Vec::len).collect();
         let mut out: Vec<Option<Written>> = vec![None; docs.len()];
         let mut queue: VecDeque<Vec<usize>> = bulk::plan(&sizes, self.max_docs, self.max_bytes)
@@ -100,70 +91,13 @@ impl<B: BulkApi> Indexer<B> {
                 .collect::<Vec<_>>()
                 .concat();
             let reply = self.api.bulk(ndjson, group.len()).await;
-            let fault = match bulk::classify(&reply, group.len()) {
-                RequestOutcome::Items(items) => {
-                    let mut retry = Vec::new();
-                    let mut reason = String::new();
-                    for (&i, o) in group.iter().zip(items) {
-                        match o {
-                            ItemOutcome::Indexed => out[i] = Some(Written::Indexed),
-                            ItemOutcome::Superseded => out[i] = Some(Written::Superseded),
-                            ItemOutcome::Rejected {
-                                status,
-                                kind,
-                                reason,
-                            } => {
-                                let class = if kind.is_empty() {
-                                    format!("http_{status}")
-                                } else {
-                                    kind
-                                };
-                                out[i] = Some(Written::Rejected(Rejection::new(
-                                    Stage::Index,
-                                    class,
-                                    format!("Elasticsearch refused the document (HTTP {status}): {reason}"),
-                                )));
-                            }
-                            ItemOutcome::Retry(r) => {
-                                retry.push(i);
-                                reason = r;
-                            }
-                        }
-                    }
-                    if retry.is_empty() {
-                        None
-                    } else {
-                        queue.push_front(retry);
-                        Some(format!("bulk items to retry: {reason}"))
-                    }
-                }
-                RequestOutcome::TooLarge if group.len() == 1 => {
-                    let i = group[0];
-                    out[i] = Some(Written::Rejected(Rejection::new(
-                        Stage::Index,
-                        "too_large",
-                        format!(
-                            "Elasticsearch refused the document as too large (HTTP 413): {} bytes as a bulk request",
-                            sizes[i]
-                        ),
-                    )));
-                    None
-                }
-                RequestOutcome::TooLarge => {
-                    let half = group.len() / 2;
-                    queue.push_front(group[half..].to_vec());
-                    queue.push_front(group[..half].to_vec());
-                    tracing::info!(
-                        docs = group.len(),
-                        "bulk request too large (HTTP 413); splitting it"
-                    );
-                    None
-                }
-                RequestOutcome::Infra(reason) => {
-                    queue.push_front(group);
-                    Some(reason)
-                }
-            };
+            let fault = settle(
+                bulk::classify(&reply, group.len()),
+                group,
+                &sizes,
+                &mut out,
+                &mut queue,
+            );
             match fault {
                 None => {
                     self.health.clear(Component::Elasticsearch, "bulk");
@@ -185,6 +119,91 @@ impl<B: BulkApi> Indexer<B> {
         out.into_iter()
             .map(|o| o.expect("every document settled"))
             .collect()
+    }
+}
+
+/// A document's two lines of a bulk request: the action, then the source.
+fn bulk_lines(d: &Document) -> Vec<u8> {
+    let mut l = bulk::action_line(&d.id, d.version);
+    l.push(b'\n');
+    serde_json::to_writer(&mut l, &d.body).expect("documents serialise");
+    l.push(b'\n');
+    l
+}
+
+/// Settles what a bulk request's answer settles of `group` into `out`, and queues what is to
+/// be sent again (items to retry in front, a request too large in halves); the fault to report
+/// when the request or some of its items must be retried.
+fn settle(
+    outcome: RequestOutcome,
+    group: Vec<usize>,
+    sizes: &[usize],
+    out: &mut [Option<Written>],
+    queue: &mut VecDeque<Vec<usize>>,
+) -> Option<String> {
+    match outcome {
+        RequestOutcome::Items(items) => {
+            let mut retry = Vec::new();
+            let mut reason = String::new();
+            for (&i, o) in group.iter().zip(items) {
+                match o {
+                    ItemOutcome::Indexed => out[i] = Some(Written::Indexed),
+                    ItemOutcome::Superseded => out[i] = Some(Written::Superseded),
+                    ItemOutcome::Rejected {
+                        status,
+                        kind,
+                        reason,
+                    } => {
+                        let class = if kind.is_empty() {
+                            format!("http_{status}")
+                        } else {
+                            kind
+                        };
+                        out[i] = Some(Written::Rejected(Rejection::new(
+                            Stage::Index,
+                            class,
+                            format!("Elasticsearch refused the document (HTTP {status}): {reason}"),
+                        )));
+                    }
+                    ItemOutcome::Retry(r) => {
+                        retry.push(i);
+                        reason = r;
+                    }
+                }
+            }
+            if retry.is_empty() {
+                None
+            } else {
+                queue.push_front(retry);
+                Some(format!("bulk items to retry: {reason}"))
+            }
+        }
+        RequestOutcome::TooLarge if group.len() == 1 => {
+            let i = group[0];
+            out[i] = Some(Written::Rejected(Rejection::new(
+                Stage::Index,
+                "too_large",
+                format!(
+                    "Elasticsearch refused the document as too large (HTTP 413): {} bytes as a bulk request",
+                    sizes[i]
+                ),
+            )));
+            None
+        }
+        RequestOutcome::TooLarge => {
+            let half = group.len() / 2;
+            queue.push_front(group[half..].to_vec());
+            queue.push_front(group[..half].to_vec());
+            tracing::info!(
+                docs = group.len(),
+                "bulk request too large (HTTP 413); splitting it"
+            );
+            None
+        }
+        RequestOutcome::Infra(reason) => {
+            queue.push_front(group);
+            Some(reason)
+        }
     }
 }
 
