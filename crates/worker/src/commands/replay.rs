@@ -304,7 +304,11 @@ pub async fn replay(
                 let done = pending.push(deliver(
                     producer.clone(),
                     topic,
-                    (record_key, value, headers),
+                    Outgoing {
+                        key: record_key,
+                        value,
+                        headers,
+                    },
                     (p, o),
                 ));
                 if let Some(r) = done.await {
@@ -431,15 +435,22 @@ fn writer(kafka: &KafkaConfig, opts: &Options) -> anyhow::Result<FutureProducer<
         .create_with_context(QuietContext::default())?)
 }
 
+/// A record to re-publish.
+struct Outgoing {
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
 /// One record's delivery to `topic`, answered with the dead letter's coordinates it came from.
 async fn deliver(
     producer: FutureProducer<QuietContext>,
     topic: String,
-    (key, value, headers): (
-        Option<Vec<u8>>,
-        Option<Vec<u8>>,
-        Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    ),
+    Outgoing {
+        key,
+        value,
+        headers,
+    }: Outgoing,
     (p, o): (i32, i64),
 ) -> (i32, i64, Result<(), String>) {
     let mut oh = OwnedHeaders::new();
