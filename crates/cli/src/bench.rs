@@ -278,16 +278,7 @@ fn time_chunks<T: Sync>(
 fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
     let files = collect_files(&args.images);
     anyhow::ensure!(!files.is_empty(), "no images under {:?}", args.images);
-    let costs: Option<ocrfleet_ocr::device::Costs> = match &args.device_costs {
-        Some(p) => Some(
-            serde_json::from_str::<ocrfleet_ocr::device::Costs>(
-                &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-            )
-            .with_context(|| format!("{} is not a device cost file", p.display()))?
-            .scaled(args.device_scale),
-        ),
-        None => None,
-    };
+    let costs = device_costs(&args)?;
     let mut cfg = args.engine.config();
     if args.like_cuda {
         cfg = cfg.like_cuda();
@@ -428,139 +419,177 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
         *engine.config_mut() = defaults.clone();
         if wants("pipeline") {
             engine.config_mut().det.batch_size = b;
-            let tally = std::sync::Mutex::new((0usize, StageCost::default()));
-            let cpu0 = process_cpu_seconds();
-            let busy0 = engine.simulated_device().map(|d| d.busy_seconds());
-            let bytes0 = engine.input_bytes();
-            let t = time_chunks(&mut engine, &images, b, args.repeat, lanes, |e, c| {
-                let out = e.recognize(c);
-                let mut tally = tally.lock().unwrap();
-                for t in out.iter().filter_map(|r| r.as_ref().ok()) {
-                    tally.0 += t.lines.len();
-                    tally.1.add(&t.timings);
-                }
-            })?;
-            let (lines, mut cost) = tally.into_inner().unwrap();
-            cost.cpu_secs = process_cpu_seconds() - cpu0;
-            cost.wall_secs = t.0;
-            cost.input_bytes = engine.input_bytes() - bytes0;
-            cost.device_busy = match (busy0, engine.simulated_device()) {
-                (Some(b0), Some(d)) => (d.busy_seconds() - b0) / (t.0 * engine.streams() as f64),
-                _ => t.1 / (t.0 * engine.streams() as f64),
-            };
+            let (row, cost) = pipeline_row(&mut engine, &images, b, args.repeat, lanes)?;
             costs.push((b, cost));
-            rows.push(Row::new(
-                "pipeline",
-                b,
-                images.len() * args.repeat,
-                lines,
-                t,
-            ));
+            rows.push(row);
             print_row(rows.last());
             *engine.config_mut() = defaults.clone();
         }
     }
 
-    if !costs.is_empty() {
-        println!("\n# pipeline cost per image by stage, ms summed over threads (det, cls and rec include their share of the batch's tensor fill and model run or replay); process CPU per image and images per second per busy core from /proc/self/stat; input MB: model input per image, what a device is sent");
-        println!(
-            "{:<5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>10} {:>9}",
-            "batch",
-            "det",
-            "crop",
-            "cls",
-            "rec",
-            "total",
-            "CPU ms",
-            "cores",
-            "img/s/core",
-            "input MB"
-        );
-        for (b, c) in &costs {
-            let n = c.images.max(1) as f64;
-            println!(
-                "{:<5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>7.2} {:>10.1} {:>9.2}",
-                b,
-                c.det / n,
-                c.crop / n,
-                c.cls / n,
-                c.rec / n,
-                (c.det + c.crop + c.cls + c.rec) / n,
-                1000.0 * c.cpu_secs / n,
-                c.cpu_secs / c.wall_secs.max(1e-9),
-                n / c.cpu_secs.max(1e-9),
-                c.input_bytes as f64 / 1e6 / n
-            );
-        }
-    }
+    print_costs(&costs);
 
     if args.json {
         // The best pipeline row, for scripts (tests/bench/gpu.sh, the simulated-device table).
-        let best = rows
-            .iter()
-            .filter(|r| r.stage == "pipeline")
-            .zip(costs.iter())
-            .max_by(|a, b| {
-                (a.0.images as f64 / a.0.secs).total_cmp(&(b.0.images as f64 / b.0.secs))
-            });
-        if let Some((r, (b, c))) = best {
-            let mut lat = r.latencies_ms.clone();
-            lat.sort_by(f64::total_cmp);
-            let n = c.images.max(1) as f64;
-            let v = serde_json::json!({
-                "img_per_s": r.images as f64 / r.secs,
-                "lines_per_s": r.lines as f64 / r.secs,
-                "batch": b,
-                "device_busy": c.device_busy,
-                "host_cpu_ms_per_img": 1000.0 * c.cpu_secs / n,
-                "input_mb_per_img": c.input_bytes as f64 / 1e6 / n,
-                "busy_cores": c.cpu_secs / c.wall_secs.max(1e-9),
-                "p50_ms": percentile(&lat, 0.5),
-                "p99_ms": percentile(&lat, 0.99),
-                "device": if args.device_costs.is_some() { "simulated".to_string() } else if args.simulate { "recorded".to_string() } else { engine.provider() },
-                "streams": engine.streams(),
-                "lanes": lanes,
-                "images": images.len(),
-                "warm_up_s": shapes.seconds,
-                "sessions": shapes.sessions,
-            });
+        if let Some(v) = best_json(
+            &args,
+            &engine,
+            &rows,
+            &costs,
+            (images.len(), lanes, &shapes),
+        ) {
             println!("{v}");
         }
     }
 
     if let Some(peer) = &args.peer {
-        let text =
-            std::fs::read_to_string(peer).with_context(|| format!("reading {}", peer.display()))?;
-        let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or("{}"))
-            .with_context(|| format!("{} is not a JSON line", peer.display()))?;
-        let peer_ips = v["img_per_s"]
-            .as_f64()
-            .context("peer JSON has no img_per_s")?;
-        println!(
-            "\n# against peer {} ({:.2} img/s)",
-            v["engine"]
-                .as_str()
-                .or(v["name"].as_str())
-                .unwrap_or("peer"),
-            peer_ips
-        );
-        println!(
-            "{:<9} {:>5} {:>9} {:>9} {:>7}",
-            "stage", "batch", "img/s", "peer", "ratio"
-        );
-        for r in rows.iter().filter(|r| r.stage == "pipeline") {
-            let ips = r.images as f64 / r.secs;
-            println!(
-                "{:<9} {:>5} {:>9.2} {:>9.2} {:>6.2}x",
-                r.stage,
-                r.batch,
-                ips,
-                peer_ips,
-                ips / peer_ips
-            );
-        }
+        print_against_peer(&rows, peer)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--device-costs`, scaled by `--device-scale`.
+fn device_costs(args: &OcrBenchArgs) -> anyhow::Result<Option<ocrfleet_ocr::device::Costs>> {
+    let Some(p) = &args.device_costs else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    let costs = serde_json::from_str::<ocrfleet_ocr::device::Costs>(&text)
+        .with_context(|| format!("{} is not a device cost file", p.display()))?;
+    Ok(Some(costs.scaled(args.device_scale)))
+}
+
+/// One pipeline row: `images` recognised in batches of `b` on `lanes` concurrent calls, with
+/// what each stage cost, the process's CPU, the bytes sent to the models and the device's
+/// busy share.
+fn pipeline_row(
+    engine: &mut Engine,
+    images: &[RgbImage],
+    b: usize,
+    repeat: usize,
+    lanes: usize,
+) -> anyhow::Result<(Row, StageCost)> {
+    let tally = std::sync::Mutex::new((0usize, StageCost::default()));
+    let cpu0 = process_cpu_seconds();
+    let busy0 = engine.simulated_device().map(|d| d.busy_seconds());
+    let bytes0 = engine.input_bytes();
+    let t = time_chunks(engine, images, b, repeat, lanes, |e, c| {
+        let out = e.recognize(c);
+        let mut tally = tally.lock().unwrap();
+        for t in out.iter().filter_map(|r| r.as_ref().ok()) {
+            tally.0 += t.lines.len();
+            tally.1.add(&t.timings);
+        }
+    })?;
+    let (lines, mut cost) = tally.into_inner().unwrap();
+    cost.cpu_secs = process_cpu_seconds() - cpu0;
+    cost.wall_secs = t.0;
+    cost.input_bytes = engine.input_bytes() - bytes0;
+    cost.device_busy = match (busy0, engine.simulated_device()) {
+        (Some(b0), Some(d)) => (d.busy_seconds() - b0) / (t.0 * engine.streams() as f64),
+        _ => t.1 / (t.0 * engine.streams() as f64),
+    };
+    let row = Row::new("pipeline", b, images.len() * repeat, lines, t);
+    Ok((row, cost))
+}
+
+/// The pipeline rows' cost per image by stage.
+fn print_costs(costs: &[(usize, StageCost)]) {
+    if costs.is_empty() {
+        return;
+    }
+    println!("\n# pipeline cost per image by stage, ms summed over threads (det, cls and rec include their share of the batch's tensor fill and model run or replay); process CPU per image and images per second per busy core from /proc/self/stat; input MB: model input per image, what a device is sent");
+    println!(
+        "{:<5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>10} {:>9}",
+        "batch", "det", "crop", "cls", "rec", "total", "CPU ms", "cores", "img/s/core", "input MB"
+    );
+    for (b, c) in costs {
+        let n = c.images.max(1) as f64;
+        println!(
+            "{:<5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>7.2} {:>10.1} {:>9.2}",
+            b,
+            c.det / n,
+            c.crop / n,
+            c.cls / n,
+            c.rec / n,
+            (c.det + c.crop + c.cls + c.rec) / n,
+            1000.0 * c.cpu_secs / n,
+            c.cpu_secs / c.wall_secs.max(1e-9),
+            n / c.cpu_secs.max(1e-9),
+            c.input_bytes as f64 / 1e6 / n
+        );
+    }
+}
+
+/// The best pipeline row as one JSON line (`--json`): images, lanes and the warm-up are the
+/// run's.
+fn best_json(
+    args: &OcrBenchArgs,
+    engine: &Engine,
+    rows: &[Row],
+    costs: &[(usize, StageCost)],
+    (images, lanes, shapes): (usize, usize, &ocrfleet_ocr::WarmUp),
+) -> Option<serde_json::Value> {
+    let (r, (b, c)) = rows
+        .iter()
+        .filter(|r| r.stage == "pipeline")
+        .zip(costs.iter())
+        .max_by(|a, b| (a.0.images as f64 / a.0.secs).total_cmp(&(b.0.images as f64 / b.0.secs)))?;
+    let mut lat = r.latencies_ms.clone();
+    lat.sort_by(f64::total_cmp);
+    let n = c.images.max(1) as f64;
+    Some(serde_json::json!({
+        "img_per_s": r.images as f64 / r.secs,
+        "lines_per_s": r.lines as f64 / r.secs,
+        "batch": b,
+        "device_busy": c.device_busy,
+        "host_cpu_ms_per_img": 1000.0 * c.cpu_secs / n,
+        "input_mb_per_img": c.input_bytes as f64 / 1e6 / n,
+        "busy_cores": c.cpu_secs / c.wall_secs.max(1e-9),
+        "p50_ms": percentile(&lat, 0.5),
+        "p99_ms": percentile(&lat, 0.99),
+        "device": if args.device_costs.is_some() { "simulated".to_string() } else if args.simulate { "recorded".to_string() } else { engine.provider() },
+        "streams": engine.streams(),
+        "lanes": lanes,
+        "images": images,
+        "warm_up_s": shapes.seconds,
+        "sessions": shapes.sessions,
+    }))
+}
+
+/// The pipeline rows against a peer's JSON line (`--peer`).
+fn print_against_peer(rows: &[Row], peer: &std::path::Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(peer).with_context(|| format!("reading {}", peer.display()))?;
+    let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or("{}"))
+        .with_context(|| format!("{} is not a JSON line", peer.display()))?;
+    let peer_ips = v["img_per_s"]
+        .as_f64()
+        .context("peer JSON has no img_per_s")?;
+    println!(
+        "\n# against peer {} ({:.2} img/s)",
+        v["engine"]
+            .as_str()
+            .or(v["name"].as_str())
+            .unwrap_or("peer"),
+        peer_ips
+    );
+    println!(
+        "{:<9} {:>5} {:>9} {:>9} {:>7}",
+        "stage", "batch", "img/s", "peer", "ratio"
+    );
+    for r in rows.iter().filter(|r| r.stage == "pipeline") {
+        let ips = r.images as f64 / r.secs;
+        println!(
+            "{:<9} {:>5} {:>9.2} {:>9.2} {:>6.2}x",
+            r.stage,
+            r.batch,
+            ips,
+            peer_ips,
+            ips / peer_ips
+        );
+    }
+    Ok(())
 }
 
 /// Per-stage milliseconds summed over images (from each result's [`ocrfleet_ocr::Timings`]).
