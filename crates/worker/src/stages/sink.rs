@@ -207,28 +207,40 @@ fn settle(
     }
 }
 
-/// Sends a dead letter, retrying while Kafka refuses it; `Ok(false)` when the partition was
-/// revoked meanwhile (dropped); `Err` when the producer can never send again (fatal for the
-/// process).
+/// How sending one dead letter ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Lettered {
+    Sent,
+    /// Its partition was revoked meanwhile: dropped, the new owner redoes it.
+    Dropped,
+}
+
+/// The dead-letter producer can never send again: fatal for the process (nothing of the
+/// batch is committed; a fresh process gets a fresh producer).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ProducerGone(String);
+
+/// Sends a dead letter, retrying while Kafka refuses it.
 async fn dead_letter(
     dlq: &DeadLetter,
     f: &Failure,
     health: &Health,
     still_ours: impl Fn(&Envelope) -> bool,
-) -> anyhow::Result<bool> {
+) -> Result<Lettered, ProducerGone> {
     let mut delays = crate::retry::unbounded(Duration::from_millis(200));
     loop {
         if !still_ours(&f.envelope) {
-            return Ok(false);
+            return Ok(Lettered::Dropped);
         }
         match dlq.send(f).await {
             Ok(_) => {
                 health.clear(Component::DeadLetter, "produce");
-                return Ok(true);
+                return Ok(Lettered::Sent);
             }
             Err(SendError::Fatal(reason)) => {
                 health.fault(Component::DeadLetter, "produce", &reason);
-                anyhow::bail!("{reason}");
+                return Err(ProducerGone(reason));
             }
             Err(SendError::Retry(reason)) => {
                 health.fault(Component::DeadLetter, "produce", reason);
@@ -324,10 +336,8 @@ pub async fn sink_stage(mut out_rx: mpsc::Receiver<Outcome>, sink: Sink) -> anyh
             )
             .await;
             // A fatal producer: nothing of this batch is reported done (not committed).
-            for r in &sent {
-                if let Err(e) = r {
-                    anyhow::bail!("{e:#}");
-                }
+            if let Some(Err(gone)) = sent.into_iter().find(Result::is_err) {
+                return Err(gone.into());
             }
             done.extend(failures.iter().map(|f| f.envelope.done()));
             // Each dead letter is sent or dropped (revoked): none is left to report a fault on
