@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::WorkerConfig;
+use crate::envelope::{Done, EngineJournal, Envelope};
 use crate::failure::{Component, Stage};
 use crate::{budget, es, fetch, health, kafka, message, metrics, retry, stages, Summary};
 
@@ -166,7 +167,7 @@ async fn start_up(
 /// and the side tasks (meters, probes, the engine watch).
 struct Pipeline {
     source: std::thread::JoinHandle<()>,
-    source_end: oneshot::Receiver<anyhow::Result<kafka::source::SourceEnd>>,
+    source_end: SourceEndRx,
     ocr: futures::future::Fuse<tokio::task::JoinHandle<anyhow::Result<()>>>,
     sink: futures::future::Fuse<tokio::task::JoinHandle<anyhow::Result<()>>>,
     engine_watch: futures::future::Fuse<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -178,51 +179,85 @@ struct Pipeline {
     drained: CancellationToken,
 }
 
-impl Pipeline {
-    /// Builds each stage's settings from the worker's and spawns every task.
-    fn spawn(
-        cfg: &Arc<WorkerConfig>,
-        started: Started,
+/// The source's channels: chunks out, finished events and engine journals in.
+type SourceChannels = (
+    mpsc::Sender<Vec<Envelope>>,
+    mpsc::UnboundedReceiver<Done>,
+    mpsc::UnboundedReceiver<EngineJournal>,
+);
+
+/// Where the source thread's end is reported.
+type SourceEndRx = oneshot::Receiver<anyhow::Result<kafka::source::SourceEnd>>;
+
+/// What several stages share: the meters, the health, the assignment, the memory budget, the
+/// image hosts' board and the downloader. Each stage's settings are made from it and the
+/// worker's configuration once, here.
+struct Shared {
+    metrics: metrics::Metrics,
+    health: Arc<health::Health>,
+    assignment: kafka::Assignment,
+    budget: budget::Budget,
+    hosts: fetch::hosts::Hosts,
+    fetcher: fetch::Fetcher,
+    replay_key: Option<message::ReplayKey>,
+}
+
+impl Shared {
+    fn new(
+        cfg: &WorkerConfig,
         metrics: &metrics::Metrics,
         health: &Arc<health::Health>,
-    ) -> anyhow::Result<Pipeline> {
-        let Started { engine, es, .. } = started;
-        let replay_key = cfg
-            .replay_key
-            .as_ref()
-            .map(|k| message::ReplayKey::new(k.expose().as_bytes()));
-        let dlq = kafka::dlq::DeadLetter::new(
-            &cfg.kafka,
-            &cfg.worker_id,
-            replay_key.clone(),
-            metrics.clone(),
-        )?;
-        let budget = budget::Budget::new(cfg.memory_budget);
-        let assignment = kafka::Assignment::default();
-        let hosts = fetch::hosts::Hosts::new(cfg.fetch.hosts, health.clone())
-            .with_gauges(metrics.hosts_open.clone(), metrics.records_held.clone());
-        let fetcher = fetch::Fetcher::new(cfg.fetch.clone())?;
-        let pdfs = stages::prepare::Pdfs {
-            renderers: started.pdf.clone(),
-            cfg: cfg.pdf.clone(),
-        };
-        let prep = stages::prepare::Prepare {
-            fetcher: fetcher.clone(),
-            hosts: hosts.clone(),
+    ) -> anyhow::Result<Shared> {
+        Ok(Shared {
+            metrics: metrics.clone(),
+            health: health.clone(),
+            assignment: kafka::Assignment::default(),
+            budget: budget::Budget::new(cfg.memory_budget),
+            hosts: fetch::hosts::Hosts::new(cfg.fetch.hosts, health.clone())
+                .with_gauges(metrics.hosts_open.clone(), metrics.records_held.clone()),
+            fetcher: fetch::Fetcher::new(cfg.fetch.clone())?,
+            replay_key: cfg
+                .replay_key
+                .as_ref()
+                .map(|k| message::ReplayKey::new(k.expose().as_bytes())),
+        })
+    }
+
+    /// The prepare stage: downloads, PDFs, decoding.
+    fn prepare(
+        &self,
+        cfg: &WorkerConfig,
+        pdf: ocrfleet_pdf::Renderers,
+    ) -> stages::prepare::Prepare {
+        stages::prepare::Prepare {
+            fetcher: self.fetcher.clone(),
+            hosts: self.hosts.clone(),
             slots: Arc::new(tokio::sync::Semaphore::new(cfg.fetch.concurrency.max(1))),
-            budget: budget.clone(),
+            budget: self.budget.clone(),
             max_pixels: cfg.engine.max_pixels,
             max_pages: cfg.engine.max_pages,
             max_headers: cfg.max_headers,
             attempts: cfg.fetch.attempts,
-            assignment: Some(assignment.clone()),
-            pdfs,
-            health: health.clone(),
-            metrics: metrics.clone(),
+            assignment: Some(self.assignment.clone()),
+            pdfs: stages::prepare::Pdfs {
+                renderers: pdf,
+                cfg: cfg.pdf.clone(),
+            },
+            health: self.health.clone(),
+            metrics: self.metrics.clone(),
             test_panic: cfg.test_prepare_panic.clone(),
-        };
-        let (journal_tx, journal_rx) = mpsc::unbounded_channel();
-        let ocr_settings = stages::ocr::OcrSettings {
+        }
+    }
+
+    /// The OCR stage's settings; the hang deadline follows the engine's slowest warm-up run
+    /// unless `--engine-timeout` is given.
+    fn ocr_settings(
+        &self,
+        cfg: &WorkerConfig,
+        engine: &EngineHandle,
+        journal: mpsc::UnboundedSender<EngineJournal>,
+    ) -> stages::ocr::OcrSettings {
+        stages::ocr::OcrSettings {
             batch: cfg.ocr_batch,
             fault_timeout: cfg.engine_fault_timeout,
             call_timeout: stages::ocr::OcrSettings::call_timeout(
@@ -231,23 +266,124 @@ impl Pipeline {
             ),
             topic: cfg.kafka.topic.clone(),
             worker_id: cfg.worker_id.clone(),
-            journal: (cfg.crash_loop_attempts > 0).then_some(journal_tx),
-            replay_key,
-            assignment: Some(assignment.clone()),
-        };
-        tracing::info!(engine_timeout = %humantime::format_duration(ocr_settings.call_timeout), "an engine call running longer than this is a hung engine");
-        health.set_liveness_timeout(cfg.liveness_timeout);
+            journal: (cfg.crash_loop_attempts > 0).then_some(journal),
+            replay_key: self.replay_key.clone(),
+            assignment: Some(self.assignment.clone()),
+        }
+    }
 
+    /// The sink: bulk requests to Elasticsearch, dead letters to Kafka.
+    fn sink(
+        &self,
+        cfg: &WorkerConfig,
+        es: es::client::EsClient,
+        done: mpsc::UnboundedSender<Done>,
+    ) -> anyhow::Result<stages::sink::Sink> {
+        Ok(stages::sink::Sink {
+            indexer: stages::sink::Indexer {
+                api: es,
+                health: self.health.clone(),
+                metrics: self.metrics.clone(),
+                max_docs: cfg.es.bulk_docs,
+                max_bytes: cfg.es.bulk_bytes,
+                first_backoff: Duration::from_millis(200),
+            },
+            dlq: kafka::dlq::DeadLetter::new(
+                &cfg.kafka,
+                &cfg.worker_id,
+                self.replay_key.clone(),
+                self.metrics.clone(),
+            )?,
+            assignment: self.assignment.clone(),
+            done,
+            linger: stages::sink::LINGER,
+        })
+    }
+
+    /// The Kafka source on its own OS thread; its end comes back on the receiver.
+    fn spawn_source(
+        &self,
+        cfg: &WorkerConfig,
+        (chunk_tx, done_rx, journal_rx): SourceChannels,
+        (stop, drained): (CancellationToken, CancellationToken),
+    ) -> anyhow::Result<(std::thread::JoinHandle<()>, SourceEndRx)> {
         let source_cfg = kafka::source::SourceConfig::from_worker(cfg);
         let consumer = kafka::source::consumer(
             &source_cfg,
             kafka::source::context(
                 &source_cfg,
-                assignment.clone(),
-                metrics.clone(),
-                health.clone(),
+                self.assignment.clone(),
+                self.metrics.clone(),
+                self.health.clone(),
             ),
         )?;
+        let (end_tx, end) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("kafka-source".into())
+            .spawn(move || {
+                let r = kafka::source::run(
+                    consumer,
+                    &source_cfg,
+                    chunk_tx,
+                    done_rx,
+                    journal_rx,
+                    stop,
+                    drained,
+                );
+                let _ = end_tx.send(r);
+            })?;
+        Ok((thread, end))
+    }
+
+    /// The meters and probes beside the stages; their abort handles.
+    fn spawn_watches(
+        self,
+        cfg: &WorkerConfig,
+        engine: EngineHandle,
+        es: es::client::EsClient,
+        queues: stages::watch::Queues,
+    ) -> Vec<tokio::task::AbortHandle> {
+        let Shared {
+            metrics,
+            health,
+            budget,
+            hosts,
+            fetcher,
+            ..
+        } = self;
+        [
+            tokio::spawn(stages::watch::busy_meter(engine, metrics.clone())),
+            tokio::spawn(stages::watch::es_probe(es, health.clone())),
+            tokio::spawn(stages::watch::egress_probe(
+                fetcher,
+                cfg.fetch.probe_url.clone(),
+                hosts,
+            )),
+            tokio::spawn(stages::watch::queue_meter(queues, metrics.clone())),
+            tokio::spawn(stages::watch::budget_watch(budget, metrics, health)),
+        ]
+        .iter()
+        .map(|t| t.abort_handle())
+        .collect()
+    }
+}
+
+impl Pipeline {
+    /// Builds each stage's settings from the worker's and spawns every task.
+    fn spawn(
+        cfg: &Arc<WorkerConfig>,
+        started: Started,
+        metrics: &metrics::Metrics,
+        health: &Arc<health::Health>,
+    ) -> anyhow::Result<Pipeline> {
+        let Started { engine, es, pdf } = started;
+        let shared = Shared::new(cfg, metrics, health)?;
+        let (journal_tx, journal_rx) = mpsc::unbounded_channel();
+        let prep = shared.prepare(cfg, pdf);
+        let ocr_settings = shared.ocr_settings(cfg, &engine, journal_tx);
+        tracing::info!(engine_timeout = %humantime::format_duration(ocr_settings.call_timeout), "an engine call running longer than this is a hung engine");
+        health.set_liveness_timeout(cfg.liveness_timeout);
+
         let (chunk_tx, chunk_rx) = mpsc::channel(1);
         let (ready_tx, ready_rx) = mpsc::channel(cfg.ocr_batch * 2);
         let (out_tx, out_rx) = mpsc::channel(cfg.es.bulk_docs * 2);
@@ -259,23 +395,11 @@ impl Pipeline {
         };
         let stop = CancellationToken::new();
         let drained = CancellationToken::new();
-
-        let (source_end_tx, source_end) = oneshot::channel();
-        let (source_stop, source_drained) = (stop.clone(), drained.clone());
-        let source = std::thread::Builder::new()
-            .name("kafka-source".into())
-            .spawn(move || {
-                let r = kafka::source::run(
-                    consumer,
-                    &source_cfg,
-                    chunk_tx,
-                    done_rx,
-                    journal_rx,
-                    source_stop,
-                    source_drained,
-                );
-                let _ = source_end_tx.send(r);
-            })?;
+        let (source, source_end) = shared.spawn_source(
+            cfg,
+            (chunk_tx, done_rx, journal_rx),
+            (stop.clone(), drained.clone()),
+        )?;
 
         let tasks = TaskTracker::new();
         tasks.spawn(stages::prepare::prepare_stage(
@@ -292,20 +416,7 @@ impl Pipeline {
             metrics.clone(),
             health.clone(),
         ));
-        let sink = stages::sink::Sink {
-            indexer: stages::sink::Indexer {
-                api: es.clone(),
-                health: health.clone(),
-                metrics: metrics.clone(),
-                max_docs: cfg.es.bulk_docs,
-                max_bytes: cfg.es.bulk_bytes,
-                first_backoff: Duration::from_millis(200),
-            },
-            dlq,
-            assignment,
-            done: done_tx,
-            linger: stages::sink::LINGER,
-        };
+        let sink = shared.sink(cfg, es.clone(), done_tx)?;
         let sink = tasks.spawn(stages::sink::sink_stage(out_rx, sink));
         tasks.close();
         let engine_watch =
@@ -315,23 +426,7 @@ impl Pipeline {
             sink.abort_handle(),
             engine_watch.abort_handle(),
         ];
-        for side in [
-            tokio::spawn(stages::watch::busy_meter(engine, metrics.clone())),
-            tokio::spawn(stages::watch::es_probe(es, health.clone())),
-            tokio::spawn(stages::watch::egress_probe(
-                fetcher,
-                cfg.fetch.probe_url.clone(),
-                hosts,
-            )),
-            tokio::spawn(stages::watch::queue_meter(queues, metrics.clone())),
-            tokio::spawn(stages::watch::budget_watch(
-                budget,
-                metrics.clone(),
-                health.clone(),
-            )),
-        ] {
-            aborts.push(side.abort_handle());
-        }
+        aborts.extend(shared.spawn_watches(cfg, engine, es, queues));
         // Fused, so that a task that ended in the first wait can be waited on again (it stays
         // pending) while the stages drain; the abort handles stop them at the end.
         Ok(Pipeline {
