@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The engine's pipeline on a SIMULATED device (crates/ocr/src/device.rs): every CPU stage runs
+# The engine's pipeline on a SIMULATED device (crates/ocr/src/instruments/device.rs): every CPU stage runs
 # for real on real pages, the models' outputs come from a recording, and each run occupies one
 # of the device's K streams for what tests/bench/costs/*.json says its padded tensor costs (the
 # CUDA path's tensors: --like-cuda). Prints one table row per K.

@@ -128,7 +128,7 @@ pub struct OcrBenchArgs {
     #[arg(long)]
     pub simulate: bool,
     /// With --simulate, a simulated device whose runs cost what this JSON file says (per model:
-    /// fixed ms per run, ms per unit of padded tensor; see crates/ocr/src/device.rs and
+    /// fixed ms per run, ms per unit of padded tensor; see crates/ocr/src/instruments/device.rs and
     /// tests/bench/costs/). Without it the recording answers at once.
     #[arg(long, requires = "simulate")]
     pub device_costs: Option<PathBuf>,

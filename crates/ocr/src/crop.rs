@@ -65,7 +65,7 @@ pub fn frame(quad: &Quad) -> Quad {
 /// so it is still copied). The grown part may reach past the image, where the crop repeats
 /// the border. 0 returns `quad` as it is.
 ///
-/// The recogniser reads crops cut this way ([`crate::config::DetConfig::crop_padding`]): the
+/// The recogniser reads crops cut this way ([`crate::det::DetConfig::crop_padding`]): the
 /// detector's box, tight enough to keep neighbouring lines out, plus a margin that keeps the
 /// first and last letters and the tops of CJK strokes whole.
 pub fn padded(quad: &Quad, fraction: f32) -> Quad {

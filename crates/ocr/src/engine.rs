@@ -19,15 +19,18 @@ use image::RgbImage;
 
 use crate::config::{Device, EngineConfig, FaultPlan};
 use crate::crop::Crop;
-use crate::device::{Costs, Recorder, Recording, Simulated};
 use crate::error::{EngineError, OcrError, Stage};
-use crate::fault::{FailState, FaultRunner};
-use crate::model::{base, Batch, ModelRunner, OrtRunner, Streams};
+use crate::instruments::device::{Costs, Recorder, Recording, Simulated};
+use crate::instruments::fault::{FailState, FaultRunner};
+use crate::model::batch_sizes;
+use crate::model::{base, Batch, ModelRunner, Streams};
+use crate::onnx::runner::OrtRunner;
+use crate::onnx::runtime;
+use crate::onnx::sessions::ModelSessions;
 use crate::output::{ImageText, Line, Timings};
 use crate::overlap::Host;
 use crate::rec::{Decoded, Dictionary};
-use crate::sessions::{batch_sizes, ModelSessions};
-use crate::{cls, decode, det, rec, runtime};
+use crate::{cls, decode, det, rec};
 
 /// A loaded PP-OCR pipeline (see the module documentation).
 pub struct Engine {
@@ -38,10 +41,10 @@ pub struct Engine {
     dict: Dictionary,
     /// The host pool: CPU stages run data-parallel on it (see [`EngineConfig::host_threads`]).
     pool: rayon::ThreadPool,
-    /// The recorded device's outputs, while recording or simulating (see [`crate::device`]).
+    /// The recorded device's outputs, while recording or simulating (see [`crate::instruments::device`]).
     recording: Option<Arc<Recording>>,
     /// The simulated device, while simulating.
-    device: Option<Arc<crate::device::Device>>,
+    device: Option<Arc<crate::instruments::device::Device>>,
     /// Images recognised so far (for the test-only exit fault).
     images: AtomicUsize,
 }
@@ -346,7 +349,7 @@ impl Engine {
         f(&mut self.rec);
     }
 
-    /// Starts recording every model output from now on (see [`crate::device`]); forgets any
+    /// Starts recording every model output from now on (see [`crate::instruments::device`]); forgets any
     /// earlier recording.
     pub fn record(&mut self) {
         self.stop_replay();
@@ -369,13 +372,13 @@ impl Engine {
         self.simulate(Costs::default(), false)
     }
 
-    /// [`Engine::replay`] on a simulated device ([`crate::device::Device`]) of `costs`, with as
+    /// [`Engine::replay`] on a simulated device ([`crate::instruments::device::Device`]) of `costs`, with as
     /// many streams as the engine has runners per model. Host work overlapped with the device's
     /// time is hidden, as it would be on a GPU. With `pad_like_cuda`, batches are padded as
     /// the CUDA path pads them (with [`EngineConfig::like_cuda`], the tensors are CUDA's).
     pub fn simulate(&mut self, costs: Costs, pad_like_cuda: bool) -> usize {
         let recording = self.recording.get_or_insert_with(Default::default).clone();
-        let device = Arc::new(crate::device::Device::new(Costs {
+        let device = Arc::new(crate::instruments::device::Device::new(Costs {
             streams: self.streams(),
             ..costs
         }));
@@ -394,7 +397,7 @@ impl Engine {
     }
 
     /// The simulated device, while simulating.
-    pub fn simulated_device(&self) -> Option<Arc<crate::device::Device>> {
+    pub fn simulated_device(&self) -> Option<Arc<crate::instruments::device::Device>> {
         self.device.clone()
     }
 

@@ -51,7 +51,7 @@ pub(crate) fn recognize_guarded(
     use std::panic::{catch_unwind, AssertUnwindSafe};
     // The test fault plan runs inside the guard, where a real panic of the engine would happen.
     let run = |images: &[RgbImage]| {
-        crate::fault::check_images(fault, images);
+        crate::instruments::fault::check_images(fault, images);
         engine.recognize(images)
     };
     match catch_unwind(AssertUnwindSafe(|| run(images))) {

@@ -17,25 +17,25 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod binding;
 pub mod cls;
 pub mod config;
 pub mod crop;
 pub mod decode;
 pub mod det;
-pub mod device;
 mod engine;
 pub mod error;
-mod fault;
 mod handle;
+mod instruments;
 pub mod model;
+mod onnx;
 pub mod output;
 mod overlap;
 pub mod preprocess;
 pub mod rec;
-pub mod runtime;
-mod sessions;
 pub mod words;
+
+pub use instruments::device;
+pub use onnx::runtime;
 
 pub use config::{
     streams_for, ClsConfig, DetConfig, Device, EngineConfig, FaultPlan, ImageFault, ModelSet,

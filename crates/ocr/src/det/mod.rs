@@ -9,8 +9,8 @@
 pub mod postprocess;
 pub(crate) mod stage;
 
-use crate::config::DetConfig;
 use postprocess::Quad;
+use serde::{Deserialize, Serialize};
 
 /// The detector geometry of one image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +98,135 @@ pub fn wants_second_pass(quads: &[Quad], shape: &DetShape, cfg: &DetConfig) -> b
     let mid = heights.len() / 2;
     let (_, median, _) = heights.select_nth_unstable_by(mid, f32::total_cmp);
     *median * first_long / src_long < cfg.small_text_px
+}
+
+/// Text detection (DB) settings. Defaults are PaddleOCR's with `limit_type=max`, except where
+/// a field says otherwise (upscaling, unclip ratio, crop padding, the small-text pass).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetConfig {
+    /// The long side is resized down to at most this many pixels. Default 960.
+    pub limit_side_len: u32,
+    /// Images whose long side is shorter than this are scaled up to it (at most to
+    /// `limit_side_len`) for detection; the crops are still cut from the original. 0 = never
+    /// (PaddleOCR's `limit_type=max`). Default 736: small phone photos of receipts lost lines
+    /// at their own size (held-out receipts' CER ci 0.282 → 0.269 at unclip 1.3,
+    /// crates/ocr/docs/accuracy.md "Held-out receipts and Chinese forms"); larger images are unaffected.
+    pub upscale_to: u32,
+    /// Each side of the detector input is padded up to a multiple of this (≥ 32). Padding depends
+    /// only on the image itself, so results never depend on batch-mates. 32 = no padding beyond
+    /// PaddleOCR's own rounding; larger values give fewer distinct shapes (fewer cuDNN searches on
+    /// GPU) at some extra compute. Default 32.
+    pub pad_multiple: u32,
+    /// Probability above which a pixel is text. Default 0.3.
+    pub thresh: f32,
+    /// Minimum mean probability inside a box. Default 0.6.
+    pub box_thresh: f32,
+    /// Box expansion ratio (distance = area × ratio / perimeter). Default 1.0 (PaddleOCR's is
+    /// 1.5): tighter crops read better on all three real sets (case-insensitive CER at 1.3
+    /// without upscaling, then 1.1 and 1.0 with upscaling to 736: evaluation set 0.172 / 0.160 /
+    /// 0.154, held-out receipts and Chinese forms 0.233 / 0.210 / 0.208, held-out forms 0.165 /
+    /// 0.163 / 0.159; 0.9 split the first two). The price: on FUNSD's loosely drawn entity boxes detection F1
+    /// falls (held-out forms 0.702 → 0.676), while on line-level labels it rises (0.775 →
+    /// 0.788). crates/ocr/docs/accuracy.md "Thresholds".
+    pub unclip_ratio: f32,
+    /// The recogniser reads each line from its box grown by this fraction of the box's shorter
+    /// side at every edge ([`crate::crop::padded`]); the box reported stays the detector's.
+    /// Default 0.1: with tight boxes (unclip 1.0) it keeps clean rendered text whole (31
+    /// fixtures: 14 characters wrong without it, 1 with it; unclip 1.3 without it: 2) and
+    /// reads real documents better still (evaluation set CER ci 0.154 → 0.151, held-out
+    /// receipts and Chinese forms 0.208 → 0.207, held-out forms 0.1594 → 0.1591). 0 = the
+    /// box itself, as PaddleOCR.
+    pub crop_padding: f32,
+    /// An image scaled down for the detector whose boxes' median height came out below this
+    /// many detector pixels is detected again at up to [`DetConfig::small_text_limit`] (a
+    /// large scan of small print, whose text the 960 px pass barely sees), when that pass
+    /// would be at least 1.5× larger. 0 = never. Default 10 (PaddleOCR: never): none of the
+    /// 160 real evaluation and held-out images triggers it (their medians start at 9.6 px,
+    /// all on images that a second pass would not enlarge 1.5×); on 3×3 mosaics of held-out
+    /// forms (2,300×3,000 px) CER ci went from 0.876 to 0.164
+    /// (crates/ocr/docs/accuracy.md "A second detector pass for small print").
+    pub small_text_px: f32,
+    /// The detector limit of that second pass (never above the image's own size). Default 2880.
+    pub small_text_limit: u32,
+    /// Boxes whose short side (in detector pixels) is below this are dropped. Default 3.
+    pub min_size: f32,
+    /// At most this many contours per image are considered. Default 1000.
+    pub max_candidates: usize,
+    /// Images per detector run (same-shape images only). Default 8.
+    pub batch_size: usize,
+    /// Fixed detector input shapes, `[width, height]`: an image's tensor (after resizing and
+    /// `pad_multiple`) is padded with its background up to the smallest-area canvas that holds
+    /// it, so images of nearby sizes share a shape and a batch. An image no canvas holds keeps
+    /// its own shape. `None` picks by device: none on CPU (padding costs CPU time and a new
+    /// shape costs nothing there), [`DetConfig::cuda_canvases`] on CUDA, where every input shape
+    /// needs its own session and warm-up (see [`EngineConfig::session_per_shape`]).
+    pub canvases: Option<Vec<[u32; 2]>>,
+}
+
+impl DetConfig {
+    /// The settings of the second, higher-resolution pass for small text: limit
+    /// `small_text_limit`, no upscaling, one image per run, and where the first pass uses
+    /// canvases (CUDA) the single square canvas of that limit, so the second pass adds one
+    /// input shape (one session, warmed up with the rest) rather than one per size.
+    pub fn second_pass(&self) -> DetConfig {
+        let side = self.small_text_limit.div_ceil(32) * 32;
+        DetConfig {
+            limit_side_len: self.small_text_limit,
+            upscale_to: 0,
+            batch_size: 1,
+            canvases: match &self.canvases {
+                Some(c) if !c.is_empty() => Some(vec![[side, side]]),
+                other => other.clone(),
+            },
+            ..self.clone()
+        }
+    }
+
+    /// The CUDA canvases for a detector limit `L`: two tiers, `L` and `L/2`, each square, 3:4
+    /// and 9:16 in both orientations (sides rounded up to 32), so 10 shapes. Since the long
+    /// side never exceeds `L`, every image fits the `L`×`L` canvas. For `L` = 960:
+    /// 960², 960×736, 960×544, 480², 480×384, 480×288 and the transposes. Measured share of
+    /// tensor pixels that are padding (`tests/bench/canvas_waste.py`): 60 real scans and photos
+    /// 5.3 % over 6 shapes, 40 rendered pages 10.4 % over 3, 31 single-line fixtures 60 % over 7
+    /// (small images, cheap at any padding); the earlier per-side buckets (up to 100 shapes)
+    /// padded 4.5 %, 5.0 % and 13.4 % over 8, 6 and 18 shapes.
+    pub fn cuda_canvases(limit: u32) -> Vec<[u32; 2]> {
+        let up32 = |v: f64| ((v / 32.0).ceil() as u32 * 32).max(32);
+        let mut out = Vec::new();
+        for tier in [f64::from(limit), f64::from(limit) / 2.0] {
+            let long = up32(tier);
+            out.push([long, long]);
+            for ratio in [0.75, 0.5625] {
+                let short = up32(tier * ratio);
+                out.push([long, short]);
+                out.push([short, long]);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+impl Default for DetConfig {
+    fn default() -> Self {
+        Self {
+            limit_side_len: 960,
+            upscale_to: 736,
+            pad_multiple: 32,
+            thresh: 0.3,
+            box_thresh: 0.6,
+            unclip_ratio: 1.0,
+            crop_padding: 0.1,
+            small_text_px: 10.0,
+            small_text_limit: 2880,
+            min_size: 3.0,
+            max_candidates: 1000,
+            batch_size: 8,
+            canvases: None,
+        }
+    }
 }
 
 #[cfg(test)]

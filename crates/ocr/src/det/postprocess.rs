@@ -14,7 +14,7 @@ use imageproc::contours::find_contours;
 use imageproc::point::Point;
 use ndarray::ArrayView2;
 
-use crate::config::DetConfig;
+use crate::det::DetConfig;
 use crate::det::DetShape;
 
 /// A quadrilateral: top-left, top-right, bottom-right, bottom-left.

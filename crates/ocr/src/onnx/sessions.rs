@@ -8,7 +8,7 @@
 //! (batch size included) keeps every plan built once. So that few shapes exist, and all of them
 //! can be made and run once at start ([`crate::Engine::warm_up`]), a batch of `n` items is
 //! padded up to the next of three sizes, `1`, `⌈B/4⌉` and `B` for a model's batch size `B`
-//! ([`batch_sizes`]); the padding items are zeros and their outputs are dropped. The detector
+//! ([`crate::model::batch_sizes`]); the padding items are zeros and their outputs are dropped. The detector
 //! pads images to a few fixed canvases ([`crate::DetConfig::canvases`]) and the recogniser to
 //! a few widths, for the same reason. On CPU there is no such cost, so one session serves every
 //! shape and nothing is padded.
@@ -18,21 +18,11 @@ use std::path::{Path, PathBuf};
 use ort::environment::Environment;
 use ort::session::Session;
 
-use crate::binding::Bound;
 use crate::config::EngineConfig;
 use crate::error::EngineError;
-use crate::runtime;
-
-/// The batch sizes that runs are padded to when each shape has its own session: `1`, `⌈B/4⌉`
-/// and `B`. A partial batch then costs at most 4× its own items' compute, and each model shape
-/// has at most three batch sizes to make and warm up (a power-of-two ladder would have 6 at
-/// `B` = 32).
-pub(crate) fn batch_sizes(max: usize) -> Vec<usize> {
-    let max = max.max(1);
-    let mut v = vec![1, max.div_ceil(4), max];
-    v.dedup();
-    v
-}
+use crate::model::batch_sizes;
+use crate::onnx::binding::Bound;
+use crate::onnx::runtime;
 
 /// The sessions of one model file.
 pub(crate) struct ModelSessions {
@@ -212,20 +202,5 @@ impl ModelSessions {
                 Ok((&mut entry.1, Some(&mut entry.3)))
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::batch_sizes;
-
-    #[test]
-    fn three_batch_sizes_at_most() {
-        assert_eq!(batch_sizes(0), vec![1]);
-        assert_eq!(batch_sizes(1), vec![1]);
-        assert_eq!(batch_sizes(3), vec![1, 3]);
-        assert_eq!(batch_sizes(8), vec![1, 2, 8]);
-        assert_eq!(batch_sizes(32), vec![1, 8, 32]);
-        assert_eq!(batch_sizes(64), vec![1, 16, 64]);
     }
 }

@@ -11,8 +11,9 @@ use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, Memory
 use ort::session::{IoBinding, Session};
 use ort::value::Tensor;
 
+use super::outputs::copy_out;
 use crate::config::Device;
-use crate::model::{copy_out, RunOutput};
+use crate::model::RunOutput;
 
 /// The input tensor of a bound session: the model's f32 planes, or the bytes of a uint8-input
 /// graph (`models/make_u8.py`).

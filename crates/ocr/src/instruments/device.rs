@@ -315,7 +315,7 @@ impl ModelRunner for Simulated {
 
     fn padded_batch(&self, n: usize, max: usize) -> usize {
         if self.pad_like_cuda {
-            crate::sessions::batch_sizes(max)
+            crate::model::batch_sizes(max)
                 .into_iter()
                 .find(|&s| s >= n)
                 .unwrap_or(n)
