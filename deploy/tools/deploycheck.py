@@ -6,7 +6,7 @@
       (all objects, for validate-crds.mjs)
   deploycheck.py consistency REPO RENDERED_DIR
       checks that the files agree with each other and with the worker's code: TOML keys and
-      environment variables exist in crates/worker/src/config.rs, KEDA's trigger reads the topic
+      environment variables exist in crates/worker/src/config/table.rs, KEDA's trigger reads the topic
       and group the worker consumes, replicas <= partitions, the drain fits the grace period,
       metric names exist in crates/worker/src/metrics.rs, the Dockerfile and the manifests agree
       on paths, and example Secrets hold placeholders only.
@@ -52,13 +52,13 @@ def split(rendered, prefix):
 
 # ---------------------------------------------------------------------------------------------
 def worker_settings(repo):
-    """(flags, envs) of `ocrfleet worker`, read from the settings! table in config.rs, plus every
+    """(flags, envs) of `ocrfleet worker`, read from the settings! table in config/table.rs, plus every
     OCRFLEET_* name the CLI declares."""
-    src = open(os.path.join(repo, "crates/worker/src/config.rs"), encoding="utf-8").read()
+    src = open(os.path.join(repo, "crates/worker/src/config/table.rs"), encoding="utf-8").read()
     rows = re.findall(r'^\s*\w+\s*:\s*[^;]+?,\s*"([a-z0-9-]+)",\s*"(OCRFLEET_[A-Z0-9_]+)",\s*"[^"]*";',
                       src, re.M)
     if len(rows) < 20:
-        problem("crates/worker/src/config.rs", f"found only {len(rows)} settings rows; has the settings! table changed?")
+        problem("crates/worker/src/config/table.rs", f"found only {len(rows)} settings rows; has the settings! table changed?")
     flags = {r[0] for r in rows}
     envs = {r[1] for r in rows}
     for path in glob.glob(os.path.join(repo, "crates/**/*.rs"), recursive=True):
@@ -111,7 +111,7 @@ def check_rendered(repo, name, docs, flags, envs):
     cfg = tomllib.loads(cms[0]["data"]["ocrfleet.toml"])
     for k in cfg:
         if k not in flags:
-            problem(w, f"ocrfleet.toml key {k!r} is not a worker setting (config.rs settings!)")
+            problem(w, f"ocrfleet.toml key {k!r} is not a worker setting (config/table.rs settings!)")
     vol = {v["name"]: v for v in pod.get("volumes", [])}
     cfg_vol = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/etc/ocrfleet/ocrfleet.toml"]
     if not cfg_vol or vol.get(cfg_vol[0]["name"], {}).get("configMap", {}).get("name") != cms[0]["metadata"]["name"]:
