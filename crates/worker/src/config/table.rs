@@ -224,7 +224,7 @@ settings! {
         fetch_ca_cert: PathBuf, "fetch-ca-cert", "OCRFLEET_FETCH_CA_CERT", "";
     }
     engine: EngineArgs => EngineSettings, "Engine" {
-        /// Pages read of a multi-page TIFF at most; a file with more is dead-lettered (decode/too_many_pages). Animated GIF and WebP give their first frame.
+        /// Pages read of a multi-page TIFF at most; a file with more is refused whole (the worker dead-letters it: decode/too_many_pages). Animated GIF and WebP give their first frame.
         max_pages: u32, "max-pages", "OCRFLEET_MAX_PAGES", "50";
         /// Inference device: cpu, cuda or cuda:N (no silent fallback).
         device: Device, "device", "OCRFLEET_DEVICE", "cpu";
@@ -276,7 +276,7 @@ settings! {
         pdf_max_scan_dpi: f32, "pdf-max-scan-dpi", "OCRFLEET_PDF_MAX_SCAN_DPI", "400";
         /// Longest side of a rendered PDF page in pixels: a larger page (a poster) is rendered smaller, to fit.
         pdf_max_side: u32, "pdf-max-side", "OCRFLEET_PDF_MAX_SIDE", "4096";
-        /// Each call to a PDF renderer (open the document, read a page's text layer, render a page) must end within this; else the child is killed and the record dead-lettered (decode/pdf_timeout).
+        /// Each call to a PDF renderer (open the document, read a page's text layer, render a page) must end within this; else the child is killed and the document refused (the worker dead-letters it: decode/pdf_timeout).
         pdf_page_timeout: HumanDuration, "pdf-page-timeout", "OCRFLEET_PDF_PAGE_TIMEOUT", "20s";
     }
     pdf_renderers: PdfRendererArgs => PdfRendererSettings, "PDF renderers" {

@@ -648,21 +648,7 @@ mod tests {
     }
 
     fn message(state: &mut SourceState, offset: i64) {
-        if state.tracker.generation(0).is_none() {
-            state.tracker.assign(0);
-        }
-        let generation = state.tracker.received(0, offset).unwrap();
-        let envelope = Envelope {
-            partition: 0,
-            offset,
-            generation,
-            key: None,
-            value: Some(b"http://x/a.png".to_vec()),
-            headers: Vec::new(),
-            headers_total: 0,
-            timestamp_ms: None,
-            care: Default::default(),
-        };
+        let envelope = crate::kafka::state::tests::env(state, 0, offset);
         state.on_message(envelope, Instant::now());
     }
 

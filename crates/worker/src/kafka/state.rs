@@ -272,10 +272,12 @@ impl SourceState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn env(state: &mut SourceState, partition: i32, offset: i64) -> Envelope {
+    /// A message of `partition` at `offset`, received by `state` (assigning the partition first
+    /// if needed).
+    pub(crate) fn env(state: &mut SourceState, partition: i32, offset: i64) -> Envelope {
         if state.tracker.generation(partition).is_none() {
             state.tracker.assign(partition);
         }
