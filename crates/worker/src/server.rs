@@ -395,6 +395,8 @@ impl Pipeline {
         };
         let stop = CancellationToken::new();
         let drained = CancellationToken::new();
+        // Everything that can fail is made before the source starts taking messages.
+        let sink = shared.sink(cfg, es.clone(), done_tx)?;
         let (source, source_end) = shared.spawn_source(
             cfg,
             (chunk_tx, done_rx, journal_rx),
@@ -416,7 +418,6 @@ impl Pipeline {
             metrics.clone(),
             health.clone(),
         ));
-        let sink = shared.sink(cfg, es.clone(), done_tx)?;
         let sink = tasks.spawn(stages::sink::sink_stage(out_rx, sink));
         tasks.close();
         let engine_watch =

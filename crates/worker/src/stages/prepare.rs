@@ -155,19 +155,16 @@ impl Prepare {
         }
         // The slot is held until the body is decoded (bodies in memory stay bounded).
         let _slot = slot;
-        let t = Instant::now();
-        let (pages, plan, charge) = if ocrfleet_pdf::is_pdf(&fetched.bytes) {
+        let (pages, plan, charge, decode_ms) = if ocrfleet_pdf::is_pdf(&fetched.bytes) {
+            let t = Instant::now();
             let (pages, plan, charge) = self.read_pdf(fetched.bytes, attempts).await?;
-            (pages, Some(plan), charge)
+            let decode_ms = t.elapsed().as_secs_f64() * 1000.0;
+            self.observe_decode(decode_ms);
+            (pages, Some(plan), charge, decode_ms)
         } else {
-            let (pages, charge) = self.decode_image(fetched.bytes, attempts).await?;
-            (pages, None, charge)
+            let (pages, charge, decode_ms) = self.decode_image(fetched.bytes, attempts).await?;
+            (pages, None, charge, decode_ms)
         };
-        let decode_ms = t.elapsed().as_secs_f64() * 1000.0;
-        self.metrics
-            .stage_seconds
-            .with_label_values(&["decode"])
-            .observe(decode_ms / 1000.0);
         Ok(Prepared {
             request,
             pages,
@@ -210,12 +207,13 @@ impl Prepare {
     }
 
     /// Decodes an image's pages, charged to the budget once with its body and the decoder's
-    /// measured peak; the charge then shrinks to the RGB pages.
+    /// measured peak; the charge then shrinks to the RGB pages. Also the decoding's own time
+    /// (milliseconds, without the wait for the budget).
     async fn decode_image(
         &self,
         bytes: Vec<u8>,
         attempts: usize,
-    ) -> Result<(Vec<RgbImage>, Charge), Rejection> {
+    ) -> Result<(Vec<RgbImage>, Charge, f64), Rejection> {
         let decode_err = |e: ocrfleet_ocr::DecodeError| {
             let e = OcrError::from(e);
             Rejection::new(Stage::Decode, e.class(), e.to_string()).attempts(attempts)
@@ -240,14 +238,18 @@ impl Prepare {
             )
             .attempts(attempts));
         };
+        let t = Instant::now();
         let (max_pixels, max_pages) = (self.max_pixels, self.max_pages);
         let decoded = tokio::task::spawn_blocking(move || {
             decode::decode_pages(&bytes, max_pixels, max_pages)
         })
         .await;
         charge.shrink_to(cost.rgb_bytes);
+        let decode_ms = t.elapsed().as_secs_f64() * 1000.0;
+        // Observed whether the decoder succeeded or not.
+        self.observe_decode(decode_ms);
         match decoded {
-            Ok(r) => Ok((r.map_err(decode_err)?, charge)),
+            Ok(r) => Ok((r.map_err(decode_err)?, charge, decode_ms)),
             Err(join) => Err(Rejection::new(
                 Stage::Decode,
                 "panic",
@@ -255,6 +257,13 @@ impl Prepare {
             )
             .attempts(attempts)),
         }
+    }
+
+    fn observe_decode(&self, ms: f64) {
+        self.metrics
+            .stage_seconds
+            .with_label_values(&["decode"])
+            .observe(ms / 1000.0);
     }
 
     /// Reads a PDF (see [`ocrfleet_pdf`]): its plan within `--pdf-timeout`, the rendered
