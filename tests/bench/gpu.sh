@@ -37,6 +37,20 @@ if [ "$dry" = 1 ]; then
   ORT_DYLIB_PATH=$(ls "$PWD"/models/lib/libonnxruntime.so.* | head -n 1)
   export ORT_DYLIB_PATH
 fi
+# CUDA libraries from pip's nvidia-* wheels (nvidia-cudnn-cu12, nvidia-cublas-cu12, ...; there
+# when PyTorch or onnxruntime-gpu was installed with pip), after those on-device.sh found.
+pip_cuda=()
+if [ "$dry" != 1 ]; then
+  for site in $(python3 -c 'import site; print(" ".join(site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null); do
+    for lib in "$site"/nvidia/*/lib; do
+      [ -d "$lib" ] && pip_cuda+=("$lib")
+    done
+  done
+  if [ ${#pip_cuda[@]} -gt 0 ]; then
+    LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$(IFS=:; echo "${pip_cuda[*]}")"
+    export LD_LIBRARY_PATH
+  fi
+fi
 [ -x $run/ocrfleet ] || xz -dkf $run/ocrfleet.xz
 [ -x $run/noida-db ] || { xz -dkc $run/noida-db.xz > $run/noida-db && chmod +x $run/noida-db; }
 bin=$run/ocrfleet
@@ -62,6 +76,7 @@ small=()
 [ "$dry" = 1 ] && small=(--threads 1 --host-threads 1)
 
 log "ocrfleet GPU benchmark, commit $commit, dry run $dry"
+log "CUDA libraries from pip's nvidia-* packages: ${#pip_cuda[@]} folder(s) ${pip_cuda[*]:-}"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; echo "host cores: $(nproc)"; } 2>&1 | tee -a "$res"
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -lms 500 > "$out/util.txt" 2>&1 &
 smi=$!

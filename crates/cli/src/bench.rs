@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use image::RgbImage;
+use ocrfleet_ocr::device::Realism;
 use ocrfleet_ocr::{crop, decode, Engine};
 
 use crate::engine_args::EngineArgs;
@@ -385,6 +386,7 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
     let wants = |s: &str| args.stages.iter().any(|x| x == s);
     let mut rows = Vec::new();
     let mut costs = Vec::new();
+    let mut pessimistic = Vec::new();
     // Rows are printed as they are measured, so a run cut short still leaves its table.
     println!(
         "{:<9} {:>5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -423,11 +425,27 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
             costs.push((b, cost));
             rows.push(row);
             print_row(rows.last());
+            if let (Some(d), Some(_)) = (engine.simulated_device(), &args.device_costs) {
+                // The same batches on the pessimistic device, beside the idealised one.
+                d.set_realism(Realism::PESSIMISTIC);
+                let (mut row, cost) = pipeline_row(&mut engine, &images, b, args.repeat, lanes)?;
+                d.set_realism(Realism::IDEAL);
+                row.stage = PESSIMISTIC_ROW;
+                pessimistic.push((b, cost));
+                rows.push(row);
+                print_row(rows.last());
+            }
             *engine.config_mut() = defaults.clone();
         }
     }
+    if !pessimistic.is_empty() {
+        println!(
+            "# {PESSIMISTIC_ROW}: the pipeline on the pessimistic device {:?} (guesses, see crates/ocr/src/instruments/device.rs)",
+            Realism::PESSIMISTIC
+        );
+    }
 
-    print_costs(&costs);
+    print_costs(&costs, &pessimistic);
 
     if args.json {
         // The best pipeline row, for scripts (tests/bench/gpu.sh, the simulated-device table).
@@ -435,7 +453,7 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
             &args,
             &engine,
             &rows,
-            &costs,
+            (&costs, &pessimistic),
             (images.len(), lanes, &shapes),
         ) {
             println!("{v}");
@@ -493,8 +511,11 @@ fn pipeline_row(
     Ok((row, cost))
 }
 
-/// The pipeline rows' cost per image by stage.
-fn print_costs(costs: &[(usize, StageCost)]) {
+/// The stage name of the pipeline rows on the pessimistic device.
+const PESSIMISTIC_ROW: &str = "pipe/pess";
+
+/// The pipeline rows' cost per image by stage (those on the pessimistic device marked `p`).
+fn print_costs(costs: &[(usize, StageCost)], pessimistic: &[(usize, StageCost)]) {
     if costs.is_empty() {
         return;
     }
@@ -503,7 +524,8 @@ fn print_costs(costs: &[(usize, StageCost)]) {
         "{:<5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>10} {:>9}",
         "batch", "det", "crop", "cls", "rec", "total", "CPU ms", "cores", "img/s/core", "input MB"
     );
-    for (b, c) in costs {
+    let marked = costs.iter().map(|(b, c)| (b.to_string(), c));
+    for (b, c) in marked.chain(pessimistic.iter().map(|(b, c)| (format!("{b}p"), c))) {
         let n = c.images.max(1) as f64;
         println!(
             "{:<5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>7.2} {:>10.1} {:>9.2}",
@@ -527,7 +549,7 @@ fn best_json(
     args: &OcrBenchArgs,
     engine: &Engine,
     rows: &[Row],
-    costs: &[(usize, StageCost)],
+    (costs, pessimistic): (&[(usize, StageCost)], &[(usize, StageCost)]),
     (images, lanes, shapes): (usize, usize, &ocrfleet_ocr::WarmUp),
 ) -> Option<serde_json::Value> {
     let (r, (b, c)) = rows
@@ -535,26 +557,48 @@ fn best_json(
         .filter(|r| r.stage == "pipeline")
         .zip(costs.iter())
         .max_by(|a, b| (a.0.images as f64 / a.0.secs).total_cmp(&(b.0.images as f64 / b.0.secs)))?;
-    let mut lat = r.latencies_ms.clone();
-    lat.sort_by(f64::total_cmp);
-    let n = c.images.max(1) as f64;
-    Some(serde_json::json!({
-        "img_per_s": r.images as f64 / r.secs,
-        "lines_per_s": r.lines as f64 / r.secs,
+    let mut v = row_json(r, c);
+    // The pessimistic device at the same batch size.
+    if let Some((pr, (_, pc))) = rows
+        .iter()
+        .filter(|r| r.stage == PESSIMISTIC_ROW)
+        .zip(pessimistic.iter())
+        .find(|(_, (pb, _))| pb == b)
+    {
+        v["pessimistic"] = row_json(pr, pc);
+        v["pessimistic"]["realism"] = serde_json::json!(Realism::PESSIMISTIC);
+    }
+    let more = serde_json::json!({
         "batch": b,
-        "device_busy": c.device_busy,
-        "host_cpu_ms_per_img": 1000.0 * c.cpu_secs / n,
-        "input_mb_per_img": c.input_bytes as f64 / 1e6 / n,
-        "busy_cores": c.cpu_secs / c.wall_secs.max(1e-9),
-        "p50_ms": percentile(&lat, 0.5),
-        "p99_ms": percentile(&lat, 0.99),
         "device": if args.device_costs.is_some() { "simulated".to_string() } else if args.simulate { "recorded".to_string() } else { engine.provider() },
         "streams": engine.streams(),
         "lanes": lanes,
         "images": images,
         "warm_up_s": shapes.seconds,
         "sessions": shapes.sessions,
-    }))
+    });
+    for (k, x) in more.as_object()?.clone() {
+        v[k] = x;
+    }
+    Some(v)
+}
+
+/// A pipeline row's figures for the JSON line: throughput, device busy share, host CPU, the
+/// bytes sent, latency.
+fn row_json(r: &Row, c: &StageCost) -> serde_json::Value {
+    let mut lat = r.latencies_ms.clone();
+    lat.sort_by(f64::total_cmp);
+    let n = c.images.max(1) as f64;
+    serde_json::json!({
+        "img_per_s": r.images as f64 / r.secs,
+        "lines_per_s": r.lines as f64 / r.secs,
+        "device_busy": c.device_busy,
+        "host_cpu_ms_per_img": 1000.0 * c.cpu_secs / n,
+        "input_mb_per_img": c.input_bytes as f64 / 1e6 / n,
+        "busy_cores": c.cpu_secs / c.wall_secs.max(1e-9),
+        "p50_ms": percentile(&lat, 0.5),
+        "p99_ms": percentile(&lat, 0.99),
+    })
 }
 
 /// The pipeline rows against a peer's JSON line (`--peer`).

@@ -21,10 +21,16 @@ const IMAGES: [(&str, &str); 6] = [
 
 /// `n` good messages cycling through the known images; every third carries an explicit id.
 fn good_messages(srv: &ImageServer, n: usize, tag: &str) -> Vec<String> {
+    good_messages_at(srv, "img", n, tag)
+}
+
+/// [`good_messages`] served from `route` of the image server (`img`, or `late/MS` for images
+/// that arrive after MS ms).
+fn good_messages_at(srv: &ImageServer, route: &str, n: usize, tag: &str) -> Vec<String> {
     (0..n)
         .map(|i| {
             let (img, _) = IMAGES[i % IMAGES.len()];
-            let url = srv.url(&format!("img/{img}"));
+            let url = srv.url(&format!("{route}/{img}"));
             match i % 3 {
                 0 => serde_json::json!({"url": url, "id": format!("{tag}-{i}"), "metadata": {"n": i}}).to_string(),
                 1 => serde_json::json!({"url": url}).to_string(),
@@ -430,16 +436,27 @@ fn elasticsearch_outage_holds_commits_and_everything_is_indexed_after_it_returns
         lag(&nd.brokers(), group, topic, parts) == 0
     });
 
-    nd.stop_es();
-    let second = good_messages(srv, n / 2, "b");
+    // The second half's images arrive 15 s late, so that the worker has taken all of them
+    // before Elasticsearch goes down (once its probe sees the outage, intake pauses and would
+    // take nothing more) and can index none of them: nothing past them may be committed.
+    let second = good_messages_at(srv, "late/15000", n / 2, "b");
     produce(&nd.brokers(), topic, parts, &second);
-    // The worker takes the new messages but cannot index them: nothing past them is committed.
     wait_until(
         "worker consumed the second half",
         Duration::from_secs(120),
         || w.metric("ocrfleet_messages_consumed_total") >= n as f64,
     );
-    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        es_count(&nd.es_url(), index),
+        Some((n / 2) as u64),
+        "the second half is still downloading when Elasticsearch stops"
+    );
+    nd.stop_es();
+    wait_until("readyz reports the outage", Duration::from_secs(60), || {
+        !w.ready()
+    });
+    // The late images have arrived and been read by now; their documents cannot be written.
+    std::thread::sleep(Duration::from_secs(20));
     let committed: i64 = committed_and_high(&nd.brokers(), group, topic, parts)
         .iter()
         .map(|(c, _)| c)

@@ -268,7 +268,9 @@ fn a_rebalance_drops_held_work_and_leaves_no_crash_loop_journal_behind() {
         let log = w.log();
         assert!(
             !log.contains("running a record alone") && !log.contains("when a worker process died"),
-            "no record was in an engine when a process died:\n{log}"
+            "no record was in an engine when a process died:\n==> A\n{}\n==> B\n{}",
+            a.log(),
+            b.log()
         );
     }
     let journal = committed_metadata(&nd.brokers(), group, topic, parts);

@@ -383,6 +383,7 @@ impl Engine {
             ..costs
         }));
         self.device = Some(device.clone());
+        let pinned = self.config().io_binding;
         self.each_streams(|s| {
             s.map(|r| {
                 Box::new(Simulated {
@@ -390,6 +391,7 @@ impl Engine {
                     device: device.clone(),
                     ladder: r,
                     pad_like_cuda,
+                    pinned,
                 })
             })
         });

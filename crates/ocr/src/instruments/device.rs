@@ -10,9 +10,14 @@
 //! **The simulated device** ([`Device`]) has `streams` lanes, each running one model run at a
 //! time; a run waits for a free lane, then occupies it for what the [`Costs`] say its *padded*
 //! tensor costs: the detector by canvas pixels, the recogniser by padded width, the classifier
-//! by items, each times the padded batch size, plus a fixed cost per run. That is an idealised
-//! device: K streams give K times the throughput of one, where a real GPU gains only what one
-//! run leaves of its compute idle. Its busy time per stream is what `device_busy` reports.
+//! by items, each times the padded batch size, plus a fixed cost per run. Alone that is an
+//! idealised device: K streams give K times the throughput of one, where a real GPU gains only
+//! what one run leaves of its compute idle; copies are free and ONNX Runtime costs the host
+//! nothing. [`Realism`] adds what a real device charges: the input's host-to-device copy at a
+//! stated PCIe rate (pageable or pinned), the host CPU that ONNX Runtime spends per run (spent
+//! for real, so it shows in the host's CPU figures), and a stream-overlap factor (what each
+//! stream after the first adds). `bench ocr` prints the idealised and the pessimistic device
+//! side by side. Its busy time per stream is what `device_busy` reports.
 
 use std::hash::Hasher;
 use std::sync::{Arc, Condvar, Mutex};
@@ -212,10 +217,87 @@ impl Costs {
     }
 }
 
+/// What a real device charges beyond the [`Costs`] of its compute (see the module
+/// documentation). [`Realism::IDEAL`] charges nothing; [`Realism::PESSIMISTIC`] is the default
+/// of the side-by-side figures. Its numbers are stated guesses, not measurements: no run of
+/// this engine on a GPU has measured them yet.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Realism {
+    /// Host-to-device copy rate of a run's input from pageable memory, GB/s (0: free).
+    /// Pageable copies go through the driver's staging buffer and the calling thread waits.
+    pub h2d_pageable_gb_s: f64,
+    /// The same from pinned memory (`--io-binding`), GB/s (0: free).
+    pub h2d_pinned_gb_s: f64,
+    /// Host CPU that ONNX Runtime spends per run (kernel launches, the allocator, shape
+    /// checks), ms, spent busy on the calling thread before the run takes its stream.
+    pub host_ms_per_run: f64,
+    /// What each concurrent stream after the first adds to one stream's throughput: 1 is the
+    /// idealised device (K streams, K times one), 0.3 makes two streams 1.3 times one.
+    pub stream_overlap: f64,
+}
+
+impl Realism {
+    /// Copies free, no host cost per run, streams that add up.
+    pub const IDEAL: Realism = Realism {
+        h2d_pageable_gb_s: 0.0,
+        h2d_pinned_gb_s: 0.0,
+        host_ms_per_run: 0.0,
+        stream_overlap: 1.0,
+    };
+
+    /// Guesses on the slow side of what is published for a PCIe Gen4/Gen5 x16 host and ONNX
+    /// Runtime's CUDA provider: pageable copies at 6 GB/s, pinned at 20 GB/s, 1 ms of host CPU
+    /// per run (a few hundred kernel launches at a few µs each), a second stream adding 30 %.
+    pub const PESSIMISTIC: Realism = Realism {
+        h2d_pageable_gb_s: 6.0,
+        h2d_pinned_gb_s: 20.0,
+        host_ms_per_run: 1.0,
+        stream_overlap: 0.3,
+    };
+
+    /// Milliseconds to copy `bytes` to the device.
+    pub fn copy_ms(&self, bytes: usize, pinned: bool) -> f64 {
+        let rate = if pinned {
+            self.h2d_pinned_gb_s
+        } else {
+            self.h2d_pageable_gb_s
+        };
+        if rate > 0.0 {
+            bytes as f64 / (rate * 1e6)
+        } else {
+            0.0
+        }
+    }
+
+    /// A run's compute time `ms` when `busy` streams (itself included) share the device.
+    pub fn shared_ms(&self, ms: f64, busy: usize) -> f64 {
+        let k = busy.max(1) as f64;
+        ms * k / (1.0 + self.stream_overlap.clamp(0.0, 1.0) * (k - 1.0))
+    }
+}
+
+impl Default for Realism {
+    fn default() -> Realism {
+        Realism::IDEAL
+    }
+}
+
+/// Spends `ms` of this thread's CPU (a busy loop: the host cost is CPU, not a wait).
+fn spin(ms: f64) {
+    if ms <= 0.0 {
+        return;
+    }
+    let until = Instant::now() + Duration::from_secs_f64(ms / 1000.0);
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
 /// The simulated device: `streams` lanes (see the module documentation), and the time they
 /// were busy.
 pub struct Device {
     pub costs: Costs,
+    realism: Mutex<Realism>,
     lanes: Mutex<usize>,
     freed: Condvar,
     busy: Mutex<Duration>,
@@ -227,6 +309,7 @@ impl Device {
     pub fn new(costs: Costs) -> Device {
         Device {
             lanes: Mutex::new(costs.streams.max(1)),
+            realism: Mutex::new(Realism::IDEAL),
             costs,
             freed: Condvar::new(),
             busy: Mutex::new(Duration::ZERO),
@@ -234,16 +317,29 @@ impl Device {
         }
     }
 
-    /// Occupies a lane for what `b` costs.
-    fn occupy(&self, b: &Batch<'_>) {
-        let ms = self.costs.ms(b);
-        {
+    /// What the device charges besides compute from now on (see [`Realism`]).
+    pub fn set_realism(&self, r: Realism) {
+        *self.realism.lock().unwrap_or_else(|p| p.into_inner()) = r;
+    }
+
+    pub fn realism(&self) -> Realism {
+        *self.realism.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Occupies a lane for what `b` costs: its host CPU first, then its input's copy of
+    /// `input_bytes` and its compute, shared with the streams busy beside it.
+    fn occupy(&self, b: &Batch<'_>, input_bytes: usize, pinned: bool) {
+        let r = self.realism();
+        spin(r.host_ms_per_run);
+        let busy = {
             let mut free = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
             while *free == 0 {
                 free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
             }
             *free -= 1;
-        }
+            self.costs.streams.max(1) - *free
+        };
+        let ms = r.copy_ms(input_bytes, pinned) + r.shared_ms(self.costs.ms(b), busy);
         let t = Instant::now();
         if ms > 0.0 {
             std::thread::sleep(Duration::from_secs_f64(ms / 1000.0));
@@ -287,6 +383,8 @@ pub(crate) struct Simulated {
     /// Pad batches to the CUDA ladder (1, ⌈B/4⌉, B) whatever the real runner does, to simulate
     /// the CUDA path's tensors from a recording made on CPU.
     pub(crate) pad_like_cuda: bool,
+    /// Inputs are copied from pinned memory (`--io-binding`), at the pinned rate.
+    pub(crate) pinned: bool,
 }
 
 /// What is left in a wrapper whose runner was taken out: fails every run.
@@ -306,7 +404,9 @@ impl ModelRunner for Simulated {
     }
 
     fn run(&mut self, b: &Batch<'_>) -> Result<RunOutput, RunError> {
-        self.device.occupy(b);
+        let [_, h, w] = b.chw;
+        let bytes = b.run_n * h * w * self.ladder.input_bytes_per_pixel();
+        self.device.occupy(b, bytes, self.pinned);
         self.recording.answer(b).ok_or_else(|| RunError {
             message: "recorded device: this input was not recorded".into(),
             out_of_memory: false,
@@ -399,6 +499,7 @@ mod tests {
             device,
             ladder: Box::new(Fake::new()),
             pad_like_cuda: false,
+            pinned: false,
         };
         // Items 2 and 3 as a run of 2, padded to 3.
         let mut part = t[4..8].to_vec();
@@ -412,6 +513,46 @@ mod tests {
         assert!(sim
             .run(&batch(Stage::Recognize, &unknown, 1, 1, [1, 1, 2]))
             .is_err());
+    }
+
+    #[test]
+    fn the_pessimistic_device_charges_copies_and_shares_its_streams() {
+        let p = Realism::PESSIMISTIC;
+        // A float32 960×736 canvas (12 bytes a pixel), batch 8: 67.8 MB.
+        let bytes = 8 * 960 * 736 * 12;
+        assert!((p.copy_ms(bytes, false) - 11.30496).abs() < 1e-6);
+        assert!((p.copy_ms(bytes, true) - 3.391488).abs() < 1e-6);
+        assert_eq!(Realism::IDEAL.copy_ms(bytes, false), 0.0);
+        // Alone a run takes its cost; beside another, 2 / 1.3 of it (two streams: 1.3 times one).
+        assert_eq!(p.shared_ms(10.0, 1), 10.0);
+        assert!((p.shared_ms(10.0, 2) - 20.0 / 1.3).abs() < 1e-9);
+        assert_eq!(Realism::IDEAL.shared_ms(10.0, 2), 10.0);
+        assert_eq!(Realism::default(), Realism::IDEAL);
+    }
+
+    #[test]
+    fn a_run_on_the_pessimistic_device_occupies_its_stream_for_copy_and_compute() {
+        let costs = Costs {
+            rec: Cost {
+                fixed_ms: 20.0,
+                per_unit_ms: 0.0,
+            },
+            streams: 1,
+            ..Costs::default()
+        };
+        let d = Device::new(costs);
+        d.set_realism(Realism {
+            h2d_pageable_gb_s: 1.0,
+            ..Realism::PESSIMISTIC
+        });
+        let t = [0.0f32; 2];
+        // 30 MB at 1 GB/s: 30 ms of copy, then 20 ms of compute.
+        d.occupy(
+            &batch(Stage::Recognize, &t, 1, 1, [1, 1, 2]),
+            30_000_000,
+            false,
+        );
+        assert!(d.busy_seconds() >= 0.049, "{}", d.busy_seconds());
     }
 
     #[test]
@@ -431,7 +572,7 @@ mod tests {
                 let d = d.clone();
                 std::thread::spawn(move || {
                     let t = [0.0f32; 2];
-                    d.occupy(&batch(Stage::Recognize, &t, 1, 1, [1, 1, 2]));
+                    d.occupy(&batch(Stage::Recognize, &t, 1, 1, [1, 1, 2]), 0, false);
                 })
             })
             .collect();
