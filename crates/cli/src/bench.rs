@@ -519,7 +519,7 @@ fn print_costs(costs: &[(usize, StageCost)], pessimistic: &[(usize, StageCost)])
     if costs.is_empty() {
         return;
     }
-    println!("\n# pipeline cost per image by stage, ms summed over threads (det, cls and rec include their share of the batch's tensor fill and model run or replay); process CPU per image and images per second per busy core from /proc/self/stat; input MB: model input per image, what a device is sent");
+    println!("\n# pipeline cost per image by stage, ms summed over threads (det, cls and rec include their share of the batch's tensor fill, the wait for a free runner and the model run or replay); process CPU per image and images per second per busy core from /proc/self/stat; input MB: model input per image, what a device is sent");
     println!(
         "{:<5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>10} {:>9}",
         "batch", "det", "crop", "cls", "rec", "total", "CPU ms", "cores", "img/s/core", "input MB"

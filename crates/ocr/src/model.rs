@@ -33,6 +33,24 @@ pub fn batch_sizes(max: usize) -> Vec<usize> {
     v
 }
 
+/// How a runner pads a run's batch: not at all, or up the ladder of [`batch_sizes`] (a session
+/// per shape has sessions for those sizes only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    Exact,
+    Ladder,
+}
+
+impl Padding {
+    /// The batch size a run of `n` items is padded to, for a model whose batch size is `max`.
+    pub fn pad(self, n: usize, max: usize) -> usize {
+        match self {
+            Padding::Exact => n,
+            Padding::Ladder => batch_sizes(max).into_iter().find(|&s| s >= n).unwrap_or(n),
+        }
+    }
+}
+
 /// One model run: `run_n` items of `chw` in `tensor` (the last `run_n - n` are padding, zeros).
 #[derive(Debug, Clone, Copy)]
 pub struct Batch<'a> {
@@ -85,10 +103,10 @@ pub trait ModelRunner: Send {
     /// Runs `batch`; the output's first axis has `batch.run_n` items.
     fn run(&mut self, batch: &Batch<'_>) -> Result<RunOutput, RunError>;
 
-    /// The batch size a run of `n` items is padded to, for a model whose batch size is `max`
-    /// (a session per shape pads to a few sizes, see [`crate::sessions`]).
-    fn padded_batch(&self, n: usize, _max: usize) -> usize {
-        n
+    /// How a run's batch is padded (a session per shape pads to a few sizes, see
+    /// [`crate::onnx::sessions`]). The same for every runner of a model.
+    fn padding(&self) -> Padding {
+        Padding::Exact
     }
 
     /// Bytes of model input per pixel of an item: 12 for the f32 planes (3 channels), 4 for a
@@ -237,7 +255,7 @@ pub(crate) fn infer(runner: &mut dyn ModelRunner, batch: &Batch<'_>, max: usize)
     let mut padded = Vec::new();
     for start in (0..batch.n).step_by(chunk) {
         let k = chunk.min(batch.n - start);
-        let run_n = runner.padded_batch(k, max).max(k);
+        let run_n = runner.padding().pad(k, max).max(k);
         let items = &batch.tensor[start * slot..(start + k) * slot];
         let tensor = if run_n == k {
             items
@@ -268,6 +286,8 @@ pub struct Streams {
     free: Mutex<Vec<Box<dyn ModelRunner>>>,
     returned: Condvar,
     count: usize,
+    /// The runners' padding (the same for all of them).
+    padding: Padding,
     run_nanos: AtomicU64,
     input_bytes: AtomicU64,
 }
@@ -282,6 +302,7 @@ impl Streams {
     pub fn new(runners: Vec<Box<dyn ModelRunner>>) -> Streams {
         Streams {
             count: runners.len(),
+            padding: runners.first().map_or(Padding::Exact, |r| r.padding()),
             free: Mutex::new(runners),
             returned: Condvar::new(),
             run_nanos: AtomicU64::new(0),
@@ -333,6 +354,18 @@ impl Streams {
         assert_eq!(free.len(), self.count, "a runner is still taken");
         let all = std::mem::take(free);
         *free = all.into_iter().map(&mut wrap).collect();
+        self.padding = free.first().map_or(Padding::Exact, |r| r.padding());
+    }
+
+    /// The padded size of a run of `n` items, for a model whose batch size is `max`.
+    pub(crate) fn padded_batch(&self, n: usize, max: usize) -> usize {
+        self.padding.pad(n, max)
+    }
+
+    /// [`infer`] on a free runner (waiting for one), taken for this run only: a call's fills
+    /// and post-processing hold no runner, so other calls' runs go on meanwhile.
+    pub(crate) fn infer(&self, batch: &Batch<'_>, max: usize) -> BatchOutput {
+        self.take().infer(batch, max)
     }
 
     /// Sessions alive over all runners.
@@ -360,14 +393,6 @@ impl Stream<'_> {
             .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.streams.input_bytes.fetch_add(bytes, Ordering::Relaxed);
         out
-    }
-
-    /// The padded size of a run of `n` items.
-    pub(crate) fn padded_batch(&self, n: usize, max: usize) -> usize {
-        self.runner
-            .as_deref()
-            .expect("held until dropped")
-            .padded_batch(n, max)
     }
 
     /// The runner itself (probes, model-only benchmarks).
@@ -440,11 +465,11 @@ pub(crate) mod tests {
             })
         }
 
-        fn padded_batch(&self, n: usize, max: usize) -> usize {
+        fn padding(&self) -> Padding {
             if self.ladder {
-                batch_sizes(max).into_iter().find(|&s| s >= n).unwrap_or(n)
+                Padding::Ladder
             } else {
-                n
+                Padding::Exact
             }
         }
     }

@@ -31,11 +31,10 @@ pub(crate) fn classify(
     let (h, w) = (super::HEIGHT as usize, super::WIDTH as usize);
     let slot = 3 * h * w;
     let thresh = cfg.thresh;
-    let mut stream = cls.take();
     // Batches: (first crop, crop count, padded batch size).
     let batches: Vec<(usize, usize, usize)> = batches(crops.len(), cfg.batch_size)
         .into_iter()
-        .map(|(a, n)| (a, n, stream.padded_batch(n, cfg.batch_size)))
+        .map(|(a, n)| (a, n, cls.padded_batch(n, cfg.batch_size)))
         .collect();
     let view: &[Crop] = crops;
     // Each batch's answer per crop: turn it 180° or not (applied after the loop, which reads
@@ -53,7 +52,7 @@ pub(crate) fn classify(
                 });
         },
         |&(_, n, run_n), tensor| {
-            stream.infer(
+            cls.infer(
                 &Batch {
                     stage: Stage::Classify,
                     tensor,
@@ -75,7 +74,6 @@ pub(crate) fn classify(
                 .collect()
         },
     );
-    drop(stream);
     for (&(a, n, _), d) in batches.iter().zip(done) {
         let share = (d.fill_ms + d.run_ms) / n as f64;
         for (c, turn) in crops[a..a + n].iter_mut().zip(d.result) {

@@ -137,12 +137,11 @@ fn pass(
         .map(|im| DetShape::plan(im.width(), im.height(), cfg, &canvases))
         .collect();
     let mut groups = BTreeMap::new();
-    let mut stream = det.take();
     // Batches: (tensor height, width, member images, padded batch size).
     let batches: Vec<(usize, usize, &[usize], usize)> =
         batches(&shapes, which, cfg.batch_size, &mut groups)
             .into_iter()
-            .map(|(th, tw, c)| (th, tw, c, stream.padded_batch(c.len(), cfg.batch_size)))
+            .map(|(th, tw, c)| (th, tw, c, det.padded_batch(c.len(), cfg.batch_size)))
             .collect();
     let done = overlapped(
         host,
@@ -162,7 +161,7 @@ fn pass(
                 });
         },
         |&(th, tw, chunk, run_n), tensor| {
-            stream.infer(
+            det.infer(
                 &Batch {
                     stage: Stage::Detect,
                     tensor,
@@ -205,7 +204,6 @@ fn pass(
                 .collect()
         },
     );
-    drop(stream);
     let mut out: Vec<Option<Result<Pass, OcrError>>> = vec![None; images.len()];
     for (&(_, _, chunk, _), d) in batches.iter().zip(done) {
         let share = (d.fill_ms + d.run_ms) / chunk.len() as f64;

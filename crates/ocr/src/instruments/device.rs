@@ -27,7 +27,7 @@ use rustc_hash::{FxHashMap, FxHasher};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Stage;
-use crate::model::{Batch, ModelRunner, RunError, RunOutput};
+use crate::model::{Batch, ModelRunner, Padding, RunError, RunOutput};
 
 /// Recorded outputs, per item, shared by every runner of every model.
 #[derive(Default)]
@@ -150,8 +150,8 @@ impl ModelRunner for Recorder {
         self.inner.input_bytes_per_pixel()
     }
 
-    fn padded_batch(&self, n: usize, max: usize) -> usize {
-        self.inner.padded_batch(n, max)
+    fn padding(&self) -> Padding {
+        self.inner.padding()
     }
 
     fn sessions(&self) -> usize {
@@ -413,14 +413,11 @@ impl ModelRunner for Simulated {
         })
     }
 
-    fn padded_batch(&self, n: usize, max: usize) -> usize {
+    fn padding(&self) -> Padding {
         if self.pad_like_cuda {
-            crate::model::batch_sizes(max)
-                .into_iter()
-                .find(|&s| s >= n)
-                .unwrap_or(n)
+            Padding::Ladder
         } else {
-            self.ladder.padded_batch(n, max)
+            self.ladder.padding()
         }
     }
 

@@ -11,7 +11,7 @@ use image::RgbImage;
 
 use crate::config::{FaultPlan, ImageFault};
 use crate::error::Stage;
-use crate::model::{Batch, ModelRunner, RunError, RunOutput};
+use crate::model::{Batch, ModelRunner, Padding, RunError, RunOutput};
 
 /// Progress of a [`FaultPlan::Fail`], shared by the three models' runners.
 #[derive(Debug)]
@@ -78,8 +78,8 @@ impl ModelRunner for FaultRunner {
         self.inner.run(b)
     }
 
-    fn padded_batch(&self, n: usize, max: usize) -> usize {
-        self.inner.padded_batch(n, max)
+    fn padding(&self) -> Padding {
+        self.inner.padding()
     }
 
     fn sessions(&self) -> usize {

@@ -7,7 +7,7 @@ use ort::value::TensorRef;
 
 use super::outputs::copy_out;
 use super::sessions::ModelSessions;
-use crate::model::{Batch, ModelRunner, RunError, RunOutput};
+use crate::model::{Batch, ModelRunner, Padding, RunError, RunOutput};
 
 /// One ONNX Runtime run on an `[n, c, h, w]` f32 tensor, or, for a graph with uint8 input
 /// (`models/make_u8.py`), on `packed`: the same tensor as `[n, h, w, 4]` bytes (see
@@ -116,8 +116,8 @@ impl ModelRunner for OrtRunner {
         run_session(session, b.tensor, b.run_n, b.chw, packed).map_err(RunError::from_message)
     }
 
-    fn padded_batch(&self, n: usize, max: usize) -> usize {
-        self.sessions.padded_batch(n, max)
+    fn padding(&self) -> Padding {
+        self.sessions.padding()
     }
 
     fn input_bytes_per_pixel(&self) -> usize {

@@ -20,7 +20,7 @@ use ort::session::Session;
 
 use crate::config::EngineConfig;
 use crate::error::EngineError;
-use crate::model::batch_sizes;
+use crate::model::Padding;
 use crate::onnx::binding::Bound;
 use crate::onnx::runtime;
 
@@ -88,11 +88,11 @@ impl ModelSessions {
         })
     }
 
-    /// The batch size a run of `n` items is padded to, for a model whose batch size is `max`.
-    pub(crate) fn padded_batch(&self, n: usize, max: usize) -> usize {
+    /// How a run's batch is padded: to the ladder's sizes with a session per shape.
+    pub(crate) fn padding(&self) -> Padding {
         match self.mode {
-            Mode::Shared(_) => n,
-            Mode::PerShape { .. } => batch_sizes(max).into_iter().find(|&s| s >= n).unwrap_or(n),
+            Mode::Shared(_) => Padding::Exact,
+            Mode::PerShape { .. } => Padding::Ladder,
         }
     }
 

@@ -80,10 +80,9 @@ pub(crate) fn recognise(
     failed: &mut [Option<OcrError>],
 ) -> Vec<Option<Decoded>> {
     let order = order(crops, widths, failed);
-    let mut stream = rec.take();
     let batches: Vec<PaddedBatch<'_>> = batches(&order, max)
         .into_iter()
-        .map(|(b, items)| (b, items, stream.padded_batch(items.len(), max)))
+        .map(|(b, items)| (b, items, rec.padded_batch(items.len(), max)))
         .collect();
     let h = super::HEIGHT as usize;
     let done = overlapped(
@@ -100,7 +99,7 @@ pub(crate) fn recognise(
                 });
         },
         |&(bucket, batch, run_n), tensor| {
-            stream.infer(
+            rec.infer(
                 &Batch {
                     stage: Stage::Recognize,
                     tensor,
@@ -122,7 +121,6 @@ pub(crate) fn recognise(
                 .collect()
         },
     );
-    drop(stream);
     let mut texts: Vec<Option<Decoded>> = vec![None; crops.len()];
     for (&(_, batch, _), d) in batches.iter().zip(done) {
         let share = (d.fill_ms + d.run_ms) / batch.len() as f64;
