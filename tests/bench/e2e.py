@@ -4,6 +4,13 @@
         [--images DIR] [--bin PATH] [--models-dir DIR] [--noida PATH] [--tansu PATH]
         [--search-recall GROUND_TRUTH]
 
+With --device-costs COSTS_JSON [--device-scale F] the worker's engine runs on the SIMULATED
+device (the hidden `worker --test-device-costs`; crates/ocr/src/instruments/device.rs): the first
+copy of the images is a recording pass (each input runs once on the real models on this CPU and
+is not measured), then the other copies are produced and measured on the simulated device, whose
+busy share per stream ("device busy") says whether the worker keeps a device that is the
+bottleneck fed. The engine-only figure is then `bench ocr --simulate` on the same device.
+
 With --copies 1 --images .eval/images --search-recall .eval/ground_truth.json it also measures
 search recall on the real evaluation set (tests/eval/fetch.py): for each labelled word of four
 or more Latin letters, whether a `match` query finds that image's document.
@@ -63,6 +70,29 @@ def metrics(port):
 
 def total(ms, name):
     return sum(v for k, v in ms.items() if k == name or k.startswith(name + "{"))
+
+
+def quantile(ms, name, q, before=None):
+    """The q-quantile of a Prometheus histogram (the upper bound of the bucket it falls in),
+    over what was observed since the `before` scrape."""
+    buckets = []
+    for k, v in ms.items():
+        m = re.match(name + r'_bucket\{le="([^"]+)"\}$', k)
+        if m:
+            buckets.append((float(m.group(1)), v - (before or {}).get(k, 0.0)))
+    buckets.sort()
+    if not buckets or buckets[-1][1] <= 0:
+        return float("nan")
+    for le, count in buckets:
+        if count >= q * buckets[-1][1]:
+            return le
+    return float("inf")
+
+
+def produce(bin_, kport, partitions, lines):
+    subprocess.run([bin_, "produce", "--brokers", f"127.0.0.1:{kport}", "--topic", "bench",
+                    "--create-partitions", str(partitions)], input=lines.encode(), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def es(url, path, body):
@@ -138,6 +168,10 @@ def main():
                     help="seconds to wait for the worker; past it, the figures so far are printed as partial")
     ap.add_argument("--no-engine-only", action="store_true", help="skip the engine-only comparison run")
     ap.add_argument("--worker-arg", action="append", default=[], help="extra flag for the worker (repeatable)")
+    ap.add_argument("--device-costs", metavar="COSTS_JSON",
+                    help="run the worker on the simulated device of these costs (see above)")
+    ap.add_argument("--device-scale", type=float, default=1.0, help="multiplies --device-costs")
+    ap.add_argument("--streams", type=int, default=1, help="with --device-costs: the device's streams (K)")
     ap.add_argument("--search-recall", metavar="GROUND_TRUTH",
                     help="after indexing, query Elasticsearch for every labelled word (search_recall)")
     a = ap.parse_args()
@@ -168,25 +202,37 @@ def main():
     http = subprocess.Popen([sys.executable, "-c", server, str(hport), IMAGES],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     worker = None
+    simulated = ["--test-device-costs", a.device_costs, "--test-device-scale", str(a.device_scale),
+                 "--device-streams", str(a.streams)] if a.device_costs else []
+    # On the simulated device, copy 0 is the recording pass, produced and done before the rest.
+    recording = len(files) if a.device_costs else 0
     try:
         time.sleep(1)
-        lines = "".join(json.dumps({"url": f"http://127.0.0.1:{hport}/{f}", "id": f"{i}-{f}"}) + "\n"
-                        for i in range(a.copies) for f in files)
-        subprocess.run([BIN, "produce", "--brokers", f"127.0.0.1:{kport}", "--topic", "bench",
-                        "--create-partitions", str(a.partitions)], input=lines.encode(), check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        lines = ["".join(json.dumps({"url": f"http://127.0.0.1:{hport}/{f}", "id": f"{i}-{f}"}) + "\n"
+                         for f in files) for i in range(a.copies)]
+        produce(BIN, kport, a.partitions, lines[0] if recording else "".join(lines))
         log = open(a.worker_log or os.path.join(data, "worker.log"), "w")
         worker = subprocess.Popen([BIN, "worker", "--brokers", f"127.0.0.1:{kport}", "--topic", "bench",
                                    "--es-url", f"http://127.0.0.1:{eport}", "--es-index", "bench",
                                    "--fetch-allow", "127.0.0.0/8", "--http-addr", f"127.0.0.1:{mport}",
                                    "--threads", str(a.threads), "--ocr-batch", str(a.ocr_batch),
                                    "--device", a.device, "--models", a.models,
-                                   "--models-dir", a.models_dir] + a.worker_arg,
+                                   "--models-dir", a.models_dir] + simulated + a.worker_arg,
                                   stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
         t_first = t_done = None
-        ms = {}
+        ms, before = {}, {}
         deadline = time.time() + a.deadline
         done = 0
+        if recording:
+            while time.time() < deadline:
+                ms = metrics(mport)
+                if total(ms, "ocrfleet_messages_indexed_total") + \
+                        total(ms, "ocrfleet_messages_dead_lettered_total") >= recording:
+                    break
+                time.sleep(0.2)
+            before = metrics(mport)
+            t_first = time.time()
+            produce(BIN, kport, a.partitions, "".join(lines[1:]))
         while time.time() < deadline:
             ms = metrics(mport)
             consumed = total(ms, "ocrfleet_messages_consumed_total")
@@ -197,6 +243,8 @@ def main():
                 t_done = time.time()
                 break
             time.sleep(0.05)
+        done -= recording
+        n -= recording
         partial = t_done is None
         if partial:
             if t_first is None:
@@ -210,18 +258,24 @@ def main():
             worker.wait(timeout=60)
         engine_ips = float("nan")
         if not a.no_engine_only:
+            # The worker keeps two calls in flight per stream on a simulated device, as on CUDA.
+            sim = ["--simulate", "--device-costs", a.device_costs, "--device-scale", str(a.device_scale),
+                   "--device-streams", str(a.streams), "--lanes", str(2 * a.streams)] if a.device_costs else []
             engine = subprocess.run([BIN, "bench", "ocr", "--images", IMAGES, "--threads", str(a.threads),
                                      "--stages", "pipeline", "--batch-sizes", str(a.ocr_batch), "--repeat",
                                      str(a.copies), "--models-dir", a.models_dir, "--device", a.device,
-                                     "--models", a.models],
+                                     "--models", a.models] + sim,
                                     capture_output=True, text=True, check=True, cwd=ROOT).stdout
             row = [l for l in engine.splitlines() if l.startswith("pipeline")][-1].split()
             engine_ips = float(row[3])
         e2e_ips = (done if partial else n) / wall
-        device_s = total(ms, "ocrfleet_device_seconds_total")
-        print(f"# ocrfleet e2e: Kafka on {a.kafka}, {n} messages ({len(files)} images x {a.copies}), "
+        device_s = total(ms, "ocrfleet_device_seconds_total") - total(before, "ocrfleet_device_seconds_total")
+        print(f"# ocrfleet e2e: Kafka on {a.kafka}, {n} messages ({len(files)} images x {a.copies - (1 if recording else 0)}), "
               f"{a.partitions} partitions, device {a.device}, models {a.models}, threads {a.threads}, "
               f"ocr-batch {a.ocr_batch}")
+        if recording:
+            print(f"# SIMULATED device: {a.device_costs} x{a.device_scale} (after a recording pass of "
+                  f"{recording} images on the real models, not measured)")
         if partial:
             print(f"# PARTIAL: {done:.0f} of {n} messages done when the {a.deadline:.0f} s deadline came; "
                   "the rate below is over those")
@@ -229,15 +283,22 @@ def main():
         print(f"{'end-to-end img/s (first consume → all indexed)':<34} {e2e_ips:>10.2f}")
         print(f"{'engine-only img/s (bench ocr, same images)':<34} {engine_ips:>10.2f}")
         print(f"{'ratio end-to-end / engine-only':<34} {e2e_ips / engine_ips:>10.2f}")
-        print(f"{'indexed':<34} {total(ms, 'ocrfleet_messages_indexed_total'):>10.0f}")
+        print(f"{'indexed (recording pass included)':<34} {total(ms, 'ocrfleet_messages_indexed_total'):>10.0f}")
         print(f"{'dead-lettered':<34} {total(ms, 'ocrfleet_messages_dead_lettered_total'):>10.0f}")
         print(f"{'device busy (in run) / wall':<34} {device_s / wall:>10.2f}")
+        e2e = "ocrfleet_end_to_end_seconds"
+        print(f"{'record to indexed p50 / p99 s':<34} {quantile(ms, e2e, 0.5, before):>4.1f} / {quantile(ms, e2e, 0.99, before):.1f}"
+              "  (histogram bucket bounds; all records produced at once, so queueing in Kafka included)")
         print(f"\n{'stage':<10} {'calls':>7} {'busy s':>8} {'busy / wall':>12}")
         for st in ["fetch", "decode", "ocr", "index", "dlq"]:
-            s = ms.get(f'ocrfleet_stage_seconds_sum{{stage="{st}"}}', 0.0)
-            c = ms.get(f'ocrfleet_stage_seconds_count{{stage="{st}"}}', 0.0)
+            s = ms.get(f'ocrfleet_stage_seconds_sum{{stage="{st}"}}', 0.0) - \
+                before.get(f'ocrfleet_stage_seconds_sum{{stage="{st}"}}', 0.0)
+            c = ms.get(f'ocrfleet_stage_seconds_count{{stage="{st}"}}', 0.0) - \
+                before.get(f'ocrfleet_stage_seconds_count{{stage="{st}"}}', 0.0)
             print(f"{st:<10} {c:>7.0f} {s:>8.2f} {s / wall:>12.2f}")
-        bs = ms.get('ocrfleet_batch_size_sum{stage="ocr"}', 0) / max(ms.get('ocrfleet_batch_size_count{stage="ocr"}', 1), 1)
+        bsum = ms.get('ocrfleet_batch_size_sum{stage="ocr"}', 0) - before.get('ocrfleet_batch_size_sum{stage="ocr"}', 0)
+        bcount = ms.get('ocrfleet_batch_size_count{stage="ocr"}', 0) - before.get('ocrfleet_batch_size_count{stage="ocr"}', 0)
+        bs = bsum / max(bcount, 1)
         print(f"\nmean images per engine call: {bs:.1f}; wall {wall:.1f} s "
               "(fetch/decode run concurrently, so their busy/wall can exceed 1)")
         if a.search_recall:

@@ -471,10 +471,14 @@ fn device_costs(args: &OcrBenchArgs) -> anyhow::Result<Option<ocrfleet_ocr::devi
     let Some(p) = &args.device_costs else {
         return Ok(None);
     };
+    Ok(Some(read_costs(p)?.scaled(args.device_scale)))
+}
+
+/// A device cost file (`tests/bench/costs/`).
+pub(crate) fn read_costs(p: &std::path::Path) -> anyhow::Result<ocrfleet_ocr::device::Costs> {
     let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-    let costs = serde_json::from_str::<ocrfleet_ocr::device::Costs>(&text)
-        .with_context(|| format!("{} is not a device cost file", p.display()))?;
-    Ok(Some(costs.scaled(args.device_scale)))
+    serde_json::from_str::<ocrfleet_ocr::device::Costs>(&text)
+        .with_context(|| format!("{} is not a device cost file", p.display()))
 }
 
 /// One pipeline row: `images` recognised in batches of `b` on `lanes` concurrent calls, with

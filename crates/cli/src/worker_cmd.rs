@@ -25,6 +25,15 @@ pub struct WorkerCmd {
     /// `%ocrfleet-test-abort` and hang on one containing `%ocrfleet-test-hang`.
     #[arg(long, hide = true)]
     pub test_pdf_faults: bool,
+    /// Test-only: the engine runs on a SIMULATED device whose runs cost what this JSON file
+    /// says (as `bench ocr --device-costs`; each input runs once on the real models and is
+    /// recorded, later runs of it are the simulated device's), to show the worker end to end
+    /// keeping a device busy (tests/bench/e2e.py --device-costs).
+    #[arg(long, hide = true)]
+    pub test_device_costs: Option<PathBuf>,
+    /// Test-only: multiplies the costs of --test-device-costs.
+    #[arg(long, hide = true, default_value_t = 1.0)]
+    pub test_device_scale: f64,
     #[command(flatten)]
     pub settings: WorkerArgs,
 }
@@ -48,6 +57,11 @@ pub fn run_worker(cmd: WorkerCmd) -> anyhow::Result<ExitCode> {
     if cmd.test_pdf_faults {
         tracing::warn!("test-only PDF renderer fault injection is on");
         cfg.pdf.test_faults = true;
+    }
+    if let Some(p) = &cmd.test_device_costs {
+        let costs = crate::bench::read_costs(p)?.scaled(cmd.test_device_scale);
+        tracing::warn!(?costs, "test-only simulated device is on");
+        cfg.test_device_costs = Some(costs);
     }
     if let Some(s) = cmd.test_prepare_panic {
         tracing::warn!(url_contains = %s, "test-only prepare panic injection is on");

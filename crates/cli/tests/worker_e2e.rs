@@ -428,7 +428,15 @@ fn elasticsearch_outage_holds_commits_and_everything_is_indexed_after_it_returns
     create_topics(&nd.brokers(), topic, parts);
     let first = good_messages(srv, n / 2, "a");
     produce(&nd.brokers(), topic, parts, &first);
-    let w = Worker::start(&nd.brokers(), &nd.es_url(), topic, group, index, &[]);
+    // Time for the late images of the second half (the harness's default is 2 s).
+    let w = Worker::start(
+        &nd.brokers(),
+        &nd.es_url(),
+        topic,
+        group,
+        index,
+        &["--fetch-timeout", "30s"],
+    );
     wait_until("first half indexed", Duration::from_secs(300), || {
         es_count(&nd.es_url(), index) == Some((n / 2) as u64)
     });
@@ -470,11 +478,16 @@ fn elasticsearch_outage_holds_commits_and_everything_is_indexed_after_it_returns
     assert!(w.healthy());
 
     nd.start_es();
-    wait_until(
-        "everything indexed after the outage",
-        Duration::from_secs(300),
-        || es_count(&nd.es_url(), index) == Some(n as u64),
-    );
+    let t = std::time::Instant::now();
+    while es_count(&nd.es_url(), index) != Some(n as u64) {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "everything indexed after the outage: {:?} of {n}\n{}",
+            es_count(&nd.es_url(), index),
+            w.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     wait_until("lag 0", Duration::from_secs(60), || {
         lag(&nd.brokers(), group, topic, parts) == 0
     });

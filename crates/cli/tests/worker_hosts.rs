@@ -211,13 +211,8 @@ fn a_rebalance_drops_held_work_and_leaves_no_crash_loop_journal_behind() {
         "45s",
         "--liveness-timeout",
         "2m",
-        // max.poll.interval.ms is also the time the coordinator gives members to rejoin a
-        // rebalance. At 20 s a CI run (2026-12-07) saw the group rebalance every 20 s and A
-        // find another member's journal; the likely reading (only A's log was printed): B was
-        // left out of a rebalance on a loaded machine and lost its partitions without an
-        // orderly revoke, which leaves the journal behind as a crash does.
         "--kafka-option",
-        "session.timeout.ms=10000,max.poll.interval.ms=60000",
+        "session.timeout.ms=10000,max.poll.interval.ms=20000",
     ];
     let a = Worker::start(&nd.brokers(), &nd.es_url(), topic, group, index, &args);
     wait_until(

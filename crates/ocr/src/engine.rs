@@ -377,6 +377,17 @@ impl Engine {
     /// time is hidden, as it would be on a GPU. With `pad_like_cuda`, batches are padded as
     /// the CUDA path pads them (with [`EngineConfig::like_cuda`], the tensors are CUDA's).
     pub fn simulate(&mut self, costs: Costs, pad_like_cuda: bool) -> usize {
+        self.simulated(costs, pad_like_cuda, false)
+    }
+
+    /// [`Engine::simulate`] for inputs not known in advance (the worker's hidden
+    /// `--test-device-costs`): an input never recorded runs on the real models once, uncharged
+    /// to the simulated device, and is recorded; every later run of it is the device's.
+    pub fn simulate_through(&mut self, costs: Costs) -> usize {
+        self.simulated(costs, false, true)
+    }
+
+    fn simulated(&mut self, costs: Costs, pad_like_cuda: bool, record_through: bool) -> usize {
         let recording = self.recording.get_or_insert_with(Default::default).clone();
         let device = Arc::new(crate::instruments::device::Device::new(Costs {
             streams: self.streams(),
@@ -392,6 +403,7 @@ impl Engine {
                     ladder: r,
                     pad_like_cuda,
                     pinned,
+                    record_through,
                 })
             })
         });

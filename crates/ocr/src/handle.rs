@@ -101,11 +101,26 @@ impl EngineHandle {
         lanes: usize,
         queue: usize,
     ) -> Result<EngineHandle, EngineError> {
+        Self::spawn_on(cfg, lanes, queue, None)
+    }
+
+    /// [`EngineHandle::spawn`], with `simulated`: on a simulated device of these costs
+    /// ([`Engine::simulate_through`]; test and benchmark only).
+    pub fn spawn_on(
+        cfg: EngineConfig,
+        lanes: usize,
+        queue: usize,
+        simulated: Option<crate::device::Costs>,
+    ) -> Result<EngineHandle, EngineError> {
         let fault = cfg.fault;
         let mut engine = Engine::new(cfg)?;
         // Ready only once warmed up, so the caller's readiness means every input shape
         // already has its session.
         let warm_up = engine.warm_up()?;
+        if let Some(costs) = simulated {
+            engine.simulate_through(costs);
+            tracing::warn!(?costs, "test-only: the engine runs on a SIMULATED device (each input on the real models once, recorded, then answered from the recording after the time the costs say)");
+        }
         let engine = Arc::new(engine);
         let (tx, rx) = mpsc::channel::<Job>(queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
@@ -227,7 +242,11 @@ impl EngineHandle {
     /// divided by the runners per model: the device's busy time per stream. The rest of
     /// [`EngineHandle::busy_seconds`] is host work.
     pub fn device_seconds(&self) -> f64 {
-        self.engine.model_time().total() / self.engine.streams() as f64
+        match self.engine.simulated_device() {
+            // Time inside runs would count the waits for the shared device's streams.
+            Some(d) => d.busy_seconds() / self.engine.streams() as f64,
+            None => self.engine.model_time().total() / self.engine.streams() as f64,
+        }
     }
 
     /// The execution provider in use.

@@ -110,11 +110,13 @@ async fn start_up(
     .await??;
     let engine_cfg = cfg.engine.clone();
     let lanes = cfg.engine_lanes();
+    let simulated = cfg.test_device_costs;
     health.set_phase("loading the OCR models and warming up every input shape");
-    let engine =
-        tokio::task::spawn_blocking(move || EngineHandle::spawn(engine_cfg, lanes, 2 * lanes))
-            .await?
-            .context("cannot start the OCR engine")?;
+    let engine = tokio::task::spawn_blocking(move || {
+        EngineHandle::spawn_on(engine_cfg, lanes, 2 * lanes, simulated)
+    })
+    .await?
+    .context("cannot start the OCR engine")?;
     let warm = engine.warm_up();
     metrics
         .build_info

@@ -51,6 +51,20 @@ mod tests {
         assert_eq!(c.engine.host_threads, e.host_threads);
     }
 
+    /// Calls in flight: one per runner on CPU, two on CUDA, and two on the test-only simulated
+    /// device, which stands for a GPU.
+    #[test]
+    fn a_simulated_device_is_fed_as_a_gpu_is() {
+        let mut c = WorkerConfig::load(WorkerArgs::default(), None).unwrap();
+        c.engine.streams = 2;
+        assert_eq!(c.engine_lanes(), 2);
+        c.test_device_costs = Some(ocrfleet_ocr::device::Costs::default());
+        assert_eq!(c.engine_lanes(), 4);
+        c.test_device_costs = None;
+        c.engine.device = ocrfleet_ocr::Device::Cuda(0);
+        assert_eq!(c.engine_lanes(), 4);
+    }
+
     #[test]
     fn defaults_resolve() {
         let c = WorkerConfig::load(WorkerArgs::default(), None).unwrap();

@@ -54,6 +54,9 @@ pub struct WorkerConfig {
     /// Test-only (the hidden `--test-prepare-panic`): a prepare task panics on a URL containing
     /// this text, so that the catching of panics can be tested end to end.
     pub test_prepare_panic: Option<String>,
+    /// Test-only (the hidden `--test-device-costs`): the engine runs on a simulated device of
+    /// these costs (`ocrfleet_ocr::device`), to show the worker keeping a device busy.
+    pub test_device_costs: Option<ocrfleet_ocr::device::Costs>,
     pub memory_budget: u64,
     pub ocr_batch: usize,
     pub http_addr: std::net::SocketAddr,
@@ -278,6 +281,7 @@ impl WorkerConfig {
             liveness_timeout: h.liveness_timeout.0,
             replay_key: replay_key(d.replay_key.clone(), d.replay_key_file.clone())?,
             test_prepare_panic: None,
+            test_device_costs: None,
             memory_budget: o.memory_budget.as_u64(),
             ocr_batch: o.ocr_batch.max(1),
             http_addr: h.http_addr,
@@ -294,8 +298,9 @@ impl WorkerConfig {
     /// runner on CUDA (so that a call's host work overlaps another's model runs).
     pub fn engine_lanes(&self) -> usize {
         match self.engine.device {
-            Device::Cpu => self.engine.streams.max(1),
-            Device::Cuda(_) => 2 * self.engine.streams.max(1),
+            // A simulated device is fed as a GPU is.
+            Device::Cpu if self.test_device_costs.is_none() => self.engine.streams.max(1),
+            Device::Cpu | Device::Cuda(_) => 2 * self.engine.streams.max(1),
         }
     }
 }
