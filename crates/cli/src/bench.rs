@@ -515,11 +515,14 @@ fn pipeline_row(
     Ok((row, cost))
 }
 
+/// A pipeline row's batch size and what its stages cost.
+type BatchCost = (usize, StageCost);
+
 /// The stage name of the pipeline rows on the pessimistic device.
 const PESSIMISTIC_ROW: &str = "pipe/pess";
 
 /// The pipeline rows' cost per image by stage (those on the pessimistic device marked `p`).
-fn print_costs(costs: &[(usize, StageCost)], pessimistic: &[(usize, StageCost)]) {
+fn print_costs(costs: &[BatchCost], pessimistic: &[BatchCost]) {
     if costs.is_empty() {
         return;
     }
@@ -553,7 +556,7 @@ fn best_json(
     args: &OcrBenchArgs,
     engine: &Engine,
     rows: &[Row],
-    (costs, pessimistic): (&[(usize, StageCost)], &[(usize, StageCost)]),
+    (costs, pessimistic): (&[BatchCost], &[BatchCost]),
     (images, lanes, shapes): (usize, usize, &ocrfleet_ocr::WarmUp),
 ) -> Option<serde_json::Value> {
     let (r, (b, c)) = rows
