@@ -130,7 +130,9 @@ pub struct OcrBenchArgs {
     pub simulate: bool,
     /// With --simulate, a simulated device whose runs cost what this JSON file says (per model:
     /// fixed ms per run, ms per unit of padded tensor; see crates/ocr/src/instruments/device.rs and
-    /// tests/bench/costs/). Without it the recording answers at once.
+    /// tests/bench/costs/). Each pipeline row is then run again on the pessimistic device
+    /// (input copies, host CPU per run, streams that overlap 30 %; `pipe/pess` rows). Without it
+    /// the recording answers at once.
     #[arg(long, requires = "simulate")]
     pub device_costs: Option<PathBuf>,
     /// With --device-costs, multiplies every cost (e.g. 4 to make the device the bottleneck on a

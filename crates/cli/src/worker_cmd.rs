@@ -60,7 +60,7 @@ pub fn run_worker(cmd: WorkerCmd) -> anyhow::Result<ExitCode> {
     }
     if let Some(p) = &cmd.test_device_costs {
         let costs = crate::bench::read_costs(p)?.scaled(cmd.test_device_scale);
-        tracing::warn!(?costs, "test-only simulated device is on");
+        tracing::warn!(?costs, "test-only: the engine runs on a SIMULATED device (each input on the real models once, recorded, then answered from the recording after the time the costs say)");
         cfg.test_device_costs = Some(costs);
     }
     if let Some(s) = cmd.test_prepare_panic {

@@ -478,16 +478,11 @@ fn elasticsearch_outage_holds_commits_and_everything_is_indexed_after_it_returns
     assert!(w.healthy());
 
     nd.start_es();
-    let t = std::time::Instant::now();
-    while es_count(&nd.es_url(), index) != Some(n as u64) {
-        assert!(
-            t.elapsed() < Duration::from_secs(300),
-            "everything indexed after the outage: {:?} of {n}\n{}",
-            es_count(&nd.es_url(), index),
-            w.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        "everything indexed after the outage",
+        Duration::from_secs(300),
+        || es_count(&nd.es_url(), index) == Some(n as u64),
+    );
     wait_until("lag 0", Duration::from_secs(60), || {
         lag(&nd.brokers(), group, topic, parts) == 0
     });

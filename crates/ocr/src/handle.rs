@@ -119,7 +119,6 @@ impl EngineHandle {
         let warm_up = engine.warm_up()?;
         if let Some(costs) = simulated {
             engine.simulate_through(costs);
-            tracing::warn!(?costs, "test-only: the engine runs on a SIMULATED device (each input on the real models once, recorded, then answered from the recording after the time the costs say)");
         }
         let engine = Arc::new(engine);
         let (tx, rx) = mpsc::channel::<Job>(queue.max(1));
