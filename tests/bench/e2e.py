@@ -289,13 +289,13 @@ def main():
         e2e = "ocrfleet_end_to_end_seconds"
         print(f"{'record to indexed p50 / p99 s':<34} {quantile(ms, e2e, 0.5, before):>4.1f} / {quantile(ms, e2e, 0.99, before):.1f}"
               "  (histogram bucket bounds; all records produced at once, so queueing in Kafka included)")
-        print(f"\n{'stage':<10} {'calls':>7} {'busy s':>8} {'busy / wall':>12}")
-        for st in ["fetch", "decode", "ocr", "index", "dlq"]:
+        print(f"\n{'stage':<10} {'calls':>7} {'busy s':>8} {'busy / wall':>12} {'mean ms':>8}")
+        for st in ["fetch", "decode", "journal", "ocr", "index", "dlq"]:
             s = ms.get(f'ocrfleet_stage_seconds_sum{{stage="{st}"}}', 0.0) - \
                 before.get(f'ocrfleet_stage_seconds_sum{{stage="{st}"}}', 0.0)
             c = ms.get(f'ocrfleet_stage_seconds_count{{stage="{st}"}}', 0.0) - \
                 before.get(f'ocrfleet_stage_seconds_count{{stage="{st}"}}', 0.0)
-            print(f"{st:<10} {c:>7.0f} {s:>8.2f} {s / wall:>12.2f}")
+            print(f"{st:<10} {c:>7.0f} {s:>8.2f} {s / wall:>12.2f} {1000 * s / max(c, 1):>8.1f}")
         bsum = ms.get('ocrfleet_batch_size_sum{stage="ocr"}', 0) - before.get('ocrfleet_batch_size_sum{stage="ocr"}', 0)
         bcount = ms.get('ocrfleet_batch_size_count{stage="ocr"}', 0) - before.get('ocrfleet_batch_size_count{stage="ocr"}', 0)
         bs = bsum / max(bcount, 1)

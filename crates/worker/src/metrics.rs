@@ -70,7 +70,7 @@ impl Metrics {
             )
             .unwrap(),
             stage_seconds: HistogramVec::new(
-                HistogramOpts::new("ocrfleet_stage_seconds", "Latency per stage call (fetch: per image; decode: per image; ocr: per engine call; index: per bulk; dlq: per record)")
+                HistogramOpts::new("ocrfleet_stage_seconds", "Latency per stage call (fetch: per image; decode: per image; ocr: per engine call; journal: the crash-loop journal's commit before an engine call; index: per bulk; dlq: per record)")
                     .buckets(exponential_buckets(0.001, 2.0, 16).unwrap()),
                 &["stage"],
             )

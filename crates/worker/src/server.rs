@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::WorkerConfig;
-use crate::envelope::{Done, EngineJournal, Envelope};
+use crate::envelope::{Done, Envelope};
 use crate::failure::{Component, Stage};
 use crate::{budget, es, fetch, health, kafka, message, metrics, retry, stages, Summary};
 
@@ -185,7 +185,7 @@ struct Pipeline {
 type SourceChannels = (
     mpsc::Sender<Vec<Envelope>>,
     mpsc::UnboundedReceiver<Done>,
-    mpsc::UnboundedReceiver<EngineJournal>,
+    (kafka::committer::Commits, mpsc::UnboundedReceiver<kafka::committer::Job>),
 );
 
 /// Where the source thread's end is reported.
@@ -257,7 +257,7 @@ impl Shared {
         &self,
         cfg: &WorkerConfig,
         engine: &EngineHandle,
-        journal: mpsc::UnboundedSender<EngineJournal>,
+        journal: kafka::committer::JournalTx,
     ) -> stages::ocr::OcrSettings {
         stages::ocr::OcrSettings {
             batch: cfg.ocr_batch,
@@ -306,7 +306,7 @@ impl Shared {
     fn spawn_source(
         &self,
         cfg: &WorkerConfig,
-        (chunk_tx, done_rx, journal_rx): SourceChannels,
+        (chunk_tx, done_rx, (commits, commits_rx)): SourceChannels,
         (stop, drained): (CancellationToken, CancellationToken),
     ) -> anyhow::Result<(std::thread::JoinHandle<()>, SourceEndRx)> {
         let source_cfg = kafka::source::SourceConfig::from_worker(cfg);
@@ -317,6 +317,7 @@ impl Shared {
                 self.assignment.clone(),
                 self.metrics.clone(),
                 self.health.clone(),
+                commits,
             ),
         )?;
         let (end_tx, end) = oneshot::channel();
@@ -328,7 +329,7 @@ impl Shared {
                     &source_cfg,
                     chunk_tx,
                     done_rx,
-                    journal_rx,
+                    commits_rx,
                     stop,
                     drained,
                 );
@@ -380,7 +381,7 @@ impl Pipeline {
     ) -> anyhow::Result<Pipeline> {
         let Started { engine, es, pdf } = started;
         let shared = Shared::new(cfg, metrics, health)?;
-        let (journal_tx, journal_rx) = mpsc::unbounded_channel();
+        let (commits, journal_tx, commits_rx) = kafka::committer::channel();
         let prep = shared.prepare(cfg, pdf);
         let ocr_settings = shared.ocr_settings(cfg, &engine, journal_tx);
         tracing::info!(engine_timeout = %humantime::format_duration(ocr_settings.call_timeout), "an engine call running longer than this is a hung engine");
@@ -401,7 +402,7 @@ impl Pipeline {
         let sink = shared.sink(cfg, es.clone(), done_tx)?;
         let (source, source_end) = shared.spawn_source(
             cfg,
-            (chunk_tx, done_rx, journal_rx),
+            (chunk_tx, done_rx, (commits, commits_rx)),
             (stop.clone(), drained.clone()),
         )?;
 

@@ -6,12 +6,14 @@
 //! whichever worker gets it next.
 //!
 //! How it works:
-//! - Before each engine call, the OCR stage has the source commit, for every partition in the
-//!   call, its position with the offsets in the engine in the metadata (synchronously: the
-//!   call starts only once it is written): `run=` for a batch, `solo=` for a record that runs
-//!   alone. When a call returns, its offsets leave the journal (asynchronously: a process
-//!   that dies before that is written only makes suspects of records that were done). Every
-//!   other commit carries the same metadata, so it is never lost in between. An orderly stop
+//! - Before each engine call, the OCR stage has the committer (see [`super::committer`], a
+//!   thread of its own, so that the poll loop never waits on the broker) commit, for every
+//!   partition in the call, its position with the offsets in the engine in the metadata (the
+//!   call starts only once that commit returned): `run=` for a batch, `solo=` for a record that
+//!   runs alone. When a call returns, its offsets leave the journal (with the next commit, not
+//!   waited for: a process that dies before that is written only makes suspects of records
+//!   that were done). Every other commit carries the same metadata, so it is never lost in
+//!   between. An orderly stop
 //!   or revoke whose calls all returned leaves no `run=` or `solo=` behind.
 //! - A process that dies (or exits on a hung device call) leaves what was in the engine. The
 //!   next owner of the partition reads it at assignment ([`Journal::after_restart`]):

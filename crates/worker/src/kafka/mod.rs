@@ -2,6 +2,7 @@
 //! with its pure [`state`] and [`offsets`]), the [`dlq`] producer, start-up checks, and the
 //! `ocrfleet produce` and `ocrfleet replay` commands ([`produce`], [`replay`]).
 
+pub mod committer;
 pub mod dlq;
 pub mod headers;
 pub mod journal;

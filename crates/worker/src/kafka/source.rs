@@ -6,8 +6,10 @@
 //! polls, carries out what the state says (pause, resume, hand over a chunk, commit) and feeds
 //! it what happened (messages, finished events from the sink, rebalances).
 //!
-//! Offsets are never auto-committed. On revoke, finished offsets of the revoked partitions are
-//! committed synchronously and their in-flight work is disowned (a new generation, published in
+//! Offsets are never auto-committed, and never committed by this thread: every commit is made
+//! by the [`super::committer`]'s thread, so that polling never waits on the group coordinator.
+//! On revoke, finished offsets of the revoked partitions are committed (waited for, within
+//! [`super::committer::REVOKE_WAIT`]) and their in-flight work is disowned (a new generation, published in
 //! [`Assignment`] so the sink drops it), so the new owner redoes it. Partitions assigned while
 //! the source is paused are paused at once (cooperative assignment adds partitions without
 //! revoking the others, so they would otherwise be consumed while everything else waits).
@@ -15,7 +17,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -23,10 +25,11 @@ use rdkafka::ClientContext;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::committer::{self, Commits};
 use super::state::{Limits, SourceState};
 use super::Assignment;
 use crate::config::{KafkaConfig, WorkerConfig};
-use crate::envelope::{Done, EngineJournal, Envelope};
+use crate::envelope::{Done, Envelope};
 use crate::failure::Component;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -41,10 +44,12 @@ pub struct SourceContext {
     pub assignment: Assignment,
     pub metrics: Metrics,
     pub health: Arc<Health>,
+    /// Where commits are asked for (see [`super::committer`]).
+    pub commits: Commits,
 }
 
 impl SourceContext {
-    fn state(&self) -> std::sync::MutexGuard<'_, SourceState> {
+    pub(super) fn state(&self) -> std::sync::MutexGuard<'_, SourceState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -82,9 +87,9 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let mut commit = TopicPartitionList::new();
+            let mut commit = Vec::new();
             {
                 let mut st = self.state();
                 for e in tpl.elements() {
@@ -96,30 +101,14 @@ impl ConsumerContext for SourceContext {
                     self.assignment.revoke(e.partition());
                     st.revoked(e.partition());
                     if let Some((pos, meta)) = st.tracker.revoke(e.partition()) {
-                        add_commit(&mut commit, e.topic(), e.partition(), pos, &meta);
+                        commit.push((e.partition(), pos, meta));
                     }
                 }
             }
             self.metrics.rebalances.inc();
             tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions revoked; in-flight work for them is dropped");
-            if commit.count() > 0 {
-                if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
-                    tracing::warn!(error = %e, "commit on revoke failed; the new owner will redo those messages");
-                }
-            }
-        }
-    }
-
-    fn commit_callback(
-        &self,
-        result: rdkafka::error::KafkaResult<()>,
-        offsets: &TopicPartitionList,
-    ) {
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "commit failed; the positions will be offered again");
-            let mut st = self.state();
-            for el in offsets.elements() {
-                st.tracker.commit_failed(el.partition());
+            if !commit.is_empty() && !self.commits.revoked(commit) {
+                tracing::warn!(waited = ?committer::REVOKE_WAIT, "the commit on revoke did not return in time and is given up; the new owner will redo those messages");
             }
         }
     }
@@ -268,6 +257,7 @@ pub fn context(
     assignment: Assignment,
     metrics: Metrics,
     health: Arc<Health>,
+    commits: Commits,
 ) -> SourceContext {
     SourceContext {
         topic: cfg.kafka.topic.clone(),
@@ -276,6 +266,7 @@ pub fn context(
         assignment,
         metrics,
         health,
+        commits,
     }
 }
 
@@ -289,35 +280,47 @@ pub enum SourceEnd {
 }
 
 /// Runs the poll loop until `stop` is cancelled (then it drains for `shutdown_grace` or until
-/// `drained` is cancelled) or the worker is idle; then commits and leaves the group.
+/// `drained` is cancelled) or the worker is idle; then commits and leaves the group. The
+/// committer (see [`super::committer`]) runs beside it on a thread of its own, fed by
+/// `commits_rx` (the OCR stage's journal too), and ends with the last commit.
 pub fn run(
     consumer: BaseConsumer<SourceContext>,
     cfg: &SourceConfig,
     chunk_tx: mpsc::Sender<Vec<Envelope>>,
     mut done_rx: mpsc::UnboundedReceiver<Done>,
-    mut journal_rx: mpsc::UnboundedReceiver<EngineJournal>,
+    commits_rx: mpsc::UnboundedReceiver<committer::Job>,
     stop: CancellationToken,
     drained: CancellationToken,
 ) -> anyhow::Result<SourceEnd> {
-    let mut l = Loop {
-        consumer: &consumer,
-        cfg,
-        topic: cfg.kafka.topic.clone(),
-        chunk_tx: Some(chunk_tx),
-        stop_deadline: None,
-        end: SourceEnd::Stopped,
-    };
-    loop {
-        if l.stopped(&stop, &drained, &mut done_rx, &mut journal_rx) {
-            break;
-        }
-        l.take_events(&mut done_rx, &mut journal_rx);
-        l.steer();
-        l.hand_over()?;
-        l.poll();
-    }
-    let end = l.end;
-    commit_finished(&consumer, &cfg.kafka.topic, CommitMode::Sync);
+    let end = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("kafka-commits".into())
+            .spawn_scoped(scope, || committer::run(&consumer, &cfg.kafka.topic, commits_rx))?;
+        let mut l = Loop {
+            consumer: &consumer,
+            cfg,
+            chunk_tx: Some(chunk_tx),
+            stop_deadline: None,
+            end: SourceEnd::Stopped,
+            last_commit: Instant::now(),
+        };
+        let r = (|| {
+            loop {
+                if l.stopped(&stop, &drained, &mut done_rx) {
+                    break;
+                }
+                l.take_events(&mut done_rx);
+                l.steer();
+                l.hand_over()?;
+                l.poll();
+            }
+            anyhow::Ok(())
+        })();
+        // The last commit (also after a failure: what is finished is finished); the scope
+        // waits for it.
+        consumer.context().commits.last();
+        r.map(|()| l.end)
+    })?;
     consumer.unsubscribe();
     // Dropping the consumer closes it, which leaves the group.
     drop(consumer);
@@ -329,12 +332,13 @@ pub fn run(
 struct Loop<'a> {
     consumer: &'a BaseConsumer<SourceContext>,
     cfg: &'a SourceConfig,
-    topic: String,
     /// `None` once stopping: undispatched messages are no longer handed over.
     chunk_tx: Option<mpsc::Sender<Vec<Envelope>>>,
     /// When a stop gives up on in-flight work.
     stop_deadline: Option<Instant>,
     end: SourceEnd,
+    /// When commits were last asked for.
+    last_commit: Instant,
 }
 
 impl Loop<'_> {
@@ -349,7 +353,6 @@ impl Loop<'_> {
         stop: &CancellationToken,
         drained: &CancellationToken,
         done_rx: &mut mpsc::UnboundedReceiver<Done>,
-        journal_rx: &mut mpsc::UnboundedReceiver<EngineJournal>,
     ) -> bool {
         let now = Instant::now();
         if let (Some(idle), None) = (self.cfg.exit_when_idle, self.stop_deadline) {
@@ -376,28 +379,24 @@ impl Loop<'_> {
         while let Ok(d) = done_rx.try_recv() {
             ctx.state().on_done(d);
         }
-        // The calls that returned leave the journal with the last commit, so that an orderly
-        // stop leaves no `run=` behind for the next owner to count.
-        while let Ok(j) = journal_rx.try_recv() {
-            ctx.state().tracker.journal_running(&j.running);
-        }
+        // The calls that returned left the journal before the committer's last commit, so an
+        // orderly stop leaves no `run=` behind for the next owner to count.
         true
     }
 
-    /// What the sink finished, then what may be committed; what the engine is about to run,
-    /// recorded before it runs (the crash-loop journal).
-    fn take_events(
-        &self,
-        done_rx: &mut mpsc::UnboundedReceiver<Done>,
-        journal_rx: &mut mpsc::UnboundedReceiver<EngineJournal>,
-    ) {
-        let ctx = self.ctx();
+    /// What the sink finished, then a commit of what may be committed (at least every
+    /// [`COMMIT_EVERY`], so that a failed commit is tried again).
+    fn take_events(&mut self, done_rx: &mut mpsc::UnboundedReceiver<Done>) {
+        let ctx = self.consumer.context();
+        let mut finished = false;
         while let Ok(d) = done_rx.try_recv() {
             ctx.state().on_done(d);
+            finished = true;
         }
-        commit_finished(self.consumer, &self.topic, CommitMode::Async);
-        while let Ok(j) = journal_rx.try_recv() {
-            record_journal(self.consumer, &self.topic, j);
+        let now = Instant::now();
+        if finished || now.duration_since(self.last_commit) >= COMMIT_EVERY {
+            ctx.commits.finished();
+            self.last_commit = now;
         }
         let in_flight = ctx.state().in_flight();
         ctx.metrics.in_flight.set(in_flight as i64);
@@ -418,7 +417,7 @@ impl Loop<'_> {
             }
         }
         if !want {
-            pause_over_share(self.consumer, &self.topic);
+            pause_over_share(self.consumer, &self.cfg.kafka.topic);
         }
     }
 
@@ -437,12 +436,6 @@ impl Loop<'_> {
             Duration::from_millis(50)
         } else {
             ctx.state().poll_timeout(Instant::now())
-        };
-        // The engine waits for its journal to be recorded: answer within a few ms.
-        let timeout = if ctx.crash_loop_attempts > 0 {
-            timeout.min(JOURNAL_POLL)
-        } else {
-            timeout
         };
         match self.consumer.poll(timeout) {
             Some(Ok(m)) if self.stop_deadline.is_none() => self.take(&m),
@@ -564,65 +557,8 @@ fn pause_over_share(consumer: &BaseConsumer<SourceContext>, topic: &str) {
     st.set_paused_alone(want);
 }
 
-/// How long the poll loop blocks at most while the crash-loop journal is on.
-const JOURNAL_POLL: Duration = Duration::from_millis(5);
-
-fn add_commit(tpl: &mut TopicPartitionList, topic: &str, partition: i32, pos: i64, meta: &str) {
-    let mut e = tpl.add_partition(topic, partition);
-    let _ = e.set_offset(Offset::Offset(pos));
-    if !meta.is_empty() {
-        e.set_metadata(meta);
-    }
-}
-
-fn commit_finished(consumer: &BaseConsumer<SourceContext>, topic: &str, mode: CommitMode) {
-    let commits = consumer.context().state().tracker.take_commits();
-    if commits.is_empty() {
-        return;
-    }
-    let mut tpl = TopicPartitionList::new();
-    for (p, pos, meta) in &commits {
-        add_commit(&mut tpl, topic, *p, *pos, meta);
-    }
-    match consumer.commit(&tpl, mode) {
-        Ok(()) => tracing::debug!(?commits, "committed"),
-        Err(e) => {
-            tracing::warn!(error = %e, ?commits, "commit failed; the positions will be offered again");
-            let mut st = consumer.context().state();
-            for (p, _, _) in &commits {
-                st.tracker.commit_failed(*p);
-            }
-        }
-    }
-}
-
-/// Records what the engine runs in the committed offsets' metadata (see [`super::journal`]):
-/// when a call adds records, synchronously, so that it is on the broker before the call
-/// starts, then answers; when calls returned, with the next commit. Best effort: while the
-/// broker is unreachable the run goes ahead unrecorded.
-fn record_journal(consumer: &BaseConsumer<SourceContext>, topic: &str, j: EngineJournal) {
-    let ctx = consumer.context();
-    let added = ctx.state().tracker.journal_running(&j.running);
-    if added && ctx.health.is_up(Component::Broker) {
-        let commits = ctx.state().tracker.take_commits();
-        if !commits.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for (p, pos, meta) in &commits {
-                add_commit(&mut tpl, topic, *p, *pos, meta);
-            }
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                tracing::warn!(error = %e, "cannot record the engine's journal in the committed offsets; this run is not protected against a crash loop");
-                let mut st = ctx.state();
-                for (p, _, _) in &commits {
-                    st.tracker.commit_failed(*p);
-                }
-            }
-        }
-    }
-    if let Some(r) = j.recorded {
-        let _ = r.send(());
-    }
-}
+/// How often the poll loop asks for a commit when nothing finished (a failed one is retried).
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
@@ -692,16 +628,16 @@ mod tests {
             .port(); // bound, then closed: nothing listens there
         let cfg = config(&format!("127.0.0.1:{port}"));
         let health = Arc::new(Health::new(&prometheus::Registry::new()));
-        let ctx = context(&cfg, Assignment::default(), Metrics::new(), health.clone());
+        let (commits, _journal_tx, commits_rx) = committer::channel();
+        let ctx = context(&cfg, Assignment::default(), Metrics::new(), health.clone(), commits);
         let consumer = consumer(&cfg, ctx).unwrap();
         let (chunk_tx, _chunk_rx) = mpsc::channel(1);
         let (_done_tx, done_rx) = mpsc::unbounded_channel();
-        let (_journal_tx, journal_rx) = mpsc::unbounded_channel();
         let (stop, drained) = (CancellationToken::new(), CancellationToken::new());
         let source = {
             let (cfg, stop, drained) = (cfg.clone(), stop.clone(), drained.clone());
             std::thread::spawn(move || {
-                run(consumer, &cfg, chunk_tx, done_rx, journal_rx, stop, drained)
+                run(consumer, &cfg, chunk_tx, done_rx, commits_rx, stop, drained)
             })
         };
         // A generous wait for librdkafka's first failed connection, not a timing assertion.

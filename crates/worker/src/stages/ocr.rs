@@ -83,7 +83,7 @@ pub struct OcrSettings {
     pub topic: String,
     pub worker_id: String,
     /// Where to record what the engine runs, for crash-loop protection (none: off).
-    pub journal: Option<mpsc::UnboundedSender<EngineJournal>>,
+    pub journal: Option<crate::kafka::committer::JournalTx>,
     /// Checks the signature of replayed records' headers (none: they are ignored).
     pub replay_key: Option<message::ReplayKey>,
     /// The partitions this worker owns: work of a revoked one is dropped before it is run.
@@ -143,7 +143,7 @@ pub async fn ocr_stage<E: Recognizer>(
                 lanes.finish(id);
                 journal.remove(&id);
                 // The call returned: its records leave the journal with the next commit.
-                record(&cfg, journal.values().flatten().copied().collect(), false).await;
+                record(&cfg, &metrics, journal.values().flatten().copied().collect(), false).await;
                 finished.insert(id, (batch, counts, results, took));
                 while let Some((batch, counts, results, took)) = finished.remove(&next_emit) {
                     next_emit += 1;
@@ -205,7 +205,7 @@ pub async fn ocr_stage<E: Recognizer>(
                 let id = lanes.start(alone);
                 journal.insert(id, entries(&batch, alone));
                 // Written ahead: on the broker before the call starts.
-                record(&cfg, journal.values().flatten().copied().collect(), true).await;
+                record(&cfg, &metrics, journal.values().flatten().copied().collect(), true).await;
                 metrics.batch_size.with_label_values(&["ocr"]).observe(pages as f64);
                 running.push(submit(&engine, &cfg, &health, batch).map(move |c| (id, c)));
             }
@@ -302,29 +302,32 @@ type Call = (
     Duration,
 );
 
-/// Has the Kafka source record what the engine runs now (none: it is idle); with `ahead` (a
-/// call is about to add records), waits until it is on the broker (see
-/// [`crate::kafka::journal`]).
-async fn record(cfg: &OcrSettings, running: Vec<(i32, i64, u64, bool)>, ahead: bool) {
+/// Has the Kafka committer record what the engine runs now (none: it is idle); with `ahead`
+/// (a call is about to add records), waits until it is on the broker (see
+/// [`crate::kafka::journal`]) and observes the wait as the `journal` stage.
+async fn record(cfg: &OcrSettings, metrics: &Metrics, running: Vec<(i32, i64, u64, bool)>, ahead: bool) {
     let Some(tx) = &cfg.journal else { return };
     if !ahead {
-        let _ = tx.send(EngineJournal {
+        tx.send(EngineJournal {
             running,
             recorded: None,
         });
         return;
     }
+    let t = Instant::now();
     let (recorded, rx) = tokio::sync::oneshot::channel();
-    if tx
-        .send(EngineJournal {
-            running,
-            recorded: Some(recorded),
-        })
-        .is_ok()
-    {
-        // The source answers within a poll; it may be stopping, so do not wait for ever.
+    if tx.send(EngineJournal {
+        running,
+        recorded: Some(recorded),
+    }) {
+        // The committer answers after one commit; the source may be stopping, so do not
+        // wait for ever.
         let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
     }
+    metrics
+        .stage_seconds
+        .with_label_values(&["journal"])
+        .observe(t.elapsed().as_secs_f64());
 }
 
 /// The crash-loop journal's entries of a call's records.
