@@ -1,7 +1,9 @@
 //! Engine configuration with PaddleOCR/RapidOCR defaults. Every field has a documented default,
 //! so `EngineConfig::default()` is the tested, measured configuration.
 
+pub use crate::cls::ClsConfig;
 pub use crate::det::DetConfig;
+pub use crate::rec::RecConfig;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -118,86 +120,6 @@ impl ModelSet {
             ModelSet::V4 => "PP-OCRv4-mobile",
             ModelSet::V6 => "PP-OCRv6-small",
             ModelSet::V4DetV6Rec => "PP-OCRv4-mobile-det+PP-OCRv6-small-rec",
-        }
-    }
-}
-
-/// 180° classifier settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClsConfig {
-    /// Run the classifier at all. Default true.
-    pub enabled: bool,
-    /// A crop is turned 180° only when the classifier says so with at least this confidence.
-    /// Default 0.99 (PaddleOCR's is 0.9): at 0.9 the classifier turned upright lines of real
-    /// forms and receipts, and the evaluation set's CER fell from 0.204 to 0.194 at 0.98 and
-    /// 0.191 at 0.99; the upside-down fixture is still turned.
-    pub thresh: f32,
-    /// Crops per classifier run (all 3×48×192). Default 64.
-    pub batch_size: usize,
-}
-
-impl Default for ClsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            thresh: 0.99,
-            batch_size: 64,
-        }
-    }
-}
-
-/// Recognition settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RecConfig {
-    /// Width buckets (pixels at height 48), ascending. A crop is padded to the smallest bucket
-    /// that holds it; crops wider than the last are squeezed into it. Empty (the default)
-    /// picks by device, see [`RecConfig::CPU_WIDTHS`] and [`RecConfig::CUDA_WIDTHS`].
-    pub widths: Vec<u32>,
-    /// Crops per recogniser run; 0 picks by device: 8 on CPU (larger CPU batches measured
-    /// slower: 70 lines/s at 4, 54 at 32 on 2 threads), 32 on CUDA. Default 0.
-    pub batch_size: usize,
-    /// Lines whose score is below this are dropped. Default 0.5.
-    pub drop_score: f32,
-    /// Load the recogniser with the CTC argmax appended (`rec.argmax.onnx`, made by
-    /// `models/make_argmax.py` from `models/fetch.sh`): the model returns the best class and
-    /// its probability per time step instead of the whole softmax (v4: 2 values instead of
-    /// 6,625 per step), so the device copies and the host scans 3,000× less. The decoded text
-    /// is identical (tests/parity.rs). Default true.
-    pub argmax_in_model: bool,
-    /// Put back the spaces between Latin words that the recogniser dropped, from its CTC
-    /// alignment (see [`crate::words`]).
-    pub spaces: crate::words::SpaceRule,
-}
-
-impl RecConfig {
-    /// CPU width buckets: every 32 px from 64 to 2560. On CPU a new shape costs nothing and
-    /// the model's cost grows with width, so a crop is padded by less than 32 px. Measured
-    /// with `ocrfleet bench ocr --threads 1 --stages rec` on 12 rendered receipt pages (920
-    /// crops): 41.0 lines/s, against 25.6 with [`RecConfig::CUDA_WIDTHS`], whose 320 px floor
-    /// pads a 100 px price to 320. The text is batch-invariant either way (a crop's tensor
-    /// depends on the crop and its bucket only); crates/ocr/docs/accuracy.md has the accuracy on
-    /// real scans.
-    pub const CPU_WIDTHS: (u32, u32, u32) = (64, 2560, 32);
-    /// CUDA width buckets: few, because each new input shape costs a cuDNN plan (75-900 ms
-    /// measured on an H200) and, with a session per shape, GPU memory; fine enough that little
-    /// of the tensor is padding. On the 45 real pages (2,197 crops; `ocrfleet bench ocr
-    /// --padding-report --images .eval/real45`, deploy/docs/performance.md), these 11 widths pad
-    /// 24.1 % of the recogniser's tensors with batches padded to 1, B/4 or B, against 35.4 %
-    /// with the earlier 7 (320, 480, 640, 960, 1280, 1920, 2560), for 33 sessions per runner
-    /// instead of 21 (the cap is 48).
-    pub const CUDA_WIDTHS: [u32; 11] = [160, 240, 320, 400, 480, 640, 800, 960, 1280, 1920, 2560];
-}
-
-impl Default for RecConfig {
-    fn default() -> Self {
-        Self {
-            widths: Vec::new(),
-            batch_size: 0,
-            drop_score: 0.5,
-            argmax_in_model: true,
-            spaces: crate::words::SpaceRule::default(),
         }
     }
 }
@@ -523,17 +445,20 @@ impl EngineConfig {
     /// the start-up log: per model, its shapes and batch sizes; the runners; the total; each
     /// arena's limit.
     pub fn session_plan(&self) -> String {
-        let ladder = |b: usize| crate::model::batch_sizes(b);
+        let ladder = crate::model::batch_sizes;
+        let det_sizes = ladder(self.det.batch_size);
+        let cls_sizes = if self.cls.enabled {
+            ladder(self.cls.batch_size)
+        } else {
+            Vec::new()
+        };
+        let rec_sizes = ladder(self.rec_batch_size());
         let canvases = self.det_canvases();
         let second = self.det.small_text_px > 0.0;
-        let det = (canvases.len().max(1) + usize::from(second)) * ladder(self.det.batch_size).len();
-        let cls = if self.cls.enabled {
-            ladder(self.cls.batch_size).len()
-        } else {
-            0
-        };
+        let det = (canvases.len().max(1) + usize::from(second)) * det_sizes.len();
+        let cls = cls_sizes.len();
         let widths = self.rec_widths();
-        let rec = widths.len() * ladder(self.rec_batch_size()).len();
+        let rec = widths.len() * rec_sizes.len();
         let streams = self.streams.max(1);
         let total = (det + cls + rec) * streams;
         debug_assert_eq!(total, self.max_sessions());
@@ -545,10 +470,10 @@ impl EngineConfig {
             "det {} canvas(es){} x batch {:?} = {det}; cls batch {:?} = {cls}; rec {} width(s) x batch {:?} = {rec}; {} per runner x {streams} runner(s) = {total} sessions; {arena}",
             canvases.len(),
             if second { " + the small-text canvas" } else { "" },
-            ladder(self.det.batch_size),
-            if self.cls.enabled { ladder(self.cls.batch_size) } else { Vec::new() },
+            det_sizes,
+            cls_sizes,
             widths.len(),
-            ladder(self.rec_batch_size()),
+            rec_sizes,
             det + cls + rec,
         )
     }

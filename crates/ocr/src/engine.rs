@@ -78,10 +78,11 @@ fn streams(
     fault: &Option<Arc<std::sync::Mutex<FailState>>>,
 ) -> Result<Streams, EngineError> {
     let path = cfg.model_path(name);
+    let options = runtime::SessionOptions::from_config(cfg);
     let runners = (0..cfg.streams.max(1))
         .map(|_| {
             let r: Box<dyn ModelRunner> =
-                Box::new(OrtRunner::new(ModelSessions::new(cfg, env, &path)?));
+                Box::new(OrtRunner::new(ModelSessions::new(&options, env, &path)?));
             Ok(match fault {
                 Some(state) => Box::new(FaultRunner {
                     inner: r,

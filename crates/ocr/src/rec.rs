@@ -10,8 +10,94 @@ pub(crate) mod stage;
 use fast_image_resize::Resizer;
 use image::RgbImage;
 use ndarray::{ArrayView1, ArrayView2};
+use serde::{Deserialize, Serialize};
 
 use crate::preprocess::{resize_to_height, width_at_height, write_planes};
+
+/// Recognition settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecConfig {
+    /// Width buckets (pixels at height 48), ascending. A crop is padded to the smallest bucket
+    /// that holds it; crops wider than the last are squeezed into it. Empty (the default)
+    /// picks by device, see [`RecConfig::CPU_WIDTHS`] and [`RecConfig::CUDA_WIDTHS`].
+    pub widths: Vec<u32>,
+    /// Crops per recogniser run; 0 picks by device: 8 on CPU (larger CPU batches measured
+    /// slower: 70 lines/s at 4, 54 at 32 on 2 threads), 32 on CUDA. Default 0.
+    pub batch_size: usize,
+    /// Lines whose score is below this are dropped. Default 0.5.
+    pub drop_score: f32,
+    /// Load the recogniser with the CTC argmax appended (`rec.argmax.onnx`, made by
+    /// `models/make_argmax.py` from `models/fetch.sh`): the model returns the best class and
+    /// its probability per time step instead of the whole softmax (v4: 2 values instead of
+    /// 6,625 per step), so the device copies and the host scans 3,000× less. The decoded text
+    /// is identical (tests/parity.rs). Default true.
+    pub argmax_in_model: bool,
+    /// Put back the spaces between Latin words that the recogniser dropped, from its CTC
+    /// alignment (see [`crate::words`]).
+    pub spaces: SpaceRule,
+}
+
+impl RecConfig {
+    /// CPU width buckets: every 32 px from 64 to 2560. On CPU a new shape costs nothing and
+    /// the model's cost grows with width, so a crop is padded by less than 32 px. Measured
+    /// with `ocrfleet bench ocr --threads 1 --stages rec` on 12 rendered receipt pages (920
+    /// crops): 41.0 lines/s, against 25.6 with [`RecConfig::CUDA_WIDTHS`], whose 320 px floor
+    /// pads a 100 px price to 320. The text is batch-invariant either way (a crop's tensor
+    /// depends on the crop and its bucket only); crates/ocr/docs/accuracy.md has the accuracy on
+    /// real scans.
+    pub const CPU_WIDTHS: (u32, u32, u32) = (64, 2560, 32);
+    /// CUDA width buckets: few, because each new input shape costs a cuDNN plan (75-900 ms
+    /// measured on an H200) and, with a session per shape, GPU memory; fine enough that little
+    /// of the tensor is padding. On the 45 real pages (2,197 crops; `ocrfleet bench ocr
+    /// --padding-report --images .eval/real45`, deploy/docs/performance.md), these 11 widths pad
+    /// 24.1 % of the recogniser's tensors with batches padded to 1, B/4 or B, against 35.4 %
+    /// with the earlier 7 (320, 480, 640, 960, 1280, 1920, 2560), for 33 sessions per runner
+    /// instead of 21 (the cap is 48).
+    pub const CUDA_WIDTHS: [u32; 11] = [160, 240, 320, 400, 480, 640, 800, 960, 1280, 1920, 2560];
+}
+
+impl Default for RecConfig {
+    fn default() -> Self {
+        Self {
+            widths: Vec::new(),
+            batch_size: 0,
+            drop_score: 0.5,
+            argmax_in_model: true,
+            spaces: SpaceRule::default(),
+        }
+    }
+}
+
+/// When a gap between two characters (of scripts written with spaces) is a space.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpaceRule {
+    /// Off: keep the recogniser's own spaces only.
+    pub enabled: bool,
+    /// A space when the space class's probability reaches this on a step between the two
+    /// characters (needs the `space` output of `rec.argmax.onnx`, or the full softmax).
+    /// Default 0.05 (FUNSD training forms, v4: 0.02 put back 194 with 9 wrong, 0.05 183 with
+    /// 4, 0.1 160 with 1).
+    pub space_prob: f32,
+    /// Or when the distance from one character's first step to the next one's exceeds the
+    /// line's median distance by at least this many steps. Default 3 (a wide gap, such as two
+    /// table columns in one box: +6 right and +4 wrong on the same forms).
+    pub min_extra: f32,
+    /// The pitch rule needs at least this many character pairs on the line. Default 3.
+    pub min_pairs: usize,
+}
+
+impl Default for SpaceRule {
+    fn default() -> Self {
+        SpaceRule {
+            enabled: true,
+            space_prob: 0.05,
+            min_extra: 3.0,
+            min_pairs: 3,
+        }
+    }
+}
 
 /// Recogniser input height.
 pub const HEIGHT: u32 = 48;

@@ -15,6 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::det::postprocess::Quad;
+pub use crate::rec::SpaceRule;
 use crate::rec::{Decoded, Glyph};
 
 /// One word of a line: its text and its corners in image pixels (top-left, top-right,
@@ -24,36 +25,6 @@ pub struct Word {
     pub text: String,
     #[serde(rename = "box")]
     pub bbox: [[i32; 2]; 4],
-}
-
-/// When a gap between two characters (of scripts written with spaces) is a space.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SpaceRule {
-    /// Off: keep the recogniser's own spaces only.
-    pub enabled: bool,
-    /// A space when the space class's probability reaches this on a step between the two
-    /// characters (needs the `space` output of `rec.argmax.onnx`, or the full softmax).
-    /// Default 0.05 (FUNSD training forms, v4: 0.02 put back 194 with 9 wrong, 0.05 183 with
-    /// 4, 0.1 160 with 1).
-    pub space_prob: f32,
-    /// Or when the distance from one character's first step to the next one's exceeds the
-    /// line's median distance by at least this many steps. Default 3 (a wide gap, such as two
-    /// table columns in one box: +6 right and +4 wrong on the same forms).
-    pub min_extra: f32,
-    /// The pitch rule needs at least this many character pairs on the line. Default 3.
-    pub min_pairs: usize,
-}
-
-impl Default for SpaceRule {
-    fn default() -> Self {
-        SpaceRule {
-            enabled: true,
-            space_prob: 0.05,
-            min_extra: 3.0,
-            min_pairs: 3,
-        }
-    }
 }
 
 /// Whether `c` belongs to a script written without spaces between words (CJK ideographs,

@@ -185,7 +185,10 @@ struct Pipeline {
 type SourceChannels = (
     mpsc::Sender<Vec<Envelope>>,
     mpsc::UnboundedReceiver<Done>,
-    (kafka::committer::Commits, mpsc::UnboundedReceiver<kafka::committer::Job>),
+    (
+        kafka::committer::Commits,
+        mpsc::UnboundedReceiver<kafka::committer::Job>,
+    ),
 );
 
 /// Where the source thread's end is reported.

@@ -6,7 +6,7 @@
 use fast_image_resize::Resizer;
 use rayon::prelude::*;
 
-use crate::config::ClsConfig;
+use super::ClsConfig;
 use crate::crop::Crop;
 use crate::error::{OcrError, Stage};
 use crate::model::{Batch, Streams};

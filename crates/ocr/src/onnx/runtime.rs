@@ -17,6 +17,36 @@ use ort::session::Session;
 use crate::config::{Device, EngineConfig};
 use crate::error::EngineError;
 
+/// What session creation needs of the engine's configuration, taken once
+/// ([`SessionOptions::from_config`]), so that the sessions keep these few values and not the
+/// whole [`EngineConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionOptions {
+    pub device: Device,
+    /// ONNX Runtime's intra-op threads (0: its default; one on CUDA).
+    pub intra_threads: usize,
+    /// Each session's arena limit on CUDA ([`EngineConfig::session_memory_limit`]).
+    pub memory_limit: Option<usize>,
+    /// A session per input shape (CUDA), at most `max_per_model` alive per runner.
+    pub per_shape: bool,
+    pub max_per_model: usize,
+    /// Runs go through an IoBinding (`--io-binding`; fixed-shape sessions only).
+    pub io_binding: bool,
+}
+
+impl SessionOptions {
+    pub fn from_config(cfg: &EngineConfig) -> SessionOptions {
+        SessionOptions {
+            device: cfg.device,
+            intra_threads: cfg.intra_threads,
+            memory_limit: cfg.session_memory_limit(),
+            per_shape: cfg.per_shape_sessions(),
+            max_per_model: cfg.max_sessions_per_model.max(1),
+            io_binding: cfg.io_binding,
+        }
+    }
+}
+
 static ENV: OnceLock<Environment> = OnceLock::new();
 static ENV_INIT: Mutex<()> = Mutex::new(());
 
@@ -81,7 +111,7 @@ pub fn read_version(path: &Path) -> Option<String> {
 
 /// Creates a session for `model` on the configured device.
 pub fn session(
-    cfg: &EngineConfig,
+    cfg: &SessionOptions,
     env: &Environment,
     model: &Path,
 ) -> Result<Session, EngineError> {
@@ -94,7 +124,7 @@ pub fn session(
 /// graph whose `Shape` nodes are folded away runs wholly on the CUDA provider (ONNX Runtime
 /// would otherwise place them on the CPU), which CUDA graphs need.
 pub fn session_fixed(
-    cfg: &EngineConfig,
+    cfg: &SessionOptions,
     env: &Environment,
     model: &Path,
     symbols: &[String],
@@ -226,7 +256,7 @@ fn blocking_sync(_device: u32) {}
 fn with_cuda(
     builder: ort::session::builder::SessionBuilder,
     device: u32,
-    cfg: &EngineConfig,
+    cfg: &SessionOptions,
 ) -> Result<ort::session::builder::SessionBuilder, EngineError> {
     use ort::ep::{self, ExecutionProvider};
     let mut cuda = ep::CUDA::default()
@@ -240,7 +270,7 @@ fn with_cuda(
     // addresses of its capture, and a run's input is copied to a new buffer at a new address
     // each time, so a replay would read another page's pixels, silently. Left out until the
     // inputs live in device buffers bound once per session and a device run proves it.
-    if let Some(limit) = cfg.session_memory_limit() {
+    if let Some(limit) = cfg.memory_limit {
         cuda = cuda.with_memory_limit(limit);
     }
     match ep::CUDA::is_available() {
@@ -270,7 +300,7 @@ fn with_cuda(
 fn with_cuda(
     _builder: ort::session::builder::SessionBuilder,
     _device: u32,
-    _cfg: &EngineConfig,
+    _cfg: &SessionOptions,
 ) -> Result<ort::session::builder::SessionBuilder, EngineError> {
     Err(EngineError::CudaNotBuilt)
 }

@@ -8,7 +8,8 @@
 //! (batch size included) keeps every plan built once. So that few shapes exist, and all of them
 //! can be made and run once at start ([`crate::Engine::warm_up`]), a batch of `n` items is
 //! padded up to the next of three sizes, `1`, `⌈B/4⌉` and `B` for a model's batch size `B`
-//! ([`crate::model::batch_sizes`]); the padding items are zeros and their outputs are dropped. The detector
+//! ([`crate::model::batch_sizes`]); the padding items are zeros and their outputs are
+//! dropped. The detector
 //! pads images to a few fixed canvases ([`crate::DetConfig::canvases`]) and the recogniser to
 //! a few widths, for the same reason. On CPU there is no such cost, so one session serves every
 //! shape and nothing is padded.
@@ -18,15 +19,14 @@ use std::path::{Path, PathBuf};
 use ort::environment::Environment;
 use ort::session::Session;
 
-use crate::config::EngineConfig;
 use crate::error::EngineError;
 use crate::model::Padding;
 use crate::onnx::binding::Bound;
-use crate::onnx::runtime;
+use crate::onnx::runtime::{self, SessionOptions};
 
 /// The sessions of one model file.
 pub(crate) struct ModelSessions {
-    cfg: EngineConfig,
+    cfg: SessionOptions,
     env: Environment,
     path: PathBuf,
     /// The names of the input's symbolic dimensions (fixed per session, see
@@ -52,7 +52,7 @@ enum Mode {
 impl ModelSessions {
     /// Loads `path` once (so a missing or broken model fails here, at start).
     pub(crate) fn new(
-        cfg: &EngineConfig,
+        cfg: &SessionOptions,
         env: &Environment,
         path: &Path,
     ) -> Result<ModelSessions, EngineError> {
@@ -68,18 +68,18 @@ impl ModelSessions {
             ),
             _ => (Vec::new(), false),
         };
-        let mode = if cfg.per_shape_sessions() {
+        let mode = if cfg.per_shape {
             Mode::PerShape {
                 sessions: Vec::new(),
                 spare: Some(first),
-                cap: cfg.max_sessions_per_model.max(1),
+                cap: cfg.max_per_model.max(1),
                 clock: 0,
             }
         } else {
             Mode::Shared(first)
         };
         Ok(ModelSessions {
-            cfg: cfg.clone(),
+            cfg: *cfg,
             env: env.clone(),
             path: path.to_path_buf(),
             symbols,

@@ -109,7 +109,11 @@ impl Commits {
 }
 
 /// Serves the queue until [`Commits::last`] (or until every sender is gone).
-pub fn run(consumer: &BaseConsumer<SourceContext>, topic: &str, mut rx: mpsc::UnboundedReceiver<Job>) {
+pub fn run(
+    consumer: &BaseConsumer<SourceContext>,
+    topic: &str,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+) {
     let ctx = consumer.context();
     let mut last = false;
     while !last {
@@ -147,7 +151,9 @@ pub fn run(consumer: &BaseConsumer<SourceContext>, topic: &str, mut rx: mpsc::Un
         }
         if !ctx.health.is_up(Component::Broker) {
             if !recorded.is_empty() {
-                tracing::debug!("the broker is down: the engine's journal is not recorded before this run");
+                tracing::debug!(
+                    "the broker is down: the engine's journal is not recorded before this run"
+                );
             }
             for r in recorded.drain(..) {
                 let _ = r.send(());

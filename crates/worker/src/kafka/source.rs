@@ -295,7 +295,9 @@ pub fn run(
     let end = std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("kafka-commits".into())
-            .spawn_scoped(scope, || committer::run(&consumer, &cfg.kafka.topic, commits_rx))?;
+            .spawn_scoped(scope, || {
+                committer::run(&consumer, &cfg.kafka.topic, commits_rx)
+            })?;
         let mut l = Loop {
             consumer: &consumer,
             cfg,
@@ -629,7 +631,13 @@ mod tests {
         let cfg = config(&format!("127.0.0.1:{port}"));
         let health = Arc::new(Health::new(&prometheus::Registry::new()));
         let (commits, _journal_tx, commits_rx) = committer::channel();
-        let ctx = context(&cfg, Assignment::default(), Metrics::new(), health.clone(), commits);
+        let ctx = context(
+            &cfg,
+            Assignment::default(),
+            Metrics::new(),
+            health.clone(),
+            commits,
+        );
         let consumer = consumer(&cfg, ctx).unwrap();
         let (chunk_tx, _chunk_rx) = mpsc::channel(1);
         let (_done_tx, done_rx) = mpsc::unbounded_channel();

@@ -305,7 +305,12 @@ type Call = (
 /// Has the Kafka committer record what the engine runs now (none: it is idle); with `ahead`
 /// (a call is about to add records), waits until it is on the broker (see
 /// [`crate::kafka::journal`]) and observes the wait as the `journal` stage.
-async fn record(cfg: &OcrSettings, metrics: &Metrics, running: Vec<(i32, i64, u64, bool)>, ahead: bool) {
+async fn record(
+    cfg: &OcrSettings,
+    metrics: &Metrics,
+    running: Vec<(i32, i64, u64, bool)>,
+    ahead: bool,
+) {
     let Some(tx) = &cfg.journal else { return };
     if !ahead {
         tx.send(EngineJournal {
