@@ -17,6 +17,8 @@
 #   e2e       the worker end to end at the best K (noida-db Kafka and Elasticsearch, the real
 #             pages over a loopback image server)
 #   discount  the batch discount: img/s and p50/p99 latency at batch 1, 8, 32, best K
+#   recbatch  the recogniser alone at 64, 128 and 256 lines a run (two widths): whether its cost
+#             per line keeps falling past the default batch of 32 (issue 26, part 3)
 #   u8        the uint8-input graphs (--u8-input, 4 bytes a pixel to the device instead of 12),
 #             made there from the carried ones by models/make_u8.py with the host's Python
 #             (onnx, onnxruntime): the pipeline at the best K, fused fp32 and fp16, then
@@ -145,6 +147,11 @@ fi
 if fits discount 60; then
   bench 55 ocr --images $pages --device-streams $best_k --lanes $((2 * best_k)) --repeat 1 \
     --batch-sizes 1,8,32 --stages pipeline "${small[@]}" | tee -a "$res"
+fi
+if fits recbatch 30; then
+  rb=(--repeat 5 --batch-sizes 64,128,256 --shapes rec:48x320,rec:48x640)
+  [ "$dry" = 1 ] && rb=(--repeat 1 --batch-sizes 2 --shapes rec:48x320)
+  bench 25 models "${rb[@]}" "${small[@]}" | tee -a "$res"
 fi
 if fits u8 100; then
   py=python3

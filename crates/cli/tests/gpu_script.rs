@@ -74,6 +74,7 @@ fn the_gpu_benchmark_runs_dry_and_its_calls_fit_the_transfer_limit() {
         "K=4:",
         "best K:",
         "e2e:",
+        "recbatch (limit",
         "u8 fused fp32:",
         "u8 --fp16:",
         "done in",
