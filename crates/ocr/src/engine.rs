@@ -70,6 +70,39 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
+/// Runs one runner once at every shape of `list` (zeros), so that each shape's session and
+/// plans are made before traffic: the shapes run and the slowest run's seconds.
+fn warm_up_runner(
+    runner: &mut dyn ModelRunner,
+    name: &str,
+    stage: Stage,
+    list: &[[usize; 4]],
+    device: Device,
+) -> Result<(usize, f64), EngineError> {
+    let mut done = (0usize, 0.0f64);
+    for &[n, c, h, w] in list {
+        let zeros = vec![0f32; n * c * h * w];
+        let run = Instant::now();
+        runner
+            .run(&Batch {
+                stage,
+                tensor: &zeros,
+                n,
+                run_n: n,
+                chw: [c, h, w],
+            })
+            .map_err(|e| {
+                device_error(
+                    device,
+                    format!("warm-up of {name} at {:?}: {}", [n, c, h, w], e.message),
+                )
+            })?;
+        done.1 = done.1.max(run.elapsed().as_secs_f64());
+        done.0 += 1;
+    }
+    Ok(done)
+}
+
 /// `K` runners of one model file, each its own set of sessions.
 fn streams(
     cfg: &EngineConfig,
@@ -283,47 +316,61 @@ impl Engine {
             })
             .collect();
         let cap = cfg.max_sessions_per_model;
-        let (mut shapes, mut slowest) = (0, 0.0f64);
-        for (name, stage, streams, list) in [
+        let models: Vec<(&str, Stage, &mut Streams, Vec<[usize; 4]>)> = [
             ("det", Stage::Detect, Some(&mut self.det), det),
             ("cls", Stage::Classify, self.cls.as_mut(), cls),
             ("rec", Stage::Recognize, Some(&mut self.rec), rec),
-        ] {
-            let Some(streams) = streams else { continue };
+        ]
+        .into_iter()
+        .filter_map(|(name, stage, streams, list)| Some((name, stage, streams?, list)))
+        .collect();
+        for (name, _, _, list) in &models {
             if list.len() > cap {
                 return Err(EngineError::Config(format!(
                     "{name} has {} input shapes but max_sessions_per_model is {cap}: raise it, or use fewer canvases, widths or batch sizes",
                     list.len()
                 )));
             }
-            for r in streams.each(|runner| {
-                let mut done = (0usize, 0.0f64);
-                for &[n, c, h, w] in &list {
-                    let zeros = vec![0f32; n * c * h * w];
-                    let run = Instant::now();
-                    runner
-                        .run(&Batch {
-                            stage,
-                            tensor: &zeros,
-                            n,
-                            run_n: n,
-                            chw: [c, h, w],
+        }
+        // Every runner of every model warms up on a thread of its own: their sessions are
+        // independent (ONNX Runtime creates and runs different sessions concurrently), and
+        // on CUDA most of a session's making is host work (graph optimisation, cuDNN plans).
+        let device = cfg.device;
+        let results: Vec<Result<(usize, f64), EngineError>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = models
+                .into_iter()
+                .flat_map(|(name, stage, streams, list)| {
+                    let list = std::sync::Arc::new(list);
+                    streams
+                        .runners_mut()
+                        .map(|runner| {
+                            let list = list.clone();
+                            std::thread::Builder::new()
+                                .name(format!("warm-up-{name}"))
+                                .spawn_scoped(scope, move || {
+                                    warm_up_runner(runner.as_mut(), name, stage, &list, device)
+                                })
                         })
-                        .map_err(|e| {
-                            device_error(
-                                cfg.device,
-                                format!("warm-up of {name} at {:?}: {}", [n, c, h, w], e.message),
-                            )
-                        })?;
-                    done.1 = done.1.max(run.elapsed().as_secs_f64());
-                    done.0 += 1;
-                }
-                Ok::<_, EngineError>(done)
-            }) {
-                let (n, s) = r?;
-                shapes += n;
-                slowest = slowest.max(s);
-            }
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| match t {
+                    Ok(t) => t.join().unwrap_or_else(|_| {
+                        Err(EngineError::Config("a warm-up thread panicked".into()))
+                    }),
+                    Err(e) => Err(EngineError::Config(format!(
+                        "cannot start a warm-up thread: {e}"
+                    ))),
+                })
+                .collect()
+        });
+        let (mut shapes, mut slowest) = (0, 0.0f64);
+        for r in results {
+            let (n, s) = r?;
+            shapes += n;
+            slowest = slowest.max(s);
         }
         let done = WarmUp {
             shapes,

@@ -381,6 +381,13 @@ impl Streams {
         let free = self.free.get_mut().unwrap_or_else(|p| p.into_inner());
         free.iter_mut().map(|r| f(r.as_mut())).collect()
     }
+
+    /// Every runner, to use at once from several threads (warm-up). Needs every runner back.
+    pub(crate) fn runners_mut(&mut self) -> std::slice::IterMut<'_, Box<dyn ModelRunner>> {
+        let free = self.free.get_mut().unwrap_or_else(|p| p.into_inner());
+        assert_eq!(free.len(), self.count, "a runner is still taken");
+        free.iter_mut()
+    }
 }
 
 impl Stream<'_> {
