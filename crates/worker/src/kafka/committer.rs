@@ -16,7 +16,8 @@
 //!   adds records, its `recorded` is answered once the commit carrying them returned (or
 //!   failed: the journal is best effort, and a broker that is down is not waited for);
 //! - [`Commits::revoked`]: a revoked partition's last position, committed before the revoke
-//!   ends (waited for at most [`REVOKE_WAIT`]; a commit given up is not made later);
+//!   ends (waited for at most [`REVOKE_WAIT`]; a commit given up is not made later; once the
+//!   committer has ended, made by the caller);
 //! - [`Commits::last`]: the commit before leaving the group; then the thread ends.
 //!
 //! Requests that queue while a commit is on its way are served together by the next one, so
@@ -49,11 +50,20 @@ pub enum Job {
     /// A revoked partition's last position and journal.
     Revoked {
         commits: Vec<(i32, i64, String)>,
-        done: std::sync::mpsc::Sender<()>,
+        done: std::sync::mpsc::Sender<Revoked>,
         given_up: Arc<AtomicBool>,
     },
     /// The last commit, before leaving the group; the thread ends after it.
     Last,
+}
+
+/// How a revoke's commit ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Revoked {
+    Committed,
+    Failed(String),
+    /// Not done within [`REVOKE_WAIT`]: given up, never made later.
+    GivenUp,
 }
 
 /// The poll thread's side.
@@ -82,9 +92,22 @@ impl Commits {
         let _ = self.0.send(Job::Finished);
     }
 
-    /// Commits a revoked partition's last position; `false` when it was not done within
-    /// [`REVOKE_WAIT`] (it is then given up, not made later behind the new owner's back).
-    pub fn revoked(&self, commits: Vec<(i32, i64, String)>) -> bool {
+    /// Commits a revoked partition's last position, waiting for it at most [`REVOKE_WAIT`]
+    /// (past that it is given up, not made later behind the new owner's back). Once the
+    /// committer has ended (a revoke served while the consumer closes, after the last commit),
+    /// the commit is made here: nothing else commits any more.
+    pub fn revoked(
+        &self,
+        consumer: &BaseConsumer<SourceContext>,
+        topic: &str,
+        commits: Vec<(i32, i64, String)>,
+    ) -> Revoked {
+        if self.0.is_closed() {
+            return match commit(consumer, topic, &commits) {
+                Ok(()) => Revoked::Committed,
+                Err(e) => Revoked::Failed(e.to_string()),
+            };
+        }
         let (done, rx) = std::sync::mpsc::channel();
         let given_up = Arc::new(AtomicBool::new(false));
         let job = Job::Revoked {
@@ -93,13 +116,12 @@ impl Commits {
             given_up: given_up.clone(),
         };
         if self.0.send(job).is_err() {
-            return false;
+            return Revoked::Failed("the committer ended".into());
         }
-        let ok = rx.recv_timeout(REVOKE_WAIT).is_ok();
-        if !ok {
+        rx.recv_timeout(REVOKE_WAIT).unwrap_or_else(|_| {
             given_up.store(true, Ordering::SeqCst);
-        }
-        ok
+            Revoked::GivenUp
+        })
     }
 
     /// Asks for the last commit; [`run`] returns after it.
@@ -139,12 +161,15 @@ pub fn run(
                     done,
                     given_up,
                 } => {
-                    if !given_up.load(Ordering::SeqCst) {
-                        if let Err(e) = commit(consumer, topic, &commits) {
-                            tracing::warn!(error = %e, "commit on revoke failed; the new owner will redo those messages");
+                    let r = if given_up.load(Ordering::SeqCst) {
+                        Revoked::GivenUp
+                    } else {
+                        match commit(consumer, topic, &commits) {
+                            Ok(()) => Revoked::Committed,
+                            Err(e) => Revoked::Failed(e.to_string()),
                         }
-                    }
-                    let _ = done.send(());
+                    };
+                    let _ = done.send(r);
                 }
                 Job::Last => last = true,
             }

@@ -87,7 +87,7 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let mut commit = Vec::new();
             {
@@ -107,8 +107,16 @@ impl ConsumerContext for SourceContext {
             }
             self.metrics.rebalances.inc();
             tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions revoked; in-flight work for them is dropped");
-            if !commit.is_empty() && !self.commits.revoked(commit) {
-                tracing::warn!(waited = ?committer::REVOKE_WAIT, "the commit on revoke did not return in time and is given up; the new owner will redo those messages");
+            if !commit.is_empty() {
+                match self.commits.revoked(consumer, &self.topic, commit) {
+                    committer::Revoked::Committed => {}
+                    committer::Revoked::Failed(e) => {
+                        tracing::warn!(error = %e, "commit on revoke failed; the new owner will redo those messages");
+                    }
+                    committer::Revoked::GivenUp => {
+                        tracing::warn!(waited = ?committer::REVOKE_WAIT, "the commit on revoke did not return in time and is given up; the new owner will redo those messages");
+                    }
+                }
             }
         }
     }
@@ -616,6 +624,158 @@ mod tests {
         drop(rx);
         let e = hand_over(&mut state, &tx).unwrap_err();
         assert!(e.to_string().contains("stopped taking messages"), "{e}");
+    }
+
+    /// noida-db's Kafka on a free loopback port, from the checkout's `.venv` (`tests/run.sh`
+    /// installs it); stopped when dropped. (Not tansu: with it the committed metadata read
+    /// back here was empty.)
+    struct Broker(std::path::PathBuf, u16);
+
+    impl Broker {
+        fn bin() -> std::path::PathBuf {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/noida-db")
+        }
+
+        fn start(name: &str) -> Broker {
+            let dir =
+                std::env::temp_dir().join(format!("ocrfleet-unit-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let out = std::process::Command::new(Self::bin())
+                .args([
+                    "up",
+                    "--only",
+                    "kafka",
+                    "--kafka-port",
+                    &port.to_string(),
+                    "--data-dir",
+                ])
+                .arg(&dir)
+                .stdout(std::process::Stdio::null())
+                .output()
+                .expect("noida-db runs (tests/run.sh installs it in .venv)");
+            assert!(
+                out.status.success(),
+                "noida-db up: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let b = Broker(dir, port);
+            let waited = Instant::now();
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    waited.elapsed() < Duration::from_secs(30),
+                    "noida-db's Kafka does not listen"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            b
+        }
+    }
+
+    impl Drop for Broker {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new(Self::bin())
+                .arg("down")
+                .arg("--data-dir")
+                .arg(&self.0)
+                .output();
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The group's committed metadata of partition 0, read by another client.
+    fn committed_metadata(brokers: &str, group: &str, topic: &str) -> String {
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, 0);
+        let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+        got.find_partition(topic, 0)
+            .map(|e| e.metadata().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The crash-loop journal's rule, through the committer, on a real broker: when the OCR
+    /// stage is told that a call's records are recorded, their `run=` is on the broker
+    /// already; when the call returned and the source stopped in order, none is left behind.
+    #[test]
+    fn a_call_is_on_the_broker_before_it_is_told_to_start_and_gone_after_an_orderly_stop() {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let broker = Broker::start("journal");
+        let brokers = format!("127.0.0.1:{}", broker.1);
+        let mut cfg = config(&brokers);
+        cfg.kafka.topic = "journal-test".into();
+        cfg.kafka.group = "journal-test-group".into();
+        let producer: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        for i in 0..2 {
+            producer
+                .send(
+                    BaseRecord::<(), _>::to(&cfg.kafka.topic)
+                        .partition(0)
+                        .payload(&format!("m{i}")),
+                )
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(20)).unwrap();
+
+        let health = Arc::new(Health::new(&prometheus::Registry::new()));
+        let (commits, journal, commits_rx) = committer::channel();
+        let ctx = context(&cfg, Assignment::default(), Metrics::new(), health, commits);
+        let consumer = consumer(&cfg, ctx).unwrap();
+        let (chunk_tx, mut chunk_rx) = mpsc::channel(4);
+        let (_done_tx, done_rx) = mpsc::unbounded_channel();
+        let (stop, drained) = (CancellationToken::new(), CancellationToken::new());
+        let source = {
+            let (cfg, stop, drained) = (cfg.clone(), stop.clone(), drained.clone());
+            std::thread::spawn(move || {
+                run(consumer, &cfg, chunk_tx, done_rx, commits_rx, stop, drained)
+            })
+        };
+        // A generous wait for the group to form and the records to arrive, not a timing check.
+        let chunk = (|| {
+            let waited = Instant::now();
+            while waited.elapsed() < Duration::from_secs(60) {
+                if let Ok(c) = chunk_rx.try_recv() {
+                    return c;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            panic!("no chunk within 60 s");
+        })();
+        let e = &chunk[0];
+        let (recorded, rx) = tokio::sync::oneshot::channel();
+        assert!(journal.send(crate::envelope::EngineJournal {
+            running: vec![(e.partition, e.offset, e.generation, false)],
+            recorded: Some(recorded),
+        }));
+        rx.blocking_recv().expect("the committer answers");
+        let meta = committed_metadata(&brokers, &cfg.kafka.group, &cfg.kafka.topic);
+        assert!(
+            meta.contains(&format!("run={}", e.offset)),
+            "not on the broker when told: {meta:?}"
+        );
+        // The call returned; an orderly stop leaves no run= behind.
+        assert!(journal.send(crate::envelope::EngineJournal {
+            running: Vec::new(),
+            recorded: None
+        }));
+        stop.cancel();
+        drained.cancel();
+        assert_eq!(source.join().unwrap().unwrap(), SourceEnd::Stopped);
+        let meta = committed_metadata(&brokers, &cfg.kafka.group, &cfg.kafka.topic);
+        assert!(!meta.contains("run="), "left behind: {meta:?}");
     }
 
     /// A stopped broker (nothing listens on its port): the source reports a broker fault (the
