@@ -626,6 +626,57 @@ mod tests {
         assert!(e.to_string().contains("stopped taking messages"), "{e}");
     }
 
+    /// A source running on its own thread against `cfg`'s broker, with its ends.
+    struct Running {
+        health: Arc<Health>,
+        journal: committer::JournalTx,
+        chunks: mpsc::Receiver<Vec<Envelope>>,
+        _done: mpsc::UnboundedSender<Done>,
+        stop: CancellationToken,
+        drained: CancellationToken,
+        thread: std::thread::JoinHandle<anyhow::Result<SourceEnd>>,
+    }
+
+    impl Running {
+        fn start(cfg: &SourceConfig) -> Running {
+            let health = Arc::new(Health::new(&prometheus::Registry::new()));
+            let (commits, journal, commits_rx) = committer::channel();
+            let ctx = context(
+                cfg,
+                Assignment::default(),
+                Metrics::new(),
+                health.clone(),
+                commits,
+            );
+            let consumer = consumer(cfg, ctx).unwrap();
+            let (chunk_tx, chunks) = mpsc::channel(4);
+            let (done, done_rx) = mpsc::unbounded_channel();
+            let (stop, drained) = (CancellationToken::new(), CancellationToken::new());
+            let thread = {
+                let (cfg, stop, drained) = (cfg.clone(), stop.clone(), drained.clone());
+                std::thread::spawn(move || {
+                    run(consumer, &cfg, chunk_tx, done_rx, commits_rx, stop, drained)
+                })
+            };
+            Running {
+                health,
+                journal,
+                chunks,
+                _done: done,
+                stop,
+                drained,
+                thread,
+            }
+        }
+
+        /// Stops it in order; how it ended.
+        fn stop(self) -> SourceEnd {
+            self.stop.cancel();
+            self.drained.cancel();
+            self.thread.join().unwrap().unwrap()
+        }
+    }
+
     /// noida-db's Kafka on a free loopback port, from the checkout's `.venv` (`tests/run.sh`
     /// installs it); stopped when dropped. (Not tansu: with it the committed metadata read
     /// back here was empty.)
@@ -730,24 +781,12 @@ mod tests {
         }
         producer.flush(Duration::from_secs(20)).unwrap();
 
-        let health = Arc::new(Health::new(&prometheus::Registry::new()));
-        let (commits, journal, commits_rx) = committer::channel();
-        let ctx = context(&cfg, Assignment::default(), Metrics::new(), health, commits);
-        let consumer = consumer(&cfg, ctx).unwrap();
-        let (chunk_tx, mut chunk_rx) = mpsc::channel(4);
-        let (_done_tx, done_rx) = mpsc::unbounded_channel();
-        let (stop, drained) = (CancellationToken::new(), CancellationToken::new());
-        let source = {
-            let (cfg, stop, drained) = (cfg.clone(), stop.clone(), drained.clone());
-            std::thread::spawn(move || {
-                run(consumer, &cfg, chunk_tx, done_rx, commits_rx, stop, drained)
-            })
-        };
+        let mut source = Running::start(&cfg);
         // A generous wait for the group to form and the records to arrive, not a timing check.
         let chunk = (|| {
             let waited = Instant::now();
             while waited.elapsed() < Duration::from_secs(60) {
-                if let Ok(c) = chunk_rx.try_recv() {
+                if let Ok(c) = source.chunks.try_recv() {
                     return c;
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -756,7 +795,7 @@ mod tests {
         })();
         let e = &chunk[0];
         let (recorded, rx) = tokio::sync::oneshot::channel();
-        assert!(journal.send(crate::envelope::EngineJournal {
+        assert!(source.journal.send(crate::envelope::EngineJournal {
             running: vec![(e.partition, e.offset, e.generation, false)],
             recorded: Some(recorded),
         }));
@@ -767,13 +806,11 @@ mod tests {
             "not on the broker when told: {meta:?}"
         );
         // The call returned; an orderly stop leaves no run= behind.
-        assert!(journal.send(crate::envelope::EngineJournal {
+        assert!(source.journal.send(crate::envelope::EngineJournal {
             running: Vec::new(),
             recorded: None
         }));
-        stop.cancel();
-        drained.cancel();
-        assert_eq!(source.join().unwrap().unwrap(), SourceEnd::Stopped);
+        assert_eq!(source.stop(), SourceEnd::Stopped);
         let meta = committed_metadata(&brokers, &cfg.kafka.group, &cfg.kafka.topic);
         assert!(!meta.contains("run="), "left behind: {meta:?}");
     }
@@ -789,25 +826,8 @@ mod tests {
             .unwrap()
             .port(); // bound, then closed: nothing listens there
         let cfg = config(&format!("127.0.0.1:{port}"));
-        let health = Arc::new(Health::new(&prometheus::Registry::new()));
-        let (commits, _journal_tx, commits_rx) = committer::channel();
-        let ctx = context(
-            &cfg,
-            Assignment::default(),
-            Metrics::new(),
-            health.clone(),
-            commits,
-        );
-        let consumer = consumer(&cfg, ctx).unwrap();
-        let (chunk_tx, _chunk_rx) = mpsc::channel(1);
-        let (_done_tx, done_rx) = mpsc::unbounded_channel();
-        let (stop, drained) = (CancellationToken::new(), CancellationToken::new());
-        let source = {
-            let (cfg, stop, drained) = (cfg.clone(), stop.clone(), drained.clone());
-            std::thread::spawn(move || {
-                run(consumer, &cfg, chunk_tx, done_rx, commits_rx, stop, drained)
-            })
-        };
+        let source = Running::start(&cfg);
+        let health = source.health.clone();
         // A generous wait for librdkafka's first failed connection, not a timing assertion.
         let waited = Instant::now();
         while health.is_up(Component::Broker) && waited.elapsed() < Duration::from_secs(60) {
@@ -815,9 +835,10 @@ mod tests {
         }
         assert!(!health.is_up(Component::Broker), "{}", health.describe());
         assert!(!health.ready());
-        assert!(!source.is_finished(), "the source ended on a broker fault");
-        stop.cancel();
-        drained.cancel();
-        assert_eq!(source.join().unwrap().unwrap(), SourceEnd::Stopped);
+        assert!(
+            !source.thread.is_finished(),
+            "the source ended on a broker fault"
+        );
+        assert_eq!(source.stop(), SourceEnd::Stopped);
     }
 }
