@@ -7,7 +7,7 @@ use fast_image_resize::Resizer;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use crate::preprocess::{resize_to_height, write_planes};
+use crate::preprocess::{resize_to_height, write_planes_zero_padded};
 
 /// 180° classifier settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,10 +39,10 @@ pub const HEIGHT: u32 = 48;
 /// Classifier input width.
 pub const WIDTH: u32 = 192;
 
-/// Fills one `[3, 48, 192]` slot of a batch tensor (which must be zeroed beforehand).
+/// Writes one `[3, 48, 192]` slot of a batch tensor whole (the crop, then zeros).
 pub fn fill(resizer: &mut Resizer, crop: &RgbImage, slot: &mut [f32]) {
     let img = resize_to_height(resizer, crop, HEIGHT, WIDTH);
-    write_planes(&img, slot, WIDTH as usize, HEIGHT as usize);
+    write_planes_zero_padded(&img, slot, WIDTH as usize, HEIGHT as usize);
 }
 
 /// Whether a crop with classifier output `probs` (`[p0, p180]`) should be turned 180°.

@@ -28,7 +28,7 @@ use crate::onnx::runner::OrtRunner;
 use crate::onnx::runtime;
 use crate::onnx::sessions::ModelSessions;
 use crate::output::{ImageText, Line, Timings};
-use crate::overlap::Host;
+use crate::overlap::{Host, Tensors};
 use crate::rec::{Decoded, Dictionary};
 use crate::{cls, decode, det, rec};
 
@@ -41,6 +41,8 @@ pub struct Engine {
     dict: Dictionary,
     /// The host pool: CPU stages run data-parallel on it (see [`EngineConfig::host_threads`]).
     pool: rayon::ThreadPool,
+    /// Batch tensors kept between calls ([`Tensors`]).
+    tensors: Tensors,
     /// The recorded device's outputs, while recording or simulating (see [`crate::instruments::device`]).
     recording: Option<Arc<Recording>>,
     /// The simulated device, while simulating.
@@ -171,6 +173,7 @@ impl Engine {
             rec,
             dict,
             pool,
+            tensors: Tensors::default(),
             recording: None,
             device: None,
             images: AtomicUsize::new(0),
@@ -491,6 +494,7 @@ impl Engine {
         Host {
             pool: &self.pool,
             overlap: self.cfg.overlap,
+            tensors: &self.tensors,
         }
     }
 
@@ -848,6 +852,7 @@ mod tests {
                 .num_threads(2)
                 .build()
                 .unwrap(),
+            tensors: Tensors::default(),
             recording: None,
             device: None,
             images: AtomicUsize::new(0),

@@ -4,15 +4,89 @@
 //! for the host only when the host work of one batch takes longer than the model run of
 //! another; on CPU the two share the cores.
 
+use std::sync::Mutex;
 use std::time::Instant;
 
 use rayon::ThreadPool;
 
-/// The host side of a stage: the host pool, and whether runs overlap the host work of their
-/// neighbours.
+use crate::error::Stage;
+
+/// The host side of a stage: the host pool, whether runs overlap the host work of their
+/// neighbours, and the batch tensors kept between calls.
 pub(crate) struct Host<'a> {
     pub(crate) pool: &'a ThreadPool,
     pub(crate) overlap: bool,
+    pub(crate) tensors: &'a Tensors,
+}
+
+/// Batch tensors kept from one engine call to the next, per model, so that a batch is written
+/// into memory the process already has. A fresh tensor of a detector batch (8 canvases of
+/// 960 × 960 are 88 MB) is new memory from the kernel each call, which it maps and zeroes
+/// page by page: on the 45 real pages of the simulated device that page zeroing, the `memset`
+/// of every buffer and the allocator took about a quarter of the host's CPU (`perf`,
+/// 2026-12-07). A tensor is kept while it is at most [`Tensors::KEEP_BYTES`] and its model has
+/// fewer than [`Tensors::KEEP`] kept: what the calls in flight hold at their peak anyway, never
+/// a 2,880 px second pass's batch.
+#[derive(Default)]
+pub(crate) struct Tensors {
+    free: Mutex<[Vec<Vec<f32>>; 3]>,
+}
+
+impl Tensors {
+    /// Tensors kept per model at most (two per call in flight: the batch running and the next
+    /// one being filled; 4 calls in flight at K = 2 on CUDA).
+    pub(crate) const KEEP: usize = 8;
+    /// The largest tensor kept, bytes.
+    pub(crate) const KEEP_BYTES: usize = 128 << 20;
+
+    fn slot(stage: Stage) -> usize {
+        match stage {
+            Stage::Detect => 0,
+            Stage::Classify => 1,
+            _ => 2,
+        }
+    }
+
+    /// A kept tensor of `stage`'s model (its contents are an earlier batch's), or a new one.
+    pub(crate) fn take(&self, stage: Stage) -> Vec<f32> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        free[Self::slot(stage)].pop().unwrap_or_default()
+    }
+
+    /// Gives a tensor back to be kept (or dropped, see [`Tensors`]).
+    pub(crate) fn give(&self, stage: Stage, tensor: Vec<f32>) {
+        if tensor.capacity() == 0
+            || tensor.capacity() * std::mem::size_of::<f32>() > Self::KEEP_BYTES
+        {
+            return;
+        }
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = &mut free[Self::slot(stage)];
+        if kept.len() < Self::KEEP {
+            kept.push(tensor);
+        }
+    }
+
+    /// Tensors kept now, all models. (tests only)
+    #[cfg(test)]
+    pub(crate) fn kept(&self) -> usize {
+        self.free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(Vec::len)
+            .sum()
+    }
+}
+
+/// Makes `buf` a batch tensor of `run_n` items of `slot` elements, the padding items past the
+/// first `n` zeroed, and returns the `n` items' part, which the caller must write whole: `buf`
+/// holds an earlier batch's values ([`Tensors`]), and only the padding is cleared here.
+pub(crate) fn batch_tensor(buf: &mut Vec<f32>, slot: usize, n: usize, run_n: usize) -> &mut [f32] {
+    buf.resize(slot * run_n, 0.0);
+    let (items, padding) = buf.split_at_mut(slot * n.min(run_n));
+    padding.fill(0.0);
+    items
 }
 
 /// One batch's result: what `post` returned, and the milliseconds its `fill` and its model
@@ -25,10 +99,13 @@ pub(crate) struct Done<R> {
 
 /// Runs every batch through `fill` (pool) → `run` (this thread) → `post` (pool), with `fill` of
 /// the next batch and `post` of the previous one running during `run`. Results come back in
-/// batch order. `fill` gets a cleared buffer to write the batch's input tensor into. With
-/// `overlap` false the three steps run one after another (for measurements).
+/// batch order. `fill` gets a buffer of `stage`'s model to write the batch's input tensor into,
+/// holding what an earlier batch left there: it must set the length and write every element
+/// ([`batch_tensor`]). With `overlap` false the three steps run one after another (for
+/// measurements).
 pub(crate) fn overlapped<B, O, R>(
     host: &Host<'_>,
+    stage: Stage,
     batches: &[B],
     fill: impl Fn(&B, &mut Vec<f32>) + Sync,
     mut run: impl FnMut(&B, &[f32]) -> O,
@@ -42,12 +119,14 @@ where
     let (overlap, pool) = (host.overlap, host.pool);
     let timed_fill = |b: &B, buf: &mut Vec<f32>| {
         let t = Instant::now();
-        buf.clear();
         fill(b, buf);
         t.elapsed().as_secs_f64() * 1000.0
     };
     let mut done = Vec::with_capacity(batches.len());
-    let (mut cur, mut next) = (Vec::new(), Vec::new());
+    if batches.is_empty() {
+        return done;
+    }
+    let (mut cur, mut next) = (host.tensors.take(stage), Vec::new());
     if !overlap {
         for b in batches {
             let fill_ms = pool.install(|| timed_fill(b, &mut cur));
@@ -61,12 +140,13 @@ where
                 run_ms,
             });
         }
+        host.tensors.give(stage, cur);
         return done;
     }
-    let mut cur_fill = match batches.first() {
-        Some(b) => pool.install(|| timed_fill(b, &mut cur)),
-        None => return done,
-    };
+    if batches.len() > 1 {
+        next = host.tensors.take(stage);
+    }
+    let mut cur_fill = pool.install(|| timed_fill(&batches[0], &mut cur));
     // The previous batch's output, waiting for `post`, with its timings.
     let mut prev: Option<(usize, O, f64, f64)> = None;
     for j in 0..batches.len() {
@@ -106,6 +186,8 @@ where
             run_ms,
         });
     }
+    host.tensors.give(stage, cur);
+    host.tensors.give(stage, next);
     done
 }
 
@@ -119,17 +201,23 @@ mod tests {
             .num_threads(2)
             .build()
             .unwrap();
+        let tensors = Tensors::default();
         let batches: Vec<u32> = (1..=7).collect();
         for overlap in [true, false] {
             let mut runs = Vec::new();
             let host = Host {
                 pool: &pool,
                 overlap,
+                tensors: &tensors,
             };
             let done = overlapped(
                 &host,
+                Stage::Recognize,
                 &batches,
-                |b, buf| buf.extend((0..*b).map(|x| x as f32)),
+                |b, buf| {
+                    buf.clear();
+                    buf.extend((0..*b).map(|x| x as f32))
+                },
                 |b, t| {
                     runs.push(*b);
                     assert_eq!(t.len(), *b as usize, "run sees its own batch's tensor");
@@ -145,10 +233,47 @@ mod tests {
                 .collect();
             assert_eq!(got, want);
         }
+        // The two tensors of the overlapped call were kept, and taken again by the second.
+        assert_eq!(tensors.kept(), 2);
         let host = Host {
             pool: &pool,
             overlap: true,
+            tensors: &tensors,
         };
-        assert!(overlapped(&host, &[] as &[u32], |_, _| {}, |_, _| 0, |_, _: &i32| 0).is_empty());
+        let none: &[u32] = &[];
+        assert!(overlapped(
+            &host,
+            Stage::Detect,
+            none,
+            |_, _| {},
+            |_, _| 0,
+            |_, _: &i32| 0
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn a_kept_tensor_comes_back_with_its_padding_cleared_and_big_ones_are_not_kept() {
+        let tensors = Tensors::default();
+        tensors.give(Stage::Classify, vec![7.0; 10]);
+        // Another model's tensors are its own.
+        assert!(tensors.take(Stage::Recognize).is_empty());
+        let mut buf = tensors.take(Stage::Classify);
+        assert_eq!(buf, vec![7.0; 10]);
+        // Two items of 3, padded to 4: the items keep the earlier values (their fill writes
+        // them), the padding is zero.
+        let items = batch_tensor(&mut buf, 3, 2, 4);
+        assert_eq!(items.len(), 6);
+        assert_eq!(buf, [[7.0; 6].as_slice(), &[0.0; 6]].concat());
+        let big = Vec::<f32>::with_capacity(Tensors::KEEP_BYTES / 4 + 1);
+        tensors.give(Stage::Detect, big);
+        for _ in 0..Tensors::KEEP + 3 {
+            tensors.give(Stage::Recognize, vec![0.0; 4]);
+        }
+        assert_eq!(
+            tensors.kept(),
+            Tensors::KEEP,
+            "none too big, at most KEEP a model"
+        );
     }
 }

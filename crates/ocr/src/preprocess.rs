@@ -62,14 +62,48 @@ pub fn write_planes(img: &RgbImage, dst: &mut [f32], plane_w: usize, plane_h: us
     }
 }
 
+/// Sets the part of a `[3, plane_h, plane_w]` region outside a `w`×`h` image written at its
+/// top-left corner ([`write_planes`]) to `values`, one per plane.
+pub fn fill_outside(
+    dst: &mut [f32],
+    (w, h): (usize, usize),
+    plane_w: usize,
+    plane_h: usize,
+    values: [f32; 3],
+) {
+    let plane = plane_w * plane_h;
+    let (w, h) = (w.min(plane_w), h.min(plane_h));
+    for (p, v) in dst.chunks_exact_mut(plane).zip(values) {
+        if w < plane_w {
+            for row in p[..h * plane_w].chunks_exact_mut(plane_w) {
+                row[w..].fill(v);
+            }
+        }
+        p[h * plane_w..].fill(v);
+    }
+}
+
+/// [`write_planes`] of a crop into a model's slot, the rest of the slot zero: the normalised
+/// mid-grey that PaddleOCR pads with. Every element of `dst` is written.
+pub fn write_planes_zero_padded(img: &RgbImage, dst: &mut [f32], plane_w: usize, plane_h: usize) {
+    write_planes(img, dst, plane_w, plane_h);
+    let size = (img.width() as usize, img.height() as usize);
+    fill_outside(dst, size, plane_w, plane_h, [0.0; 3]);
+}
+
 /// Fills the part of a `[3, plane_h, plane_w]` region that lies outside `img` (written at the
 /// top-left by [`write_planes`]) with the image's background: the per-channel median of its
-/// outermost rows and columns. Used for detector shape buckets (see `DetConfig::buckets`): a
-/// mid-grey band next to a white page is an edge the detector reacts to (measured: a 27 px text
-/// box grew to 35 px), while a band of the page's own background is not.
+/// outermost rows and columns (zero, mid-grey, for an empty image). Used for detector shape
+/// buckets (see `DetConfig::buckets`): a mid-grey band next to a white page is an edge the
+/// detector reacts to (measured: a 27 px text box grew to 35 px), while a band of the page's
+/// own background is not. With [`write_planes`] before it, every element of `dst` is written.
 pub fn pad_with_background(img: &RgbImage, dst: &mut [f32], plane_w: usize, plane_h: usize) {
     let (w, h) = (img.width() as usize, img.height() as usize);
-    if w >= plane_w && h >= plane_h || w == 0 || h == 0 {
+    if w >= plane_w && h >= plane_h {
+        return;
+    }
+    if w == 0 || h == 0 {
+        dst.fill(0.0);
         return;
     }
     let mut hist = [[0u32; 256]; 3];
@@ -98,16 +132,9 @@ pub fn pad_with_background(img: &RgbImage, dst: &mut [f32], plane_w: usize, plan
             .unwrap_or(255) as f32
     };
     const SCALE: f32 = 2.0 / 255.0;
-    let plane = plane_w * plane_h;
     // BGR order, as in write_planes.
-    for (c_out, c_in) in [(0usize, 2usize), (1, 1), (2, 0)] {
-        let v = median(&hist[c_in]) * SCALE - 1.0;
-        let p = &mut dst[c_out * plane..(c_out + 1) * plane];
-        for y in 0..plane_h {
-            let from = if y < h { w } else { 0 };
-            p[y * plane_w + from..(y + 1) * plane_w].fill(v);
-        }
-    }
+    let values = [2, 1, 0].map(|c_in| median(&hist[c_in]) * SCALE - 1.0);
+    fill_outside(dst, (w, h), plane_w, plane_h, values);
 }
 
 #[cfg(test)]
@@ -147,6 +174,29 @@ mod tests {
                 "bottom padding is white"
             );
         }
+    }
+
+    #[test]
+    fn a_slot_is_written_whole_whatever_it_held() {
+        let img = RgbImage::from_pixel(3, 2, image::Rgb([255, 255, 255]));
+        for pad in [false, true] {
+            let (mut clean, mut dirty) = (vec![0f32; 3 * 5 * 4], vec![f32::NAN; 3 * 5 * 4]);
+            for dst in [&mut clean, &mut dirty] {
+                if pad {
+                    write_planes(&img, dst, 5, 4);
+                    pad_with_background(&img, dst, 5, 4);
+                } else {
+                    write_planes_zero_padded(&img, dst, 5, 4);
+                }
+            }
+            assert_eq!(clean, dirty, "padded with the background: {pad}");
+        }
+        let mut dirty = vec![f32::NAN; 3 * 5 * 4];
+        pad_with_background(&RgbImage::new(0, 0), &mut dirty, 5, 4);
+        assert!(
+            dirty.iter().all(|&v| v == 0.0),
+            "an empty image pads with zeros"
+        );
     }
 
     #[test]

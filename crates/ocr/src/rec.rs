@@ -12,7 +12,7 @@ use image::RgbImage;
 use ndarray::{ArrayView1, ArrayView2};
 use serde::{Deserialize, Serialize};
 
-use crate::preprocess::{resize_to_height, width_at_height, write_planes};
+use crate::preprocess::{resize_to_height, width_at_height, write_planes_zero_padded};
 
 /// Recognition settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,10 +113,10 @@ pub fn bucket_width(w: u32, h: u32, widths: &[u32]) -> u32 {
         .unwrap_or(*widths.last().expect("validated non-empty"))
 }
 
-/// Fills one `[3, 48, bucket]` slot (zeroed beforehand).
+/// Writes one `[3, 48, bucket]` slot whole (the crop, then zeros).
 pub fn fill(resizer: &mut Resizer, crop: &RgbImage, bucket: u32, slot: &mut [f32]) {
     let img = resize_to_height(resizer, crop, HEIGHT, bucket);
-    write_planes(&img, slot, bucket as usize, HEIGHT as usize);
+    write_planes_zero_padded(&img, slot, bucket as usize, HEIGHT as usize);
 }
 
 /// One character of a decoded line and where the recogniser read it: the first and last time

@@ -11,7 +11,7 @@ use crate::crop::Crop;
 use crate::error::{OcrError, Stage};
 use crate::model::{Batch, Streams};
 use crate::output::Timings;
-use crate::overlap::{overlapped, Host};
+use crate::overlap::{batch_tensor, overlapped, Host};
 
 /// Batches of `n` crops: (first crop, crop count), at most `max` each, in crop order.
 pub(crate) fn batches(n: usize, max: usize) -> Vec<(usize, usize)> {
@@ -41,10 +41,10 @@ pub(crate) fn classify(
     // the crops while it runs).
     let done = overlapped(
         host,
+        Stage::Classify,
         &batches,
         |&(a, n, run_n), tensor| {
-            tensor.resize(slot * run_n, 0f32);
-            tensor
+            batch_tensor(tensor, slot, n, run_n)
                 .par_chunks_mut(slot)
                 .zip(view[a..a + n].par_iter())
                 .for_each_init(Resizer::new, |resizer, (dst, c)| {

@@ -20,7 +20,7 @@ use crate::crop::Found;
 use crate::error::{OcrError, Stage};
 use crate::model::{Batch, Streams};
 use crate::output::Timings;
-use crate::overlap::{overlapped, Host};
+use crate::overlap::{batch_tensor, overlapped, Host};
 
 /// One image's outcome of a detector pass: its boxes (and crops), or, from a first pass that
 /// found its text too small, the boxes it found, to be detected again.
@@ -145,11 +145,11 @@ fn pass(
             .collect();
     let done = overlapped(
         host,
+        Stage::Detect,
         &batches,
         |&(th, tw, chunk, run_n), tensor| {
             let slot = 3 * th * tw;
-            tensor.resize(slot * run_n, 0f32);
-            tensor
+            batch_tensor(tensor, slot, chunk.len(), run_n)
                 .par_chunks_mut(slot)
                 .zip(chunk.par_iter())
                 .for_each_init(Resizer::new, |resizer, (dst, &i)| {

@@ -15,7 +15,7 @@ use crate::crop::Crop;
 use crate::error::{OcrError, Stage};
 use crate::model::{Batch, ItemOutput, Streams};
 use crate::output::Timings;
-use crate::overlap::{overlapped, Host};
+use crate::overlap::{batch_tensor, overlapped, Host};
 
 /// A recogniser batch: its bucket width, its (bucket, width, crop) entries.
 pub(crate) type RecBatch<'a> = (u32, &'a [(u32, u32, usize)]);
@@ -87,11 +87,11 @@ pub(crate) fn recognise(
     let h = super::HEIGHT as usize;
     let done = overlapped(
         host,
+        Stage::Recognize,
         &batches,
         |&(bucket, batch, run_n), tensor| {
             let slot = 3 * h * bucket as usize;
-            tensor.resize(slot * run_n, 0f32);
-            tensor
+            batch_tensor(tensor, slot, batch.len(), run_n)
                 .par_chunks_mut(slot)
                 .zip(batch.par_iter())
                 .for_each_init(Resizer::new, |resizer, (dst, &(_, _, i))| {
