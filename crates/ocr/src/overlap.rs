@@ -47,10 +47,16 @@ impl Tensors {
         }
     }
 
-    /// A kept tensor of `stage`'s model (its contents are an earlier batch's), or a new one.
+    /// The largest kept tensor of `stage`'s model (its contents are an earlier batch's), or a
+    /// new one. The largest, so that the kept tensors grow to the model's largest batch once
+    /// and then fit every batch: a tensor that must grow is new memory again.
     pub(crate) fn take(&self, stage: Stage) -> Vec<f32> {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        free[Self::slot(stage)].pop().unwrap_or_default()
+        let kept = &mut free[Self::slot(stage)];
+        match (0..kept.len()).max_by_key(|&i| kept[i].capacity()) {
+            Some(i) => kept.swap_remove(i),
+            None => Vec::new(),
+        }
     }
 
     /// Gives a tensor back to be kept (or dropped, see [`Tensors`]).
@@ -83,6 +89,10 @@ impl Tensors {
 /// first `n` zeroed, and returns the `n` items' part, which the caller must write whole: `buf`
 /// holds an earlier batch's values ([`Tensors`]), and only the padding is cleared here.
 pub(crate) fn batch_tensor(buf: &mut Vec<f32>, slot: usize, n: usize, run_n: usize) -> &mut [f32] {
+    if buf.capacity() < slot * run_n {
+        // Grown, the old values would be copied for nothing.
+        *buf = Vec::new();
+    }
     buf.resize(slot * run_n, 0.0);
     let (items, padding) = buf.split_at_mut(slot * n.min(run_n));
     padding.fill(0.0);
@@ -255,7 +265,9 @@ mod tests {
     #[test]
     fn a_kept_tensor_comes_back_with_its_padding_cleared_and_big_ones_are_not_kept() {
         let tensors = Tensors::default();
-        tensors.give(Stage::Classify, vec![7.0; 10]);
+        let mut kept = Vec::with_capacity(12);
+        kept.extend([7.0; 10]);
+        tensors.give(Stage::Classify, kept);
         // Another model's tensors are its own.
         assert!(tensors.take(Stage::Recognize).is_empty());
         let mut buf = tensors.take(Stage::Classify);
@@ -265,6 +277,17 @@ mod tests {
         let items = batch_tensor(&mut buf, 3, 2, 4);
         assert_eq!(items.len(), 6);
         assert_eq!(buf, [[7.0; 6].as_slice(), &[0.0; 6]].concat());
+        // A tensor too small for the batch is replaced, not grown (nothing of it is copied).
+        let mut small = vec![7.0; 2];
+        batch_tensor(&mut small, 3, 1, 2).fill(5.0);
+        assert_eq!(small, [5.0, 5.0, 5.0, 0.0, 0.0, 0.0]);
+        // The largest kept tensor is taken first.
+        tensors.give(Stage::Classify, vec![1.0; 4]);
+        tensors.give(Stage::Classify, vec![2.0; 40]);
+        tensors.give(Stage::Classify, vec![3.0; 8]);
+        assert_eq!(tensors.take(Stage::Classify), vec![2.0; 40]);
+        assert_eq!(tensors.take(Stage::Classify), vec![3.0; 8]);
+        assert_eq!(tensors.take(Stage::Classify), vec![1.0; 4]);
         let big = Vec::<f32>::with_capacity(Tensors::KEEP_BYTES / 4 + 1);
         tensors.give(Stage::Detect, big);
         for _ in 0..Tensors::KEEP + 3 {
