@@ -26,7 +26,7 @@ pub(crate) struct Host<'a> {
 /// of every buffer and the allocator took about a quarter of the host's CPU (`perf`,
 /// 2026-12-07). A tensor is kept while it is at most [`Tensors::KEEP_BYTES`] and its model has
 /// fewer than [`Tensors::KEEP`] kept: what the calls in flight hold at their peak anyway, never
-/// a 2,880 px second pass's batch.
+/// a 2,880 px second pass's batch of more than one page (one page of it is 99.5 MB).
 #[derive(Default)]
 pub(crate) struct Tensors {
     free: Mutex<[Vec<Vec<f32>>; 3]>,
