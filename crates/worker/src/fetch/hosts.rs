@@ -557,15 +557,19 @@ impl Hosts {
 
     /// Carries out what a change means: wake the waiting records, report the outage.
     fn changed(&self, c: Changed) {
-        let (outage, why, counts) = {
+        let (outage, why) = {
             let b = self.board();
-            (b.outage(), b.describe_outage(Instant::now()), b.counts())
+            // The counts are published under the board's lock: set after it, the count of an
+            // earlier change could land after a later one's and stay (CI, 2026-12-07: 5
+            // records "held" with none left, after 70 expired at once on several threads).
+            let counts = b.counts();
+            if let Some((open, held)) = &self.gauges {
+                open.set(counts.0 as i64);
+                held.set(counts.1 as i64);
+            }
+            self.health.set_held(counts.1);
+            (b.outage(), b.describe_outage(Instant::now()))
         };
-        if let Some((open, held)) = &self.gauges {
-            open.set(counts.0 as i64);
-            held.set(counts.1 as i64);
-        }
-        self.health.set_held(counts.1);
         if c.outage {
             if outage {
                 self.health.fault(Component::ImageHosts, "egress", why);
@@ -689,6 +693,42 @@ mod tests {
             Some("http://127.0.0.1:9")
         );
         assert_eq!(origin("not a url"), None);
+    }
+
+    #[test]
+    fn the_held_gauge_ends_at_zero_when_records_are_released_on_many_threads() {
+        let registry = prometheus::Registry::new();
+        let health = Arc::new(Health::new(&registry));
+        let (open, held) = (
+            prometheus::IntGauge::new("open", "open").unwrap(),
+            prometheus::IntGauge::new("held", "held").unwrap(),
+        );
+        let hosts =
+            Hosts::new(HostRules::default(), health).with_gauges(open.clone(), held.clone());
+        // Every thread holds its records, then all release at once: the last changes race.
+        let all_held = std::sync::Barrier::new(8);
+        for round in 0..20 {
+            std::thread::scope(|s| {
+                for _ in 0..8 {
+                    s.spawn(|| {
+                        let mut records: Vec<Record> = (0..10)
+                            .map(|_| {
+                                let mut r = hosts.record(A);
+                                let v = hosts.failed(&mut r, Instant::now(), "refused");
+                                assert_eq!(v, Verdict::Hold);
+                                r
+                            })
+                            .collect();
+                        all_held.wait();
+                        for r in &mut records {
+                            hosts.release(r);
+                        }
+                    });
+                }
+            });
+            assert_eq!(held.get(), 0, "round {round}: every record was released");
+            assert_eq!(open.get(), 1, "round {round}: A's breaker is open");
+        }
     }
 
     #[test]
