@@ -65,13 +65,14 @@ impl Recording {
     }
 
     fn store(&self, b: &Batch<'_>, out: &RunOutput) {
-        let slot = b.slot();
+        self.store_keyed(&Self::keys(b), out);
+    }
+
+    /// Records `out`'s first items under `keys` ([`Recording::keys`] of their batch).
+    fn store_keyed(&self, keys: &[u64], out: &RunOutput) {
         let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
-        for i in 0..b.n {
-            items.insert(
-                Self::key(b.stage, b.chw, &b.tensor[i * slot..(i + 1) * slot]),
-                out.single(i),
-            );
+        for (i, &k) in keys.iter().enumerate() {
+            items.insert(k, out.single(i));
         }
     }
 
@@ -451,7 +452,7 @@ impl ModelRunner for Simulated {
         let answer = self.recording.answer(b, &keys);
         if answer.is_none() && self.record_through {
             let out = self.ladder.run(b)?;
-            self.recording.store(b, &out);
+            self.recording.store_keyed(&keys, &out);
             return Ok(out);
         }
         let [_, h, w] = b.chw;
