@@ -19,6 +19,8 @@
 #   discount  the batch discount: img/s and p50/p99 latency at batch 1, 8, 32, best K
 #   recbatch  the recogniser alone at 64, 128 and 256 lines a run (two widths): whether its cost
 #             per line keeps falling past the default batch of 32 (issue 26, part 3)
+#   arenas    an arena per session (--separate-arenas, ONNX Runtime's default) at the best K,
+#             against the shared arena of the pipeline step: memory peak and img/s
 #   u8        the uint8-input graphs (--u8-input, 4 bytes a pixel to the device instead of 12),
 #             made there from the carried ones by models/make_u8.py with the host's Python
 #             (onnx, onnxruntime): the pipeline at the best K, fused fp32 and fp16, then
@@ -88,6 +90,14 @@ util_since() {
   tail -n +"$1" "$out/util.txt" | awk -F', ' '{gsub(/ %/,"",$2); gsub(/ MiB/,"",$3); if ($2+0==$2) {u+=$2; n++; if ($3>m) m=$3}} END {if (n) printf "GPU util mean %.0f %% over %d samples, memory peak %d MiB", u/n, n, m; else print "no nvidia-smi samples"}'
 }
 
+# The shared arena's figures in a `bench ocr --json` line (issue 26, part 2).
+arena_of() {
+  echo "$1" | python3 -c 'import json,sys
+v = json.load(sys.stdin); a = v.get("arena"); w = v.get("arena_after_warm_up")
+if a: print("shared arena: %d MiB reserved after warm-up, %d MiB at the end, %d MiB the most in use" % ((w or a)["reserved_bytes"] >> 20, a["reserved_bytes"] >> 20, a["max_in_use_bytes"] >> 20))
+else: print("no shared arena (an arena per session)")' 2>/dev/null || echo "arena: no JSON line"
+}
+
 if fits env 20; then
   ( ldconfig -p 2>/dev/null | grep -i -E 'nvinfer|tensorrt' | head -3
     python3 -c 'import tensorrt; print("tensorrt", tensorrt.__version__)' 2>&1 | tail -1 ) | tee -a "$res"
@@ -125,7 +135,7 @@ if fits pipeline 150; then
     n=$(wc -l < "$out/util.txt")
     json=$(bench 45 ocr --images $pages --device-streams $k --lanes $((2 * k)) --repeat 2 \
       --batch-sizes 16 --stages pipeline --json "${small[@]}" | tee -a "$res" | tail -1)
-    echo "K=$k: $(util_since "$n")" | tee -a "$res"
+    echo "K=$k: $(util_since "$n"); $(arena_of "$json")" | tee -a "$res"
     ips=$(echo "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["img_per_s"])' 2>/dev/null || echo 0)
     if python3 -c "import sys; sys.exit(0 if $ips > $best_ips else 1)"; then best_k=$k; best_ips=$ips; fi
   done
@@ -152,6 +162,14 @@ if fits recbatch 30; then
   rb=(--repeat 5 --batch-sizes 64,128,256 --shapes rec:48x320,rec:48x640)
   [ "$dry" = 1 ] && rb=(--repeat 1 --batch-sizes 2 --shapes rec:48x320)
   bench 25 models "${rb[@]}" "${small[@]}" | tee -a "$res"
+fi
+if fits arenas 45; then
+  # An arena per session (ONNX Runtime's default, --separate-arenas) against the shared one
+  # at the best K: memory peak and img/s (issue 26, part 2).
+  n=$(wc -l < "$out/util.txt")
+  json=$(bench 40 ocr --images $pages --device-streams $best_k --lanes $((2 * best_k)) --repeat 1 \
+    --batch-sizes 16 --stages pipeline --json --separate-arenas "${small[@]}" | tee -a "$res" | tail -1)
+  echo "separate arenas, K=$best_k: $(util_since "$n"); $(arena_of "$json")" | tee -a "$res"
 fi
 if fits u8 100; then
   py=python3

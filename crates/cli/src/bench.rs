@@ -606,6 +606,10 @@ fn best_json(
         "images": images,
         "warm_up_s": shapes.seconds,
         "sessions": shapes.sessions,
+        // The shared arena's counters after warm-up and after the rows (null with an arena
+        // per session): what the device memory the engine holds comes to.
+        "arena_after_warm_up": shapes.arena,
+        "arena": engine.arena(),
     });
     for (k, x) in more.as_object()?.clone() {
         v[k] = x;

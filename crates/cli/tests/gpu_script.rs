@@ -75,6 +75,11 @@ fn the_gpu_benchmark_runs_dry_and_its_calls_fit_the_transfer_limit() {
         "best K:",
         "e2e:",
         "recbatch (limit",
+        // The engine's sessions share one arena, whose counters the K rows report, and the
+        // arenas step runs them with an arena each for comparison.
+        "MiB the most in use",
+        "separate arenas, K=",
+        "no shared arena (an arena per session)",
         "u8 fused fp32:",
         "u8 --fp16:",
         "done in",

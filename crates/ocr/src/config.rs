@@ -158,11 +158,23 @@ pub struct EngineConfig {
     /// stream), so that up to this many runs of each model are in flight at once, from as many
     /// concurrent calls. Default 1.
     pub streams: usize,
-    /// On CUDA, the device memory all sessions together may take (`--device-memory-limit`),
-    /// shared out evenly as each session's arena limit (ONNX Runtime's `gpu_mem_limit`). `None`:
-    /// no limit (each arena grows by what it asks for). Default none: the figures to set it from
-    /// come from `tests/bench/gpu.sh`'s memory samples.
+    /// On CUDA, the device memory all sessions together may take (`--device-memory-limit`):
+    /// the shared arena's limit ([`EngineConfig::shared_arena`]), or with an arena per session
+    /// shared out evenly as each one's limit (ONNX Runtime's `gpu_mem_limit`). `None`: no limit
+    /// (the arena grows by what it is asked for). Default none: the figures to set it from come
+    /// from `tests/bench/gpu.sh`'s memory samples.
     pub device_memory_limit: Option<u64>,
+    /// One memory arena per device for every session of the process (`--separate-arenas`
+    /// turns it off), instead of ONNX Runtime's default of an arena per session. An arena keeps
+    /// the most it ever held; with a session per input shape (CUDA: dozens a runner) each
+    /// arena would keep its own peak and cuDNN workspace, and a limit split evenly between
+    /// them is less than one detector batch needs. The shared arena is registered with ONNX
+    /// Runtime's environment (`CreateAndRegisterAllocatorV2`; on CPU
+    /// `CreateAndRegisterAllocator`) and the sessions take it
+    /// (`session.use_env_allocators`); the whole `device_memory_limit` is its limit. When
+    /// ONNX Runtime refuses it (a build without the API), the engine warns and falls back to
+    /// an arena per session (`crate::onnx::runtime::shared_arena`). Default true.
+    pub shared_arena: bool,
     /// Load the uint8-input variants of the fused or fp16 graphs, `<graph>.u8.onnx` (made by
     /// `models/make_u8.py`): the normalisation runs inside the graph, and each run takes 4 bytes
     /// a pixel (B, G, R and a padding mask, NHWC) instead of 12, a third of the host-to-device
@@ -276,6 +288,7 @@ impl Default for EngineConfig {
             fused: true,
             streams: 1,
             device_memory_limit: None,
+            shared_arena: true,
             u8_input: false,
             io_binding: false,
             max_pixels: crate::decode::DEFAULT_MAX_PIXELS,
@@ -428,6 +441,12 @@ impl EngineConfig {
     /// Sessions the engine makes at most on CUDA: every input shape of every model (see
     /// [`crate::Engine::warm_up`]), times the runners per model.
     pub fn max_sessions(&self) -> usize {
+        let (det, cls, rec) = self.sessions_per_runner();
+        (det + cls + rec) * self.streams.max(1)
+    }
+
+    /// Sessions of one runner of each model (det, cls, rec) with a session per input shape.
+    fn sessions_per_runner(&self) -> (usize, usize, usize) {
         let ladder = |b: usize| crate::model::batch_sizes(b).len();
         let canvases = self.det_canvases().len().max(1);
         let second = usize::from(self.det.small_text_px > 0.0);
@@ -438,7 +457,28 @@ impl EngineConfig {
             0
         };
         let rec = self.rec_widths().len() * ladder(self.rec_batch_size());
-        (det + cls + rec) * self.streams.max(1)
+        (det, cls, rec)
+    }
+
+    /// About what the weights take when every session holds its own copy, as ONNX Runtime
+    /// gives each session (with a session per input shape, [`EngineConfig::max_sessions`]):
+    /// each model file's size times its sessions, over the runners. Sharing them would take
+    /// initializers made once in device memory and handed to every session
+    /// (`AddInitializer`; a host copy is copied again into each session): not built. A model
+    /// file that cannot be read counts 0.
+    pub fn weight_copies_bytes(&self) -> u64 {
+        let (det, cls, rec) = self.sessions_per_runner();
+        let size = |name: &str| {
+            std::fs::metadata(self.model_path(name))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        };
+        let cls = if self.cls.enabled {
+            cls as u64 * size("cls")
+        } else {
+            0
+        };
+        (det as u64 * size("det") + cls + rec as u64 * size("rec")) * self.streams.max(1) as u64
     }
 
     /// The sessions the engine makes when every input shape has its own (CUDA), one line for
@@ -455,19 +495,21 @@ impl EngineConfig {
         let rec_sizes = ladder(self.rec_batch_size());
         let canvases = self.det_canvases();
         let second = self.det.small_text_px > 0.0;
-        let det = (canvases.len().max(1) + usize::from(second)) * det_sizes.len();
-        let cls = cls_sizes.len();
         let widths = self.rec_widths();
-        let rec = widths.len() * rec_sizes.len();
+        let (det, cls, rec) = self.sessions_per_runner();
         let streams = self.streams.max(1);
         let total = (det + cls + rec) * streams;
         debug_assert_eq!(total, self.max_sessions());
-        let arena = match self.session_memory_limit() {
-            Some(l) => format!("each arena at most {} MiB", l >> 20),
-            None => "arenas without a limit".to_string(),
+        let arena = match (self.shared_arena, self.device_memory_limit) {
+            (true, Some(l)) => format!("one shared arena of at most {} MiB", l >> 20),
+            (true, None) => "one shared arena without a limit".to_string(),
+            (false, _) => match self.session_memory_limit() {
+                Some(l) => format!("an arena per session of at most {} MiB each", l >> 20),
+                None => "an arena per session without a limit".to_string(),
+            },
         };
         format!(
-            "det {} canvas(es){} x batch {:?} = {det}; cls batch {:?} = {cls}; rec {} width(s) x batch {:?} = {rec}; {} per runner x {streams} runner(s) = {total} sessions; {arena}",
+            "det {} canvas(es){} x batch {:?} = {det}; cls batch {:?} = {cls}; rec {} width(s) x batch {:?} = {rec}; {} per runner x {streams} runner(s) = {total} sessions; weights copied into each session: {} MiB in all; {arena}",
             canvases.len(),
             if second { " + the small-text canvas" } else { "" },
             det_sizes,
@@ -475,11 +517,17 @@ impl EngineConfig {
             widths.len(),
             rec_sizes,
             det + cls + rec,
+            self.weight_copies_bytes() >> 20,
         )
     }
 
-    /// Each session's arena limit from [`EngineConfig::device_memory_limit`].
+    /// Each session's own arena limit from [`EngineConfig::device_memory_limit`], shared out
+    /// evenly; `None` with the shared arena (the limit is the shared arena's, see
+    /// [`EngineConfig::shared_arena`]) or without a limit.
     pub fn session_memory_limit(&self) -> Option<usize> {
+        if self.shared_arena {
+            return None;
+        }
         self.device_memory_limit
             .map(|l| (l / self.max_sessions().max(1) as u64) as usize)
     }
@@ -563,8 +611,44 @@ mod tests {
             plan.contains(&format!("x 2 runner(s) = {total} sessions")),
             "{plan}"
         );
-        assert!(plan.contains("each arena at most"), "{plan}");
+        assert!(
+            plan.ends_with("one shared arena of at most 20480 MiB"),
+            "{plan}"
+        );
         assert!(plan.starts_with("det "), "{plan}");
+        assert_eq!(cfg.session_memory_limit(), None);
+        // Each session's copy of its model's weights, over both runners.
+        cfg.models_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+        let size = |name: &str| std::fs::metadata(cfg.model_path(name)).map_or(0, |m| m.len());
+        let (det, cls, rec) = cfg.sessions_per_runner();
+        assert!(
+            size("det") > 0 && size("rec") > 0,
+            "models/fetch.sh installed the models"
+        );
+        assert_eq!(
+            cfg.weight_copies_bytes(),
+            2 * (det as u64 * size("det") + cls as u64 * size("cls") + rec as u64 * size("rec"))
+        );
+        println!("{}", cfg.session_plan());
+        assert!(
+            cfg.session_plan().contains(&format!(
+                "weights copied into each session: {} MiB in all",
+                cfg.weight_copies_bytes() >> 20
+            )),
+            "{}",
+            cfg.session_plan()
+        );
+        cfg.shared_arena = false;
+        let each = cfg.session_memory_limit().expect("a limit per session");
+        assert_eq!(each, (20usize << 30) / total);
+        assert!(
+            cfg.session_plan().ends_with(&format!(
+                "an arena per session of at most {} MiB each",
+                each >> 20
+            )),
+            "{}",
+            cfg.session_plan()
+        );
     }
 
     #[test]

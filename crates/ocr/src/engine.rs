@@ -51,6 +51,43 @@ pub struct Engine {
     images: AtomicUsize,
 }
 
+/// The counters of the device's shared arena ([`EngineConfig::shared_arena`]), as ONNX
+/// Runtime keeps them (`AllocatorGetStats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ArenaStats {
+    /// Bytes the arena holds from the device (what it keeps at its peak).
+    pub reserved_bytes: u64,
+    /// Bytes handed out now.
+    pub in_use_bytes: u64,
+    /// The most bytes handed out at once.
+    pub max_in_use_bytes: u64,
+    /// Allocations served since it was made.
+    pub allocations: u64,
+    /// Its limit (`max_mem`; 0 without one).
+    pub limit_bytes: u64,
+}
+
+impl ArenaStats {
+    /// From ONNX Runtime's key-value counters (`TotalAllocated`, `InUse`, `MaxInUse`,
+    /// `NumAllocs`, `Limit`; a missing or unreadable one reads 0).
+    pub fn from_pairs(pairs: &[(String, String)]) -> ArenaStats {
+        let get = |k: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == k)
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        ArenaStats {
+            reserved_bytes: get("TotalAllocated"),
+            in_use_bytes: get("InUse"),
+            max_in_use_bytes: get("MaxInUse"),
+            allocations: get("NumAllocs"),
+            limit_bytes: get("Limit"),
+        }
+    }
+}
+
 /// Seconds spent inside model runs per model since the engine started, summed over the
 /// model's runners. On CUDA this is the time the device (and its copies) kept the calling
 /// threads waiting; everything else the engine does is host work that the device waits for.
@@ -108,16 +145,16 @@ fn warm_up_runner(
 /// `K` runners of one model file, each its own set of sessions.
 fn streams(
     cfg: &EngineConfig,
+    options: &runtime::SessionOptions,
     env: &ort::environment::Environment,
     name: &str,
     fault: &Option<Arc<std::sync::Mutex<FailState>>>,
 ) -> Result<Streams, EngineError> {
     let path = cfg.model_path(name);
-    let options = runtime::SessionOptions::from_config(cfg);
     let runners = (0..cfg.streams.max(1))
         .map(|_| {
             let r: Box<dyn ModelRunner> =
-                Box::new(OrtRunner::new(ModelSessions::new(&options, env, &path)?));
+                Box::new(OrtRunner::new(ModelSessions::new(options, env, &path)?));
             Ok(match fault {
                 Some(state) => Box::new(FaultRunner {
                     inner: r,
@@ -139,18 +176,30 @@ impl Engine {
         // Resolve the device-dependent detector canvases once, so every plan uses the same.
         cfg.det.canvases = Some(cfg.det_canvases());
         cfg.rec.widths = cfg.rec_widths();
+        let env = runtime::environment(&cfg.ort_library_path())?;
+        if cfg.shared_arena {
+            // The limit is the device's (on CPU ONNX Runtime's arena has none, as before).
+            let limit = match cfg.device {
+                Device::Cuda(_) => cfg.device_memory_limit,
+                Device::Cpu => None,
+            };
+            if let Err(why) = runtime::shared_arena(&env, cfg.device, limit) {
+                tracing::warn!(device = %cfg.device, %why, "ONNX Runtime refused one arena shared by the sessions; each session makes its own (the memory limit is shared out between them)");
+                cfg.shared_arena = false;
+            }
+        }
         if cfg.per_shape_sessions() {
             tracing::info!(plan = %cfg.session_plan(), "session plan (a session per input shape on CUDA)");
         }
-        let env = runtime::environment(&cfg.ort_library_path())?;
+        let options = runtime::SessionOptions::from_config(&cfg);
         let fault = cfg.fault.and_then(FailState::new);
-        let det = streams(&cfg, &env, "det", &fault)?;
+        let det = streams(&cfg, &options, &env, "det", &fault)?;
         let cls = if cfg.cls.enabled {
-            Some(streams(&cfg, &env, "cls", &fault)?)
+            Some(streams(&cfg, &options, &env, "cls", &fault)?)
         } else {
             None
         };
-        let mut rec = streams(&cfg, &env, "rec", &fault)?;
+        let mut rec = streams(&cfg, &options, &env, "rec", &fault)?;
         let rec_path = cfg.model_path("rec");
         let character = rec
             .each(|r| r.metadata("character"))
@@ -264,6 +313,19 @@ impl Engine {
         self.det.len()
     }
 
+    /// The counters of the device's shared arena, when the sessions share one
+    /// ([`EngineConfig::shared_arena`]; `None` with an arena per session). The arena is the
+    /// process's, so a second engine on the same device reads the same counters.
+    /// Read through one of the recogniser's runners: waits while every one is in a call.
+    pub fn arena(&self) -> Option<ArenaStats> {
+        if !self.cfg.shared_arena {
+            return None;
+        }
+        let mut stream = self.rec.take();
+        let pairs = stream.runner().arena_stats()?;
+        Some(ArenaStats::from_pairs(&pairs))
+    }
+
     /// ONNX Runtime sessions alive (all models, all runners).
     pub fn session_count(&self) -> usize {
         self.det.sessions() + self.rec.sessions() + self.cls.as_ref().map_or(0, Streams::sessions)
@@ -282,6 +344,7 @@ impl Engine {
             return Ok(WarmUp {
                 sessions: self.session_count(),
                 streams: self.streams(),
+                arena: self.arena(),
                 ..WarmUp::default()
             });
         }
@@ -381,12 +444,15 @@ impl Engine {
             seconds: t.elapsed().as_secs_f64(),
             slowest_run: slowest,
             streams: self.streams(),
+            arena: self.arena(),
         };
         tracing::info!(
             shapes = done.shapes,
             sessions = done.sessions,
             streams = done.streams,
             seconds = format!("{:.1}", done.seconds),
+            arena_reserved_mib = done.arena.map(|a| a.reserved_bytes >> 20),
+            arena_max_in_use_mib = done.arena.map(|a| a.max_in_use_bytes >> 20),
             "OCR engine warmed up: every input shape has its session and plans"
         );
         Ok(done)
@@ -758,6 +824,8 @@ pub struct WarmUp {
     pub slowest_run: f64,
     /// Runners per model.
     pub streams: usize,
+    /// The shared arena's counters after the warm-up (`None` with an arena per session).
+    pub arena: Option<ArenaStats>,
 }
 
 /// Where a crop's recogniser input sat in the image (for word boxes).

@@ -41,7 +41,7 @@ pub use config::{
     streams_for, ClsConfig, DetConfig, Device, EngineConfig, FaultPlan, ImageFault, ModelSet,
     RecConfig,
 };
-pub use engine::{Engine, Model, ModelTime, WarmUp};
+pub use engine::{ArenaStats, Engine, Model, ModelTime, WarmUp};
 pub use error::{DecodeError, EngineError, OcrError, ProbeError, Stage};
 pub use handle::EngineHandle;
 pub use output::{ImageText, Line, TextSource, Timings};

@@ -133,6 +133,13 @@ pub trait ModelRunner: Send {
         None
     }
 
+    /// The counters of the memory arena that serves this runner's sessions when they take
+    /// the device's shared arena (ONNX Runtime's `AllocatorGetStats`, as key-value pairs);
+    /// `None` otherwise, or for a runner without sessions.
+    fn arena_stats(&self) -> Option<Vec<(String, String)>> {
+        None
+    }
+
     /// The runner a wrapper (a recorder, the simulated device) wraps, taken out of it; `None`
     /// for a runner that wraps none.
     fn take_inner(&mut self) -> Option<Box<dyn ModelRunner>> {

@@ -483,3 +483,54 @@ fn the_default_model_set_reads_the_fixtures() {
     );
     assert_eq!(e.model_version(), "PP-OCRv4-mobile-det+PP-OCRv6-small-rec");
 }
+
+/// One memory arena shared by every session ([`EngineConfig::shared_arena`], the default):
+/// the fixtures read exactly as with an arena per session, at the CUDA path's shapes with a
+/// session per shape and two runners (about thirty sessions on one arena), and the sessions'
+/// runs are served by that arena (its allocation count grows with them, and it held memory).
+#[test]
+fn one_shared_arena_reads_like_an_arena_per_session_and_serves_every_session() {
+    let cuda_shapes = |c: &mut EngineConfig| {
+        *c = c.clone().like_cuda();
+        c.session_per_shape = Some(true);
+        c.streams = 2;
+    };
+    let separate = read_variant(&|c: &mut EngineConfig| {
+        cuda_shapes(c);
+        c.shared_arena = false;
+    });
+    let shared = read_variant(&|c: &mut EngineConfig| {
+        cuda_shapes(c);
+        c.shared_arena = true;
+    });
+    assert_readings_match("one shared arena", &shared, &separate, 1e-6);
+
+    let mut cfg = EngineConfig::with_models_dir(repo_root().join("models"));
+    cfg.intra_threads = 2;
+    let e = Engine::new(cfg).expect("engine starts (run models/fetch.sh first)");
+    let before = e.arena().expect("the shared arena's counters");
+    let images = fixture_images();
+    let refs: Vec<&[u8]> = images.iter().take(3).map(|(_, b)| b.as_slice()).collect();
+    for r in e.recognize_bytes(&refs) {
+        r.expect("reads");
+    }
+    let after = e.arena().expect("the shared arena's counters");
+    println!("shared arena before {before:?}, after {after:?}");
+    assert!(
+        after.allocations > before.allocations,
+        "the runs allocate from the shared arena: {before:?} then {after:?}"
+    );
+    assert!(
+        after.reserved_bytes > 0 && after.max_in_use_bytes > 0,
+        "{after:?}"
+    );
+
+    let mut separate = EngineConfig::with_models_dir(repo_root().join("models"));
+    separate.shared_arena = false;
+    let e = Engine::new(separate).expect("engine starts");
+    assert_eq!(
+        e.arena(),
+        None,
+        "an arena per session has no shared counters"
+    );
+}

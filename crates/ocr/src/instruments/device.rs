@@ -170,6 +170,10 @@ impl ModelRunner for Recorder {
     fn metadata(&self, key: &str) -> Option<String> {
         self.inner.metadata(key)
     }
+
+    fn arena_stats(&self) -> Option<Vec<(String, String)>> {
+        self.inner.arena_stats()
+    }
 }
 
 /// What a run costs on the simulated device, per model: `fixed_ms` per run plus `per_unit_ms`
@@ -486,6 +490,10 @@ impl ModelRunner for Simulated {
 
     fn metadata(&self, key: &str) -> Option<String> {
         self.ladder.metadata(key)
+    }
+
+    fn arena_stats(&self) -> Option<Vec<(String, String)>> {
+        self.ladder.arena_stats()
     }
 }
 

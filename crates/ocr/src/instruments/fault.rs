@@ -97,6 +97,10 @@ impl ModelRunner for FaultRunner {
     fn metadata(&self, key: &str) -> Option<String> {
         self.inner.metadata(key)
     }
+
+    fn arena_stats(&self) -> Option<Vec<(String, String)>> {
+        self.inner.arena_stats()
+    }
 }
 
 /// Carries out a [`FaultPlan::Image`] when one of `images` has its size: panics, aborts the

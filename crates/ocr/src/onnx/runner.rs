@@ -142,6 +142,10 @@ impl ModelRunner for OrtRunner {
             .and_then(|s| s.metadata().ok())
             .and_then(|m| m.custom(key))
     }
+
+    fn arena_stats(&self) -> Option<Vec<(String, String)>> {
+        self.sessions.arena_stats()
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::sync::{Mutex, OnceLock};
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
+use ort::AsPointer;
 
 use crate::config::{Device, EngineConfig};
 use crate::error::EngineError;
@@ -25,8 +26,12 @@ pub struct SessionOptions {
     pub device: Device,
     /// ONNX Runtime's intra-op threads (0: its default; one on CUDA).
     pub intra_threads: usize,
-    /// Each session's arena limit on CUDA ([`EngineConfig::session_memory_limit`]).
+    /// Each session's arena limit on CUDA ([`EngineConfig::session_memory_limit`]; none with
+    /// the shared arena, which holds the limit itself).
     pub memory_limit: Option<usize>,
+    /// The sessions take the device's shared arena, registered with the environment
+    /// ([`shared_arena`]), instead of making their own.
+    pub shared_arena: bool,
     /// A session per input shape (CUDA), at most `max_per_model` alive per runner.
     pub per_shape: bool,
     pub max_per_model: usize,
@@ -40,6 +45,7 @@ impl SessionOptions {
             device: cfg.device,
             intra_threads: cfg.intra_threads,
             memory_limit: cfg.session_memory_limit(),
+            shared_arena: cfg.shared_arena,
             per_shape: cfg.per_shape_sessions(),
             max_per_model: cfg.max_sessions_per_model.max(1),
             io_binding: cfg.io_binding,
@@ -161,6 +167,9 @@ pub fn session_fixed(
             .map_err(ort::Error::from)?;
         blocking_sync(n);
     }
+    if cfg.shared_arena {
+        builder = builder.with_env_allocators().map_err(ort::Error::from)?;
+    }
     for (symbol, size) in fixed_dimensions(symbols, shape) {
         builder = builder
             .with_dimension_override(&symbol, size as i64)
@@ -182,6 +191,163 @@ pub fn session_fixed(
             },
         }
     })
+}
+
+/// The devices whose shared arena is registered with the process's environment, and the
+/// limit each was registered with.
+static ARENAS: Mutex<Vec<(Device, Option<u64>)>> = Mutex::new(Vec::new());
+
+/// Registers one memory arena for `device` with the environment, once per process, so that
+/// every session made with [`SessionOptions::shared_arena`] allocates from it: ONNX Runtime's
+/// `CreateAndRegisterAllocatorV2` (provider `CUDAExecutionProvider`, device memory) on CUDA,
+/// `CreateAndRegisterAllocator` on CPU; the sessions then replace their own allocator for that
+/// device by the environment's (`session.use_env_allocators`). One arena keeps one peak, not a
+/// peak per session, and `limit` bounds all of them together (the arena's `max_mem`; an
+/// allocation past it fails, which the engine's out-of-memory ladder answers). The arena grows
+/// by what is asked (`arena_extend_strategy` 1, kSameAsRequested), not by powers of two.
+///
+/// Registered once: a second engine in the process (tests, `bench` rows) shares the first's
+/// arena and its limit (a different limit is warned about, not applied). An `Err` says why
+/// ONNX Runtime refused (the caller falls back to an arena per session).
+pub(crate) fn shared_arena(
+    env: &Environment,
+    device: Device,
+    limit: Option<u64>,
+) -> Result<(), String> {
+    let mut arenas = ARENAS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, first)) = arenas.iter().find(|(d, _)| *d == device) {
+        if *first != limit {
+            tracing::warn!(%device, first = ?first, asked = ?limit, "the device's shared arena was registered with another limit; the first one holds");
+        }
+        return Ok(());
+    }
+    let info = memory_info(device)?;
+    let arena = ArenaCfg::new(limit.unwrap_or(0) as usize)?;
+    let api = ort::api();
+    let envp = env.ptr().cast_mut();
+    // SAFETY: `envp`, `info` and `arena` are live ONNX Runtime objects for the whole call
+    // (ONNX Runtime copies what it keeps of them); the key and value arrays hold NUL-terminated
+    // strings that outlive the call, and their length is passed.
+    let status = unsafe {
+        match device {
+            Device::Cpu => (api.CreateAndRegisterAllocator)(envp, info.ptr(), arena.0),
+            Device::Cuda(n) => {
+                blocking_sync(n);
+                let id = std::ffi::CString::new(n.to_string()).expect("digits have no NUL");
+                let keys = [c"device_id".as_ptr()];
+                let values = [id.as_ptr()];
+                (api.CreateAndRegisterAllocatorV2)(
+                    envp,
+                    c"CUDAExecutionProvider".as_ptr(),
+                    info.ptr(),
+                    arena.0,
+                    keys.as_ptr(),
+                    values.as_ptr(),
+                    keys.len(),
+                )
+            }
+        }
+    };
+    check(status)?;
+    arenas.push((device, limit));
+    tracing::info!(%device, limit_mib = limit.map(|l| l >> 20), "one memory arena shared by every session on the device");
+    Ok(())
+}
+
+/// The counters of the arena that serves `session`'s allocations on `device` (ONNX Runtime's
+/// `AllocatorGetStats` on the session's allocator for that memory: `InUse`, `TotalAllocated`,
+/// `MaxInUse`, `NumAllocs`, `NumReserves`, `Limit`, ...). With the shared arena every session
+/// reads the same counters. (The environment's `GetSharedAllocator` is no way to them: it
+/// answered an empty set on ONNX Runtime 1.32's CPU build, while the session's allocator
+/// counted the other sessions' runs.)
+pub(crate) fn arena_stats(session: &Session, device: Device) -> Option<Vec<(String, String)>> {
+    let allocator = ort::memory::Allocator::new(session, memory_info(device).ok()?).ok()?;
+    let api = ort::api();
+    let mut pairs: *mut ort::sys::OrtKeyValuePairs = std::ptr::null_mut();
+    // SAFETY: the allocator is live for the call; AllocatorGetStats makes a key-value set that
+    // is read here and released before returning, its strings copied out first.
+    unsafe {
+        check((api.AllocatorGetStats)(allocator.ptr(), &mut pairs)).ok()?;
+        if pairs.is_null() {
+            return None;
+        }
+        let mut keys: *const *const std::ffi::c_char = std::ptr::null();
+        let mut values: *const *const std::ffi::c_char = std::ptr::null();
+        let mut n = 0usize;
+        (api.GetKeyValuePairs)(pairs, &mut keys, &mut values, &mut n);
+        let text = |p: *const std::ffi::c_char| {
+            if p.is_null() {
+                String::new()
+            } else {
+                std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        };
+        let out = (0..n)
+            .map(|i| (text(*keys.add(i)), text(*values.add(i))))
+            .collect();
+        (api.ReleaseKeyValuePairs)(pairs);
+        Some(out)
+    }
+}
+
+/// The memory the shared arena of `device` hands out: device memory on CUDA (ONNX Runtime's
+/// `"Cuda"` allocator name), host memory on CPU; an arena, default memory type.
+fn memory_info(device: Device) -> Result<ort::memory::MemoryInfo<'static>, String> {
+    use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+    let (what, id) = match device {
+        Device::Cpu => (AllocationDevice::CPU, 0),
+        Device::Cuda(n) => (AllocationDevice::CUDA, n as i32),
+    };
+    MemoryInfo::new(what, id, AllocatorType::Arena, MemoryType::Default).map_err(|e| e.to_string())
+}
+
+/// An `OrtArenaCfg`, released when dropped.
+struct ArenaCfg(*mut ort::sys::OrtArenaCfg);
+
+impl ArenaCfg {
+    /// `max_mem` bytes at most (0: no limit), grown by what is asked for.
+    fn new(max_mem: usize) -> Result<ArenaCfg, String> {
+        let keys = [c"max_mem".as_ptr(), c"arena_extend_strategy".as_ptr()];
+        let values = [max_mem, 1];
+        let mut out: *mut ort::sys::OrtArenaCfg = std::ptr::null_mut();
+        // SAFETY: two NUL-terminated keys and two values, their count passed; `out` receives a
+        // new object that this struct releases.
+        check(unsafe {
+            (ort::api().CreateArenaCfgV2)(keys.as_ptr(), values.as_ptr(), keys.len(), &mut out)
+        })?;
+        if out.is_null() {
+            return Err("CreateArenaCfgV2 returned no arena configuration".into());
+        }
+        Ok(ArenaCfg(out))
+    }
+}
+
+impl Drop for ArenaCfg {
+    fn drop(&mut self) {
+        // SAFETY: made by CreateArenaCfgV2, released once.
+        unsafe { (ort::api().ReleaseArenaCfg)(self.0) }
+    }
+}
+
+/// `Ok` for a null status, else its message (the status released).
+fn check(status: ort::sys::OrtStatusPtr) -> Result<(), String> {
+    let p = status.0;
+    if p.is_null() {
+        return Ok(());
+    }
+    let api = ort::api();
+    // SAFETY: a non-null status from ONNX Runtime: its message is a NUL-terminated string that
+    // lives until the status is released, which happens once, after the copy.
+    unsafe {
+        let m = (api.GetErrorMessage)(p);
+        let message = if m.is_null() {
+            "ONNX Runtime error without a message".to_string()
+        } else {
+            std::ffi::CStr::from_ptr(m).to_string_lossy().into_owned()
+        };
+        (api.ReleaseStatus)(p);
+        Err(message)
+    }
 }
 
 /// The symbolic dimensions that `shape` fixes: a named one whose every use has the same size

@@ -116,6 +116,16 @@ impl ModelSessions {
         }
     }
 
+    /// The counters of the shared arena these sessions allocate from
+    /// ([`SessionOptions::shared_arena`]), read through one of them; `None` with arenas of
+    /// their own.
+    pub(crate) fn arena_stats(&self) -> Option<Vec<(String, String)>> {
+        if !self.cfg.shared_arena {
+            return None;
+        }
+        runtime::arena_stats(self.any()?, self.cfg.device)
+    }
+
     /// Sessions alive now.
     pub(crate) fn count(&self) -> usize {
         match &self.mode {

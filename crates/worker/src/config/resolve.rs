@@ -358,6 +358,7 @@ impl EngineSettings {
         c.det.upscale_to = self.det_upscale_to;
         c.max_pages = self.max_pages.max(1);
         c.device_memory_limit = self.device_memory_limit.map(|b| b.as_u64());
+        c.shared_arena = !self.separate_arenas;
         c.u8_input = self.u8_input;
         c.io_binding = self.io_binding;
         c.streams = streams_for(c.device, self.device_streams);

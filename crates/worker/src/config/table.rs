@@ -230,8 +230,10 @@ settings! {
         device: Device, "device", "OCRFLEET_DEVICE", "cpu";
         /// Runners per model, each with its own sessions (on CUDA its own stream), so that this many runs of each model can be in flight; the worker then keeps 2 × this many engine calls in flight on CUDA, this many on CPU. 0 picks by device: 1 on CPU, 2 on CUDA.
         device_streams: usize, "device-streams", "OCRFLEET_DEVICE_STREAMS", "0";
-        /// On CUDA, the device memory all the engine's sessions together may take, shared out as each session's arena limit (empty: no limit; each arena grows by what it asks for).
+        /// On CUDA, the device memory all the engine's sessions together may take: the limit of the one arena they share (see --separate-arenas; empty: no limit, the arena grows by what it is asked for).
         device_memory_limit: ByteSize, "device-memory-limit", "OCRFLEET_DEVICE_MEMORY_LIMIT", "";
+        /// Give every ONNX Runtime session its own memory arena (ONNX Runtime's default) instead of one arena per device shared by all of them. Each arena keeps its own peak, and --device-memory-limit is then shared out evenly between the sessions; for comparison runs.
+        separate_arenas: bool, "separate-arenas", "OCRFLEET_SEPARATE_ARENAS", "false";
         /// Load the uint8-input variants of the fused or fp16 graphs (models/make_u8.py): the normalisation runs in the graph and each run sends 4 bytes a pixel instead of 12 (a third of the host-to-device copy); same readings. For CUDA; not yet measured on a GPU.
         u8_input: bool, "u8-input", "OCRFLEET_U8_INPUT", "false";
         /// On CUDA, run each fixed-shape session through an IoBinding: the batch goes through a pinned host buffer made once per session, and the outputs come back into pinned memory. Not yet run on a GPU.
