@@ -144,6 +144,11 @@ pub struct OcrBenchArgs {
     /// device sees CUDA's tensors.
     #[arg(long, requires = "simulate")]
     pub like_cuda: bool,
+    /// With --like-cuda, also give each input shape its own session as CUDA does (every shape
+    /// made and run once at warm-up, on the CPU provider here): the CUDA path's sessions and
+    /// their memory, measurable without a GPU.
+    #[arg(long, requires = "like_cuda")]
+    pub session_per_shape: bool,
     /// Engine calls in flight at once in the pipeline rows (0: one per runner, as the worker on
     /// CPU; the worker keeps two per runner on CUDA).
     #[arg(long, default_value_t = 0)]
@@ -285,6 +290,9 @@ fn bench_ocr(args: OcrBenchArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = args.engine.config();
     if args.like_cuda {
         cfg = cfg.like_cuda();
+    }
+    if args.session_per_shape {
+        cfg.session_per_shape = Some(true);
     }
     cfg.overlap = !args.no_overlap;
     let images: Vec<RgbImage> = files
