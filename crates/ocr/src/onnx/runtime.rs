@@ -500,3 +500,72 @@ mod tests {
         );
     }
 }
+
+/// The shared arena with a limit, on the CPU provider (the only one here; on CUDA the same
+/// registration takes `CreateAndRegisterAllocatorV2`). This test owns the process's CPU arena:
+/// no other unit test of this crate loads ONNX Runtime.
+#[cfg(test)]
+mod shared_arena_tests {
+    use super::*;
+    use crate::model::RunError;
+
+    fn models() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models")
+    }
+
+    fn detect(session: &mut Session, n: usize, side: usize) -> Result<(), String> {
+        let x = ndarray::Array4::<f32>::zeros((n, 3, side, side));
+        let input = ort::value::TensorRef::from_array_view(&x).map_err(|e| e.to_string())?;
+        session
+            .run(ort::inputs![input])
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Every session takes the one arena, its limit holds for all of them together, a run
+    /// past it fails with an error the engine reads as out of memory (so that its ladder runs
+    /// the batch again in smaller pieces, which with one arena frees what they need), and the
+    /// arena serves the next runs.
+    #[test]
+    fn one_limited_arena_serves_every_session_and_its_refusal_reads_as_out_of_memory() {
+        let env = environment(&models().join("lib/libonnxruntime.so")).expect("models/fetch.sh");
+        shared_arena(&env, Device::Cpu, Some(64 << 20)).expect("registered");
+        shared_arena(&env, Device::Cpu, Some(64 << 20)).expect("a second call keeps the first");
+        let options = SessionOptions {
+            device: Device::Cpu,
+            intra_threads: 1,
+            memory_limit: None,
+            shared_arena: true,
+            per_shape: false,
+            max_per_model: 1,
+            io_binding: false,
+        };
+        let det = models().join("v4/det.onnx");
+        let (mut a, mut b) = (
+            session(&options, &env, &det).expect("a session"),
+            session(&options, &env, &det).expect("another"),
+        );
+        detect(&mut a, 1, 64).expect("a small run fits");
+        let before = arena_stats(&b, Device::Cpu).expect("counters");
+        detect(&mut a, 1, 96).expect("a small run fits");
+        let after = arena_stats(&b, Device::Cpu).expect("counters");
+        let allocations = |p: &[(String, String)]| {
+            p.iter()
+                .find(|(k, _)| k == "NumAllocs")
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+                .expect("NumAllocs")
+        };
+        assert!(
+            allocations(&after) > allocations(&before),
+            "session a's run is counted by session b's allocator: one arena ({before:?}, {after:?})"
+        );
+        let err = detect(&mut b, 8, 960).expect_err("8 pages of 960 px need far more than 64 MiB");
+        println!("refused: {err}");
+        assert!(
+            RunError::from_message(err.clone()).out_of_memory,
+            "the arena's refusal reads as out of memory: {err}"
+        );
+        detect(&mut b, 1, 64).expect("the arena serves the next run");
+        detect(&mut a, 1, 64).expect("and the other session's");
+    }
+}

@@ -230,7 +230,7 @@ settings! {
         device: Device, "device", "OCRFLEET_DEVICE", "cpu";
         /// Runners per model, each with its own sessions (on CUDA its own stream), so that this many runs of each model can be in flight; the worker then keeps 2 × this many engine calls in flight on CUDA, this many on CPU. 0 picks by device: 1 on CPU, 2 on CUDA.
         device_streams: usize, "device-streams", "OCRFLEET_DEVICE_STREAMS", "0";
-        /// On CUDA, the device memory all the engine's sessions together may take: the limit of the one arena they share (see --separate-arenas; empty: no limit, the arena grows by what it is asked for).
+        /// On CUDA, the device memory all the engine's sessions together may take: the limit of the one arena they share (see --separate-arenas; empty: no limit).
         device_memory_limit: ByteSize, "device-memory-limit", "OCRFLEET_DEVICE_MEMORY_LIMIT", "";
         /// Give every ONNX Runtime session its own memory arena (ONNX Runtime's default) instead of one arena per device shared by all of them. Each arena keeps its own peak, and --device-memory-limit is then shared out evenly between the sessions; for comparison runs.
         separate_arenas: bool, "separate-arenas", "OCRFLEET_SEPARATE_ARENAS", "false";
