@@ -163,11 +163,11 @@ if fits recbatch 30; then
   [ "$dry" = 1 ] && rb=(--repeat 1 --batch-sizes 2 --shapes rec:48x320)
   bench 25 models "${rb[@]}" "${small[@]}" | tee -a "$res"
 fi
-if fits arenas 45; then
+if fits arenas 50; then
   # An arena per session (ONNX Runtime's default, --separate-arenas) against the shared one
   # at the best K: memory peak and img/s (issue 26, part 2).
   n=$(wc -l < "$out/util.txt")
-  json=$(bench 40 ocr --images $pages --device-streams $best_k --lanes $((2 * best_k)) --repeat 1 \
+  json=$(bench 45 ocr --images $pages --device-streams $best_k --lanes $((2 * best_k)) --repeat 2 \
     --batch-sizes 16 --stages pipeline --json --separate-arenas "${small[@]}" | tee -a "$res" | tail -1)
   echo "separate arenas, K=$best_k: $(util_since "$n"); $(arena_of "$json")" | tee -a "$res"
 fi

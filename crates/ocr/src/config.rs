@@ -500,7 +500,7 @@ impl EngineConfig {
         let streams = self.streams.max(1);
         let total = (det + cls + rec) * streams;
         debug_assert_eq!(total, self.max_sessions());
-        let arena = match (self.shared_arena, self.device_memory_limit) {
+        let arena = match (self.shared_arena, self.shared_arena_limit()) {
             (true, Some(l)) => format!("one shared arena of at most {} MiB", l >> 20),
             (true, None) => "one shared arena without a limit".to_string(),
             (false, _) => match self.session_memory_limit() {
@@ -519,6 +519,16 @@ impl EngineConfig {
             det + cls + rec,
             self.weight_copies_bytes() >> 20,
         )
+    }
+
+    /// The shared arena's limit: [`EngineConfig::device_memory_limit`] on CUDA; none on CPU
+    /// (ONNX Runtime's CPU arenas had none before the arena was shared, and the pod's memory
+    /// limit is the bound there).
+    pub fn shared_arena_limit(&self) -> Option<u64> {
+        match self.device {
+            Device::Cuda(_) => self.device_memory_limit,
+            Device::Cpu => None,
+        }
     }
 
     /// Each session's own arena limit from [`EngineConfig::device_memory_limit`], shared out
@@ -605,6 +615,13 @@ mod tests {
         let mut cfg = EngineConfig::default().like_cuda();
         cfg.streams = 2;
         cfg.device_memory_limit = Some(20 << 30);
+        assert!(
+            cfg.session_plan()
+                .ends_with("one shared arena without a limit"),
+            "on CPU the limit is not applied: {}",
+            cfg.session_plan()
+        );
+        cfg.device = Device::Cuda(0);
         let plan = cfg.session_plan();
         let total = cfg.max_sessions();
         assert!(

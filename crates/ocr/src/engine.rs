@@ -178,12 +178,7 @@ impl Engine {
         cfg.rec.widths = cfg.rec_widths();
         let env = runtime::environment(&cfg.ort_library_path())?;
         if cfg.shared_arena {
-            // The limit is the device's (on CPU ONNX Runtime's arena has none, as before).
-            let limit = match cfg.device {
-                Device::Cuda(_) => cfg.device_memory_limit,
-                Device::Cpu => None,
-            };
-            if let Err(why) = runtime::shared_arena(&env, cfg.device, limit) {
+            if let Err(why) = runtime::shared_arena(&env, cfg.device, cfg.shared_arena_limit()) {
                 tracing::warn!(device = %cfg.device, %why, "ONNX Runtime refused one arena shared by the sessions; each session makes its own (the memory limit is shared out between them)");
                 cfg.shared_arena = false;
             }
@@ -193,13 +188,26 @@ impl Engine {
         }
         let options = runtime::SessionOptions::from_config(&cfg);
         let fault = cfg.fault.and_then(FailState::new);
-        let det = streams(&cfg, &options, &env, "det", &fault)?;
+        let mut det = streams(&cfg, &options, &env, "det", &fault)?;
         let cls = if cfg.cls.enabled {
             Some(streams(&cfg, &options, &env, "cls", &fault)?)
         } else {
             None
         };
         let mut rec = streams(&cfg, &options, &env, "rec", &fault)?;
+        if cfg.shared_arena {
+            // Sessions of two models read one arena's counters, or they did not take it (an
+            // ONNX Runtime whose sessions ignore the environment's allocator for this device):
+            // then each keeps an arena of its own, without the limit, which is said loudly.
+            let (a, b) = (
+                det.each(|r| r.arena_stats()).into_iter().flatten().next(),
+                rec.each(|r| r.arena_stats()).into_iter().flatten().next(),
+            );
+            if a.is_none() || a != b {
+                tracing::warn!(device = %cfg.device, det = ?a, rec = ?b, "the sessions did not take the shared arena: each has its own, and --device-memory-limit does not bound them");
+                cfg.shared_arena = false;
+            }
+        }
         let rec_path = cfg.model_path("rec");
         let character = rec
             .each(|r| r.metadata("character"))

@@ -505,10 +505,12 @@ fn one_shared_arena_reads_like_an_arena_per_session_and_serves_every_session() {
     });
     assert_readings_match("one shared arena", &shared, &separate, 1e-6);
 
+    // `arena()` answers only when `Engine::new` found the detector's and the recogniser's
+    // sessions reading one arena's counters.
     let mut cfg = EngineConfig::with_models_dir(repo_root().join("models"));
     cfg.intra_threads = 2;
     let e = Engine::new(cfg).expect("engine starts (run models/fetch.sh first)");
-    let before = e.arena().expect("the shared arena's counters");
+    let before = e.arena().expect("the sessions took the shared arena");
     let images = fixture_images();
     let refs: Vec<&[u8]> = images.iter().take(3).map(|(_, b)| b.as_slice()).collect();
     for r in e.recognize_bytes(&refs) {

@@ -193,9 +193,10 @@ pub fn session_fixed(
     })
 }
 
-/// The devices whose shared arena is registered with the process's environment, and the
-/// limit each was registered with.
-static ARENAS: Mutex<Vec<(Device, Option<u64>)>> = Mutex::new(Vec::new());
+/// The devices whose shared arena was asked for, with the limit it was registered with, or why
+/// ONNX Runtime refused it (asked once: a refusal is not asked again, nor warned again).
+#[allow(clippy::type_complexity)]
+static ARENAS: Mutex<Vec<(Device, Result<Option<u64>, String>)>> = Mutex::new(Vec::new());
 
 /// Registers one memory arena for `device` with the environment, once per process, so that
 /// every session made with [`SessionOptions::shared_arena`] allocates from it: ONNX Runtime's
@@ -216,11 +217,24 @@ pub(crate) fn shared_arena(
 ) -> Result<(), String> {
     let mut arenas = ARENAS.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((_, first)) = arenas.iter().find(|(d, _)| *d == device) {
-        if *first != limit {
-            tracing::warn!(%device, first = ?first, asked = ?limit, "the device's shared arena was registered with another limit; the first one holds");
-        }
-        return Ok(());
+        return match first {
+            Ok(first) if *first != limit => {
+                tracing::warn!(%device, first = ?first, asked = ?limit, "the device's shared arena was registered with another limit; the first one holds");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(why) => Err(format!("{why} (refused before)")),
+        };
     }
+    let made = register(env, device, limit);
+    arenas.push((device, made.clone().map(|()| limit)));
+    made?;
+    tracing::info!(%device, limit_mib = limit.map(|l| l >> 20), "one memory arena shared by every session on the device");
+    Ok(())
+}
+
+/// `CreateAndRegisterAllocator(V2)` for [`shared_arena`].
+fn register(env: &Environment, device: Device, limit: Option<u64>) -> Result<(), String> {
     let info = memory_info(device)?;
     let arena = ArenaCfg::new(limit.unwrap_or(0) as usize)?;
     let api = ort::api();
@@ -248,10 +262,7 @@ pub(crate) fn shared_arena(
             }
         }
     };
-    check(status)?;
-    arenas.push((device, limit));
-    tracing::info!(%device, limit_mib = limit.map(|l| l >> 20), "one memory arena shared by every session on the device");
-    Ok(())
+    check(status)
 }
 
 /// The counters of the arena that serves `session`'s allocations on `device` (ONNX Runtime's
@@ -547,6 +558,10 @@ mod shared_arena_tests {
         );
         detect(&mut a, 1, 64).expect("a small run fits");
         let before = arena_stats(&b, Device::Cpu).expect("counters");
+        assert!(
+            before.contains(&("Limit".to_string(), (64u64 << 20).to_string())),
+            "this test registered the process's CPU arena, with its limit: {before:?}"
+        );
         detect(&mut a, 1, 96).expect("a small run fits");
         let after = arena_stats(&b, Device::Cpu).expect("counters");
         let allocations = |p: &[(String, String)]| {
