@@ -196,15 +196,22 @@ impl Engine {
         };
         let mut rec = streams(&cfg, &options, &env, "rec", &fault)?;
         if cfg.shared_arena {
-            // Sessions of two models read one arena's counters, or they did not take it (an
-            // ONNX Runtime whose sessions ignore the environment's allocator for this device):
-            // then each keeps an arena of its own, without the limit, which is said loudly.
+            // Sessions of two models read one arena's counters, with the limit it was given,
+            // or they did not take it (an ONNX Runtime whose sessions ignore the environment's
+            // allocator for this device): then each keeps an arena of its own, without the
+            // limit, which is said loudly. (Two fresh arenas that nothing allocated from yet
+            // would read alike; without a limit that case passes, and the warm-up's counters
+            // are the evidence.)
             let (a, b) = (
                 det.each(|r| r.arena_stats()).into_iter().flatten().next(),
                 rec.each(|r| r.arena_stats()).into_iter().flatten().next(),
             );
-            if a.is_none() || a != b {
-                tracing::warn!(device = %cfg.device, det = ?a, rec = ?b, "the sessions did not take the shared arena: each has its own, and --device-memory-limit does not bound them");
+            let limit_held = match (cfg.shared_arena_limit(), &a) {
+                (Some(limit), Some(pairs)) => ArenaStats::from_pairs(pairs).limit_bytes == limit,
+                _ => true,
+            };
+            if a.is_none() || a != b || !limit_held {
+                tracing::warn!(device = %cfg.device, det = ?a, rec = ?b, "the sessions did not take the shared arena (or not with its limit): each may have its own, and --device-memory-limit does not bound them");
                 cfg.shared_arena = false;
             }
         }
