@@ -347,25 +347,10 @@ impl Drop for ArenaCfg {
     }
 }
 
-/// `Ok` for a null status, else its message (the status released).
+/// `Ok` for a null status, else its message (ort's own conversion, which releases the status).
 fn check(status: ort::sys::OrtStatusPtr) -> Result<(), String> {
-    let p = status.0;
-    if p.is_null() {
-        return Ok(());
-    }
-    let api = ort::api();
-    // SAFETY: a non-null status from ONNX Runtime: its message is a NUL-terminated string that
-    // lives until the status is released, which happens once, after the copy.
-    unsafe {
-        let m = (api.GetErrorMessage)(p);
-        let message = if m.is_null() {
-            "ONNX Runtime error without a message".to_string()
-        } else {
-            std::ffi::CStr::from_ptr(m).to_string_lossy().into_owned()
-        };
-        (api.ReleaseStatus)(p);
-        Err(message)
-    }
+    // SAFETY: `status` was just returned by an ONNX Runtime API call and is used once.
+    unsafe { ort::Error::result_from_status(status) }.map_err(|e| e.to_string())
 }
 
 /// The symbolic dimensions that `shape` fixes: a named one whose every use has the same size
