@@ -542,29 +542,39 @@ fn broker_restart_the_worker_resumes() {
 /// The engine fails every call for 8 s after 6 images (the test-only fault hook; on a GPU host
 /// this is a device fault): the probe tells it from a bad image, so nothing is dead-lettered;
 /// intake pauses, `/readyz` names the engine, and the same batches run again once it recovers.
+/// Then the same with the device out of memory for pages for 8 s (every detector run, down to
+/// one image alone, while the probe's tiny run fits): held and run again, never dead-lettered.
 #[test]
 fn an_engine_fault_that_clears_loses_nothing() {
     let stack = Stack::start("engfail");
     let (nd, srv) = (&stack.noida, &stack.images);
-    let (topic, group, index) = ("engfail", "g-engfail", "engfail-idx");
-    create_topics(&nd.brokers(), topic, 1);
-    produce(&nd.brokers(), topic, 1, &messages(srv, 30, "e"));
-    let w = Worker::start(
-        &nd.brokers(),
-        &nd.es_url(),
-        topic,
-        group,
-        index,
-        &["--test-engine-fault", "fail:6:8", "--ocr-batch", "4"],
-    );
-    wait_until("readyz names the engine", Duration::from_secs(120), || {
-        let (s, body) = w.readyz();
-        s == 503 && body.contains("engine: down")
-    });
-    let during = committed(&nd.brokers(), group, topic, 1);
-    assert!(during <= 6, "nothing past the fault is committed: {during}");
-    recovered_cleanly(nd, &w, topic, 1, 30);
-    assert!(w.metric("ocrfleet_component_faults_total{component=\"engine\"}") > 0.0);
+    for (topic, fault, source) in [
+        ("engfail", "fail:6:8", "probe"),
+        ("engoom", "oom:6:8", "memory"),
+    ] {
+        let (group, index) = (format!("g-{topic}"), format!("{topic}-idx"));
+        create_topics(&nd.brokers(), topic, 1);
+        produce(&nd.brokers(), topic, 1, &messages(srv, 30, topic));
+        let w = Worker::start(
+            &nd.brokers(),
+            &nd.es_url(),
+            topic,
+            &group,
+            &index,
+            &["--test-engine-fault", fault, "--ocr-batch", "4"],
+        );
+        wait_until("readyz names the engine", Duration::from_secs(120), || {
+            let (s, body) = w.readyz();
+            s == 503 && body.contains("engine: down") && body.contains(source)
+        });
+        let during = committed(&nd.brokers(), &group, topic, 1);
+        assert!(
+            during <= 6,
+            "{fault}: nothing past the fault is committed: {during}"
+        );
+        recovered_cleanly(nd, &w, topic, 1, 30);
+        assert!(w.metric("ocrfleet_component_faults_total{component=\"engine\"}") > 0.0);
+    }
 }
 
 /// An engine that never comes back (and one whose thread exits): the worker exits non-zero so

@@ -220,6 +220,10 @@ pub enum FaultPlan {
     /// the health probe too) for `seconds`, then the engine works again. `seconds` = infinity
     /// never recovers.
     Fail { after_images: usize, seconds: f64 },
+    /// After `after_images` images, every detector run fails as out of device memory (down to
+    /// one image alone) for `seconds`, while the health probe's tiny recogniser run still
+    /// fits: a device short of memory for pages, not broken.
+    OutOfMemory { after_images: usize, seconds: f64 },
     /// After `after_images` images, the engine's threads exit, as if the process lost its device
     /// for good.
     Exit { after_images: usize },
@@ -245,11 +249,11 @@ pub enum ImageFault {
 
 impl FromStr for FaultPlan {
     type Err = String;
-    /// `fail:AFTER:SECONDS` (SECONDS may be `inf`), `exit:AFTER`, or `panic:WxH`, `abort:WxH`,
+    /// `fail:AFTER:SECONDS` or `oom:AFTER:SECONDS` (SECONDS may be `inf`), `exit:AFTER`, or `panic:WxH`, `abort:WxH`,
     /// `hang:WxH` (a call with an image of that size).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || {
-            format!("bad fault plan {s:?}: expected fail:AFTER_IMAGES:SECONDS, exit:AFTER_IMAGES, or panic|abort|hang:WIDTHxHEIGHT")
+            format!("bad fault plan {s:?}: expected fail|oom:AFTER_IMAGES:SECONDS, exit:AFTER_IMAGES, or panic|abort|hang:WIDTHxHEIGHT")
         };
         let parts: Vec<&str> = s.split(':').collect();
         let size = |wh: &str| -> Result<(u32, u32), String> {
@@ -264,6 +268,10 @@ impl FromStr for FaultPlan {
             ["abort", wh] => image(ImageFault::Abort, wh),
             ["hang", wh] => image(ImageFault::Hang, wh),
             ["fail", after, secs] => Ok(FaultPlan::Fail {
+                after_images: after.parse().map_err(|_| bad())?,
+                seconds: secs.parse().map_err(|_| bad())?,
+            }),
+            ["oom", after, secs] => Ok(FaultPlan::OutOfMemory {
                 after_images: after.parse().map_err(|_| bad())?,
                 seconds: secs.parse().map_err(|_| bad())?,
             }),
@@ -689,6 +697,13 @@ mod tests {
             "fail:0:inf".parse(),
             Ok(FaultPlan::Fail { after_images: 0, seconds }) if seconds.is_infinite()
         ));
+        assert_eq!(
+            "oom:6:8".parse(),
+            Ok(FaultPlan::OutOfMemory {
+                after_images: 6,
+                seconds: 8.0
+            })
+        );
         assert_eq!("exit:5".parse(), Ok(FaultPlan::Exit { after_images: 5 }));
         assert!("boom".parse::<FaultPlan>().is_err());
     }

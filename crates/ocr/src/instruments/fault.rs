@@ -13,9 +13,12 @@ use crate::config::{FaultPlan, ImageFault};
 use crate::error::Stage;
 use crate::model::{Batch, ModelRunner, Padding, RunError, RunOutput};
 
-/// Progress of a [`FaultPlan::Fail`], shared by the three models' runners.
+/// Progress of a [`FaultPlan::Fail`] or [`FaultPlan::OutOfMemory`], shared by the three
+/// models' runners.
 #[derive(Debug)]
 pub(crate) struct FailState {
+    /// Out of memory on detector runs only, instead of every run failing.
+    out_of_memory: bool,
     after_images: usize,
     seconds: f64,
     images: usize,
@@ -24,18 +27,38 @@ pub(crate) struct FailState {
 
 impl FailState {
     pub(crate) fn new(plan: FaultPlan) -> Option<Arc<Mutex<FailState>>> {
-        match plan {
+        let (out_of_memory, after_images, seconds) = match plan {
             FaultPlan::Fail {
                 after_images,
                 seconds,
-            } => Some(Arc::new(Mutex::new(FailState {
+            } => (false, after_images, seconds),
+            FaultPlan::OutOfMemory {
                 after_images,
                 seconds,
-                images: 0,
-                failing_since: None,
-            }))),
-            _ => None,
+            } => (true, after_images, seconds),
+            _ => return None,
+        };
+        Some(Arc::new(Mutex::new(FailState {
+            out_of_memory,
+            after_images,
+            seconds,
+            images: 0,
+            failing_since: None,
+        })))
+    }
+
+    /// How a run of `stage` fails now, if it does; counts `images` towards the trigger while
+    /// runs do not fail.
+    fn failure(&mut self, stage: Stage, images: usize) -> Option<RunError> {
+        if !self.failing(images) {
+            return None;
         }
+        if !self.out_of_memory {
+            return Some(RunError::from_message("injected engine fault"));
+        }
+        // The CUDA allocator's wording, so that it is read as the real one would be.
+        (stage == Stage::Detect)
+            .then(|| RunError::from_message("injected engine fault: CUDA failure 2: out of memory"))
     }
 
     /// Whether runs fail now; counts `images` towards the trigger while they do not.
@@ -58,7 +81,7 @@ impl FailState {
     }
 }
 
-/// Fails every run while the shared [`FailState`] says so; detector runs count images.
+/// Fails runs while the shared [`FailState`] says so; detector runs count images.
 pub(crate) struct FaultRunner {
     pub(crate) inner: Box<dyn ModelRunner>,
     pub(crate) state: Arc<Mutex<FailState>>,
@@ -67,15 +90,15 @@ pub(crate) struct FaultRunner {
 impl ModelRunner for FaultRunner {
     fn run(&mut self, b: &Batch<'_>) -> Result<RunOutput, RunError> {
         let images = if b.stage == Stage::Detect { b.n } else { 0 };
-        if self
+        let failure = self
             .state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .failing(images)
-        {
-            return Err(RunError::from_message("injected engine fault"));
+            .failure(b.stage, images);
+        match failure {
+            Some(e) => Err(e),
+            None => self.inner.run(b),
         }
-        self.inner.run(b)
     }
 
     fn padding(&self) -> Padding {

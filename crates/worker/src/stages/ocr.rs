@@ -9,6 +9,14 @@
 //! gone, the stage reports a fatal error and the worker exits non-zero so that Kubernetes starts
 //! a fresh process; nothing in flight is committed.
 //!
+//! An image that runs out of device memory even alone (the engine has split its batch down to
+//! one) is never dead-lettered for it: every shape ran at warm-up, so the device is short now.
+//! The `engine` component is marked down (source `memory`), and those images alone run again
+//! with backoff until they fit; past `--engine-fault-timeout` the worker exits as above. The
+//! records stay in the crash-loop journal, so one that cannot fit in any process is
+//! dead-lettered by it (`ocr/crash_loop`) after `--crash-loop-attempts` exits, never held
+//! for ever.
+//!
 //! A call that does not return within `--engine-timeout` is a hung engine (a stuck device
 //! call): the same, fatal. An image on which the engine panics is dead-lettered alone
 //! (`ocr/panic`; the engine runs the batch again image by image). Every page of a multi-page
@@ -463,10 +471,76 @@ fn per_page(pages: Vec<Result<ImageText, OcrError>>) -> Result<Vec<ImageText>, O
 /// Runs `images` until the results can be trusted (see the module doc).
 async fn run_until_healthy(
     engine: &impl Recognizer,
-    mut images: Vec<RgbImage>,
+    images: Vec<RgbImage>,
     cfg: &OcrSettings,
     health: &Health,
 ) -> anyhow::Result<Vec<Result<ImageText, OcrError>>> {
+    // Each image's final result, by index; `pending` are the indexes still to run, in the
+    // order of `images`.
+    let mut done: Vec<Option<Result<ImageText, OcrError>>> =
+        (0..images.len()).map(|_| None).collect();
+    let mut pending: Vec<usize> = (0..images.len()).collect();
+    let mut images = images;
+    // Since when images have run out of device memory alone, and the backoff between tries.
+    let mut short_since: Option<tokio::time::Instant> = None;
+    let mut delays = crate::retry::unbounded(Duration::from_millis(500));
+    loop {
+        let (back, results) = run_trusted(engine, images, cfg, health).await?;
+        let mut again = Vec::new();
+        let mut short = Vec::new();
+        let mut why = None;
+        for ((i, image), r) in pending.into_iter().zip(back).zip(results) {
+            match r {
+                Err(OcrError::DeviceOutOfMemory { stage, message }) => {
+                    why.get_or_insert(format!("{stage}: {message}"));
+                    again.push(i);
+                    short.push(image);
+                }
+                r => done[i] = Some(r),
+            }
+        }
+        let Some(why) = why else {
+            if short_since.is_some() {
+                health.clear(Component::Engine, "memory");
+            }
+            return Ok(done
+                .into_iter()
+                .map(|r| r.expect("every image ran"))
+                .collect());
+        };
+        // Out of memory with one image alone, and the probe passed: the device is short of
+        // memory now (other lanes' batches, fragmentation), which is not the image's fault
+        // (every shape fitted at warm-up). Hold those images and run them again; past
+        // --engine-fault-timeout, exit so that a fresh process gets the device. The records
+        // stay in the crash-loop journal, so an image that needs more than the device has
+        // is dead-lettered by it (`ocr/crash_loop`) after --crash-loop-attempts such exits.
+        let since = *short_since.get_or_insert_with(tokio::time::Instant::now);
+        let reason = format!(
+            "{} image(s) ran out of device memory even alone: {why}",
+            again.len()
+        );
+        health.fault(Component::Engine, "memory", &reason);
+        if since.elapsed() >= cfg.fault_timeout {
+            anyhow::bail!(
+                "{reason}; still short after {} (--engine-fault-timeout); exiting so that a fresh process gets the device",
+                humantime::format_duration(cfg.fault_timeout)
+            );
+        }
+        tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(10))).await;
+        pending = again;
+        images = short;
+    }
+}
+
+/// Runs `images` once the engine can be trusted with them: a call, and when it returns
+/// inference or out-of-memory errors, the probe; a failing probe holds the images until the
+/// engine is back and runs them again. Gives the images back with their results.
+async fn run_trusted(
+    engine: &impl Recognizer,
+    mut images: Vec<RgbImage>,
+    cfg: &OcrSettings,
+    health: &Health,
+) -> anyhow::Result<(Vec<RgbImage>, Vec<Result<ImageText, OcrError>>)> {
     loop {
         let n = images.len();
         let Ok((back, results)) =
@@ -486,17 +560,19 @@ async fn run_until_healthy(
             health.fault(Component::Engine, "thread", e);
             anyhow::bail!("the OCR engine stopped: {e}");
         }
-        if !results
-            .iter()
-            .any(|r| matches!(r, Err(OcrError::Inference { .. })))
-        {
-            return Ok(results);
+        if !results.iter().any(|r| {
+            matches!(
+                r,
+                Err(OcrError::Inference { .. } | OcrError::DeviceOutOfMemory { .. })
+            )
+        }) {
+            return Ok((back, results));
         }
         match engine.probe().await {
             Ok(()) => {
-                // The engine works: the errors are these images' own.
+                // The engine works: inference errors are these images' own.
                 health.clear(Component::Engine, "probe");
-                return Ok(results);
+                return Ok((back, results));
             }
             Err(ProbeError::Gone(reason)) => {
                 health.fault(Component::Engine, "thread", &reason);
@@ -750,6 +826,85 @@ mod tests {
         );
         assert!(t0.elapsed() < Duration::from_secs(80), "{:?}", t0.elapsed());
         assert_eq!(engine.started(), 1);
+    }
+
+    fn short() -> OcrError {
+        OcrError::DeviceOutOfMemory {
+            stage: ocrfleet_ocr::Stage::Detect,
+            message: "CUDA failure 2: out of memory".into(),
+        }
+    }
+
+    /// An image out of device memory even alone, with a probe that passes: not the image's
+    /// fault. Nothing is returned as failed; the engine is marked down while that image alone
+    /// (not its batch-mates) runs again with backoff, and its text is returned once it fits.
+    #[tokio::test(start_paused = true)]
+    async fn an_image_out_of_device_memory_is_held_and_run_again_alone() {
+        let engine = Scripted::new(1).calls(vec![
+            Some(vec![Ok(()), Err(short()), Err(failed())]),
+            Some(vec![Err(short())]),
+            Some(vec![Ok(())]),
+        ]);
+        let engine = Arc::new(engine);
+        let h = Arc::new(health());
+        let (e2, h2) = (engine.clone(), h.clone());
+        let run = tokio::spawn(async move {
+            run_until_healthy(&*e2, images(&[1, 2, 3]), &settings(), &h2).await
+        });
+        // After the first call (1 s) the engine is down for memory.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(!h.ready(), "marked down while the device is short");
+        assert!(h.describe().contains("memory"), "{}", h.describe());
+        let r = run.await.unwrap().expect("not fatal");
+        assert!(r[0].is_ok(), "the batch-mate's text");
+        assert_eq!(
+            r[1].as_ref().map(|t| t.width).ok(),
+            Some(2),
+            "run again until it fit"
+        );
+        assert!(
+            matches!(r[2], Err(OcrError::Inference { .. })),
+            "an inference error with a passing probe is still the image's own"
+        );
+        let starts: Vec<Vec<u32>> = engine
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| *s)
+            .map(|(_, w)| w.clone())
+            .collect();
+        assert_eq!(
+            starts,
+            vec![vec![1, 2, 3], vec![2], vec![2]],
+            "only it ran again"
+        );
+        assert!(h.ready(), "cleared once it fitted");
+    }
+
+    /// A device that stays short past `--engine-fault-timeout`: fatal (a fresh process gets the
+    /// device; the crash-loop journal bounds an image that can never fit), and the image is
+    /// never returned as failed.
+    #[tokio::test(start_paused = true)]
+    async fn a_device_short_of_memory_past_the_fault_timeout_ends_the_process() {
+        let engine = Scripted::new(1).calls(vec![Some(vec![Err(short())]); 1000]);
+        let h = health();
+        let t0 = tokio::time::Instant::now();
+        let e = run_until_healthy(&engine, images(&[1]), &settings(), &h)
+            .await
+            .expect_err("fatal");
+        let e = e.to_string();
+        assert!(
+            e.contains("out of device memory") && e.contains("--engine-fault-timeout"),
+            "{e}"
+        );
+        assert!(
+            t0.elapsed() >= Duration::from_secs(60),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(t0.elapsed() < Duration::from_secs(90), "{:?}", t0.elapsed());
+        assert!(!h.ready());
     }
 
     /// A probe that finds the engine gone is fatal at once: no waiting for a timeout.
