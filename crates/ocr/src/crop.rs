@@ -188,76 +188,124 @@ fn cubic_weights(t: f32) -> [f32; 4] {
     [w0, w1, w2, 1.0 - w0 - w1 - w2]
 }
 
-/// `x.floor()` as an integer, without the libm call that `floor` is on baseline x86-64. `x` is
-/// first held to ±1e9 (NaN becomes 0), so that a near-singular projection's huge or infinite
-/// coordinates cannot overflow the tap arithmetic: every tap that far out replicates the same
-/// border pixel anyway.
-#[inline(always)]
-fn floor_i64(x: f32) -> i64 {
-    let x = x.clamp(-1e9, 1e9);
-    let t = x as i64;
-    t - i64::from(x < t as f32)
+/// Sub-pixel positions per pixel that the warp tells apart: each sample's position is rounded
+/// to 1/32 of a pixel, as OpenCV's `warpPerspective` (which PaddleOCR uses) rounds it
+/// (`INTER_BITS` = 5), so that the 4×4 weights come from a table instead of being computed
+/// for every pixel.
+const FRACTIONS: usize = 32;
+/// The weights' fixed-point scale: 14 bits, so that a weight (at most 1.0 × 1.0, a little
+/// more with the kernel's overshoot: never 2.0) fits an `i16` and 16 taps of 255 times the
+/// largest weights sum far inside an `i32`.
+const WEIGHT_BITS: u32 = 14;
+
+/// The 4×4 tap weights, row-major, for each pair of rounded fractions (`fy · 32 + fx`):
+/// products of [`cubic_weights`], in fixed point, each summing to exactly 1 << 14 (the
+/// rounding error goes to the largest weight, as OpenCV does), so that a flat colour stays
+/// exactly that colour.
+fn weight_table() -> &'static [[i16; 16]] {
+    static TABLE: std::sync::OnceLock<Vec<[i16; 16]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let one = 1i32 << WEIGHT_BITS;
+        let mut table = Vec::with_capacity(FRACTIONS * FRACTIONS);
+        for fy in 0..FRACTIONS {
+            let wy = cubic_weights(fy as f32 / FRACTIONS as f32);
+            for fx in 0..FRACTIONS {
+                let wx = cubic_weights(fx as f32 / FRACTIONS as f32);
+                let mut w = [0i16; 16];
+                let mut sum = 0i32;
+                for (r, wr) in wy.iter().enumerate() {
+                    for (k, wk) in wx.iter().enumerate() {
+                        let v = (wr * wk * one as f32).round() as i32;
+                        w[r * 4 + k] = v as i16;
+                        sum += v;
+                    }
+                }
+                let largest = (0..16).max_by_key(|&i| w[i]).unwrap_or(5);
+                w[largest] += (one - sum) as i16;
+                table.push(w);
+            }
+        }
+        table
+    })
 }
 
 /// Fills `out` with `img` seen through `projection` (source → output), bicubic, with the
 /// border replicated: imageproc's `warp_into(.., Interpolation::Bicubic, Border::Replicate, ..)`
 /// for RGB8, with the same projection, taps and kernel, but each output pixel computed as one
-/// weighted sum of its 4×4 taps, rounded once. imageproc blends each tap row, truncates it to
-/// u8, then blends the rows and truncates again, which costs more (15 cubic blends of four
-/// samples, each followed by a clamp and a float-integer round trip) and clips the kernel's
-/// overshoot at sharp edges. Measured on the 781 boxes that are not upright
-/// among the 2,034 that the v4 detector finds on the 45 real pages of the GPU runs, one thread,
-/// best of 7: 12.3 ms a page with imageproc's scheme (specialised to RGB8, its 12 row blends
-/// run lane-wise), 7.9 to 9.1 ms with this one; 67 % of the values differ, by 1 (rounding
-/// instead of truncating) almost everywhere and by up to 19 at edges where imageproc clips.
-/// Text: 9 of 3,180 lines changed on the 60 evaluation images, CER (case-insensitive) 0.1716 →
-/// 0.1715 there and 0.1654 → 0.1648 on the held-out set.
+/// weighted sum of its 4×4 taps, rounded once, with its position rounded to 1/32 of a pixel
+/// and the weights taken from a fixed-point table ([`weight_table`]), as OpenCV's
+/// `warpPerspective` does. imageproc blends each tap row, truncates it to u8, then blends the
+/// rows and truncates again, which costs more (15 cubic blends of four samples, each followed
+/// by a clamp and a float-integer round trip) and clips the kernel's overshoot at sharp edges.
+///
+/// Measured on the 781 boxes that are not upright among the 2,034 that the v4 detector finds
+/// on the 45 real pages of the GPU runs, one thread, best of 7: 12.3 ms a page with
+/// imageproc's scheme (specialised to RGB8, its 12 row blends run lane-wise), 7.9 to 9.1 ms
+/// with one weighted sum in f32 and exact positions; 67 % of the values differ from
+/// imageproc's, by 1 (rounding instead of truncating) almost everywhere and by up to 19 at
+/// edges where imageproc clips. Text: 9 of 3,180 lines changed on the 60 evaluation images,
+/// CER (case-insensitive) 0.1716 → 0.1715 there and 0.1654 → 0.1648 on the held-out set.
+/// The table and integer sums: see deploy/docs/performance.md ("Host CPU per page").
 fn warp_bicubic_replicate(img: &RgbImage, projection: Projection, out: &mut RgbImage) {
     let inverse = projection.invert();
+    let table = weight_table();
     let (sw, sh) = (i64::from(img.width()), i64::from(img.height()));
     let src = img.as_raw();
     let stride = sw as usize * 3;
     let ow = out.width() as usize;
+    let half = 1i32 << (WEIGHT_BITS - 1);
+    let scale = FRACTIONS as f32;
     for (y, row) in out.as_mut().chunks_exact_mut(ow * 3).enumerate() {
         for (x, px) in row.chunks_exact_mut(3).enumerate() {
             let (sx, sy) = inverse * (x as f32, y as f32);
-            let (fx, fy) = (floor_i64(sx), floor_i64(sy));
-            let wx = cubic_weights(sx - fx as f32);
-            let wy = cubic_weights(sy - fy as f32);
+            // In 1/32 pixels, rounded; the whole pixel is its floor (an arithmetic shift).
+            let (qx, qy) = (round_i64(sx * scale), round_i64(sy * scale));
+            let (fx, fy) = (qx >> 5, qy >> 5);
+            let w = &table[((qy & 31) << 5 | (qx & 31)) as usize];
             let (left, top) = (fx - 1, fy - 1);
-            let inside = left >= 0 && left < sw - 3;
-            let cols = [0, 1, 2, 3].map(|k| (left + k).clamp(0, sw - 1) as usize * 3);
-            let mut acc = [0f32; 3];
-            for (r, wr) in wy.iter().enumerate() {
-                let base = (top + r as i64).clamp(0, sh - 1) as usize * stride;
-                let mut h = [0f32; 3];
-                if inside {
-                    // The four taps are adjacent: one slice, one bounds check. Measured against
-                    // the general loop below for every pixel: 8.3 against 8.6–9.0 ms a page on
-                    // the tilted boxes of the 45 real pages (best of 7, three runs each).
-                    let at = base + left as usize * 3;
-                    let taps = &src[at..at + 12];
-                    for (k, wk) in wx.iter().enumerate() {
-                        for (c, hc) in h.iter_mut().enumerate() {
-                            *hc += wk * f32::from(taps[3 * k + c]);
-                        }
-                    }
-                } else {
-                    for (wk, &col) in wx.iter().zip(&cols) {
-                        for (c, hc) in h.iter_mut().enumerate() {
-                            *hc += wk * f32::from(src[base + col + c]);
+            let mut acc = [half; 3];
+            if left >= 0 && left < sw - 3 && top >= 0 && top < sh - 3 {
+                // Every tap inside: four rows of four adjacent pixels, one slice each.
+                let at = top as usize * stride + left as usize * 3;
+                for r in 0..4 {
+                    let taps = &src[at + r * stride..at + r * stride + 12];
+                    let wr = &w[r * 4..r * 4 + 4];
+                    for k in 0..4 {
+                        let wk = i32::from(wr[k]);
+                        for c in 0..3 {
+                            acc[c] += wk * i32::from(taps[3 * k + c]);
                         }
                     }
                 }
-                for (a, hc) in acc.iter_mut().zip(h) {
-                    *a += wr * hc;
+            } else {
+                let cols = [0, 1, 2, 3].map(|k| (left + k).clamp(0, sw - 1) as usize * 3);
+                for r in 0..4 {
+                    let base = (top + r as i64).clamp(0, sh - 1) as usize * stride;
+                    for (k, &col) in cols.iter().enumerate() {
+                        let wk = i32::from(w[r * 4 + k]);
+                        for c in 0..3 {
+                            acc[c] += wk * i32::from(src[base + col + c]);
+                        }
+                    }
                 }
             }
             for (o, a) in px.iter_mut().zip(acc) {
-                *o = (a + 0.5).clamp(0.0, 255.0) as u8;
+                *o = (a >> WEIGHT_BITS).clamp(0, 255) as u8;
             }
         }
     }
+}
+
+/// `x.round()` as an integer (halves away from zero), without a libm call; `x` is first held
+/// to ±3.2e10 (NaN becomes 0), so that a near-singular projection's huge or infinite
+/// coordinates cannot overflow the tap arithmetic: every tap that far out replicates the same
+/// border pixel anyway.
+#[inline(always)]
+fn round_i64(x: f32) -> i64 {
+    let x = x.clamp(-3.2e10, 3.2e10);
+    let t = x as i64;
+    let r = x - t as f32;
+    t + i64::from(r >= 0.5) - i64::from(r <= -0.5)
 }
 
 #[cfg(test)]
@@ -415,12 +463,34 @@ mod tests {
         assert_eq!(cubic_weights(0.0), [0.0, 1.0, 0.0, 0.0]);
         // Catmull-Rom at the half: (-1, 9, 9, -1) / 16.
         assert_eq!(cubic_weights(0.5), [-0.0625, 0.5625, 0.5625, -0.0625]);
-        for x in [-2.5f32, -1.0, -0.0, 0.0, 0.3, 7.0, 7.9] {
-            assert_eq!(floor_i64(x), x.floor() as i64, "{x}");
+        for x in [
+            -2.5f32,
+            -1.0,
+            -0.6,
+            -0.4,
+            -0.0,
+            0.0,
+            0.3,
+            0.5,
+            7.0,
+            7.9,
+            1e6 + 0.5,
+        ] {
+            assert_eq!(round_i64(x), x.round() as i64, "{x}");
         }
-        for (x, held) in [(f32::INFINITY, 1e9), (-1e30, -1e9), (f32::NAN, 0.0)] {
-            assert_eq!(floor_i64(x), held as i64, "{x}");
+        for (x, held) in [(f32::INFINITY, 3.2e10), (-1e30, -3.2e10), (f32::NAN, 0.0)] {
+            assert_eq!(round_i64(x), held as i64, "{x}");
         }
+        // Every entry of the weight table sums to exactly one in fixed point.
+        let table = weight_table();
+        assert_eq!(table.len(), FRACTIONS * FRACTIONS);
+        for w in table {
+            assert_eq!(
+                w.iter().map(|&v| i32::from(v)).sum::<i32>(),
+                1 << WEIGHT_BITS
+            );
+        }
+        assert_eq!(table[0][5], 1 << WEIGHT_BITS, "a whole pixel is that pixel");
     }
 
     #[test]
