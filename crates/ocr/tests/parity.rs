@@ -321,6 +321,40 @@ fn u8_input_and_io_binding_read_like_plain_f32_runs() {
     );
 }
 
+/// At the CUDA path's shapes a batch is padded up the ladder (3 canvases run as 8), and the
+/// padding items keep whatever an earlier batch left in the kept tensor (`overlap.rs`,
+/// `batch_tensor`: no memset). No model mixes the items of a batch, so that cannot change a
+/// reading: the fixtures read 3 a call, after a call of all of them has filled the tensors
+/// with other pages, read exactly as in that call.
+#[test]
+fn padding_items_holding_earlier_pages_change_no_reading() {
+    let images: Vec<(String, Vec<u8>)> = fixture_images();
+    let refs: Vec<&[u8]> = images.iter().map(|(_, b)| b.as_slice()).collect();
+    let mut cfg = EngineConfig::with_models_dir(repo_root().join("models")).like_cuda();
+    cfg.intra_threads = 2;
+    let e = Engine::new(cfg).expect("engine starts (run models/fetch.sh first)");
+    let named =
+        |results: Vec<Result<ImageText, ocrfleet_ocr::OcrError>>| -> Vec<(String, ImageText)> {
+            images
+                .iter()
+                .zip(results)
+                .map(|((name, _), r)| (name.clone(), r.unwrap_or_else(|e| panic!("{name}: {e}"))))
+                .collect()
+        };
+    let all = named(e.recognize_bytes(&refs));
+    let in_threes = named(refs.chunks(3).flat_map(|c| e.recognize_bytes(c)).collect());
+    assert!(
+        refs.len() > 3 && refs.len() % 8 != 0,
+        "some calls are padded"
+    );
+    assert_readings_match(
+        "3 a call, padding holding earlier pages",
+        &in_threes,
+        &all,
+        1e-5,
+    );
+}
+
 /// The fp16 models (models/make_fp16.py, installed by models/fetch.sh) read the fixtures like
 /// fp32: the same lines in the same places, and the same characters on all but at most two
 /// lines. Measured: 85 of 86 lines have the same characters ('天' read as '大' twice in one
