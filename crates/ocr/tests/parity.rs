@@ -344,7 +344,7 @@ fn padding_items_holding_earlier_pages_change_no_reading() {
     let all = named(e.recognize_bytes(&refs));
     let in_threes = named(refs.chunks(3).flat_map(|c| e.recognize_bytes(c)).collect());
     assert!(
-        refs.len() > 3 && refs.len() % 8 != 0,
+        refs.len() > 3 && !refs.len().is_multiple_of(8),
         "some calls are padded"
     );
     assert_readings_match(
