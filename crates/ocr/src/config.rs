@@ -249,8 +249,8 @@ pub enum ImageFault {
 
 impl FromStr for FaultPlan {
     type Err = String;
-    /// `fail:AFTER:SECONDS` or `oom:AFTER:SECONDS` (SECONDS may be `inf`), `exit:AFTER`, or `panic:WxH`, `abort:WxH`,
-    /// `hang:WxH` (a call with an image of that size).
+    /// `fail:AFTER:SECONDS` or `oom:AFTER:SECONDS` (SECONDS may be `inf`), `exit:AFTER`, or
+    /// `panic:WxH`, `abort:WxH`, `hang:WxH` (a call with an image of that size).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || {
             format!("bad fault plan {s:?}: expected fail|oom:AFTER_IMAGES:SECONDS, exit:AFTER_IMAGES, or panic|abort|hang:WIDTHxHEIGHT")

@@ -190,9 +190,10 @@ fn cubic_weights(t: f32) -> [f32; 4] {
 
 /// Sub-pixel positions per pixel that the warp tells apart: each sample's position is rounded
 /// to 1/32 of a pixel, as OpenCV's `warpPerspective` (which PaddleOCR uses) rounds it
-/// (`INTER_BITS` = 5), so that the 4×4 weights come from a table instead of being computed
+/// (`INTER_BITS` = 5, [`FRACTION_BITS`]), so that the 4×4 weights come from a table instead of being computed
 /// for every pixel.
-const FRACTIONS: usize = 32;
+const FRACTION_BITS: u32 = 5;
+const FRACTIONS: usize = 1 << FRACTION_BITS;
 /// The weights' fixed-point scale: 14 bits, so that a weight (at most 1.0 × 1.0, a little
 /// more with the kernel's overshoot: never 2.0) fits an `i16` and 16 taps of 255 times the
 /// largest weights sum far inside an `i32`.
@@ -260,8 +261,9 @@ fn warp_bicubic_replicate(img: &RgbImage, projection: Projection, out: &mut RgbI
             let (sx, sy) = inverse * (x as f32, y as f32);
             // In 1/32 pixels, rounded; the whole pixel is its floor (an arithmetic shift).
             let (qx, qy) = (round_i64(sx * scale), round_i64(sy * scale));
-            let (fx, fy) = (qx >> 5, qy >> 5);
-            let w = &table[((qy & 31) << 5 | (qx & 31)) as usize];
+            let (fx, fy) = (qx >> FRACTION_BITS, qy >> FRACTION_BITS);
+            let part = FRACTIONS as i64 - 1;
+            let w = &table[((qy & part) << FRACTION_BITS | (qx & part)) as usize];
             let (left, top) = (fx - 1, fy - 1);
             let mut acc = [half; 3];
             if left >= 0 && left < sw - 3 && top >= 0 && top < sh - 3 {

@@ -475,38 +475,19 @@ async fn run_until_healthy(
     cfg: &OcrSettings,
     health: &Health,
 ) -> anyhow::Result<Vec<Result<ImageText, OcrError>>> {
-    // Each image's final result, by index; `pending` are the indexes still to run, in the
-    // order of `images`.
-    let mut done: Vec<Option<Result<ImageText, OcrError>>> =
-        (0..images.len()).map(|_| None).collect();
-    let mut pending: Vec<usize> = (0..images.len()).collect();
-    let mut images = images;
+    let (mut images, mut results) = run_trusted(engine, images, cfg, health).await?;
     // Since when images have run out of device memory alone, and the backoff between tries.
     let mut short_since: Option<tokio::time::Instant> = None;
     let mut delays = crate::retry::unbounded(Duration::from_millis(500));
     loop {
-        let (back, results) = run_trusted(engine, images, cfg, health).await?;
-        let mut again = Vec::new();
-        let mut short = Vec::new();
-        let mut why = None;
-        for ((i, image), r) in pending.into_iter().zip(back).zip(results) {
-            match r {
-                Err(OcrError::DeviceOutOfMemory { stage, message }) => {
-                    why.get_or_insert(format!("{stage}: {message}"));
-                    again.push(i);
-                    short.push(image);
-                }
-                r => done[i] = Some(r),
-            }
-        }
-        let Some(why) = why else {
+        let short: Vec<usize> = (0..results.len())
+            .filter(|&i| matches!(results[i], Err(OcrError::DeviceOutOfMemory { .. })))
+            .collect();
+        let Some(Err(why)) = short.first().map(|&i| &results[i]) else {
             if short_since.is_some() {
                 health.clear(Component::Engine, "memory");
             }
-            return Ok(done
-                .into_iter()
-                .map(|r| r.expect("every image ran"))
-                .collect());
+            return Ok(results);
         };
         // Out of memory with one image alone, and the probe passed: the device is short of
         // memory now (other lanes' batches, fragmentation), which is not the image's fault
@@ -517,7 +498,7 @@ async fn run_until_healthy(
         let since = *short_since.get_or_insert_with(tokio::time::Instant::now);
         let reason = format!(
             "{} image(s) ran out of device memory even alone: {why}",
-            again.len()
+            short.len()
         );
         health.fault(Component::Engine, "memory", &reason);
         if since.elapsed() >= cfg.fault_timeout {
@@ -527,8 +508,15 @@ async fn run_until_healthy(
             );
         }
         tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(10))).await;
-        pending = again;
-        images = short;
+        let again = short
+            .iter()
+            .map(|&i| std::mem::take(&mut images[i]))
+            .collect();
+        let (back, rerun) = run_trusted(engine, again, cfg, health).await?;
+        for ((&i, image), r) in short.iter().zip(back).zip(rerun) {
+            images[i] = image;
+            results[i] = r;
+        }
     }
 }
 
